@@ -1,0 +1,6 @@
+//! The `auth` Lambda: sign-in, the caller's account and profile, public profiles.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::lambda::run_http_function(shared::app::auth_router).await
+}

@@ -1,0 +1,65 @@
+//! Application state and router assembly, shared by the Lambda binaries, the
+//! local stack and the tests, so that all three serve exactly the same code.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::db::{self, DbPool, DbSetupError};
+use crate::error::ApiError;
+use crate::http;
+
+/// Largest request body any route accepts.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Everything a handler may need, built once per process (per cold start).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DbPool,
+    pub auth: Arc<Authenticator>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// Builds the state; opens no connection (the pool connects lazily).
+    pub fn from_config(config: Config) -> Result<Self, DbSetupError> {
+        Ok(Self {
+            db: db::create_pool(&config.database)?,
+            auth: Arc::new(Authenticator::new(&config.auth)),
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// Adds what every function's router needs around its routes: problem+json
+/// fallbacks, a body limit, request ids with a span per request, and a panic
+/// guard that turns a bug into a logged 500 instead of a dropped connection.
+pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
+            },
+        ))
+        .layer(axum::middleware::from_fn(http::request_id))
+        .with_state(state)
+}
+
+/// The auth function's router: sign-in, the caller's account and profile,
+/// public profiles.
+pub fn auth_router(state: AppState) -> Router {
+    finish(crate::users::routes::router(), state)
+}

@@ -1,0 +1,164 @@
+//! The issuer's signing keys, fetched from its JWKS endpoint and cached by `kid`.
+//!
+//! An unknown `kid` triggers a refetch (the issuer may have rotated keys), but
+//! at most once per `min_refresh`, so a flood of tokens with invented kids cannot
+//! turn this service into a load generator against the issuer. The whole set is
+//! also refreshed when older than `max_age`, so a revoked key stops working.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+
+use super::AuthError;
+
+#[derive(Debug, Deserialize)]
+struct JwkSet {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Jwk {
+    kty: String,
+    kid: Option<String>,
+    #[serde(rename = "use")]
+    key_use: Option<String>,
+    alg: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+}
+
+#[derive(Default)]
+struct Cached {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+}
+
+pub struct JwksCache {
+    url: String,
+    http: reqwest::Client,
+    min_refresh: Duration,
+    max_age: Duration,
+    cached: RwLock<Cached>,
+    /// Held while fetching, so concurrent misses make one request.
+    fetching: Mutex<()>,
+}
+
+impl JwksCache {
+    pub fn new(url: String, min_refresh: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            url,
+            http,
+            min_refresh,
+            max_age: Duration::from_secs(3600),
+            cached: RwLock::new(Cached::default()),
+            fetching: Mutex::new(()),
+        }
+    }
+
+    /// The RS256 verification key with this `kid`.
+    pub async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+        if let Some(key) = self.lookup_fresh(kid).await {
+            return Ok(key);
+        }
+        let _fetching = self.fetching.lock().await;
+        // Another task may have refreshed while this one waited.
+        if let Some(key) = self.lookup_fresh(kid).await {
+            return Ok(key);
+        }
+        let (recently_fetched, stale_key) = {
+            let cached = self.cached.read().await;
+            (
+                cached
+                    .fetched_at
+                    .is_some_and(|at| at.elapsed() < self.min_refresh),
+                cached.keys.get(kid).cloned(),
+            )
+        };
+        if recently_fetched {
+            return stale_key.ok_or(AuthError::UnknownKey);
+        }
+        match self.fetch().await {
+            Ok(keys) => {
+                let found = keys.get(kid).cloned();
+                *self.cached.write().await = Cached {
+                    keys,
+                    fetched_at: Some(Instant::now()),
+                };
+                found.ok_or(AuthError::UnknownKey)
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, url = %self.url, "JWKS fetch failed");
+                // Keep serving a key we already trusted rather than failing every request
+                // while the issuer is briefly unreachable.
+                stale_key.ok_or(AuthError::KeysUnavailable)
+            }
+        }
+    }
+
+    async fn lookup_fresh(&self, kid: &str) -> Option<DecodingKey> {
+        let cached = self.cached.read().await;
+        let fresh = cached
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.max_age);
+        if fresh {
+            cached.keys.get(kid).cloned()
+        } else {
+            None
+        }
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, String> {
+        let response = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let set: JwkSet = response.json().await.map_err(|e| e.to_string())?;
+        Ok(parse_keys(set))
+    }
+}
+
+/// Keeps only RSA signing keys usable with RS256 that carry a `kid`.
+fn parse_keys(set: JwkSet) -> HashMap<String, DecodingKey> {
+    set.keys
+        .into_iter()
+        .filter(|k| k.kty == "RSA")
+        .filter(|k| k.key_use.as_deref().is_none_or(|u| u == "sig"))
+        .filter(|k| k.alg.as_deref().is_none_or(|a| a == "RS256"))
+        .filter_map(|k| {
+            let kid = k.kid?;
+            let key = DecodingKey::from_rsa_components(k.n.as_deref()?, k.e.as_deref()?).ok()?;
+            Some((kid, key))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_rs256_signing_keys_with_kid() {
+        let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "good", "use": "sig", "alg": "RS256", "n": "sXch", "e": "AQAB"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "sXch", "e": "AQAB"},
+            {"kty": "RSA", "kid": "ps", "alg": "PS256", "n": "sXch", "e": "AQAB"},
+            {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "a", "y": "b"},
+            {"kty": "RSA", "n": "sXch", "e": "AQAB"}
+        ]}))
+        .unwrap();
+        let keys = parse_keys(set);
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["good"]);
+    }
+}

@@ -1,0 +1,315 @@
+//! Configuration, read once from the environment at cold start.
+//!
+//! Every variable is documented in the README's configuration table and in
+//! `template.yaml`. Values are validated here so that a misconfigured function
+//! fails at start-up with a message naming the variable, not on the first request.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP (local development, a private VPC proxy that terminates TLS).
+    Disable,
+    /// TLS with rustls; the server certificate is verified against the
+    /// webpki roots plus `DATABASE_SSL_ROOT_CERT` (the RDS CA bundle).
+    Require,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/dbname` (`DATABASE_URL`).
+    pub url: String,
+    /// `DATABASE_SSLMODE`: `disable` (default) or `require`.
+    pub sslmode: SslMode,
+    /// `DATABASE_SSL_ROOT_CERT`: extra PEM roots for `require`.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// `DATABASE_POOL_SIZE`: connections per process (default 2: a Lambda
+    /// instance serves one request at a time).
+    pub pool_size: usize,
+    /// `DATABASE_CONNECT_TIMEOUT_SECONDS` (default 5): also the pool wait timeout.
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `AUTH_ISSUER`: the token issuer, normalised with a trailing slash, as
+    /// Auth0 writes it in `iss` (`https://tenant.eu.auth0.com/`).
+    pub issuer: String,
+    /// `AUTH_AUDIENCE`: accepted audiences, comma separated (the Auth0 API identifier).
+    pub audiences: Vec<String>,
+    /// `AUTH_JWKS_URL`: defaults to `{issuer}.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// `AUTH_EMAIL_CLAIM`: namespaced custom claim carrying the email (Auth0
+    /// access tokens have none by default; an Action adds it). `email` is the fallback.
+    pub email_claim: String,
+    /// `AUTH_LEEWAY_SECONDS` (default 30): clock skew allowed on `exp`/`nbf`.
+    pub leeway_seconds: u64,
+    /// `AUTH_JWKS_MIN_REFRESH_SECONDS` (default 60): an unknown `kid` triggers a
+    /// JWKS refetch at most this often, so forged kids cannot hammer the issuer.
+    pub jwks_min_refresh: Duration,
+    /// `AUTH_TRUST_GATEWAY_CLAIMS` (default false): accept the claims that API
+    /// Gateway's JWT authorizer already verified (`requestContext.authorizer.jwt`).
+    pub trust_gateway_claims: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    /// `LOG_FORMAT`: `json` or `text`; JSON by default inside Lambda.
+    pub log_format: LogFormat,
+}
+
+pub const DEFAULT_EMAIL_CLAIM: &str = "https://characters.app/email";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+
+        let url = get("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?;
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::Invalid {
+                name: "DATABASE_URL",
+                reason: e.to_string(),
+            })?;
+        let sslmode = match get("DATABASE_SSLMODE").as_deref() {
+            None | Some("disable") => SslMode::Disable,
+            Some("require") | Some("verify-full") => SslMode::Require,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "DATABASE_SSLMODE",
+                    reason: format!("`{other}` is not one of disable, require"),
+                });
+            }
+        };
+        let database = DatabaseConfig {
+            url,
+            sslmode,
+            ssl_root_cert: get("DATABASE_SSL_ROOT_CERT").map(PathBuf::from),
+            pool_size: parse_number(&get, "DATABASE_POOL_SIZE", 2, 1, 64)? as usize,
+            connect_timeout: Duration::from_secs(parse_number(
+                &get,
+                "DATABASE_CONNECT_TIMEOUT_SECONDS",
+                5,
+                1,
+                60,
+            )?),
+        };
+
+        let issuer = get("AUTH_ISSUER").ok_or(ConfigError::Missing("AUTH_ISSUER"))?;
+        let issuer = normalise_issuer(&issuer).map_err(|reason| ConfigError::Invalid {
+            name: "AUTH_ISSUER",
+            reason,
+        })?;
+        let audiences: Vec<String> = get("AUTH_AUDIENCE")
+            .ok_or(ConfigError::Missing("AUTH_AUDIENCE"))?
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if audiences.is_empty() {
+            return Err(ConfigError::Missing("AUTH_AUDIENCE"));
+        }
+        let jwks_url =
+            get("AUTH_JWKS_URL").unwrap_or_else(|| format!("{issuer}.well-known/jwks.json"));
+        url::Url::parse(&jwks_url).map_err(|e| ConfigError::Invalid {
+            name: "AUTH_JWKS_URL",
+            reason: e.to_string(),
+        })?;
+        let auth = AuthConfig {
+            issuer,
+            audiences,
+            jwks_url,
+            email_claim: get("AUTH_EMAIL_CLAIM").unwrap_or_else(|| DEFAULT_EMAIL_CLAIM.to_string()),
+            leeway_seconds: parse_number(&get, "AUTH_LEEWAY_SECONDS", 30, 0, 300)?,
+            jwks_min_refresh: Duration::from_secs(parse_number(
+                &get,
+                "AUTH_JWKS_MIN_REFRESH_SECONDS",
+                60,
+                0,
+                86_400,
+            )?),
+            trust_gateway_claims: parse_bool(&get, "AUTH_TRUST_GATEWAY_CLAIMS", false)?,
+        };
+
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            None if get("AWS_LAMBDA_FUNCTION_NAME").is_some() => LogFormat::Json,
+            None => LogFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "LOG_FORMAT",
+                    reason: format!("`{other}` is not one of json, text"),
+                });
+            }
+        };
+
+        Ok(Self {
+            database,
+            auth,
+            log_format,
+        })
+    }
+}
+
+/// Auth0 writes `iss` as `https://tenant.auth0.com/`; people configure it with
+/// or without the slash, or as a bare domain. Accept all three, store one form.
+pub fn normalise_issuer(raw: &str) -> Result<String, String> {
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("https://{raw}")
+    };
+    let parsed = url::Url::parse(&with_scheme).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err("the issuer must be an http(s) URL".into());
+    }
+    let mut text = parsed.to_string();
+    if !text.ends_with('/') {
+        text.push('/');
+    }
+    Ok(text)
+}
+
+fn parse_number(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = get(name) else {
+        return Ok(default);
+    };
+    let value: u64 = raw.parse().map_err(|_| ConfigError::Invalid {
+        name,
+        reason: format!("`{raw}` is not a whole number"),
+    })?;
+    if !(min..=max).contains(&value) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!("{value} is outside {min}..={max}"),
+        });
+    }
+    Ok(value)
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            reason: format!("`{other}` is not a boolean"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    const MINIMAL: [(&str, &str); 3] = [
+        ("DATABASE_URL", "postgres://app@db.internal:5432/characters"),
+        ("AUTH_ISSUER", "tenant.eu.auth0.com"),
+        ("AUTH_AUDIENCE", "https://api.characters.app"),
+    ];
+
+    #[test]
+    fn minimal_configuration_gets_defaults() {
+        let cfg = config(&MINIMAL).unwrap();
+        assert_eq!(cfg.auth.issuer, "https://tenant.eu.auth0.com/");
+        assert_eq!(
+            cfg.auth.jwks_url,
+            "https://tenant.eu.auth0.com/.well-known/jwks.json"
+        );
+        assert_eq!(cfg.auth.audiences, vec!["https://api.characters.app"]);
+        assert_eq!(cfg.database.sslmode, SslMode::Disable);
+        assert_eq!(cfg.database.pool_size, 2);
+        assert!(!cfg.auth.trust_gateway_claims);
+        assert_eq!(cfg.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn issuer_keeps_exactly_one_trailing_slash() {
+        assert_eq!(
+            normalise_issuer("https://t.auth0.com/").unwrap(),
+            "https://t.auth0.com/"
+        );
+        assert_eq!(
+            normalise_issuer("https://t.auth0.com").unwrap(),
+            "https://t.auth0.com/"
+        );
+        assert!(normalise_issuer("ftp://t.auth0.com").is_err());
+    }
+
+    #[test]
+    fn missing_and_invalid_values_name_the_variable() {
+        let err = config(&MINIMAL[..2]).unwrap_err();
+        assert!(err.to_string().contains("AUTH_AUDIENCE"));
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("DATABASE_POOL_SIZE", "zero"));
+        assert!(
+            config(&pairs)
+                .unwrap_err()
+                .to_string()
+                .contains("DATABASE_POOL_SIZE")
+        );
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("DATABASE_SSLMODE", "prefer"));
+        assert!(
+            config(&pairs)
+                .unwrap_err()
+                .to_string()
+                .contains("DATABASE_SSLMODE")
+        );
+    }
+
+    #[test]
+    fn lambda_environment_selects_json_logs() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("AWS_LAMBDA_FUNCTION_NAME", "auth"));
+        assert_eq!(config(&pairs).unwrap().log_format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,133 @@
+//! PostgreSQL access: the connection pool and the schema migrations.
+//!
+//! One small pool per process (a Lambda instance serves one request at a
+//! time), `RecyclingMethod::Verified` so that a connection the database or an
+//! RDS Proxy closed while the instance was frozen is replaced, not handed out.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::{DatabaseConfig, SslMode};
+
+pub use deadpool_postgres::{Object as PooledClient, Pool as DbPool};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// Session-level advisory lock key held while migrating, so two processes
+/// starting together (two cold starts, the local stack and a test) migrate one
+/// after the other instead of racing on refinery's history table.
+const MIGRATION_LOCK_KEY: i64 = 0x6368_6172_6d69_6772; // "charmigr"
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(#[from] tokio_postgres::Error),
+    #[error("cannot read DATABASE_SSL_ROOT_CERT {path}: {reason}")]
+    RootCert { path: String, reason: String },
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot build the pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("cannot get a connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+}
+
+/// Builds the pool. No connection is opened until the first request, so a cold
+/// start pays nothing for a function that never touches the database.
+pub fn create_pool(cfg: &DatabaseConfig) -> Result<Pool, DbSetupError> {
+    let mut pg_config: tokio_postgres::Config = cfg.url.parse()?;
+    pg_config.connect_timeout(cfg.connect_timeout);
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name(
+            std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+                .as_deref()
+                .unwrap_or("character-platform"),
+        );
+    }
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Verified,
+    };
+    let manager = match cfg.sslmode {
+        SslMode::Disable => Manager::from_config(pg_config, NoTls, manager_config),
+        SslMode::Require => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_client_config(cfg)?);
+            Manager::from_config(pg_config, tls, manager_config)
+        }
+    };
+    Ok(Pool::builder(manager)
+        .max_size(cfg.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(cfg.connect_timeout))
+        .create_timeout(Some(cfg.connect_timeout))
+        .recycle_timeout(Some(cfg.connect_timeout))
+        .build()?)
+}
+
+fn rustls_client_config(cfg: &DatabaseConfig) -> Result<rustls::ClientConfig, DbSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.ssl_root_cert {
+        let root_error = |reason: String| DbSetupError::RootCert {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| root_error(e.to_string()))?;
+        let mut reader = std::io::BufReader::new(pem.as_slice());
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| root_error(e.to_string()))?;
+            roots.add(cert).map_err(|e| root_error(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbSetupError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// What a migration run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Names of the migrations applied by this run (`V1__initial_schema`...).
+    pub applied: Vec<String>,
+}
+
+/// Applies every embedded migration not yet recorded in
+/// `refinery_schema_history`. Running it again is a no-op.
+pub async fn migrate(pool: &Pool) -> Result<MigrationReport, DbSetupError> {
+    let mut conn = pool.get().await?;
+    let client: &mut tokio_postgres::Client = &mut conn;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let outcome = embedded::migrations::runner().run_async(client).await;
+    // Unlock before handing the connection back to the pool, whatever happened.
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    let report = outcome?;
+    unlocked?;
+    Ok(MigrationReport {
+        applied: report
+            .applied_migrations()
+            .iter()
+            .map(|m| format!("V{}__{}", m.version(), m.name()))
+            .collect(),
+    })
+}
+
+/// Names of all embedded migrations, in order.
+pub fn embedded_migrations() -> Vec<String> {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect()
+}

@@ -1,0 +1,169 @@
+//! HTTP plumbing shared by every router: request ids, request metadata, a JSON
+//! extractor whose rejections are problem+json, and the fallbacks.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use lambda_http::RequestExt;
+use lambda_http::request::RequestContext;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being served: API Gateway's request id in Lambda, a
+/// sanitised `x-request-id` from the client, or a fresh UUID.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Middleware: assigns the request id, runs the request inside a span naming
+/// it, and echoes it in the response's `x-request-id`.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = gateway_context(request.extensions())
+        .and_then(|c| c.request_id.clone())
+        .or_else(|| {
+            request
+                .headers()
+                .get(&REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| is_safe_request_id(v))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::info!(status = response.status().as_u16(), "served"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Client-supplied ids end up in logs: accept only short, plain tokens.
+fn is_safe_request_id(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn gateway_context(extensions: &axum::http::Extensions) -> Option<&aws_context::HttpContext> {
+    match extensions.request_context_ref()? {
+        RequestContext::ApiGatewayV2(context) => Some(context),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+mod aws_context {
+    pub type HttpContext = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
+}
+
+/// Who sent the request and from where, for the activity log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    pub referrer: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(|v| v.chars().take(512).collect::<String>())
+        };
+        // In Lambda the peer is API Gateway's view of the client; locally it is
+        // the socket peer. X-Forwarded-For is never trusted: clients forge it.
+        let ip = gateway_context(&parts.extensions)
+            .and_then(|c| c.http.source_ip.as_deref())
+            .and_then(|ip| ip.parse().ok())
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| addr.ip())
+            });
+        Ok(Self {
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            ip,
+            user_agent: header(USER_AGENT),
+            referrer: header(REFERER),
+        })
+    }
+}
+
+/// `Json<T>` whose rejections are problem+json: 415 without a JSON content
+/// type, 400 for malformed JSON, 422 for well-formed JSON of the wrong shape,
+/// 413 for an oversized body.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "send the body as `Content-Type: application/json`".into(),
+        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::BadRequest(format!("the body is not valid JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => ApiError::validation("body", e.body_text()),
+        JsonRejection::BytesRejection(e)
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            ApiError::PayloadTooLarge
+        }
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// Router fallback: unknown paths are a problem+json 404.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// Router fallback for a known path with a method it does not serve.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_clients_are_sanitised() {
+        assert!(is_safe_request_id("abc-123_x.y"));
+        assert!(!is_safe_request_id(""));
+        assert!(!is_safe_request_id("a\nforged log line"));
+        assert!(!is_safe_request_id(&"x".repeat(65)));
+    }
+}

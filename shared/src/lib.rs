@@ -1,0 +1,17 @@
+//! Behaviour of the character platform backend, shared by every Lambda
+//! function, the local stack and the tests. See DESIGN.md and the README's
+//! architecture section.
+
+pub mod activity;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod lambda;
+pub mod telemetry;
+pub mod users;
+
+pub use app::AppState;
+pub use error::ApiError;
