@@ -1,1 +1,88 @@
-fn main() {}
+//! `cargo run -p local`: the whole platform on 127.0.0.1:$PORT (default 3000).
+//!
+//! Subcommands:
+//! - `migrate`: apply migrations to the database (DATABASE_URL, else the one
+//!   the local stack would use) and exit.
+//! - `database-url [--admin]`: make sure a server answers (starting the
+//!   private cluster if needed) and print a connection URL; the test script
+//!   uses it.
+
+use anyhow::Context;
+use local::{LocalOptions, LocalStack, database};
+use shared::config::{DatabaseConfig, LogFormat, SslMode};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init(LogFormat::Text);
+    let options = LocalOptions::from_env()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("serve") => serve(options).await,
+        Some("migrate") => migrate(options).await,
+        Some("database-url") => {
+            let resolved = database::resolve(&options.data_dir).await?;
+            let admin = args.iter().any(|a| a == "--admin");
+            println!(
+                "{}",
+                if admin {
+                    resolved.admin_url
+                } else {
+                    resolved.url
+                }
+            );
+            Ok(())
+        }
+        Some(other) => {
+            anyhow::bail!("unknown command `{other}`; use serve, migrate or database-url [--admin]")
+        }
+    }
+}
+
+async fn serve(options: LocalOptions) -> anyhow::Result<()> {
+    let stack = LocalStack::start(options).await?;
+    tracing::info!(
+        url = %stack.base_url,
+        database = %database::redact(&stack.database.url),
+        "local stack ready: mint a token with POST {}/dev/token",
+        stack.base_url
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    let cluster = stack.database.private_cluster.clone();
+    stack.stop().await?;
+    if let Some(cluster) = cluster {
+        cluster.stop()?;
+    }
+    Ok(())
+}
+
+async fn migrate(options: LocalOptions) -> anyhow::Result<()> {
+    let url = match options.database_url {
+        Some(url) => url,
+        None => database::resolve(&options.data_dir).await?.url,
+    };
+    let config = DatabaseConfig {
+        url: url.clone(),
+        sslmode: match std::env::var("DATABASE_SSLMODE").as_deref() {
+            Ok("require") => SslMode::Require,
+            _ => SslMode::Disable,
+        },
+        ssl_root_cert: std::env::var_os("DATABASE_SSL_ROOT_CERT").map(Into::into),
+        pool_size: 1,
+        connect_timeout: std::time::Duration::from_secs(10),
+    };
+    let pool = shared::db::create_pool(&config)?;
+    let report = shared::db::migrate(&pool).await?;
+    if report.applied.is_empty() {
+        println!("{}: already up to date", database::redact(&url));
+    } else {
+        println!(
+            "{}: applied {}",
+            database::redact(&url),
+            report.applied.join(", ")
+        );
+    }
+    Ok(())
+}

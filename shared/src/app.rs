@@ -58,8 +58,13 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The auth function's router: sign-in, the caller's account and profile,
+/// The auth function's routes: sign-in, the caller's account and profile,
 /// public profiles.
+pub fn auth_routes() -> Router<AppState> {
+    crate::users::routes::router()
+}
+
+/// The auth function's finished router.
 pub fn auth_router(state: AppState) -> Router {
-    finish(crate::users::routes::router(), state)
+    finish(auth_routes(), state)
 }

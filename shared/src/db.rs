@@ -123,6 +123,21 @@ pub async fn migrate(pool: &Pool) -> Result<MigrationReport, DbSetupError> {
     })
 }
 
+/// A digest of every embedded migration's name and SQL: equal digests mean
+/// equal schemas (tests key their template database on it).
+pub fn migrations_fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for migration in embedded::migrations::runner().get_migrations() {
+        hasher.update(migration.name().as_bytes());
+        hasher.update(migration.sql().unwrap_or_default().as_bytes());
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Names of all embedded migrations, in order.
 pub fn embedded_migrations() -> Vec<String> {
     embedded::migrations::runner()

@@ -36,6 +36,15 @@ pub struct SigningKey {
     e: String,
 }
 
+/// Shows the kid only: the private key never reaches a log.
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SigningKey {
     pub fn generate() -> Result<Self, DevIssuerError> {
         let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048)

@@ -1,0 +1,70 @@
+//! The local identity provider: `/.well-known/jwks.json` and `POST /dev/token`.
+//! These exist only in the local stack; no Lambda function mounts them.
+
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::app::AppState;
+use shared::auth::dev_issuer::DevIssuer;
+use shared::error::ApiError;
+use shared::http::ApiJson;
+use shared::users::fields;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    email: String,
+    #[serde(default)]
+    permissions: Vec<String>,
+    /// Lifetime in seconds (default one hour, at most a day).
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+pub fn routes(issuer: DevIssuer) -> Router<AppState> {
+    let jwks = issuer.jwks();
+    Router::new()
+        .route("/.well-known/jwks.json", get(move || async move { Json(jwks) }))
+        .route(
+            "/dev/token",
+            post(move |ApiJson(request): ApiJson<TokenRequest>| async move { mint(&issuer, request) }),
+        )
+}
+
+fn mint(issuer: &DevIssuer, request: TokenRequest) -> Result<Json<Value>, ApiError> {
+    let email =
+        fields::email("email", &request.email).map_err(|e| ApiError::from_field_errors(vec![e]))?;
+    let expires_in = request.expires_in.unwrap_or(3600);
+    if !(1..=86_400).contains(&expires_in) {
+        return Err(ApiError::validation(
+            "expires_in",
+            "must be between 1 and 86400 seconds",
+        ));
+    }
+    if let Some(bad) = request
+        .permissions
+        .iter()
+        .find(|p| p.is_empty() || p.len() > 64)
+    {
+        return Err(ApiError::validation(
+            "permissions",
+            format!("`{bad}` is not a permission name"),
+        ));
+    }
+    let token = issuer
+        .mint(
+            &email,
+            &request.permissions,
+            Duration::from_secs(expires_in),
+        )
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "sub": DevIssuer::subject_for(&email),
+    })))
+}

@@ -1,0 +1,161 @@
+//! The local stack: every function's routes on one port, its own identity
+//! provider, and embedded defaults for everything AWS, so the platform runs on
+//! a laptop with `cargo run -p local` and nothing else.
+
+pub mod database;
+mod dev_routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use shared::app::{self, AppState};
+use shared::auth::dev_issuer::{DevIssuer, SigningKey};
+use shared::config::{AuthConfig, Config, DEFAULT_EMAIL_CLAIM, DatabaseConfig, LogFormat, SslMode};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The audience the local issuer writes into its tokens.
+pub const LOCAL_AUDIENCE: &str = "https://api.characters.local";
+
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// The database to use; `None` resolves one (see [`database::resolve`]).
+    pub database_url: Option<String>,
+    /// Where the private cluster and the issuer's key live (`.local/`).
+    pub data_dir: PathBuf,
+    /// The issuer's key; `None` loads or creates `<data_dir>/dev-issuer-key.pem`.
+    pub signing_key: Option<SigningKey>,
+}
+
+impl LocalOptions {
+    /// Options from the environment: `PORT` (default 3000), `DATABASE_URL`,
+    /// `LOCAL_DATA_DIR` (default `.local`).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let port = match std::env::var("PORT") {
+            Ok(raw) => raw
+                .parse()
+                .with_context(|| format!("PORT `{raw}` is not a port number"))?,
+            Err(_) => 3000,
+        };
+        Ok(Self {
+            port,
+            database_url: std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|u| !u.trim().is_empty()),
+            data_dir: std::env::var_os("LOCAL_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".local")),
+            signing_key: None,
+        })
+    }
+}
+
+/// A running local stack.
+pub struct LocalStack {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub issuer: DevIssuer,
+    pub state: AppState,
+    pub database: database::ResolvedDatabase,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl LocalStack {
+    /// Resolves the database, applies migrations, and starts serving.
+    pub async fn start(options: LocalOptions) -> anyhow::Result<Self> {
+        let database = match &options.database_url {
+            Some(url) => database::ResolvedDatabase {
+                admin_url: url.clone(),
+                url: url.clone(),
+                private_cluster: None,
+            },
+            None => database::resolve(&options.data_dir).await?,
+        };
+        let listener = TcpListener::bind(("127.0.0.1", options.port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{}", options.port))?;
+        let addr = listener.local_addr()?;
+        let base_url = format!("http://{addr}");
+        let issuer_url = format!("{base_url}/");
+
+        let signing_key = match options.signing_key {
+            Some(key) => key,
+            None => SigningKey::load_or_generate(&options.data_dir.join("dev-issuer-key.pem"))?,
+        };
+        let issuer = DevIssuer::new(signing_key, issuer_url.clone(), LOCAL_AUDIENCE);
+        let config = local_config(&database.url, &issuer_url);
+        let state = AppState::from_config(config)?;
+        let report = shared::db::migrate(&state.db)
+            .await
+            .with_context(|| format!("migrating {}", database::redact(&database.url)))?;
+        for name in &report.applied {
+            tracing::info!(migration = %name, "applied");
+        }
+
+        let router = router(state.clone(), issuer.clone());
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+            })
+            .await
+        });
+        Ok(Self {
+            addr,
+            base_url,
+            issuer,
+            state,
+            database,
+            shutdown: Some(shutdown),
+            server,
+        })
+    }
+
+    /// Stops serving, finishing requests in flight.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.server).await??;
+        Ok(())
+    }
+}
+
+/// Every function's routes, plus the local identity provider's.
+pub fn router(state: AppState, issuer: DevIssuer) -> Router {
+    let routes = app::auth_routes().merge(dev_routes::routes(issuer));
+    app::finish(routes, state)
+}
+
+fn local_config(database_url: &str, issuer_url: &str) -> Config {
+    Config {
+        database: DatabaseConfig {
+            url: database_url.to_string(),
+            sslmode: SslMode::Disable,
+            ssl_root_cert: None,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+        },
+        auth: AuthConfig {
+            issuer: issuer_url.to_string(),
+            audiences: vec![LOCAL_AUDIENCE.to_string()],
+            jwks_url: format!("{issuer_url}.well-known/jwks.json"),
+            email_claim: DEFAULT_EMAIL_CLAIM.to_string(),
+            leeway_seconds: 30,
+            jwks_min_refresh: Duration::from_secs(5),
+            trust_gateway_claims: false,
+        },
+        log_format: LogFormat::Text,
+    }
+}
