@@ -128,7 +128,9 @@ pub async fn migrate(pool: &Pool) -> Result<MigrationReport, DbSetupError> {
 pub fn migrations_fingerprint() -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    for migration in embedded::migrations::runner().get_migrations() {
+    let mut migrations: Vec<_> = embedded::migrations::runner().get_migrations().to_vec();
+    migrations.sort_by_key(|m| m.version());
+    for migration in &migrations {
         hasher.update(migration.name().as_bytes());
         hasher.update(migration.sql().unwrap_or_default().as_bytes());
     }
@@ -140,8 +142,9 @@ pub fn migrations_fingerprint() -> String {
 
 /// Names of all embedded migrations, in order.
 pub fn embedded_migrations() -> Vec<String> {
-    embedded::migrations::runner()
-        .get_migrations()
+    let mut migrations: Vec<_> = embedded::migrations::runner().get_migrations().to_vec();
+    migrations.sort_by_key(|m| m.version());
+    migrations
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect()

@@ -91,6 +91,16 @@ impl SigningKey {
         Ok(Self { pem, kid, n, e })
     }
 
+    /// The public key as SPKI PEM (what an attacker who fetched the JWKS has).
+    pub fn public_key_pem(&self) -> Result<String, DevIssuerError> {
+        use rsa::pkcs8::EncodePublicKey;
+        let key = RsaPrivateKey::from_pkcs1_pem(&self.pem)
+            .map_err(|e| DevIssuerError::Key(e.to_string()))?;
+        key.to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| DevIssuerError::Key(e.to_string()))
+    }
+
     pub fn kid(&self) -> &str {
         &self.kid
     }

@@ -1,0 +1,440 @@
+//! The migrations against a real, empty PostgreSQL database: they create every
+//! table, column and index of the seed design (read from
+//! `docs/database-design.md` itself, not from a list copied into the test),
+//! with the fixes DESIGN.md asks for, and a second run changes nothing.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use shared::config::{DatabaseConfig, SslMode};
+
+struct SeedColumn {
+    table: String,
+    name: String,
+    /// The seed's type, normalised to `format_type()` spelling.
+    sql_type: String,
+    not_null: bool,
+}
+
+struct Seed {
+    tables: Vec<String>,
+    columns: Vec<SeedColumn>,
+    /// (table, index name)
+    indexes: Vec<(String, String)>,
+    /// Named CONSTRAINTs.
+    constraints: Vec<(String, String)>,
+}
+
+const TYPE_STOP_WORDS: [&str; 7] = [
+    "DEFAULT",
+    "NOT",
+    "PRIMARY",
+    "REFERENCES",
+    "UNIQUE",
+    "CHECK",
+    "--",
+];
+
+fn normalise_type(words: &[&str]) -> String {
+    let raw = words
+        .iter()
+        .take_while(|w| !TYPE_STOP_WORDS.contains(&w.trim_end_matches(',')))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches(',')
+        .to_lowercase();
+    raw.replace("decimal", "numeric")
+}
+
+/// Reads the seed design's SQL: tables, columns, indexes and named constraints.
+fn parse_seed(text: &str) -> Seed {
+    let mut seed = Seed {
+        tables: vec![],
+        columns: vec![],
+        indexes: vec![],
+        constraints: vec![],
+    };
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(rest) = trimmed.strip_prefix("CREATE TABLE ") {
+            let name = rest.split_whitespace().next().unwrap().to_string();
+            seed.tables.push(name.clone());
+            current = Some(name);
+            continue;
+        }
+        if trimmed.starts_with(");") {
+            current = None;
+            continue;
+        }
+        if trimmed.starts_with("CREATE INDEX") || trimmed.starts_with("CREATE UNIQUE INDEX") {
+            let words: Vec<&str> = trimmed.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "INDEX").unwrap();
+            let on = words.iter().position(|w| *w == "ON").unwrap();
+            let table = words[on + 1].split('(').next().unwrap().to_string();
+            seed.indexes.push((table, words[at + 1].to_string()));
+            continue;
+        }
+        let Some(table) = &current else { continue };
+        let words: Vec<&str> = trimmed.split_whitespace().collect();
+        if words.len() >= 2 && words[0] == "CONSTRAINT" {
+            seed.constraints.push((table.clone(), words[1].to_string()));
+            continue;
+        }
+        let is_column = words.len() >= 2
+            && words[0]
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && words[1]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_uppercase());
+        if is_column {
+            seed.columns.push(SeedColumn {
+                table: table.clone(),
+                name: words[0].to_string(),
+                sql_type: normalise_type(&words[1..]),
+                not_null: trimmed.contains("NOT NULL") || trimmed.contains("PRIMARY KEY"),
+            });
+        }
+    }
+    seed
+}
+
+fn seed() -> Seed {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/database-design.md");
+    let text = std::fs::read_to_string(path).expect("docs/database-design.md");
+    let seed = parse_seed(&text);
+    // Guard the parser itself: the seed has twelve tables and ~200 columns.
+    assert_eq!(seed.tables.len(), 12, "{:?}", seed.tables);
+    assert!(
+        seed.columns.len() > 180,
+        "parsed only {} columns",
+        seed.columns.len()
+    );
+    assert_eq!(seed.indexes.len(), 46, "the seed names 46 indexes");
+    seed
+}
+
+async fn pool(url: &str) -> shared::db::DbPool {
+    shared::db::create_pool(&DatabaseConfig {
+        url: url.to_string(),
+        sslmode: SslMode::Disable,
+        ssl_root_cert: None,
+        pool_size: 2,
+        connect_timeout: Duration::from_secs(10),
+    })
+    .unwrap()
+}
+
+/// Everything the schema consists of, as sorted text, to compare runs.
+async fn catalog_snapshot(client: &tokio_postgres::Client) -> BTreeSet<String> {
+    let mut snapshot = BTreeSet::new();
+    for row in client
+        .query(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                    coalesce(pg_get_expr(d.adbin, d.adrelid), '') \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p')",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let (t, c, ty, nn, d): (String, String, String, bool, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        snapshot.insert(format!("column {t}.{c} {ty} notnull={nn} default={d}"));
+    }
+    for row in client
+        .query(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let (t, i, d): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        snapshot.insert(format!("index {t}.{i} {d}"));
+    }
+    for row in client
+        .query(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE connamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let (t, c, d): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        snapshot.insert(format!("constraint {t}.{c} {d}"));
+    }
+    snapshot
+}
+
+#[tokio::test]
+async fn migrations_create_the_whole_seed_design_and_rerunning_changes_nothing() {
+    let url = testkit::empty_database().await;
+    let pool = pool(&url).await;
+    let first = shared::db::migrate(&pool).await.unwrap();
+    assert_eq!(first.applied, shared::db::embedded_migrations());
+    let client = testkit::connect(&url).await;
+
+    let seed = seed();
+    for table in &seed.tables {
+        let kind: Option<i8> = client
+            .query_opt(
+                "SELECT relkind::\"char\" FROM pg_class WHERE relname = $1 AND relnamespace = 'public'::regnamespace",
+                &[table],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        assert!(kind.is_some(), "table {table} is missing");
+    }
+    for column in &seed.columns {
+        let row = client
+            .query_opt(
+                "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a \
+                 WHERE a.attrelid = ('public.' || $1)::regclass AND a.attname = $2 AND NOT a.attisdropped",
+                &[&column.table, &column.name],
+            )
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("column {}.{} is missing", column.table, column.name));
+        let (sql_type, not_null): (String, bool) = (row.get(0), row.get(1));
+        assert_eq!(
+            sql_type, column.sql_type,
+            "type of {}.{}",
+            column.table, column.name
+        );
+        if column.not_null {
+            assert!(
+                not_null,
+                "{}.{} should be NOT NULL",
+                column.table, column.name
+            );
+        }
+    }
+    for (table, index) in &seed.indexes {
+        let found: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE tablename = $1 AND indexname = $2)",
+                &[table, index],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(found, "index {index} on {table} is missing");
+    }
+    for (table, constraint) in &seed.constraints {
+        let found: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = ('public.' || $1)::regclass AND conname = $2)",
+                &[table, constraint],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(found, "constraint {constraint} on {table} is missing");
+    }
+
+    // The fixes DESIGN.md lists.
+    let fk: String = client
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'characters_collection_id_fkey'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(fk.contains("REFERENCES collections(id)"), "{fk}");
+    for partitioned in ["credit_transactions", "user_activity_logs"] {
+        let kind: i8 = client
+            .query_one(
+                "SELECT relkind::\"char\" FROM pg_class WHERE relname = $1",
+                &[&partitioned],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(kind as u8, b'p', "{partitioned} should be partitioned");
+        // The current month and the next ones exist ahead of time, plus the default.
+        for months_ahead in 0..=2 {
+            let name: String = client
+                .query_one(
+                    "SELECT $1 || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => $2), '\"_y\"YYYY\"m\"MM')",
+                    &[&partitioned, &months_ahead],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let attached: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = $1::text::regclass AND inhrelid = $2::text::regclass)",
+                    &[&partitioned, &name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(attached, "partition {name} is missing");
+        }
+    }
+
+    // Emails and usernames are unique regardless of case.
+    client
+        .execute(
+            "INSERT INTO users (email, username) VALUES ('Ann@Example.com', 'Ann')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let same_email = client
+        .execute("INSERT INTO users (email) VALUES ('ann@example.COM')", &[])
+        .await;
+    assert!(same_email.is_err(), "case-insensitive email uniqueness");
+    let same_username = client
+        .execute(
+            "INSERT INTO users (email, username) VALUES ('bob@example.com', 'ANN')",
+            &[],
+        )
+        .await;
+    assert!(
+        same_username.is_err(),
+        "case-insensitive username uniqueness"
+    );
+    client.execute("DELETE FROM users", &[]).await.unwrap();
+
+    // Seed data.
+    let packages: i64 = client
+        .query_one(
+            "SELECT count(*) FROM credit_packages WHERE is_available",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(packages >= 3, "default credit packages");
+    let generate: i64 = client
+        .query_one(
+            "SELECT count(*) FROM api_credit_configs WHERE http_method = 'POST' \
+             AND endpoint_pattern = '/api/v1/characters/:id/generate' AND is_enabled",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(generate, 1, "pricing row for the generation endpoint");
+
+    // A second run applies nothing and changes nothing.
+    let before = catalog_snapshot(&client).await;
+    let second = shared::db::migrate(&pool).await.unwrap();
+    assert!(second.applied.is_empty(), "{:?}", second.applied);
+    assert_eq!(before, catalog_snapshot(&client).await);
+    let history: i64 = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(history as usize, shared::db::embedded_migrations().len());
+}
+
+#[tokio::test]
+async fn concurrent_migrations_apply_each_migration_once() {
+    let url = testkit::empty_database().await;
+    let a = pool(&url).await;
+    let b = pool(&url).await;
+    let (ra, rb) = tokio::join!(shared::db::migrate(&a), shared::db::migrate(&b));
+    let mut applied = ra.unwrap().applied;
+    applied.extend(rb.unwrap().applied);
+    assert_eq!(applied, shared::db::embedded_migrations());
+}
+
+#[tokio::test]
+async fn partition_upkeep_moves_default_rows_and_drops_old_months() {
+    let url = testkit::fresh_database().await;
+    let client = testkit::connect(&url).await;
+    let user_id: String = client
+        .query_one(
+            "INSERT INTO users (email) VALUES ('p@example.com') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // A row far in the future lands in the default partition, not lost...
+    client
+        .execute(
+            "INSERT INTO user_activity_logs (user_id, activity_type, created_at) VALUES ($1, 'login', '2031-03-31 23:59:59.999+00')",
+            &[&user_id],
+        )
+        .await
+        .unwrap();
+    let home: String = client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM user_activity_logs",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(home, "user_activity_logs_default");
+    // ...and moves into its month when that month's partition is created.
+    let created: i32 = client
+        .query_one(
+            "SELECT ensure_monthly_partitions('user_activity_logs', '2031-03-01', 2)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 2);
+    let home: String = client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM user_activity_logs",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(home, "user_activity_logs_y2031m03");
+    // Month boundary: the first instant of April goes to April.
+    client
+        .execute(
+            "INSERT INTO user_activity_logs (user_id, activity_type, created_at) VALUES ($1, 'login', '2031-04-01 00:00:00+00')",
+            &[&user_id],
+        )
+        .await
+        .unwrap();
+    let april: i64 = client
+        .query_one("SELECT count(*) FROM user_activity_logs_y2031m04", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(april, 1);
+    // Retention drops whole partitions before the cutoff, never the default.
+    let dropped: i32 = client
+        .query_one(
+            "SELECT drop_monthly_partitions_before('user_activity_logs', '2031-04-01')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(dropped >= 1);
+    let remaining: Vec<String> = client
+        .query(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'user_activity_logs'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(remaining.contains(&"user_activity_logs_default".to_string()));
+    assert!(remaining.contains(&"user_activity_logs_y2031m04".to_string()));
+    assert!(!remaining.contains(&"user_activity_logs_y2031m03".to_string()));
+}

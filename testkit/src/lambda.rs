@@ -1,0 +1,190 @@
+//! A Lambda Runtime API emulator (the `/2018-06-01/runtime/...` endpoints the
+//! real Lambda service offers a function's process), so tests can run the
+//! actual function binaries and feed them events exactly as AWS would.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tokio::sync::{Notify, oneshot};
+
+/// What the function answered for one invocation.
+#[derive(Debug)]
+pub enum Outcome {
+    Response(Value),
+    Error(Value),
+}
+
+struct Invocation {
+    id: String,
+    event: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: Mutex<VecDeque<Invocation>>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    init_error: Mutex<Option<Value>>,
+    arrived: Notify,
+}
+
+pub struct RuntimeApi {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RuntimeApi {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(respond),
+            )
+            .route("/2018-06-01/runtime/invocation/{id}/error", post(fail))
+            .route("/2018-06-01/runtime/init/error", post(init_error))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            inner,
+            server,
+        }
+    }
+
+    /// Starts a function binary against this API with `env` added to a
+    /// Lambda-like environment.
+    pub fn spawn_function(&self, binary: &Path, name: &str, env: &[(&str, String)]) -> Child {
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_LAMBDA_RUNTIME_API", self.addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+            .env("AWS_REGION", "us-east-1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.spawn().expect("spawn the function binary")
+    }
+
+    /// Delivers `event` to the function and waits for its answer.
+    pub async fn invoke(&self, event: &Value) -> Outcome {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .waiting
+            .lock()
+            .expect("lock")
+            .insert(id.clone(), tx);
+        self.inner
+            .queue
+            .lock()
+            .expect("lock")
+            .push_back(Invocation {
+                id,
+                event: serde_json::to_vec(event).expect("event json"),
+            });
+        self.inner.arrived.notify_one();
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => panic!(
+                "the function did not answer within 30 s (init error: {:?})",
+                self.inner.init_error.lock().expect("lock").clone()
+            ),
+        }
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn next(State(inner): State<Arc<Inner>>) -> Response {
+    loop {
+        let notified = inner.arrived.notified();
+        if let Some(invocation) = inner.queue.lock().expect("lock").pop_front() {
+            let deadline = chrono::Utc::now().timestamp_millis() + 30_000;
+            let mut headers = HeaderMap::new();
+            let mut set = |name: &'static str, value: String| {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            };
+            set("lambda-runtime-aws-request-id", invocation.id.clone());
+            set("lambda-runtime-deadline-ms", deadline.to_string());
+            set(
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:test".into(),
+            );
+            set(
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000".into(),
+            );
+            set("content-type", "application/json".into());
+            return (StatusCode::OK, headers, invocation.event).into_response();
+        }
+        notified.await;
+    }
+}
+
+fn parse(body: &Bytes) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()))
+}
+
+async fn respond(
+    State(inner): State<Arc<Inner>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> StatusCode {
+    if let Some(tx) = inner.waiting.lock().expect("lock").remove(&id) {
+        let _ = tx.send(Outcome::Response(parse(&body)));
+    }
+    StatusCode::ACCEPTED
+}
+
+async fn fail(
+    State(inner): State<Arc<Inner>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> StatusCode {
+    if let Some(tx) = inner.waiting.lock().expect("lock").remove(&id) {
+        let _ = tx.send(Outcome::Error(parse(&body)));
+    }
+    StatusCode::ACCEPTED
+}
+
+async fn init_error(State(inner): State<Arc<Inner>>, body: Bytes) -> StatusCode {
+    *inner.init_error.lock().expect("lock") = Some(parse(&body));
+    StatusCode::ACCEPTED
+}

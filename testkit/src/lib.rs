@@ -1,0 +1,352 @@
+//! Test support shared by every crate's integration tests: a fresh PostgreSQL
+//! database per test, the local stack on a random port, an HTTP client that
+//! speaks its API, and a Lambda Runtime API emulator for driving the real
+//! function binaries. Nothing here is mocked: tests talk to real PostgreSQL
+//! over real HTTP.
+
+pub mod lambda;
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use local::{LocalOptions, LocalStack};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use shared::auth::dev_issuer::SigningKey;
+use shared::config::{DatabaseConfig, SslMode};
+use tokio_postgres::NoTls;
+
+/// The server tests create their databases on: `TEST_DATABASE_URL`, else the
+/// machine's server. The test script sets it to a private cluster when the
+/// machine has none.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| local::database::MACHINE_SERVER.to_string())
+}
+
+/// A connection for setup and assertions; its driver task runs in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", local::database::redact(url)));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Test databases are named `t_<unix seconds>_<random>`; ones older than this
+/// are dropped by later runs, so crashed runs do not fill the server.
+const STALE_AFTER_SECS: u64 = 2 * 3600;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn new_database_name() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("t_{}_{}", unix_now(), &random[..12])
+}
+
+/// An empty database, for tests of the migrations themselves.
+pub async fn empty_database() -> String {
+    let admin = admin_url();
+    let client = connect(&admin).await;
+    let name = new_database_name();
+    client
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create test database");
+    local::database::with_database(&admin, &name)
+}
+
+/// A fresh, fully migrated database, cloned from a template that is migrated
+/// once per schema version (and month, since partitions are made per month).
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let client = connect(&admin).await;
+    let template = ensure_template(&client, &admin).await;
+    let name = new_database_name();
+    // CREATE DATABASE ... TEMPLATE fails while another session is connected to
+    // the template; that window is brief, so retry.
+    let mut attempts = 0;
+    loop {
+        match client
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                tracing::debug!("template busy: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot clone the template database: {e}"),
+        }
+    }
+    local::database::with_database(&admin, &name)
+}
+
+async fn ensure_template(client: &tokio_postgres::Client, admin: &str) -> String {
+    let month = chrono::Utc::now().format("%Y%m");
+    let template = format!("tpl_{}_{month}", shared::db::migrations_fingerprint());
+    if database_exists(client, &template).await {
+        return template;
+    }
+    // Serialise template creation across test processes.
+    client
+        .execute("SELECT pg_advisory_lock(7243120002)", &[])
+        .await
+        .expect("lock");
+    if !database_exists(client, &template).await {
+        drop_stale_databases(client).await;
+        let building = format!("{template}_building");
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+            ))
+            .await
+            .expect("drop a half-built template");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{building}\""))
+            .await
+            .expect("create template");
+        let pool = shared::db::create_pool(&DatabaseConfig {
+            url: local::database::with_database(admin, &building),
+            sslmode: SslMode::Disable,
+            ssl_root_cert: None,
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(10),
+        })
+        .expect("template pool");
+        shared::db::migrate(&pool).await.expect("migrate template");
+        pool.close();
+        drop(pool);
+        // Renaming needs the template to have no sessions; the pool just closed.
+        let mut attempts = 0;
+        loop {
+            match client
+                .batch_execute(&format!(
+                    "ALTER DATABASE \"{building}\" RENAME TO \"{template}\""
+                ))
+                .await
+            {
+                Ok(()) => break,
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot finish the template: {e}"),
+            }
+        }
+    }
+    client
+        .execute("SELECT pg_advisory_unlock(7243120002)", &[])
+        .await
+        .expect("unlock");
+    template
+}
+
+async fn database_exists(client: &tokio_postgres::Client, name: &str) -> bool {
+    client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .expect("query pg_database")
+        .is_some()
+}
+
+async fn drop_stale_databases(client: &tokio_postgres::Client) {
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 't\\_%' OR datname LIKE 'tpl\\_%'",
+            &[],
+        )
+        .await
+        .expect("list databases");
+    let now = unix_now();
+    let current_month = chrono::Utc::now().format("%Y%m").to_string();
+    for row in rows {
+        let name: String = row.get(0);
+        let stale = if let Some(rest) = name.strip_prefix("t_") {
+            rest.split('_')
+                .next()
+                .and_then(|secs| secs.parse::<u64>().ok())
+                .is_some_and(|created| now.saturating_sub(created) > STALE_AFTER_SECS)
+        } else {
+            // Templates of past months or older schemas are rebuilt when needed.
+            !name.contains(&current_month)
+        };
+        if stale {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// One RSA key per test process: generating one per test would dominate run time.
+pub fn signing_key() -> SigningKey {
+    static KEY: OnceLock<SigningKey> = OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().expect("generate RSA key"))
+        .clone()
+}
+
+/// The local stack on a random port over a fresh database.
+pub struct TestStack {
+    pub stack: LocalStack,
+    pub base_url: String,
+    pub database_url: String,
+    pub http: reqwest::Client,
+}
+
+pub async fn spawn_stack() -> TestStack {
+    let database_url = fresh_database().await;
+    let stack = LocalStack::start(LocalOptions {
+        port: 0,
+        database_url: Some(database_url.clone()),
+        data_dir: std::env::temp_dir(),
+        signing_key: Some(signing_key()),
+    })
+    .await
+    .expect("start the local stack");
+    TestStack {
+        base_url: stack.base_url.clone(),
+        stack,
+        database_url,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client"),
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts the reply is an RFC 9457 problem with this status.
+    pub fn assert_problem(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        let content_type = self
+            .headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert_eq!(
+            content_type, "application/problem+json",
+            "body: {}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status, "body: {}", self.body);
+        assert!(
+            self.body["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("/problems/"))
+        );
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+        self
+    }
+}
+
+impl TestStack {
+    /// A database connection for setup and assertions.
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        connect(&self.database_url).await
+    }
+
+    /// A token from the local issuer, as `POST /dev/token` would mint it.
+    pub fn token(&self, email: &str) -> String {
+        self.token_with(email, &[])
+    }
+
+    pub fn token_with(&self, email: &str, permissions: &[&str]) -> String {
+        let permissions: Vec<String> = permissions.iter().map(|p| p.to_string()).collect();
+        self.stack
+            .issuer
+            .mint(email, &permissions, Duration::from_secs(600))
+            .expect("mint token")
+    }
+
+    /// Signs in `email` (creating the account) and returns its token.
+    pub async fn sign_in(&self, email: &str) -> String {
+        let token = self.token(email);
+        let reply = self
+            .call(Method::POST, "/api/v1/auth/session", Some(&token), None)
+            .await;
+        assert!(reply.status.is_success(), "sign-in failed: {}", reply.body);
+        token
+    }
+
+    /// Signs in and sets a username.
+    pub async fn user(&self, email: &str, username: &str) -> String {
+        let token = self.sign_in(email).await;
+        let reply = self
+            .call(
+                Method::PATCH,
+                "/api/v1/me",
+                Some(&token),
+                Some(json!({"username": username})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        token
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        read(response).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::GET, path, token, None).await
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> Reply {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
