@@ -1,0 +1,143 @@
+//! The real `auth` binary, run under a Lambda Runtime API emulator and fed the
+//! sample HTTP API v2 events from `events/`: this exercises `lambda_http`'s
+//! event conversion, the request context (source IP, request id, authorizer
+//! claims) and the response encoding, not only the axum router.
+
+use std::path::Path;
+
+use serde_json::Value;
+use testkit::lambda::{Outcome, RuntimeApi};
+use testkit::{TestStack, spawn_stack};
+
+fn sample(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../events")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn with_token(mut event: Value, token: &str) -> Value {
+    event["headers"]["authorization"] = Value::String(format!("Bearer {token}"));
+    event
+}
+
+/// The function's reply as (status, headers, JSON body).
+fn http_reply(outcome: Outcome) -> (u16, Value, Value) {
+    let Outcome::Response(response) = outcome else {
+        panic!("the function reported an error: {outcome:?}");
+    };
+    let status = response["statusCode"].as_u64().unwrap() as u16;
+    let body = response["body"]
+        .as_str()
+        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap());
+    (status, response["headers"].clone(), body)
+}
+
+fn start_function(
+    api: &RuntimeApi,
+    stack: &TestStack,
+    trust_gateway: bool,
+) -> tokio::process::Child {
+    api.spawn_function(
+        Path::new(env!("CARGO_BIN_EXE_auth")),
+        "auth",
+        &[
+            ("DATABASE_URL", stack.database_url.clone()),
+            ("AUTH_ISSUER", stack.stack.issuer.issuer().to_string()),
+            ("AUTH_AUDIENCE", local::LOCAL_AUDIENCE.to_string()),
+            ("AUTH_TRUST_GATEWAY_CLAIMS", trust_gateway.to_string()),
+            ("LOG_FORMAT", "json".to_string()),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn the_lambda_binary_serves_sample_http_api_events() {
+    let stack = spawn_stack().await;
+    let api = RuntimeApi::start().await;
+    let _function = start_function(&api, &stack, false);
+    let token = stack.token("ann@example.com");
+
+    let (status, headers, body) = http_reply(
+        api.invoke(&with_token(sample("auth-create-session.json"), &token))
+            .await,
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["email"], "ann@example.com");
+    let user_id = body["id"].as_str().unwrap().to_string();
+
+    // The source IP and request id come from the API Gateway request context.
+    let login = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT host(ip_address), session_id FROM user_activity_logs WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(login.get::<_, String>(0), "203.0.113.7");
+    assert_eq!(
+        login.get::<_, String>(1),
+        "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    );
+
+    let (status, _, body) = http_reply(
+        api.invoke(&with_token(sample("auth-patch-me.json"), &token))
+            .await,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["timezone"], "Asia/Tokyo");
+
+    let (status, _, body) = http_reply(
+        api.invoke(&with_token(sample("auth-get-me.json"), &token))
+            .await,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], user_id.as_str());
+    assert_eq!(body["username"], "ann_lee");
+
+    // The sample as committed carries a placeholder token: a 401 problem.
+    let (status, headers, body) = http_reply(api.invoke(&sample("auth-get-me.json")).await);
+    assert_eq!(status, 401);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["type"], "/problems/unauthorized");
+
+    // Private profile: anonymous callers get a 404 through Lambda as well.
+    let (status, _, _) = http_reply(api.invoke(&sample("auth-get-public-user.json")).await);
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn gateway_verified_claims_are_used_only_when_trusted() {
+    let stack = spawn_stack().await;
+    stack.sign_in("ann@example.com").await;
+    let subject = shared::auth::dev_issuer::DevIssuer::subject_for("ann@example.com");
+    let mut event = sample("auth-get-me-gateway-claims.json");
+    event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::String(subject);
+
+    let untrusting = RuntimeApi::start().await;
+    let _a = start_function(&untrusting, &stack, false);
+    let (status, _, _) = http_reply(untrusting.invoke(&event).await);
+    assert_eq!(status, 401, "claims must not be trusted unless configured");
+
+    let trusting = RuntimeApi::start().await;
+    let _b = start_function(&trusting, &stack, true);
+    let (status, _, body) = http_reply(trusting.invoke(&event).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["email"], "ann@example.com");
+}
+
+#[tokio::test]
+async fn a_misconfigured_function_fails_its_init_with_a_clear_message() {
+    let api = RuntimeApi::start().await;
+    let child = api.spawn_function(Path::new(env!("CARGO_BIN_EXE_auth")), "auth", &[]);
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the function should exit")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "stderr: {stderr}");
+}
