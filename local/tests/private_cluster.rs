@@ -63,3 +63,155 @@ fn uuid_like() -> String {
             .as_nanos()
     )
 }
+
+/// `DATABASE_SSLMODE=require` connects over TLS with rustls, verifying the
+/// server against `DATABASE_SSL_ROOT_CERT` (as with the RDS CA bundle), and
+/// refuses a server whose certificate it cannot verify.
+#[tokio::test]
+async fn require_ssl_connects_over_verified_tls() {
+    let root = std::env::temp_dir().join(format!("charplat-tls-{}", uuid_like()));
+    std::fs::create_dir_all(&root).unwrap();
+    let certs = root.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        certs.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+
+    let port = free_port();
+    let cluster = PrivateCluster::new(root.join("pgdata"), port);
+    cluster.start().await.unwrap();
+    // The key must belong to the server's user and be private to it.
+    let owner = if is_root() { "postgres" } else { "" };
+    if !owner.is_empty() {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "postgres:", &certs.to_string_lossy()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    std::fs::set_permissions(
+        certs.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let admin = testkit::connect(&cluster.admin_url()).await;
+    for setting in [
+        format!("ssl_cert_file = '{}'", certs.join("server.crt").display()),
+        format!("ssl_key_file = '{}'", certs.join("server.key").display()),
+        "ssl = on".to_string(),
+    ] {
+        admin
+            .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    drop(admin);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let config = |sslmode, root_cert: Option<std::path::PathBuf>| shared::config::DatabaseConfig {
+        url: format!("postgres://postgres@localhost:{port}/postgres"),
+        sslmode,
+        ssl_root_cert: root_cert,
+        pool_size: 1,
+        connect_timeout: std::time::Duration::from_secs(5),
+    };
+    let verified = shared::db::create_pool(&config(
+        shared::config::SslMode::Require,
+        Some(certs.join("ca.crt")),
+    ))
+    .unwrap();
+    let client = verified
+        .get()
+        .await
+        .expect("TLS connection with the CA configured");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the connection must be encrypted");
+    drop(client);
+
+    let unverified =
+        shared::db::create_pool(&config(shared::config::SslMode::Require, None)).unwrap();
+    assert!(
+        unverified.get().await.is_err(),
+        "an unknown CA must be refused"
+    );
+
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
