@@ -13,7 +13,9 @@ use anyhow::Context;
 use axum::Router;
 use shared::app::{self, AppState};
 use shared::auth::dev_issuer::{DevIssuer, SigningKey};
-use shared::config::{AuthConfig, Config, DEFAULT_EMAIL_CLAIM, DatabaseConfig, LogFormat, SslMode};
+use shared::config::{
+    AuthConfig, Config, DEFAULT_EMAIL_CLAIM, DatabaseConfig, GalleryConfig, LogFormat, SslMode,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -134,7 +136,9 @@ impl LocalStack {
 
 /// Every function's routes, plus the local identity provider's.
 pub fn router(state: AppState, issuer: DevIssuer) -> Router {
-    let routes = app::auth_routes().merge(dev_routes::routes(issuer));
+    let routes = app::auth_routes()
+        .merge(app::characters_routes())
+        .merge(dev_routes::routes(issuer));
     app::finish(routes, state)
 }
 
@@ -156,6 +160,18 @@ fn local_config(database_url: &str, issuer_url: &str) -> Config {
             jwks_min_refresh: Duration::from_secs(5),
             trust_gateway_claims: false,
         },
+        gallery: GalleryConfig {
+            report_threshold: env_number("GALLERY_REPORT_THRESHOLD", 3),
+            top_rated_min_ratings: env_number("GALLERY_TOP_RATED_MIN_RATINGS", 3),
+        },
         log_format: LogFormat::Text,
     }
+}
+
+fn env_number(name: &str, default: i32) -> i32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(default)
 }

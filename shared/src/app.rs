@@ -68,3 +68,16 @@ pub fn auth_routes() -> Router<AppState> {
 pub fn auth_router(state: AppState) -> Router {
     finish(auth_routes(), state)
 }
+
+/// The characters function's routes: characters, the gallery, collections,
+/// likes, ratings, downloads and reports.
+pub fn characters_routes() -> Router<AppState> {
+    crate::characters::routes::router()
+        .merge(crate::collections::routes::router())
+        .merge(crate::social::routes::router())
+}
+
+/// The characters function's finished router.
+pub fn characters_router(state: AppState) -> Router {
+    finish(characters_routes(), state)
+}

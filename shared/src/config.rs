@@ -62,6 +62,25 @@ pub struct AuthConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GalleryConfig {
+    /// `GALLERY_REPORT_THRESHOLD` (default 3): open reports from this many
+    /// distinct users take a character out of the gallery until reviewed.
+    pub report_threshold: i32,
+    /// `GALLERY_TOP_RATED_MIN_RATINGS` (default 3): ratings a character needs
+    /// before it can appear in the `top_rated` sort.
+    pub top_rated_min_ratings: i32,
+}
+
+impl Default for GalleryConfig {
+    fn default() -> Self {
+        Self {
+            report_threshold: 3,
+            top_rated_min_ratings: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Text,
@@ -71,6 +90,7 @@ pub enum LogFormat {
 pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub gallery: GalleryConfig,
     /// `LOG_FORMAT`: `json` or `text`; JSON by default inside Lambda.
     pub log_format: LogFormat,
 }
@@ -158,6 +178,12 @@ impl Config {
             trust_gateway_claims: parse_bool(&get, "AUTH_TRUST_GATEWAY_CLAIMS", false)?,
         };
 
+        let gallery = GalleryConfig {
+            report_threshold: parse_number(&get, "GALLERY_REPORT_THRESHOLD", 3, 1, 1000)? as i32,
+            top_rated_min_ratings: parse_number(&get, "GALLERY_TOP_RATED_MIN_RATINGS", 3, 1, 1000)?
+                as i32,
+        };
+
         let log_format = match get("LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -174,6 +200,7 @@ impl Config {
         Ok(Self {
             database,
             auth,
+            gallery,
             log_format,
         })
     }

@@ -149,3 +149,21 @@ pub fn embedded_migrations() -> Vec<String> {
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect()
 }
+
+/// Begins a transaction for an HTTP request: its statements run as `app_api`,
+/// the role row-level security applies to, with `app.user_id` set to the
+/// caller's `users.id` (`None` for anonymous callers). Both settings are
+/// transaction-local, so a pooled connection never carries them to the next
+/// request. This is the second wall behind each handler's own checks.
+pub async fn begin_as<'a>(
+    client: &'a mut tokio_postgres::Client,
+    user_id: Option<&str>,
+) -> Result<tokio_postgres::Transaction<'a>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT set_config('role', 'app_api', true), set_config('app.user_id', $1, true)",
+        &[&user_id.unwrap_or("")],
+    )
+    .await?;
+    Ok(tx)
+}

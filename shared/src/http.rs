@@ -145,6 +145,42 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// `Query<T>` whose rejections are problem+json 422s naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::validation("query", rejection.body_text())),
+        }
+    }
+}
+
+/// `Path<T>` whose rejections are problem+json 404s (a malformed id names no resource).
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(_) => Err(ApiError::NotFound("no such resource".into())),
+        }
+    }
+}
+
 /// Router fallback: unknown paths are a problem+json 404.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())

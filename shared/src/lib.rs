@@ -5,11 +5,15 @@
 pub mod activity;
 pub mod app;
 pub mod auth;
+pub mod characters;
+pub mod collections;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod lambda;
+pub mod pagination;
+pub mod social;
 pub mod telemetry;
 pub mod users;
 

@@ -1,0 +1,3 @@
+//! (being built for issue #3)
+
+pub mod routes;

@@ -1,0 +1,7 @@
+use axum::Router;
+
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+}
