@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod input;
 pub mod lambda;
 pub mod pagination;
 pub mod social;

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fields;
@@ -20,8 +20,9 @@ use super::repo::{self, AccountChanges, ProfileFields};
 use super::{Profile, PublicUser, User};
 use crate::app::AppState;
 use crate::auth::{Caller, OptionalCaller};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::http::{ApiJson, RequestMeta};
+use crate::input::{check, decode_strict, finish, present, required_if_present};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -75,13 +76,6 @@ const READ_ONLY_ACCOUNT_FIELDS: [&str; 16] = [
     "email_verified_at",
 ];
 
-/// `Some(None)` for an explicit `null`, `None` for an absent field.
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MePatch {
@@ -103,44 +97,6 @@ struct MePatch {
     allow_gallery_showcase: Option<Option<bool>>,
     #[serde(default, deserialize_with = "present")]
     content_filter_level: Option<Option<String>>,
-}
-
-/// Refuses read-only fields by name, then decodes the rest strictly.
-fn decode_strict<T: serde::de::DeserializeOwned>(
-    body: Map<String, Value>,
-    read_only: &[&str],
-) -> Result<T, ApiError> {
-    let refused: Vec<FieldError> = body
-        .keys()
-        .filter(|k| read_only.contains(&k.as_str()))
-        .map(|k| FieldError::new(k, "is read-only and cannot be set through this route"))
-        .collect();
-    if !refused.is_empty() {
-        return Err(ApiError::from_field_errors(refused));
-    }
-    serde_json::from_value(Value::Object(body))
-        .map_err(|e| ApiError::validation("body", e.to_string()))
-}
-
-/// A field that may be absent but not `null` (its column keeps a value).
-fn required_if_present<T>(
-    field: &str,
-    value: Option<Option<T>>,
-    errors: &mut Vec<FieldError>,
-) -> Option<T> {
-    match value {
-        Some(None) => {
-            errors.push(FieldError::new(field, "cannot be null"));
-            None
-        }
-        Some(Some(v)) => Some(v),
-        None => None,
-    }
-}
-
-/// Runs a field check, collecting its error instead of stopping at the first.
-fn check<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
-    result.map_err(|e| errors.push(e)).ok()
 }
 
 impl MePatch {
@@ -206,11 +162,7 @@ impl MePatch {
                 fields::one_of("content_filter_level", &raw, &fields::CONTENT_FILTER_LEVELS),
             );
         }
-        if errors.is_empty() {
-            Ok(changes)
-        } else {
-            Err(ApiError::from_field_errors(errors))
-        }
+        finish(changes, errors)
     }
 }
 
@@ -314,11 +266,7 @@ impl ProfilePut {
                 }),
             )
         });
-        if errors.is_empty() {
-            Ok(out)
-        } else {
-            Err(ApiError::from_field_errors(errors))
-        }
+        finish(out, errors)
     }
 }
 

@@ -1,0 +1,156 @@
+//! The prompt filter applied according to `users.content_filter_level`.
+//!
+//! Each rule is a named list of terms; a level applies a set of rules. A term
+//! matches whole words, case-insensitively (`sex` blocks "sex" but not
+//! "Sussex"); a multi-word term matches those words in sequence. The lists are
+//! deliberately short and documented in the README: this is a first line that
+//! names the rule it applied, not a classifier.
+
+/// A rule: its id (named in the 422), the levels it applies at, its terms.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub id: &'static str,
+    pub levels: &'static [&'static str],
+    pub terms: &'static [&'static str],
+}
+
+const ALL: &[&str] = &["strict", "moderate", "relaxed"];
+const MODERATE_AND_STRICT: &[&str] = &["strict", "moderate"];
+const STRICT: &[&str] = &["strict"];
+
+pub const RULES: &[Rule] = &[
+    Rule {
+        id: "minor-safety",
+        levels: ALL,
+        terms: &[
+            "loli",
+            "lolicon",
+            "shota",
+            "shotacon",
+            "underage",
+            "jailbait",
+            "child porn",
+        ],
+    },
+    Rule {
+        id: "hate-symbols",
+        levels: ALL,
+        terms: &["swastika", "kkk", "white power"],
+    },
+    Rule {
+        id: "explicit-sexual",
+        levels: MODERATE_AND_STRICT,
+        terms: &[
+            "nsfw",
+            "nude",
+            "nudity",
+            "naked",
+            "porn",
+            "pornographic",
+            "sex",
+            "sexual",
+            "hentai",
+            "xxx",
+            "topless",
+            "genitals",
+            "nipples",
+            "explicit",
+        ],
+    },
+    Rule {
+        id: "graphic-violence",
+        levels: MODERATE_AND_STRICT,
+        terms: &[
+            "gore",
+            "gory",
+            "dismembered",
+            "dismemberment",
+            "decapitated",
+            "beheaded",
+            "mutilated",
+            "disembowelled",
+        ],
+    },
+    Rule {
+        id: "suggestive",
+        levels: STRICT,
+        terms: &[
+            "lingerie",
+            "bikini",
+            "seductive",
+            "sexy",
+            "cleavage",
+            "underwear",
+            "erotic",
+        ],
+    },
+    Rule {
+        id: "violence",
+        levels: STRICT,
+        terms: &[
+            "blood", "bloody", "corpse", "kill", "killing", "murder", "weapon", "gun",
+        ],
+    },
+];
+
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+/// The first rule of `level` that `text` breaks, if any.
+pub fn violation(level: &str, text: &str) -> Option<&'static Rule> {
+    let words = words(text);
+    RULES
+        .iter()
+        .filter(|rule| rule.levels.contains(&level))
+        .find(|rule| {
+            rule.terms.iter().any(|term| {
+                let term_words: Vec<&str> = term.split(' ').collect();
+                words
+                    .windows(term_words.len())
+                    .any(|window| window.iter().zip(&term_words).all(|(w, t)| w == t))
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_apply_their_rules() {
+        assert_eq!(
+            violation("moderate", "A NSFW elf").map(|r| r.id),
+            Some("explicit-sexual")
+        );
+        assert_eq!(violation("relaxed", "A NSFW elf"), None);
+        assert_eq!(
+            violation("strict", "elf in a bikini").map(|r| r.id),
+            Some("suggestive")
+        );
+        assert_eq!(violation("moderate", "elf in a bikini"), None);
+        assert_eq!(
+            violation("relaxed", "an underage character").map(|r| r.id),
+            Some("minor-safety")
+        );
+    }
+
+    #[test]
+    fn terms_match_whole_words_and_phrases() {
+        assert_eq!(violation("moderate", "a knight from Sussex"), None);
+        assert_eq!(violation("strict", "a gunslinger"), None);
+        assert_eq!(
+            violation("relaxed", "white-power banner").map(|r| r.id),
+            Some("hate-symbols")
+        );
+        assert_eq!(violation("relaxed", "a white horse of power"), None);
+    }
+
+    #[test]
+    fn unknown_levels_apply_nothing() {
+        assert_eq!(violation("none", "nsfw"), None);
+    }
+}

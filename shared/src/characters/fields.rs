@@ -1,0 +1,435 @@
+//! Validation of the user-settable character fields, mirroring and tightening
+//! the schema's CHECK constraints so bad input is a 422 naming the field.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, FieldError};
+use crate::input::{check, decode_strict, finish, present, required_if_present};
+use crate::users::fields::{self as common, STYLE_TYPES};
+
+/// Sampler names the generator accepts (AUTOMATIC1111's `sampler_name`s).
+pub const SAMPLERS: [&str; 22] = [
+    "Euler a",
+    "Euler",
+    "LMS",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2S a",
+    "DPM++ 2M",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM fast",
+    "DPM adaptive",
+    "LMS Karras",
+    "DPM2 Karras",
+    "DPM2 a Karras",
+    "DPM++ 2S a Karras",
+    "DPM++ 2M Karras",
+    "DPM++ SDE Karras",
+    "DPM++ 2M SDE Karras",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+];
+pub const LICENSE_TYPES: [&str; 3] = ["standard", "commercial", "creative_commons"];
+/// Variants a new character may declare towards its parent.
+pub const VARIANT_TYPES: [&str; 4] = [
+    "style_transfer",
+    "pose_change",
+    "outfit_change",
+    "expression_change",
+];
+
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_LEN: usize = 32;
+pub const MAX_COLORS: usize = 10;
+
+/// Columns nobody sets through the API: ids, ownership, images and processing
+/// (the generation pipeline's), moderation, counters and derived values.
+pub const READ_ONLY: [&str; 30] = [
+    "id",
+    "user_id",
+    "primary_image_url",
+    "thumbnail_url",
+    "additional_images",
+    "image_metadata",
+    "generation_status",
+    "processing_started_at",
+    "processing_completed_at",
+    "processing_time_seconds",
+    "error_message",
+    "retry_count",
+    "is_featured",
+    "view_count",
+    "like_count",
+    "download_count",
+    "share_count",
+    "version_number",
+    "created_at",
+    "updated_at",
+    "published_at",
+    "rating_count",
+    "rating_sum",
+    "rating_average",
+    "popularity",
+    "open_report_count",
+    "in_gallery",
+    "search_vector",
+    "owner",
+    "rating",
+];
+
+/// The settable fields, as validated values. `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct CharacterFields {
+    pub name: Option<String>,
+    pub description: Option<Option<String>>,
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<Option<String>>,
+    pub style_type: Option<String>,
+    pub art_style: Option<Option<String>>,
+    pub mood: Option<Option<String>>,
+    pub color_palette: Option<Option<Vec<String>>>,
+    pub model_version: Option<String>,
+    pub generation_seed: Option<Option<i32>>,
+    /// In tenths (75 = 7.5), exact.
+    pub cfg_scale_tenths: Option<i32>,
+    pub steps: Option<i32>,
+    pub sampler: Option<String>,
+    pub collection_id: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+    pub is_public: Option<bool>,
+    pub allow_commercial_use: Option<bool>,
+    pub license_type: Option<String>,
+    pub parent_character_id: Option<String>,
+    pub variant_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFields {
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    prompt: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    negative_prompt: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    style_type: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    art_style: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    mood: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    color_palette: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    model_version: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    generation_seed: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    cfg_scale: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    steps: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    sampler: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    collection_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    tags: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    is_public: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "present")]
+    allow_commercial_use: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "present")]
+    license_type: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    parent_character_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    variant_type: Option<Option<String>>,
+}
+
+/// Whether the body creates a character or edits one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Create,
+    Update,
+}
+
+/// Decodes and validates a create or patch body.
+pub fn parse(body: Map<String, Value>, purpose: Purpose) -> Result<CharacterFields, ApiError> {
+    let mut read_only: Vec<&str> = READ_ONLY.to_vec();
+    if purpose == Purpose::Update {
+        // Lineage is fixed at creation.
+        read_only.extend(["parent_character_id", "variant_type"]);
+    }
+    let raw: RawFields = decode_strict(body, &read_only)?;
+    let mut errors = Vec::new();
+    let mut out = CharacterFields::default();
+    let e = &mut errors;
+
+    let nullable_text = |e: &mut Vec<FieldError>,
+                         field: &str,
+                         value: Option<Option<String>>,
+                         max: usize,
+                         multiline: bool| {
+        value.map(|v| match v {
+            None => None,
+            Some(text) => check(e, common::text(field, &text, max, multiline)).flatten(),
+        })
+    };
+    let required_text = |e: &mut Vec<FieldError>,
+                         field: &str,
+                         value: Option<Option<String>>,
+                         max: usize,
+                         multiline: bool| {
+        let value = required_if_present(field, value, e)?;
+        match check(e, common::text(field, &value, max, multiline))? {
+            Some(text) => Some(text),
+            None => {
+                e.push(FieldError::new(field, "must not be empty"));
+                None
+            }
+        }
+    };
+
+    out.name = required_text(e, "name", raw.name, 100, false);
+    out.description = nullable_text(e, "description", raw.description, 2000, true);
+    out.prompt = required_text(e, "prompt", raw.prompt, 2000, true);
+    out.negative_prompt = nullable_text(e, "negative_prompt", raw.negative_prompt, 2000, true);
+    if let Some(style) = required_if_present("style_type", raw.style_type, e) {
+        out.style_type = check(e, common::one_of("style_type", &style, &STYLE_TYPES));
+    }
+    out.art_style = nullable_text(e, "art_style", raw.art_style, 50, false);
+    out.mood = nullable_text(e, "mood", raw.mood, 50, false);
+    out.color_palette = raw
+        .color_palette
+        .map(|v| v.and_then(|colors| check(e, color_palette(&colors))));
+    if let Some(version) = required_if_present("model_version", raw.model_version, e) {
+        out.model_version = check(e, model_version(&version));
+    }
+    out.generation_seed = raw.generation_seed.map(|v| {
+        v.and_then(|seed| {
+            check(
+                e,
+                i32::try_from(seed).ok().filter(|s| *s >= 0).ok_or_else(|| {
+                    FieldError::new(
+                        "generation_seed",
+                        "must be a whole number from 0 to 2147483647",
+                    )
+                }),
+            )
+        })
+    });
+    if let Some(cfg) = required_if_present("cfg_scale", raw.cfg_scale, e) {
+        out.cfg_scale_tenths = check(e, cfg_scale_tenths(cfg));
+    }
+    if let Some(steps) = required_if_present("steps", raw.steps, e) {
+        out.steps = check(
+            e,
+            i32::try_from(steps)
+                .ok()
+                .filter(|s| (1..=150).contains(s))
+                .ok_or_else(|| FieldError::new("steps", "must be a whole number from 1 to 150")),
+        );
+    }
+    if let Some(sampler) = required_if_present("sampler", raw.sampler, e) {
+        out.sampler = check(e, common::one_of("sampler", &sampler, &SAMPLERS));
+    }
+    out.collection_id = raw.collection_id;
+    if let Some(tags) = required_if_present("tags", raw.tags, e) {
+        out.tags = check(e, common::tag_list("tags", &tags, MAX_TAGS, tag));
+    }
+    out.is_public = required_if_present("is_public", raw.is_public, e);
+    out.allow_commercial_use =
+        required_if_present("allow_commercial_use", raw.allow_commercial_use, e);
+    if let Some(license) = required_if_present("license_type", raw.license_type, e) {
+        out.license_type = check(e, common::one_of("license_type", &license, &LICENSE_TYPES));
+    }
+    out.parent_character_id = raw.parent_character_id.flatten();
+    out.variant_type = raw.variant_type.flatten();
+
+    if purpose == Purpose::Create {
+        for (field, missing) in [
+            ("name", out.name.is_none()),
+            ("prompt", out.prompt.is_none()),
+            ("style_type", out.style_type.is_none()),
+        ] {
+            if missing && !errors.iter().any(|err| err.field == field) {
+                errors.push(FieldError::new(field, "is required"));
+            }
+        }
+        match (&out.parent_character_id, out.variant_type.as_deref()) {
+            (None, None | Some("original")) => out.variant_type = None,
+            (None, Some(_)) => errors.push(FieldError::new(
+                "variant_type",
+                "only a variant (with parent_character_id) can have a variant type other than original",
+            )),
+            (Some(_), None) => errors.push(FieldError::new(
+                "variant_type",
+                format!("is required for a variant: one of {}", VARIANT_TYPES.join(", ")),
+            )),
+            (Some(_), Some(variant)) => {
+                check(&mut errors, common::one_of("variant_type", variant, &VARIANT_TYPES));
+            }
+        }
+    }
+    finish(out, errors)
+}
+
+/// `1.0..=30.0` with at most one decimal, as exact tenths.
+pub fn cfg_scale_tenths(value: f64) -> Result<i32, FieldError> {
+    let invalid = || {
+        FieldError::new(
+            "cfg_scale",
+            "must be a number from 1.0 to 30.0 with at most one decimal",
+        )
+    };
+    if !value.is_finite() {
+        return Err(invalid());
+    }
+    let tenths = (value * 10.0).round();
+    if (value * 10.0 - tenths).abs() > 1e-6 || !(10.0..=300.0).contains(&tenths) {
+        return Err(invalid());
+    }
+    Ok(tenths as i32)
+}
+
+/// Colours as `#rrggbb` (or `#rgb`), lowercased; at most ten, no duplicates.
+pub fn color_palette(colors: &[String]) -> Result<Vec<String>, FieldError> {
+    common::tag_list("color_palette", colors, MAX_COLORS, |field, raw| {
+        let hex = raw.strip_prefix('#').unwrap_or("");
+        if matches!(hex.len(), 3 | 6) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            Ok(raw.to_ascii_lowercase())
+        } else {
+            Err(FieldError::new(
+                field,
+                "must be a hex colour such as #1e90ff",
+            ))
+        }
+    })
+}
+
+/// A tag: trimmed, lowercased, 1 to 32 letters, digits, spaces, `-` or `_`.
+pub fn tag(field: &str, raw: &str) -> Result<String, FieldError> {
+    let tag = raw.trim().to_lowercase();
+    let ok = (1..=MAX_TAG_LEN).contains(&tag.chars().count())
+        && tag
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'));
+    if ok {
+        Ok(tag)
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("tags are 1 to {MAX_TAG_LEN} letters, digits, spaces, - or _"),
+        ))
+    }
+}
+
+fn model_version(raw: &str) -> Result<String, FieldError> {
+    let ok = (1..=32).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(FieldError::new(
+            "model_version",
+            "must be 1 to 32 letters, digits, '.', '-' or '_'",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn create(body: Value) -> Result<CharacterFields, ApiError> {
+        parse(body.as_object().cloned().unwrap(), Purpose::Create)
+    }
+
+    fn field_of(err: ApiError) -> String {
+        match err {
+            ApiError::Validation { errors, .. } => errors[0].field.clone(),
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_character_is_valid() {
+        let fields =
+            create(json!({"name": "Aria", "prompt": "an elf archer", "style_type": "fantasy"}))
+                .unwrap();
+        assert_eq!(fields.name.as_deref(), Some("Aria"));
+        assert_eq!(fields.variant_type, None);
+    }
+
+    #[test]
+    fn cfg_scale_takes_one_decimal_in_range() {
+        assert_eq!(cfg_scale_tenths(7.5).unwrap(), 75);
+        assert_eq!(cfg_scale_tenths(1.0).unwrap(), 10);
+        assert_eq!(cfg_scale_tenths(30.0).unwrap(), 300);
+        assert!(cfg_scale_tenths(7.55).is_err());
+        assert!(cfg_scale_tenths(0.9).is_err());
+        assert!(cfg_scale_tenths(30.1).is_err());
+        assert!(cfg_scale_tenths(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn every_field_is_checked() {
+        let base = json!({"name": "A", "prompt": "p", "style_type": "anime"});
+        for (patch, field) in [
+            (json!({"style_type": "watercolour"}), "style_type"),
+            (json!({"steps": 0}), "steps"),
+            (json!({"steps": 151}), "steps"),
+            (json!({"sampler": "Euler b"}), "sampler"),
+            (json!({"generation_seed": -1}), "generation_seed"),
+            (json!({"generation_seed": 4294967296u64}), "generation_seed"),
+            (json!({"color_palette": ["blue"]}), "color_palette[0]"),
+            (json!({"tags": ["x".repeat(33)]}), "tags[0]"),
+            (json!({"license_type": "gpl"}), "license_type"),
+            (json!({"name": ""}), "name"),
+            (json!({"name": "x".repeat(101)}), "name"),
+            (json!({"model_version": "v 1"}), "model_version"),
+            (json!({"variant_type": "pose_change"}), "variant_type"),
+            (json!({"like_count": 5}), "like_count"),
+        ] {
+            let mut body = base.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            assert_eq!(field_of(create(body).unwrap_err()), field, "{patch}");
+        }
+        let too_many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+        let mut body = base.clone();
+        body["tags"] = json!(too_many);
+        assert_eq!(field_of(create(body).unwrap_err()), "tags");
+    }
+
+    #[test]
+    fn required_fields_are_named() {
+        assert_eq!(
+            field_of(create(json!({"prompt": "p", "style_type": "anime"})).unwrap_err()),
+            "name"
+        );
+    }
+
+    #[test]
+    fn lineage_is_fixed_after_creation() {
+        let err = parse(
+            json!({"parent_character_id": "x"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            Purpose::Update,
+        )
+        .unwrap_err();
+        assert_eq!(field_of(err), "parent_character_id");
+    }
+}

@@ -1,0 +1,406 @@
+//! SQL for characters. Every function takes a transaction opened with
+//! [`crate::db::begin_as`], so row-level security backs each check made here.
+//! Column names in the dynamic statements come from fixed lists, never from
+//! request text; every value is a bound parameter.
+
+use serde_json::json;
+use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+
+use super::fields::CharacterFields;
+use super::{CHARACTER_COLUMNS, Character, content_filter};
+use crate::activity::{self, Activity};
+use crate::error::ApiError;
+use crate::http::RequestMeta;
+use crate::pagination::{self, Page, TimeKey};
+use crate::users::User;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Column assignments for an INSERT or UPDATE, built from validated fields.
+#[derive(Default)]
+struct Assignments {
+    columns: Vec<&'static str>,
+    /// SQL expression for each column, with `$n` placeholders.
+    expressions: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Assignments {
+    fn set(&mut self, column: &'static str, value: Param) {
+        self.set_with(column, "{}", value);
+    }
+
+    /// `template` wraps the placeholder (`{}`) in a cast or expression.
+    fn set_with(&mut self, column: &'static str, template: &str, value: Param) {
+        self.params.push(value);
+        self.columns.push(column);
+        self.expressions
+            .push(template.replace("{}", &format!("${}", self.params.len())));
+    }
+
+    fn param(&mut self, value: Param) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+
+    fn from_fields(fields: &CharacterFields) -> Self {
+        let mut a = Self::default();
+        if let Some(v) = &fields.name {
+            a.set("name", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.description {
+            a.set("description", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.prompt {
+            a.set("prompt", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.negative_prompt {
+            a.set("negative_prompt", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.style_type {
+            a.set("style_type", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.art_style {
+            a.set("art_style", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.mood {
+            a.set("mood", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.color_palette {
+            a.set("color_palette", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.model_version {
+            a.set("model_version", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.generation_seed {
+            a.set("generation_seed", Box::new(*v));
+        }
+        if let Some(v) = fields.cfg_scale_tenths {
+            a.set_with("cfg_scale", "({}::int4 / 10.0)::numeric(3,1)", Box::new(v));
+        }
+        if let Some(v) = fields.steps {
+            a.set("steps", Box::new(v));
+        }
+        if let Some(v) = &fields.sampler {
+            a.set("sampler", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.collection_id {
+            a.set("collection_id", Box::new(v.clone()));
+        }
+        if let Some(v) = &fields.tags {
+            a.set("tags", Box::new(v.clone()));
+        }
+        if let Some(v) = fields.is_public {
+            a.set("is_public", Box::new(v));
+        }
+        if let Some(v) = fields.allow_commercial_use {
+            a.set("allow_commercial_use", Box::new(v));
+        }
+        if let Some(v) = &fields.license_type {
+            a.set("license_type", Box::new(v.clone()));
+        }
+        a
+    }
+}
+
+/// Checks the text fields being written against the owner's content filter.
+fn filter_content(user: &User, fields: &CharacterFields) -> Result<(), ApiError> {
+    let level = user.content_filter_level.as_deref().unwrap_or("moderate");
+    let texts = [
+        ("name", fields.name.as_deref()),
+        (
+            "description",
+            fields.description.as_ref().and_then(|d| d.as_deref()),
+        ),
+        ("prompt", fields.prompt.as_deref()),
+    ];
+    for (field, text) in texts {
+        if let Some(rule) = text.and_then(|t| content_filter::violation(level, t)) {
+            return Err(ApiError::validation(
+                field,
+                format!(
+                    "blocked by content filter rule `{}` (your content_filter_level is {level})",
+                    rule.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Suspended accounts keep their work but cannot publish.
+fn check_may_publish(user: &User, fields: &CharacterFields) -> Result<(), ApiError> {
+    if fields.is_public == Some(true) && user.account_status.as_deref() != Some("active") {
+        return Err(ApiError::Forbidden(
+            "a suspended account cannot publish characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The collection a character is filed under must be one of the caller's.
+async fn check_collection(
+    tx: &Transaction<'_>,
+    user: &User,
+    fields: &CharacterFields,
+) -> Result<(), ApiError> {
+    if let Some(Some(collection_id)) = &fields.collection_id {
+        let own = tx
+            .query_opt(
+                "SELECT 1 FROM collections WHERE id = $1 AND user_id = $2",
+                &[collection_id, &user.id],
+            )
+            .await?;
+        if own.is_none() {
+            return Err(ApiError::validation(
+                "collection_id",
+                "is not one of your collections",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Files the character in its collection (membership row) when one is set.
+async fn join_collection(
+    tx: &Transaction<'_>,
+    character_id: &str,
+    fields: &CharacterFields,
+) -> Result<(), ApiError> {
+    if let Some(Some(collection_id)) = &fields.collection_id {
+        tx.execute(
+            "INSERT INTO collection_characters (collection_id, character_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+            &[collection_id, &character_id],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn create(
+    tx: &Transaction<'_>,
+    user: &User,
+    fields: &CharacterFields,
+    meta: &RequestMeta,
+) -> Result<Character, ApiError> {
+    filter_content(user, fields)?;
+    check_may_publish(user, fields)?;
+    check_collection(tx, user, fields).await?;
+    let mut assignments = Assignments::from_fields(fields);
+    assignments.set("user_id", Box::new(user.id.clone()));
+    if let Some(parent) = &fields.parent_character_id {
+        // RLS shows only the caller's own and public characters.
+        let visible = tx
+            .query_opt("SELECT 1 FROM characters WHERE id = $1", &[parent])
+            .await?;
+        if visible.is_none() {
+            return Err(ApiError::validation(
+                "parent_character_id",
+                "is not a character of yours or a public one",
+            ));
+        }
+        assignments.set("parent_character_id", Box::new(parent.clone()));
+        assignments.set("variant_type", Box::new(fields.variant_type.clone()));
+    }
+    let sql = format!(
+        "INSERT INTO characters AS c ({}) VALUES ({}) RETURNING {CHARACTER_COLUMNS}",
+        assignments.columns.join(", "),
+        assignments.expressions.join(", ")
+    );
+    let row = tx.query_one(&sql, &assignments.refs()).await?;
+    let character = Character::from_row(&row)?;
+    join_collection(tx, &character.id, fields).await?;
+    activity::record(
+        tx,
+        Activity {
+            user_id: Some(&user.id),
+            activity_type: "character_created",
+            entity_type: Some("character"),
+            entity_id: Some(&character.id),
+            metadata: json!({"style_type": character.style_type, "parent_character_id": character.parent_character_id}),
+        },
+        meta,
+    )
+    .await?;
+    Ok(character)
+}
+
+/// A character the caller may see (their own or a public one).
+pub async fn visible(tx: &Transaction<'_>, id: &str) -> Result<Option<Character>, ApiError> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT {CHARACTER_COLUMNS} FROM characters c WHERE c.id = $1"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(Character::from_row).transpose()?)
+}
+
+/// The caller's own character: someone else's private one is a 404 (its
+/// existence is not revealed), someone else's public one a 403.
+pub async fn owned(tx: &Transaction<'_>, user: &User, id: &str) -> Result<Character, ApiError> {
+    let character = visible(tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
+    if character.user_id != user.id {
+        return Err(ApiError::Forbidden(
+            "only the owner can change this character".into(),
+        ));
+    }
+    Ok(character)
+}
+
+/// Reads a character, counting a view when someone other than the owner reads
+/// a public one.
+pub async fn read(
+    tx: &Transaction<'_>,
+    viewer: Option<&User>,
+    id: &str,
+) -> Result<Character, ApiError> {
+    let character = visible(tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
+    if viewer.is_some_and(|v| v.id == character.user_id) || character.is_public != Some(true) {
+        return Ok(character);
+    }
+    tx.execute("SELECT count_character_view($1)", &[&id])
+        .await?;
+    visible(tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such character".into()))
+}
+
+pub async fn update(
+    tx: &Transaction<'_>,
+    user: &User,
+    id: &str,
+    fields: &CharacterFields,
+    meta: &RequestMeta,
+) -> Result<Character, ApiError> {
+    let existing = owned(tx, user, id).await?;
+    filter_content(user, fields)?;
+    check_may_publish(user, fields)?;
+    check_collection(tx, user, fields).await?;
+    let mut assignments = Assignments::from_fields(fields);
+    if assignments.columns.is_empty() {
+        return Ok(existing);
+    }
+    let sets: Vec<String> = assignments
+        .columns
+        .iter()
+        .zip(&assignments.expressions)
+        .map(|(column, expression)| format!("{column} = {expression}"))
+        .collect();
+    let id_param = assignments.param(Box::new(id.to_string()));
+    let sql = format!(
+        "UPDATE characters AS c SET {} WHERE c.id = {id_param} RETURNING {CHARACTER_COLUMNS}",
+        sets.join(", ")
+    );
+    let row = tx.query_one(&sql, &assignments.refs()).await?;
+    let character = Character::from_row(&row)?;
+    join_collection(tx, &character.id, fields).await?;
+    activity::record(
+        tx,
+        Activity {
+            user_id: Some(&user.id),
+            activity_type: "character_updated",
+            entity_type: Some("character"),
+            entity_id: Some(&character.id),
+            metadata: json!({"fields": assignments.columns}),
+        },
+        meta,
+    )
+    .await?;
+    Ok(character)
+}
+
+pub async fn delete(
+    tx: &Transaction<'_>,
+    user: &User,
+    id: &str,
+    meta: &RequestMeta,
+) -> Result<(), ApiError> {
+    owned(tx, user, id).await?;
+    tx.execute("DELETE FROM characters WHERE id = $1", &[&id])
+        .await?;
+    activity::record(
+        tx,
+        Activity {
+            user_id: Some(&user.id),
+            activity_type: "character_deleted",
+            entity_type: Some("character"),
+            entity_id: Some(id),
+            metadata: json!({}),
+        },
+        meta,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Filters of the caller's own list.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub style_type: Option<String>,
+    pub tag: Option<String>,
+    pub generation_status: Option<String>,
+    pub collection_id: Option<String>,
+    pub text: Option<String>,
+}
+
+/// The caller's characters, newest first, keyset-paginated on (created_at, id).
+pub async fn list_own(
+    tx: &Transaction<'_>,
+    user: &User,
+    filter: &ListFilter,
+    limit: i64,
+    after: Option<TimeKey>,
+) -> Result<Page<Character>, ApiError> {
+    let (after_at, after_id) = after
+        .map(|k| (Some(k.at), Some(k.id)))
+        .unwrap_or((None, None));
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {CHARACTER_COLUMNS} FROM characters c \
+                 WHERE c.user_id = $1 \
+                   AND ($2::text IS NULL OR c.style_type = $2) \
+                   AND ($3::text IS NULL OR c.tags @> ARRAY[$3::text]) \
+                   AND ($4::text IS NULL OR c.generation_status = $4) \
+                   AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM collection_characters cc \
+                                                    WHERE cc.collection_id = $5 AND cc.character_id = c.id)) \
+                   AND ($6::text IS NULL OR c.search_vector @@ websearch_to_tsquery('simple', $6)) \
+                   AND ($7::timestamptz IS NULL OR (c.created_at, c.id) < ($7, $8::text)) \
+                 ORDER BY c.created_at DESC, c.id DESC LIMIT $9"
+            ),
+            &[
+                &user.id,
+                &filter.style_type,
+                &filter.tag,
+                &filter.generation_status,
+                &filter.collection_id,
+                &filter.text,
+                &after_at,
+                &after_id,
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    let characters = rows
+        .iter()
+        .map(Character::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(pagination::page(characters, limit, |c| TimeKey {
+        at: c.created_at,
+        id: c.id.clone(),
+    }))
+}
