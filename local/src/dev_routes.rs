@@ -1,7 +1,10 @@
 //! The local identity provider: `/.well-known/jwks.json` and `POST /dev/token`.
 //! These exist only in the local stack; no Lambda function mounts them.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use axum::http::header;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,7 +13,9 @@ use serde_json::{Value, json};
 use shared::app::AppState;
 use shared::auth::dev_issuer::DevIssuer;
 use shared::error::ApiError;
-use shared::http::ApiJson;
+use shared::http::{ApiJson, ApiPath, ApiQuery};
+use shared::storage::content_type_of;
+use shared::storage::local::LocalObjectStore;
 use shared::users::fields;
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +37,26 @@ pub fn routes(issuer: DevIssuer) -> Router<AppState> {
             "/dev/token",
             post(move |ApiJson(request): ApiJson<TokenRequest>| async move { mint(&issuer, request) }),
         )
+}
+
+#[derive(Debug, Deserialize)]
+struct SignedQuery {
+    expires: i64,
+    signature: String,
+}
+
+/// Serves stored objects to holders of a valid, unexpired signed URL (what S3
+/// presigned URLs do in production). Anything else is a plain 404.
+pub fn files(store: Arc<LocalObjectStore>) -> Router<AppState> {
+    Router::new().route(
+        "/files/{*key}",
+        get(move |ApiPath(key): ApiPath<String>, ApiQuery(query): ApiQuery<SignedQuery>| async move {
+            match store.read_signed(&key, query.expires, &query.signature).await {
+                Ok(bytes) => Ok(([(header::CONTENT_TYPE, content_type_of(&key))], bytes)),
+                Err(_) => Err(ApiError::NotFound("no such file, or the link has expired".into())),
+            }
+        }),
+    )
 }
 
 fn mint(issuer: &DevIssuer, request: TokenRequest) -> Result<Json<Value>, ApiError> {

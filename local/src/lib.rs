@@ -7,6 +7,7 @@ mod dev_routes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,6 +17,7 @@ use shared::auth::dev_issuer::{DevIssuer, SigningKey};
 use shared::config::{
     AuthConfig, Config, DEFAULT_EMAIL_CLAIM, DatabaseConfig, GalleryConfig, LogFormat, SslMode,
 };
+use shared::storage::local::LocalObjectStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -93,7 +95,13 @@ impl LocalStack {
         };
         let issuer = DevIssuer::new(signing_key, issuer_url.clone(), LOCAL_AUDIENCE);
         let config = local_config(&database.url, &issuer_url);
-        let state = AppState::from_config(config)?;
+        let mut state = AppState::from_config(config)?;
+        let store = Arc::new(LocalObjectStore::new(
+            options.data_dir.join("objects"),
+            base_url.clone(),
+            uuid::Uuid::new_v4().as_bytes().to_vec(),
+        ));
+        state.storage = Some(store.clone());
         let report = shared::db::migrate(&state.db)
             .await
             .with_context(|| format!("migrating {}", database::redact(&database.url)))?;
@@ -101,7 +109,7 @@ impl LocalStack {
             tracing::info!(migration = %name, "applied");
         }
 
-        let router = router(state.clone(), issuer.clone());
+        let router = router(state.clone(), issuer.clone(), store);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(
@@ -135,10 +143,11 @@ impl LocalStack {
 }
 
 /// Every function's routes, plus the local identity provider's.
-pub fn router(state: AppState, issuer: DevIssuer) -> Router {
+pub fn router(state: AppState, issuer: DevIssuer, store: Arc<LocalObjectStore>) -> Router {
     let routes = app::auth_routes()
         .merge(app::characters_routes())
-        .merge(dev_routes::routes(issuer));
+        .merge(dev_routes::routes(issuer))
+        .merge(dev_routes::files(store));
     app::finish(routes, state)
 }
 

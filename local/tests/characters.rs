@@ -717,3 +717,100 @@ async fn pagination_yields_every_row_exactly_once_while_rows_are_inserted() {
     unique.dedup();
     assert_eq!(unique.len(), seen.len(), "no row twice");
 }
+
+#[tokio::test]
+async fn downloads_give_expiring_links_and_count() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let bob = stack.user("bob@example.com", "bob").await;
+    let mut body = minimal("Shown");
+    body["is_public"] = json!(true);
+    let public = create(&stack, &ann, body).await;
+    let private = create(&stack, &ann, minimal("Hidden")).await;
+    let public_id = public["id"].as_str().unwrap();
+    let download = format!("/api/v1/characters/{public_id}/download");
+
+    // No image yet: a clear conflict, nothing counted.
+    stack
+        .call(Method::POST, &download, Some(&bob), None)
+        .await
+        .assert_problem(409);
+
+    // The generation pipeline stores an object key; clients get signed links.
+    let key = format!("users/ann/characters/{public_id}/job1/image.png");
+    stack
+        .stack
+        .state
+        .storage
+        .as_ref()
+        .unwrap()
+        .put(&key, b"\x89PNG fake".to_vec(), "image/png")
+        .await
+        .unwrap();
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE characters SET primary_image_url = $1 WHERE id = $2",
+            &[&key, &public_id],
+        )
+        .await
+        .unwrap();
+    let link = stack.call(Method::POST, &download, Some(&bob), None).await;
+    assert_eq!(link.status.as_u16(), 200, "{}", link.body);
+    assert_eq!(link.body["download_count"], 1);
+    assert!(link.body["expires_at"].is_string());
+    let url = link.body["url"].as_str().unwrap();
+    assert!(
+        !url.contains("users/ann") || url.contains("signature="),
+        "never a bare path"
+    );
+    let fetched = stack.http.get(url).send().await.unwrap();
+    assert_eq!(fetched.status().as_u16(), 200);
+    assert_eq!(fetched.headers()["content-type"], "image/png");
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), b"\x89PNG fake");
+    let forged = url.replace("signature=", "signature=00");
+    assert_eq!(
+        stack
+            .http
+            .get(&forged)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    let unsigned = url.split('?').next().unwrap();
+    assert_eq!(
+        stack
+            .http
+            .get(unsigned)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        422
+    );
+
+    let again = stack.call(Method::POST, &download, Some(&ann), None).await;
+    assert_eq!(again.body["download_count"], 2);
+
+    stack
+        .call(
+            Method::POST,
+            &format!(
+                "/api/v1/characters/{}/download",
+                private["id"].as_str().unwrap()
+            ),
+            Some(&bob),
+            None,
+        )
+        .await
+        .assert_problem(404);
+    stack
+        .call(Method::POST, &download, None, None)
+        .await
+        .assert_problem(401);
+}

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::{self, DbPool, DbSetupError};
 use crate::error::ApiError;
 use crate::http;
+use crate::storage::ObjectStore;
 
 /// Largest request body any route accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub db: DbPool,
     pub auth: Arc<Authenticator>,
     pub config: Arc<Config>,
+    /// Image storage; `None` where none is configured (routes needing it answer 503).
+    pub storage: Option<Arc<dyn ObjectStore>>,
 }
 
 impl AppState {
@@ -31,6 +34,7 @@ impl AppState {
             db: db::create_pool(&config.database)?,
             auth: Arc::new(Authenticator::new(&config.auth)),
             config: Arc::new(config),
+            storage: None,
         })
     }
 }

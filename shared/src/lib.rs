@@ -15,6 +15,7 @@ pub mod input;
 pub mod lambda;
 pub mod pagination;
 pub mod social;
+pub mod storage;
 pub mod telemetry;
 pub mod users;
 

@@ -11,7 +11,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -45,6 +45,7 @@ pub fn router() -> Router<AppState> {
                 .patch(update_character)
                 .delete(delete_character),
         )
+        .route("/api/v1/characters/{id}/download", post(download_character))
         .route("/api/v1/gallery", get(list_gallery))
         .route("/api/v1/gallery/featured", get(list_featured))
 }
@@ -256,4 +257,78 @@ async fn list_featured(
     ApiQuery(query): ApiQuery<GalleryQuery>,
 ) -> Result<Json<Page<GalleryItem>>, ApiError> {
     gallery_page(state, identity, query, true).await
+}
+
+/// How long a download link works.
+pub const DOWNLOAD_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+#[derive(Debug, serde::Serialize)]
+pub struct DownloadLink {
+    pub url: String,
+    /// When `url` stops working (absent for an image hosted elsewhere).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub download_count: Option<i32>,
+}
+
+/// A time-limited link to the character's image, counting the download.
+async fn download_character(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    meta: RequestMeta,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DownloadLink>, ApiError> {
+    let mut client = state.db.get().await?;
+    let user = users::repo::current_user(&**client, &identity).await?;
+    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    let character = repo::visible(&tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
+    let image = character.primary_image_url.ok_or_else(|| {
+        ApiError::Conflict("this character has no image yet; generate one first".into())
+    })?;
+    let link = if image.starts_with("https://") || image.starts_with("http://") {
+        DownloadLink {
+            url: image,
+            expires_at: None,
+            download_count: None,
+        }
+    } else {
+        let storage = state
+            .storage
+            .as_ref()
+            .ok_or_else(|| ApiError::ServiceUnavailable {
+                detail: "image storage is not configured".into(),
+                retry_after: 60,
+            })?;
+        let signed = storage
+            .presign_get(&image, DOWNLOAD_LINK_TTL)
+            .await
+            .map_err(ApiError::internal)?;
+        DownloadLink {
+            url: signed.url,
+            expires_at: Some(signed.expires_at),
+            download_count: None,
+        }
+    };
+    let count: Option<i32> = tx
+        .query_one("SELECT count_character_download($1)", &[&id])
+        .await?
+        .try_get(0)?;
+    crate::activity::record(
+        &tx,
+        crate::activity::Activity {
+            user_id: Some(&user.id),
+            activity_type: "character_downloaded",
+            entity_type: Some("character"),
+            entity_id: Some(&id),
+            metadata: serde_json::json!({}),
+        },
+        &meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(DownloadLink {
+        download_count: count,
+        ..link
+    }))
 }

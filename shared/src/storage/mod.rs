@@ -1,0 +1,103 @@
+//! Object storage port: images live in a private store and clients only ever
+//! get time-limited URLs to them, never raw bucket paths.
+//!
+//! Adapters: [`local::LocalObjectStore`] (files under a folder, served by the
+//! local stack with HMAC-signed, expiring URLs). The S3 adapter arrives with
+//! the generation pipeline (issue #5); until then a Lambda has no store and
+//! routes that need one answer 503.
+
+pub mod local;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid object key `{0}`")]
+    InvalidKey(String),
+    #[error("no object at `{0}`")]
+    NotFound(String),
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// A presigned URL and when it stops working.
+#[derive(Debug, Clone)]
+pub struct PresignedUrl {
+    pub url: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub trait ObjectStore: Send + Sync {
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        bytes: Vec<u8>,
+        content_type: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+    fn presign_get<'a>(
+        &'a self,
+        key: &'a str,
+        expires_in: Duration,
+    ) -> BoxFuture<'a, Result<PresignedUrl, StorageError>>;
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
+}
+
+/// Object keys are ours (`users/{user}/characters/{character}/...`): plain
+/// path segments of `[A-Za-z0-9._-]`, never `..`, never absolute.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && key.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey(key.to_string()))
+    }
+}
+
+/// The content type for a key, by its extension.
+pub fn content_type_of(key: &str) -> &'static str {
+    match key
+        .rsplit('.')
+        .next()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_plain_relative_paths() {
+        assert!(validate_key("users/u1/characters/c1/job/image.png").is_ok());
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "a b",
+            "a\\b",
+            "ü.png",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad}");
+        }
+    }
+}
