@@ -1,7 +1,315 @@
-use axum::Router;
+//! Routes of collections (served by the `characters` function).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /api/v1/collections` | create one of the caller's collections (201) |
+//! | `GET /api/v1/collections` | the caller's collections, newest first, paginated |
+//! | `GET/PATCH/DELETE /api/v1/collections/{id}` | read (owner or public), change, delete |
+//! | `GET /api/v1/collections/{id}/characters` | the members in order, paginated |
+//! | `PUT/DELETE /api/v1/collections/{id}/characters/{character_id}` | add or reorder, remove |
+//!
+//! A collection the caller cannot see is a 404, whoever owns it; one they can
+//! see but do not own (a public one) is a 403 for every change. Each handler
+//! checks this itself and runs its statements through [`begin_as`], so
+//! row-level security is the second wall.
 
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio_postgres::GenericClient;
+
+use super::repo::{self, MemberKey, PutOutcome};
+use super::{Collection, CollectionMember, input};
 use crate::app::AppState;
+use crate::auth::{Caller, Identity, OptionalCaller};
+use crate::db::begin_as;
+use crate::error::ApiError;
+use crate::http::{ApiJson, ApiPath, ApiQuery};
+use crate::pagination::{self, Page, TimeKey};
+use crate::users::User;
+use crate::users::repo::current_user;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route(
+            "/api/v1/collections",
+            post(create_collection).get(list_collections),
+        )
+        .route(
+            "/api/v1/collections/{id}",
+            get(get_collection)
+                .patch(patch_collection)
+                .delete(delete_collection),
+        )
+        .route("/api/v1/collections/{id}/characters", get(list_members))
+        .route(
+            "/api/v1/collections/{id}/characters/{character_id}",
+            put(put_member).delete(remove_member),
+        )
+}
+
+fn no_such_collection() -> ApiError {
+    ApiError::NotFound("no such collection".into())
+}
+
+fn no_such_character() -> ApiError {
+    ApiError::NotFound("no such character".into())
+}
+
+/// The caller's user for a route anonymous callers may use too. A token whose
+/// identity has not signed in yet reads as anonymous; a locked-out account is
+/// refused as everywhere else.
+async fn optional_user(
+    client: &impl GenericClient,
+    identity: Option<&Identity>,
+) -> Result<Option<User>, ApiError> {
+    let Some(identity) = identity else {
+        return Ok(None);
+    };
+    match current_user(client, identity).await {
+        Ok(user) => Ok(Some(user)),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// First wall for reads: the collection if the viewer owns it or it is
+/// public, else a 404 (as if it did not exist).
+async fn visible_collection(
+    client: &impl GenericClient,
+    id: &str,
+    viewer: Option<&str>,
+) -> Result<Collection, ApiError> {
+    if !input::plausible_id(id) {
+        return Err(no_such_collection());
+    }
+    let collection = repo::find_collection(client, id)
+        .await?
+        .ok_or_else(no_such_collection)?;
+    if viewer == Some(collection.user_id.as_str()) || collection.is_public {
+        Ok(collection)
+    } else {
+        Err(no_such_collection())
+    }
+}
+
+/// First wall for changes: 404 when the caller cannot see the collection, 403
+/// when they can (it is public) but it is not theirs.
+async fn owned_collection(
+    client: &impl GenericClient,
+    id: &str,
+    owner_id: &str,
+) -> Result<Collection, ApiError> {
+    let collection = visible_collection(client, id, Some(owner_id)).await?;
+    if collection.user_id != owner_id {
+        return Err(ApiError::Forbidden(
+            "only the collection's owner can change it".into(),
+        ));
+    }
+    Ok(collection)
+}
+
+async fn create_collection(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let fields = input::new_collection(body)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let collection = repo::insert_collection(&tx, &user.id, &fields).await?;
+    tx.commit().await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/collections/{}", collection.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(collection)))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list_collections(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Collection>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode::<TimeKey>(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let rows = repo::list_own_collections(&tx, &user.id, after.as_ref(), limit).await?;
+    tx.commit().await?;
+    Ok(Json(pagination::page(rows, limit, |c| TimeKey {
+        at: c.created_at,
+        id: c.id.clone(),
+    })))
+}
+
+async fn get_collection(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Collection>, ApiError> {
+    let mut client = state.db.get().await?;
+    let viewer = optional_user(&**client, identity.as_ref()).await?;
+    let viewer_id = viewer.as_ref().map(|u| u.id.as_str());
+    let tx = begin_as(&mut client, viewer_id).await?;
+    let collection = visible_collection(&tx, &id, viewer_id).await?;
+    tx.commit().await?;
+    Ok(Json(collection))
+}
+
+async fn patch_collection(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<Json<Collection>, ApiError> {
+    let fields = input::collection_patch(body)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let current = owned_collection(&tx, &id, &user.id).await?;
+    // `{}` changes nothing, not even updated_at.
+    let collection = if fields.is_empty() {
+        current
+    } else {
+        repo::update_collection(&tx, &id, &user.id, &fields)
+            .await?
+            .ok_or_else(no_such_collection)?
+    };
+    tx.commit().await?;
+    Ok(Json(collection))
+}
+
+async fn delete_collection(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    owned_collection(&tx, &id, &user.id).await?;
+    if !repo::delete_collection(&tx, &id, &user.id).await? {
+        return Err(no_such_collection());
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_members(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<CollectionMember>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode::<MemberKey>(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let viewer = optional_user(&**client, identity.as_ref()).await?;
+    let viewer_id = viewer.as_ref().map(|u| u.id.as_str());
+    let tx = begin_as(&mut client, viewer_id).await?;
+    visible_collection(&tx, &id, viewer_id).await?;
+    let rows = repo::list_members(&tx, &id, viewer_id, after.as_ref(), limit).await?;
+    tx.commit().await?;
+    Ok(Json(pagination::page(rows, limit, MemberKey::of)))
+}
+
+async fn put_member(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath((id, character_id)): ApiPath<(String, String)>,
+    OptionalApiJson(body): OptionalApiJson<Map<String, Value>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let fields = input::member(body)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    owned_collection(&tx, &id, &user.id).await?;
+    // Only characters the owner may see can be filed: their own or public ones.
+    if !input::plausible_id(&character_id) {
+        return Err(no_such_character());
+    }
+    let character = repo::character_access(&tx, &character_id)
+        .await?
+        .ok_or_else(no_such_character)?;
+    if character.user_id != user.id && !character.is_public {
+        return Err(no_such_character());
+    }
+    let outcome = repo::put_member(&tx, &id, &character_id, &fields).await?;
+    let member = repo::find_member(&tx, &id, &character_id)
+        .await?
+        .ok_or_else(no_such_character)?;
+    tx.commit().await?;
+    let status = match outcome {
+        PutOutcome::Added => StatusCode::CREATED,
+        PutOutcome::Updated => StatusCode::OK,
+    };
+    Ok((status, Json(member)))
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath((id, character_id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    owned_collection(&tx, &id, &user.id).await?;
+    // Removal does not look at the character: the owner can take out a member
+    // whose character has since become private to someone else.
+    if !input::plausible_id(&character_id) || !repo::remove_member(&tx, &id, &character_id).await? {
+        return Err(ApiError::NotFound(
+            "the character is not in this collection".into(),
+        ));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An optional JSON body: an empty one is `None`; anything else is read as
+/// [`ApiJson`] reads it (415 without a JSON content type, 400 when malformed,
+/// 422 when of the wrong shape, 413 when too large).
+pub struct OptionalApiJson<T>(pub Option<T>);
+
+impl<T, S> FromRequest<S> for OptionalApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        let ApiJson(value) =
+            ApiJson::<T>::from_request(Request::from_parts(parts, Body::from(bytes)), state)
+                .await?;
+        Ok(Self(Some(value)))
+    }
 }
