@@ -199,6 +199,24 @@ impl From<tokio_postgres::Error> for ApiError {
             Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
                 Self::Conflict("the value conflicts with an existing record".into())
             }
+            // Input the validators let through but the database cannot take:
+            // still the client's input, so a 422, never a 500.
+            Some(code) if *code == SqlState::FOREIGN_KEY_VIOLATION => {
+                Self::validation("body", "refers to something that does not exist")
+            }
+            Some(code)
+                if *code == SqlState::UNTRANSLATABLE_CHARACTER
+                    || *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+                    || *code == SqlState::INVALID_TEXT_REPRESENTATION =>
+            {
+                Self::validation("body", "contains a character or value the platform cannot store")
+            }
+            Some(code)
+                if *code == SqlState::STRING_DATA_RIGHT_TRUNCATION
+                    || *code == SqlState::NUMERIC_VALUE_OUT_OF_RANGE =>
+            {
+                Self::validation("body", "a value is too long or out of range")
+            }
             Some(code) if *code == SqlState::CHECK_VIOLATION => {
                 let constraint = err
                     .as_db_error()
