@@ -759,6 +759,29 @@ async fn reports_are_filed_once_per_open_report_counted_by_reporter_and_logged()
 }
 
 #[tokio::test]
+async fn concurrent_reports_by_many_users_are_all_counted() {
+    let stack = spawn_stack().await;
+    stack.sign_in("ann@example.com").await;
+    let ember = character(&stack, "ann@example.com", true).await;
+    let reports = reports_path(&ember);
+    let tokens = many_users(&stack, 20).await;
+    let replies = join_all(tokens.iter().map(|t| {
+        stack.call(
+            Method::POST,
+            &reports,
+            Some(t),
+            Some(json!({"reason": "spam"})),
+        )
+    }))
+    .await;
+    for reply in &replies {
+        assert_status(reply, 201);
+    }
+    assert_eq!(report_rows(&stack, &ember).await, 20);
+    assert_eq!(open_report_count(&stack, &ember).await, 20);
+}
+
+#[tokio::test]
 async fn a_report_and_its_activity_row_commit_or_roll_back_together() {
     let stack = spawn_stack().await;
     stack.sign_in("ann@example.com").await;
