@@ -591,7 +591,24 @@ async fn the_ratings_list_walks_every_rating_once_newest_first_and_never_shows_e
     assert_eq!(page.body["items"].as_array().unwrap().len(), 7);
     assert_eq!(page.body["next_cursor"], Value::Null);
 
-    for query in ["limit=0", "limit=101", "limit=ten", "cursor=not-a-cursor"] {
+    // Cursors are opaque but client-held: crafted ones are refused, never a 500.
+    use base64::Engine;
+    let crafted =
+        |key: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.to_string());
+    let nul_id = crafted(json!({"at": "2024-05-01T12:00:00Z", "id": "a\u{0}b"}));
+    let ancient = crafted(json!({"at": "-200000-01-01T00:00:00Z", "id": "x"}));
+    let far_future = crafted(json!({"at": "+200000-01-01T00:00:00Z", "id": "x"}));
+    let huge_id = crafted(json!({"at": "2024-05-01T12:00:00Z", "id": "x".repeat(5000)}));
+    for query in [
+        "limit=0".to_string(),
+        "limit=101".to_string(),
+        "limit=ten".to_string(),
+        "cursor=not-a-cursor".to_string(),
+        format!("cursor={nul_id}"),
+        format!("cursor={ancient}"),
+        format!("cursor={far_future}"),
+        format!("cursor={huge_id}"),
+    ] {
         stack
             .get(&format!("{}?{query}", ratings_path(&ember)), None)
             .await

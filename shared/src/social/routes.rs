@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use chrono::Datelike;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -46,11 +47,27 @@ pub fn router() -> Router<AppState> {
 /// (empty, huge, or with control characters such as a NUL, which PostgreSQL
 /// text cannot even hold) names nothing: 404 without asking the database.
 fn character_id(raw: &str) -> Result<&str, ApiError> {
-    let plausible = (1..=100).contains(&raw.len()) && !raw.chars().any(char::is_control);
-    if plausible {
+    if plausible_id(raw) {
         Ok(raw)
     } else {
         Err(no_such_character())
+    }
+}
+
+fn plausible_id(raw: &str) -> bool {
+    (1..=100).contains(&raw.len()) && !raw.chars().any(char::is_control)
+}
+
+/// A cursor of the ratings list. Cursors come back from clients, so a
+/// well-formed but crafted one (a NUL in the id, a time outside PostgreSQL's
+/// range) is refused here like garbage, rather than failing in the database.
+fn ratings_cursor(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
+    let key = pagination::decode::<TimeKey>(raw)?;
+    match key {
+        Some(k) if !plausible_id(&k.id) || !(1..=9999).contains(&k.at.year()) => Err(
+            ApiError::validation("cursor", "is not a cursor this endpoint returned"),
+        ),
+        key => Ok(key),
     }
 }
 
@@ -175,7 +192,7 @@ async fn list_ratings(
 ) -> Result<Json<RatingsPage>, ApiError> {
     let id = character_id(&id)?;
     let limit = pagination::limit(query.limit)?;
-    let after = pagination::decode::<TimeKey>(query.cursor.as_deref())?;
+    let after = ratings_cursor(query.cursor.as_deref())?;
     let mut client = state.db.get().await?;
     let viewer = optional_viewer(&client, identity.as_ref()).await?;
     let tx = begin_as(&mut client, viewer.as_deref()).await?;
