@@ -1,7 +1,254 @@
-use axum::Router;
+//! Routes of the social layer, served by the `characters` function.
+//!
+//! | route | what |
+//! |---|---|
+//! | `PUT/DELETE /api/v1/characters/{id}/like` | like / unlike, idempotent |
+//! | `PUT/DELETE /api/v1/characters/{id}/rating` | the caller's one rating (upsert) / its removal |
+//! | `GET /api/v1/characters/{id}/ratings` | ratings of a visible character, newest first, with the aggregate |
+//! | `POST /api/v1/characters/{id}/reports` | report a character (one open report per reporter) |
+//!
+//! Every handler checks that the caller may see the character (first wall)
+//! and runs its statements through [`begin_as`] so that row-level security
+//! filters them again (second wall). A character the caller may not see is
+//! the same 404 as one that does not exist.
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::Datelike;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::input::{RatingInput, ReportInput};
+use super::repo::{self, no_such_character};
+use super::{LikeState, RatingWithSummary, RatingsPage, Report};
+use crate::activity::{self, Activity};
 use crate::app::AppState;
+use crate::auth::{Caller, Identity, OptionalCaller};
+use crate::db::{PooledClient, begin_as};
+use crate::error::ApiError;
+use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::pagination::{self, TimeKey};
+use crate::users::repo::current_user;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/api/v1/characters/{id}/like", put(like).delete(unlike))
+        .route(
+            "/api/v1/characters/{id}/rating",
+            put(put_rating).delete(delete_rating),
+        )
+        .route("/api/v1/characters/{id}/ratings", get(list_ratings))
+        .route("/api/v1/characters/{id}/reports", post(file_report))
+}
+
+/// Character ids are text (UUIDs in practice). An id no character could have
+/// (empty, huge, or with control characters such as a NUL, which PostgreSQL
+/// text cannot even hold) names nothing: 404 without asking the database.
+fn character_id(raw: &str) -> Result<&str, ApiError> {
+    if plausible_id(raw) {
+        Ok(raw)
+    } else {
+        Err(no_such_character())
+    }
+}
+
+fn plausible_id(raw: &str) -> bool {
+    (1..=100).contains(&raw.len()) && !raw.chars().any(char::is_control)
+}
+
+/// A cursor of the ratings list. Cursors come back from clients, so a
+/// well-formed but crafted one (a NUL in the id, a time outside PostgreSQL's
+/// range) is refused here like garbage, rather than failing in the database.
+fn ratings_cursor(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
+    let key = pagination::decode::<TimeKey>(raw)?;
+    match key {
+        Some(k) if !plausible_id(&k.id) || !(1..=9999).contains(&k.at.year()) => Err(
+            ApiError::validation("cursor", "is not a cursor this endpoint returned"),
+        ),
+        key => Ok(key),
+    }
+}
+
+async fn like(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<LikeState>, ApiError> {
+    let id = character_id(&id)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
+    let like_count = repo::like(&tx, &character.id, &user.id).await?;
+    tx.commit().await?;
+    Ok(Json(LikeState {
+        character_id: character.id,
+        liked: true,
+        like_count,
+    }))
+}
+
+async fn unlike(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<LikeState>, ApiError> {
+    let id = character_id(&id)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
+    let like_count = repo::unlike(&tx, &character.id, &user.id).await?;
+    tx.commit().await?;
+    Ok(Json(LikeState {
+        character_id: character.id,
+        liked: false,
+        like_count,
+    }))
+}
+
+async fn put_rating(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<(StatusCode, Json<RatingWithSummary>), ApiError> {
+    let id = character_id(&id)?;
+    let input = RatingInput::from_body(&body)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
+    if character.user_id == user.id {
+        return Err(ApiError::Forbidden(
+            "you cannot rate your own character; ratings are for what others made".into(),
+        ));
+    }
+    let upserted = repo::upsert_rating(&tx, &character.id, &user.id, &input).await?;
+    let summary = repo::rating_summary(&tx, &character.id).await?;
+    tx.commit().await?;
+    let status = if upserted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RatingWithSummary {
+            rating: upserted.rating,
+            summary,
+        }),
+    ))
+}
+
+async fn delete_rating(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = character_id(&id)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
+    if !repo::delete_rating(&tx, &character.id, &user.id).await? {
+        return Err(ApiError::NotFound(
+            "you have not rated this character".into(),
+        ));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// The caller's `users.id` for a read open to anyone: a token whose account
+/// does not exist yet reads as an anonymous caller would.
+async fn optional_viewer(
+    client: &PooledClient,
+    identity: Option<&Identity>,
+) -> Result<Option<String>, ApiError> {
+    let Some(identity) = identity else {
+        return Ok(None);
+    };
+    match current_user(&***client, identity).await {
+        Ok(user) => Ok(Some(user.id)),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(other) => Err(other),
+    }
+}
+
+async fn list_ratings(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<RatingsPage>, ApiError> {
+    let id = character_id(&id)?;
+    let limit = pagination::limit(query.limit)?;
+    let after = ratings_cursor(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let viewer = optional_viewer(&client, identity.as_ref()).await?;
+    let tx = begin_as(&mut client, viewer.as_deref()).await?;
+    let character = repo::visible_character(&tx, id, viewer.as_deref()).await?;
+    let rows = repo::list_ratings(&tx, &character.id, after.as_ref(), limit + 1).await?;
+    tx.commit().await?;
+    let page = pagination::page(rows, limit, |r| TimeKey {
+        at: r.created_at,
+        id: r.id.clone(),
+    });
+    Ok(Json(RatingsPage {
+        items: page.items,
+        next_cursor: page.next_cursor,
+        summary: character.summary,
+    }))
+}
+
+async fn file_report(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    meta: RequestMeta,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Report>), ApiError> {
+    let id = character_id(&id)?;
+    let input = ReportInput::from_body(&body)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
+    let filed = repo::file_report(&tx, &character.id, &user.id, &input).await?;
+    if filed.created {
+        // app_api may not write the audit trail (it has no privilege on
+        // user_activity_logs): the rest of this transaction, which is only the
+        // log row, runs as the service's own role. SET LOCAL ends with the
+        // transaction (RESET ROLE would set the session's role instead), and
+        // the report and its log row commit or roll back together.
+        tx.batch_execute("SET LOCAL ROLE NONE").await?;
+        activity::record(
+            &tx,
+            Activity {
+                user_id: Some(&user.id),
+                activity_type: "report_filed",
+                entity_type: Some("character"),
+                entity_id: Some(&character.id),
+                metadata: json!({"reason": filed.report.reason, "report_id": filed.report.id}),
+            },
+            &meta,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let status = if filed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(filed.report)))
 }
