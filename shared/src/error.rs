@@ -209,7 +209,10 @@ impl From<tokio_postgres::Error> for ApiError {
                     || *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
                     || *code == SqlState::INVALID_TEXT_REPRESENTATION =>
             {
-                Self::validation("body", "contains a character or value the platform cannot store")
+                Self::validation(
+                    "body",
+                    "contains a character or value the platform cannot store",
+                )
             }
             Some(code)
                 if *code == SqlState::STRING_DATA_RIGHT_TRUNCATION

@@ -15,7 +15,11 @@ use local::{LocalOptions, LocalStack};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let characters: i64 = args.first().map(|a| a.parse()).transpose()?.unwrap_or(100_000);
+    let characters: i64 = args
+        .first()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let requests: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(300);
 
     let database_url = testkit::fresh_database().await;
@@ -42,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     client.batch_execute("ANALYZE").await?;
-    println!("seeded {characters} public characters in {:.1?}", seeding.elapsed());
+    println!(
+        "seeded {characters} public characters in {:.1?}",
+        seeding.elapsed()
+    );
 
     let stack = LocalStack::start(LocalOptions {
         port: 0,
@@ -53,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let http = reqwest::Client::new();
     println!("{requests} sequential requests per query, page size 24");
-    println!("{:<44} {:>10} {:>10} {:>10}", "query", "median", "p99", "max");
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "query", "median", "p99", "max"
+    );
     for query in [
         "sort=recent",
         "sort=popular",

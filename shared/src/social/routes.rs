@@ -225,12 +225,8 @@ async fn file_report(
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let filed = repo::file_report(&tx, &character.id, &user.id, &input).await?;
     if filed.created {
-        // app_api may not write the audit trail (it has no privilege on
-        // user_activity_logs): the rest of this transaction, which is only the
-        // log row, runs as the service's own role. SET LOCAL ends with the
-        // transaction (RESET ROLE would set the session's role instead), and
-        // the report and its log row commit or roll back together.
-        tx.batch_execute("SET LOCAL ROLE NONE").await?;
+        // The API role writes the caller's own activity rows (V4), in the
+        // same transaction: the report and its log row commit together.
         activity::record(
             &tx,
             Activity {
