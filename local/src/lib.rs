@@ -146,6 +146,7 @@ impl LocalStack {
 pub fn router(state: AppState, issuer: DevIssuer, store: Arc<LocalObjectStore>) -> Router {
     let routes = app::auth_routes()
         .merge(app::characters_routes())
+        .merge(app::credits_routes())
         .merge(dev_routes::routes(issuer))
         .merge(dev_routes::files(store));
     app::finish(routes, state)

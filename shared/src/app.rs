@@ -9,10 +9,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::credits::engine::PricingCache;
 use crate::db::{self, DbPool, DbSetupError};
 use crate::error::ApiError;
 use crate::http;
 use crate::storage::ObjectStore;
+
+/// How long a process trusts its copy of `api_credit_configs`.
+pub const PRICING_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Largest request body any route accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -25,6 +29,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Image storage; `None` where none is configured (routes needing it answer 503).
     pub storage: Option<Arc<dyn ObjectStore>>,
+    /// `api_credit_configs`, cached for this process.
+    pub pricing: Arc<PricingCache>,
 }
 
 impl AppState {
@@ -35,6 +41,7 @@ impl AppState {
             auth: Arc::new(Authenticator::new(&config.auth)),
             config: Arc::new(config),
             storage: None,
+            pricing: Arc::new(PricingCache::new(PRICING_CACHE_TTL)),
         })
     }
 }
@@ -84,4 +91,15 @@ pub fn characters_routes() -> Router<AppState> {
 /// The characters function's finished router.
 pub fn characters_router(state: AppState) -> Router {
     finish(characters_routes(), state)
+}
+
+/// The credits function's routes: balance, history, packages, pricing,
+/// purchases and the Stripe webhook, gifts, the daily bonus.
+pub fn credits_routes() -> Router<AppState> {
+    crate::credits::routes::router()
+}
+
+/// The credits function's finished router.
+pub fn credits_router(state: AppState) -> Router {
+    finish(credits_routes(), state)
 }

@@ -48,6 +48,13 @@ pub enum ApiError {
     Forbidden(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// Not enough credits: the problem carries what was needed and what is available.
+    #[error("payment required: {detail}")]
+    PaymentRequired {
+        detail: String,
+        needed: i64,
+        available: i64,
+    },
     #[error("method not allowed")]
     MethodNotAllowed,
     /// The request conflicts with the current state (a taken username).
@@ -96,6 +103,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -114,6 +122,7 @@ impl ApiError {
             Self::Unauthorized(_) => ("unauthorized", "Authentication required"),
             Self::Forbidden(_) => ("forbidden", "Forbidden"),
             Self::NotFound(_) => ("not-found", "Not found"),
+            Self::PaymentRequired { .. } => ("insufficient-credits", "Not enough credits"),
             Self::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
             Self::Conflict(_) => ("conflict", "Conflict"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
@@ -133,6 +142,7 @@ impl ApiError {
             | Self::Conflict(d)
             | Self::UnsupportedMediaType(d) => d.clone(),
             Self::Validation { detail, .. }
+            | Self::PaymentRequired { detail, .. }
             | Self::TooManyRequests { detail, .. }
             | Self::ServiceUnavailable { detail, .. } => detail.clone(),
             Self::MethodNotAllowed => "this route does not accept that method".into(),

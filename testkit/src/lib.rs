@@ -5,6 +5,7 @@
 //! over real HTTP.
 
 pub mod lambda;
+pub mod ledger;
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

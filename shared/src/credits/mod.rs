@@ -1,0 +1,85 @@
+//! The credit engine: pricing, buckets and holds, the ledger, daily resets and
+//! bonuses. The ledger API here is what the job dispatcher and the worker call.
+
+pub mod engine;
+pub mod holds;
+pub mod ledger;
+pub mod pricing;
+pub mod routes;
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+
+use crate::error::ApiError;
+
+/// `GET /api/v1/credits`: the caller's balances and today's allowances.
+#[derive(Debug, Clone, Serialize)]
+pub struct Balance {
+    pub current_balance: i32,
+    pub reserved_balance: i32,
+    /// `current_balance − reserved_balance`: what can be spent or gifted now.
+    pub available: i32,
+    pub debt_balance: i32,
+    pub daily_allowance: i32,
+    pub daily_allowance_used: i32,
+    pub daily_allowance_left: i32,
+    pub free_generations_quota: i32,
+    pub free_generations_used: i32,
+    pub free_generations_left: i32,
+    /// The user's local date the daily counters belong to.
+    pub daily_reset_date: NaiveDate,
+    pub total_earned: i32,
+    pub total_spent: i32,
+    pub total_purchased: i32,
+    pub total_gifted_received: i32,
+    pub total_gifted_sent: i32,
+    pub referral_bonus: i32,
+    pub achievement_bonus: i32,
+    pub daily_login_streak: i32,
+    pub last_daily_bonus_date: Option<NaiveDate>,
+}
+
+/// The balance, after the lazy daily reset (in the caller's transaction).
+pub async fn balance(client: &impl GenericClient, user_id: &str) -> Result<Balance, ApiError> {
+    ledger::reset_daily(client, user_id).await?;
+    let row = client
+        .query_opt(
+            "SELECT c.current_balance, c.reserved_balance, c.debt_balance, c.daily_allowance, c.daily_used, \
+                    c.daily_reset_date, c.total_earned, c.total_spent, c.total_purchased, c.total_gifted_received, \
+                    c.total_gifted_sent, c.referral_bonus, c.achievement_bonus, c.daily_login_streak, \
+                    c.last_daily_bonus_date, u.daily_quota, u.daily_used AS free_used \
+             FROM user_credits c JOIN users u ON u.id = c.user_id WHERE c.user_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no credit account; sign in first".into()))?;
+    let current: i32 = row.try_get("current_balance")?;
+    let reserved: i32 = row.try_get("reserved_balance")?;
+    let allowance: i32 = row.try_get("daily_allowance")?;
+    let allowance_used: i32 = row.try_get("daily_used")?;
+    let quota: i32 = row.try_get("daily_quota")?;
+    let free_used: i32 = row.try_get("free_used")?;
+    Ok(Balance {
+        current_balance: current,
+        reserved_balance: reserved,
+        available: current - reserved,
+        debt_balance: row.try_get("debt_balance")?,
+        daily_allowance: allowance,
+        daily_allowance_used: allowance_used,
+        daily_allowance_left: (allowance - allowance_used).max(0),
+        free_generations_quota: quota,
+        free_generations_used: free_used,
+        free_generations_left: (quota - free_used).max(0),
+        daily_reset_date: row.try_get("daily_reset_date")?,
+        total_earned: row.try_get("total_earned")?,
+        total_spent: row.try_get("total_spent")?,
+        total_purchased: row.try_get("total_purchased")?,
+        total_gifted_received: row.try_get("total_gifted_received")?,
+        total_gifted_sent: row.try_get("total_gifted_sent")?,
+        referral_bonus: row.try_get("referral_bonus")?,
+        achievement_bonus: row.try_get("achievement_bonus")?,
+        daily_login_streak: row.try_get("daily_login_streak")?,
+        last_daily_bonus_date: row.try_get("last_daily_bonus_date")?,
+    })
+}

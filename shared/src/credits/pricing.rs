@@ -1,0 +1,418 @@
+//! Pricing from `api_credit_configs`.
+//!
+//! price = ceil((base_cost + formula terms) × tier multiplier), in integer
+//! arithmetic: multipliers are kept in thousandths, so 0.8 × 15 is exactly 12.
+//!
+//! `cost_formula` (validated on write, unknown keys refused):
+//! ```json
+//! {"job_type": {"character_generation": 0, "style_transfer": 2, "upscale": 1},
+//!  "steps":      {"over": 30,     "every": 10,     "cost": 1},
+//!  "pixels":     {"over": 262144, "every": 262144, "cost": 4},
+//!  "batch_size": {"over": 1,      "every": 1,      "cost": 10}}
+//! ```
+//! `job_type` adds a fixed amount per job type (absent types add 0). Each
+//! threshold term adds `cost × ceil(max(0, value − over) / every)` for the
+//! request's `steps`, `width × height` and `batch_size`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, FieldError};
+
+pub const TIERS: [&str; 4] = ["FREE", "PREMIUM", "PRO", "ENTERPRISE"];
+
+/// A threshold term of the formula.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    pub over: i64,
+    pub every: i64,
+    pub cost: i32,
+}
+
+impl Threshold {
+    fn charge(&self, value: i64) -> i64 {
+        let excess = (value - self.over).max(0);
+        i64::from(self.cost) * ((excess + self.every - 1) / self.every)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostFormula {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub job_type: BTreeMap<String, i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Threshold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<Threshold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<Threshold>,
+}
+
+/// Job types a formula may price.
+pub const JOB_TYPES: [&str; 5] = [
+    "character_generation",
+    "style_transfer",
+    "upscale",
+    "variation",
+    "background_removal",
+];
+
+impl CostFormula {
+    /// Parses and validates a formula as an admin writes it.
+    pub fn parse(value: &Value) -> Result<Self, FieldError> {
+        let formula: Self = serde_json::from_value(value.clone())
+            .map_err(|e| FieldError::new("cost_formula", format!("is not a valid formula: {e}")))?;
+        for (job_type, cost) in &formula.job_type {
+            if !JOB_TYPES.contains(&job_type.as_str()) {
+                return Err(FieldError::new(
+                    format!("cost_formula.job_type.{job_type}"),
+                    format!("is not a job type ({})", JOB_TYPES.join(", ")),
+                ));
+            }
+            if !(0..=100_000).contains(cost) {
+                return Err(FieldError::new(
+                    format!("cost_formula.job_type.{job_type}"),
+                    "must be 0 to 100000",
+                ));
+            }
+        }
+        for (name, term) in [
+            ("steps", &formula.steps),
+            ("pixels", &formula.pixels),
+            ("batch_size", &formula.batch_size),
+        ] {
+            if let Some(term) = term
+                && (term.over < 0 || term.every < 1 || !(0..=100_000).contains(&term.cost))
+            {
+                return Err(FieldError::new(
+                    format!("cost_formula.{name}"),
+                    "needs over >= 0, every >= 1 and cost 0 to 100000",
+                ));
+            }
+        }
+        Ok(formula)
+    }
+}
+
+/// Tier multipliers in thousandths (`{"FREE": 1.0, "PRO": 0.6}` → 1000, 600).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierMultipliers(pub BTreeMap<String, i64>);
+
+impl TierMultipliers {
+    /// Parses `tier_multipliers`; each value 0 to 10 with at most 3 decimals.
+    pub fn parse(value: &Value) -> Result<Self, FieldError> {
+        let object = value.as_object().ok_or_else(|| {
+            FieldError::new(
+                "tier_multipliers",
+                "must be an object of tier to multiplier",
+            )
+        })?;
+        let mut out = BTreeMap::new();
+        for (tier, multiplier) in object {
+            if !TIERS.contains(&tier.as_str()) {
+                return Err(FieldError::new(
+                    format!("tier_multipliers.{tier}"),
+                    format!("is not a tier ({})", TIERS.join(", ")),
+                ));
+            }
+            let m = multiplier
+                .as_f64()
+                .filter(|m| (0.0..=10.0).contains(m))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        format!("tier_multipliers.{tier}"),
+                        "must be a number from 0 to 10",
+                    )
+                })?;
+            let thousandths = (m * 1000.0).round();
+            if (m * 1000.0 - thousandths).abs() > 1e-6 {
+                return Err(FieldError::new(
+                    format!("tier_multipliers.{tier}"),
+                    "may have at most 3 decimals",
+                ));
+            }
+            out.insert(tier.clone(), thousandths as i64);
+        }
+        Ok(Self(out))
+    }
+
+    /// A tier without an entry pays full price.
+    pub fn for_tier(&self, tier: &str) -> i64 {
+        self.0.get(tier).copied().unwrap_or(1000)
+    }
+}
+
+/// One enabled or disabled row of `api_credit_configs`.
+#[derive(Debug, Clone)]
+pub struct PriceConfig {
+    pub id: String,
+    pub endpoint_pattern: String,
+    pub http_method: String,
+    pub base_cost: i32,
+    pub cost_formula: Option<CostFormula>,
+    pub tier_multipliers: TierMultipliers,
+    pub daily_limit: Option<i32>,
+    pub rate_limit_per_minute: Option<i32>,
+    pub requires_subscription: bool,
+    pub minimum_tier: Option<String>,
+    pub is_enabled: bool,
+    pub description: Option<String>,
+    pub category: Option<String>,
+}
+
+/// The request parameters a formula prices.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PriceInputs {
+    pub job_type: Option<String>,
+    pub steps: Option<i64>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub batch_size: Option<i64>,
+}
+
+/// A price and how it came out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quote {
+    pub config_id: String,
+    pub price: i32,
+    /// `cost_calculation`: base, each term, subtotal, tier, multiplier, price.
+    pub calculation: Value,
+}
+
+impl PriceConfig {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.http_method.eq_ignore_ascii_case(method)
+            && pattern_matches(&self.endpoint_pattern, path)
+    }
+
+    pub fn quote(&self, tier: &str, inputs: &PriceInputs) -> Quote {
+        let mut terms = serde_json::Map::new();
+        let mut subtotal = i64::from(self.base_cost);
+        if let Some(formula) = &self.cost_formula {
+            if let Some(job_type) = &inputs.job_type {
+                let add = i64::from(formula.job_type.get(job_type).copied().unwrap_or(0));
+                terms.insert("job_type".into(), json!({"value": job_type, "cost": add}));
+                subtotal += add;
+            }
+            let pixels = match (inputs.width, inputs.height) {
+                (Some(w), Some(h)) => Some(w.saturating_mul(h)),
+                _ => None,
+            };
+            for (name, term, value) in [
+                ("steps", &formula.steps, inputs.steps),
+                ("pixels", &formula.pixels, pixels),
+                ("batch_size", &formula.batch_size, inputs.batch_size),
+            ] {
+                if let (Some(term), Some(value)) = (term, value) {
+                    let add = term.charge(value);
+                    terms.insert(name.into(), json!({"value": value, "over": term.over, "every": term.every, "cost": add}));
+                    subtotal += add;
+                }
+            }
+        }
+        let multiplier = self.tier_multipliers.for_tier(tier);
+        // ceil(subtotal × multiplier / 1000) in integers.
+        let price = (subtotal.max(0) * multiplier + 999) / 1000;
+        let price = i32::try_from(price).unwrap_or(i32::MAX);
+        Quote {
+            config_id: self.id.clone(),
+            price,
+            calculation: json!({
+                "config_id": self.id,
+                "base_cost": self.base_cost,
+                "terms": terms,
+                "subtotal": subtotal,
+                "tier": tier,
+                "tier_multiplier": multiplier as f64 / 1000.0,
+                "price": price,
+            }),
+        }
+    }
+
+    /// Whether a user of `tier` (with an active subscription or not) may call
+    /// this endpoint at all.
+    pub fn check_access(&self, tier: &str, subscribed: bool) -> Result<(), ApiError> {
+        if self.requires_subscription && !subscribed {
+            return Err(ApiError::Forbidden(
+                "this needs an active subscription".into(),
+            ));
+        }
+        if let Some(minimum) = &self.minimum_tier
+            && tier_rank(tier) < tier_rank(minimum)
+        {
+            return Err(ApiError::Forbidden(format!(
+                "this needs the {minimum} tier or higher; yours is {tier}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub fn tier_rank(tier: &str) -> usize {
+    TIERS.iter().position(|t| *t == tier).unwrap_or(0)
+}
+
+/// `/api/v1/characters/:id/generate` matches `/api/v1/characters/abc/generate`.
+pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let pattern: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
+    let path: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    pattern.len() == path.len()
+        && pattern
+            .iter()
+            .zip(&path)
+            .all(|(p, s)| (p.starts_with(':') && !s.is_empty()) || p == s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(formula: Value) -> PriceConfig {
+        PriceConfig {
+            id: "cfg".into(),
+            endpoint_pattern: "/api/v1/characters/:id/generate".into(),
+            http_method: "POST".into(),
+            base_cost: 10,
+            cost_formula: Some(CostFormula::parse(&formula).unwrap()),
+            tier_multipliers: TierMultipliers::parse(
+                &json!({"FREE": 1.0, "PREMIUM": 0.8, "PRO": 0.6, "ENTERPRISE": 0.4}),
+            )
+            .unwrap(),
+            daily_limit: None,
+            rate_limit_per_minute: None,
+            requires_subscription: false,
+            minimum_tier: None,
+            is_enabled: true,
+            description: None,
+            category: None,
+        }
+    }
+
+    fn seed_formula() -> Value {
+        json!({"job_type": {"character_generation": 0, "style_transfer": 2, "upscale": 1, "variation": 0,
+                            "background_removal": 1},
+               "steps": {"over": 30, "every": 10, "cost": 1},
+               "pixels": {"over": 262144, "every": 262144, "cost": 4},
+               "batch_size": {"over": 1, "every": 1, "cost": 10}})
+    }
+
+    fn inputs(job: &str, steps: i64, w: i64, h: i64, batch: i64) -> PriceInputs {
+        PriceInputs {
+            job_type: Some(job.into()),
+            steps: Some(steps),
+            width: Some(w),
+            height: Some(h),
+            batch_size: Some(batch),
+        }
+    }
+
+    #[test]
+    fn thresholds_charge_from_the_first_unit_over() {
+        let c = config(seed_formula());
+        assert_eq!(
+            c.quote("FREE", &inputs("character_generation", 30, 512, 512, 1))
+                .price,
+            10
+        );
+        assert_eq!(
+            c.quote("FREE", &inputs("character_generation", 31, 512, 512, 1))
+                .price,
+            11
+        );
+        assert_eq!(
+            c.quote("FREE", &inputs("character_generation", 40, 512, 512, 1))
+                .price,
+            11
+        );
+        assert_eq!(
+            c.quote("FREE", &inputs("character_generation", 41, 512, 512, 1))
+                .price,
+            12
+        );
+        assert_eq!(
+            c.quote("FREE", &inputs("character_generation", 20, 512, 513, 1))
+                .price,
+            14
+        );
+        assert_eq!(
+            c.quote("FREE", &inputs("style_transfer", 20, 512, 512, 3))
+                .price,
+            32
+        );
+    }
+
+    #[test]
+    fn tier_multipliers_round_up_exactly() {
+        let c = config(seed_formula());
+        let base = inputs("character_generation", 20, 512, 512, 1);
+        assert_eq!(c.quote("PREMIUM", &base).price, 8);
+        assert_eq!(c.quote("PRO", &base).price, 6);
+        assert_eq!(c.quote("ENTERPRISE", &base).price, 4);
+        // 15 × 0.8 is 12 exactly, not 12.000000000000002 rounded up to 13.
+        let fifteen = inputs("character_generation", 20, 512, 512, 1);
+        let mut c15 = config(seed_formula());
+        c15.base_cost = 15;
+        assert_eq!(c15.quote("PREMIUM", &fifteen).price, 12);
+        c15.base_cost = 11;
+        // 11 × 0.6 = 6.6 → 7
+        assert_eq!(c15.quote("PRO", &fifteen).price, 7);
+        let quote = c15.quote("PRO", &fifteen);
+        assert_eq!(quote.calculation["tier_multiplier"], 0.6);
+        assert_eq!(quote.calculation["subtotal"], 11);
+    }
+
+    #[test]
+    fn formulas_are_validated_strictly() {
+        assert!(CostFormula::parse(&seed_formula()).is_ok());
+        assert!(
+            CostFormula::parse(&json!({"gpu_seconds": {"over": 1, "every": 1, "cost": 1}}))
+                .is_err()
+        );
+        assert!(CostFormula::parse(&json!({"steps": {"over": 1, "every": 0, "cost": 1}})).is_err());
+        assert!(
+            CostFormula::parse(&json!({"steps": {"over": 1, "every": 1, "cost": 1, "cap": 5}}))
+                .is_err()
+        );
+        assert!(CostFormula::parse(&json!({"job_type": {"teleport": 1}})).is_err());
+        assert!(TierMultipliers::parse(&json!({"GOLD": 1.0})).is_err());
+        assert!(TierMultipliers::parse(&json!({"PRO": 0.1234})).is_err());
+        assert!(TierMultipliers::parse(&json!({"PRO": -1})).is_err());
+    }
+
+    #[test]
+    fn access_rules() {
+        let mut c = config(seed_formula());
+        c.minimum_tier = Some("PRO".into());
+        assert!(c.check_access("PREMIUM", true).is_err());
+        assert!(c.check_access("PRO", true).is_ok());
+        assert!(c.check_access("ENTERPRISE", true).is_ok());
+        c.minimum_tier = None;
+        c.requires_subscription = true;
+        assert!(c.check_access("PRO", false).is_err());
+        assert!(c.check_access("FREE", true).is_ok());
+    }
+
+    #[test]
+    fn patterns_match_segments() {
+        assert!(pattern_matches(
+            "/api/v1/characters/:id/generate",
+            "/api/v1/characters/abc/generate"
+        ));
+        assert!(!pattern_matches(
+            "/api/v1/characters/:id/generate",
+            "/api/v1/characters//generate"
+        ));
+        assert!(!pattern_matches(
+            "/api/v1/characters/:id/generate",
+            "/api/v1/characters/abc/x/generate"
+        ));
+        assert!(!pattern_matches(
+            "/api/v1/characters/:id/generate",
+            "/api/v1/characters/abc"
+        ));
+    }
+}
