@@ -207,7 +207,7 @@ async fn concurrent_spends_against_a_balance_for_exactly_37_succeed_exactly_37_t
         let ann = ann.clone();
         async move {
             let mut conn = pool.get().await.unwrap();
-            let tx = (&mut **conn).transaction().await.unwrap();
+            let tx = (**conn).transaction().await.unwrap();
             match holds::hold(&tx, &ann, job_id, &quote(3)).await {
                 Ok(_) => {
                     holds::settle(&tx, job_id).await.unwrap().unwrap();
@@ -343,7 +343,7 @@ async fn idempotency_keys_replay_refuse_changed_requests_and_serialise_duplicate
         let body = body.clone();
         async move {
             let mut conn = pool.get().await.unwrap();
-            let tx = (&mut **conn).transaction().await.unwrap();
+            let tx = (**conn).transaction().await.unwrap();
             let claim =
                 idempotency::claim(&tx, &ann, "key-1", "POST", "/api/v1/credits/gifts", &body)
                     .await
