@@ -15,12 +15,16 @@ use axum::Router;
 use shared::app::{self, AppState};
 use shared::auth::dev_issuer::{DevIssuer, SigningKey};
 use shared::config::{
-    AuthConfig, Config, DEFAULT_EMAIL_CLAIM, DatabaseConfig, GalleryConfig, LogFormat, SslMode,
+    AuthConfig, Config, CreditsConfig, DEFAULT_EMAIL_CLAIM, DatabaseConfig, GalleryConfig,
+    LogFormat, PaymentProvider, PaymentsConfig, SslMode,
 };
 use shared::storage::local::LocalObjectStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// The webhook signing secret of the local payment provider.
+pub const LOCAL_WEBHOOK_SECRET: &str = "whsec_local_development_only";
 
 /// The audience the local issuer writes into its tokens.
 pub const LOCAL_AUDIENCE: &str = "https://api.characters.local";
@@ -174,6 +178,16 @@ fn local_config(database_url: &str, issuer_url: &str) -> Config {
             report_threshold: env_number("GALLERY_REPORT_THRESHOLD", 3),
             top_rated_min_ratings: env_number("GALLERY_TOP_RATED_MIN_RATINGS", 3),
         },
+        payments: PaymentsConfig {
+            provider: PaymentProvider::Local,
+            stripe_api_base: "https://api.stripe.com".into(),
+            stripe_secret_key: None,
+            // The local checkout page signs its events with this; any value works locally.
+            stripe_webhook_secret: Some(LOCAL_WEBHOOK_SECRET.into()),
+            checkout_success_url: format!("{}credits?checkout=success", issuer_url),
+            checkout_cancel_url: format!("{}credits?checkout=cancelled", issuer_url),
+        },
+        credits: CreditsConfig::default(),
         log_format: LogFormat::Text,
     }
 }

@@ -80,6 +80,57 @@ impl Default for GalleryConfig {
     }
 }
 
+/// Which payment provider creates checkout sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentProvider {
+    /// Stripe Checkout over its REST API (`STRIPE_API_BASE`).
+    Stripe,
+    /// The local stack's own checkout page, which posts a correctly signed
+    /// event to the same webhook route.
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentsConfig {
+    /// `PAYMENT_PROVIDER`: `stripe` (default in Lambda) or `local`.
+    pub provider: PaymentProvider,
+    /// `STRIPE_API_BASE` (default `https://api.stripe.com`); tests point it at a stub.
+    pub stripe_api_base: String,
+    /// `STRIPE_SECRET_KEY`: needed to create checkout sessions.
+    pub stripe_secret_key: Option<String>,
+    /// `STRIPE_WEBHOOK_SECRET` (`whsec_...`): verifies `Stripe-Signature`.
+    pub stripe_webhook_secret: Option<String>,
+    /// `CHECKOUT_SUCCESS_URL` / `CHECKOUT_CANCEL_URL`: where Checkout sends the buyer back.
+    pub checkout_success_url: String,
+    pub checkout_cancel_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditsConfig {
+    /// `DAILY_BONUS_BASE` (default 5): credits for the first day of a streak.
+    pub daily_bonus_base: i32,
+    /// `DAILY_BONUS_STEP` (default 1): extra credits per further streak day.
+    pub daily_bonus_step: i32,
+    /// `DAILY_BONUS_MAX_STREAK` (default 7): the streak day after which the bonus stops growing.
+    pub daily_bonus_max_streak: i32,
+    /// `GIFT_MAX_AMOUNT` (default 1000): the largest single gift.
+    pub gift_max_amount: i32,
+    /// `GIFT_DAILY_CAP` (default 2000): credits one user may gift per local day.
+    pub gift_daily_cap: i32,
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        Self {
+            daily_bonus_base: 5,
+            daily_bonus_step: 1,
+            daily_bonus_max_streak: 7,
+            gift_max_amount: 1000,
+            gift_daily_cap: 2000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -91,6 +142,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub gallery: GalleryConfig,
+    pub payments: PaymentsConfig,
+    pub credits: CreditsConfig,
     /// `LOG_FORMAT`: `json` or `text`; JSON by default inside Lambda.
     pub log_format: LogFormat,
 }
@@ -184,6 +237,67 @@ impl Config {
                 as i32,
         };
 
+        let payments = PaymentsConfig {
+            provider: match get("PAYMENT_PROVIDER").as_deref() {
+                None | Some("stripe") => PaymentProvider::Stripe,
+                Some("local") => PaymentProvider::Local,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "PAYMENT_PROVIDER",
+                        reason: format!("`{other}` is not one of stripe, local"),
+                    });
+                }
+            },
+            stripe_api_base: get("STRIPE_API_BASE")
+                .unwrap_or_else(|| "https://api.stripe.com".into())
+                .trim_end_matches('/')
+                .to_string(),
+            stripe_secret_key: get("STRIPE_SECRET_KEY"),
+            stripe_webhook_secret: get("STRIPE_WEBHOOK_SECRET"),
+            checkout_success_url: get("CHECKOUT_SUCCESS_URL")
+                .unwrap_or_else(|| "https://characters.app/credits?checkout=success".into()),
+            checkout_cancel_url: get("CHECKOUT_CANCEL_URL")
+                .unwrap_or_else(|| "https://characters.app/credits?checkout=cancelled".into()),
+        };
+        let defaults = CreditsConfig::default();
+        let credits = CreditsConfig {
+            daily_bonus_base: parse_number(
+                &get,
+                "DAILY_BONUS_BASE",
+                defaults.daily_bonus_base as u64,
+                0,
+                10_000,
+            )? as i32,
+            daily_bonus_step: parse_number(
+                &get,
+                "DAILY_BONUS_STEP",
+                defaults.daily_bonus_step as u64,
+                0,
+                10_000,
+            )? as i32,
+            daily_bonus_max_streak: parse_number(
+                &get,
+                "DAILY_BONUS_MAX_STREAK",
+                defaults.daily_bonus_max_streak as u64,
+                1,
+                365,
+            )? as i32,
+            gift_max_amount: parse_number(
+                &get,
+                "GIFT_MAX_AMOUNT",
+                defaults.gift_max_amount as u64,
+                1,
+                1_000_000,
+            )? as i32,
+            gift_daily_cap: parse_number(
+                &get,
+                "GIFT_DAILY_CAP",
+                defaults.gift_daily_cap as u64,
+                1,
+                10_000_000,
+            )? as i32,
+        };
+
         let log_format = match get("LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -201,6 +315,8 @@ impl Config {
             database,
             auth,
             gallery,
+            payments,
+            credits,
             log_format,
         })
     }

@@ -1,10 +1,13 @@
 //! The credit engine: pricing, buckets and holds, the ledger, daily resets and
 //! bonuses. The ledger API here is what the job dispatcher and the worker call.
 
+pub mod account;
+pub mod admin;
 pub mod engine;
 pub mod holds;
 pub mod ledger;
 pub mod pricing;
+pub mod purchases;
 pub mod routes;
 
 use chrono::NaiveDate;

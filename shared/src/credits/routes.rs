@@ -1,9 +1,12 @@
-//! Routes of the `credits` function.
+//! Routes of the `credits` function, one module per area.
 
 use axum::Router;
 
+use super::{account, admin, purchases};
 use crate::app::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
+    account::router()
+        .merge(purchases::router())
+        .merge(admin::router())
 }
