@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod input;
 pub mod lambda;
+pub mod openapi;
 pub mod pagination;
 pub mod social;
 pub mod storage;
