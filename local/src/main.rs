@@ -6,6 +6,8 @@
 //! - `database-url [--admin]`: make sure a server answers (starting the
 //!   private cluster if needed) and print a connection URL; the test script
 //!   uses it.
+//! - `openapi`: print the OpenAPI document (`shared::openapi::json()`), which
+//!   is committed as `openapi.json`: `cargo run -p local -- openapi > openapi.json`.
 
 use anyhow::Context;
 use local::{LocalOptions, LocalStack, database};
@@ -13,6 +15,11 @@ use shared::config::{DatabaseConfig, LogFormat, SslMode};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("openapi") {
+        // Nothing but the document on stdout: it is redirected into openapi.json.
+        print!("{}", shared::openapi::json());
+        return Ok(());
+    }
     shared::telemetry::init(LogFormat::Text);
     let options = LocalOptions::from_env()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,7 +40,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(other) => {
-            anyhow::bail!("unknown command `{other}`; use serve, migrate or database-url [--admin]")
+            anyhow::bail!(
+                "unknown command `{other}`; use serve, migrate, database-url [--admin] or openapi"
+            )
         }
     }
 }

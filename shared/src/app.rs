@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::Authenticator;
@@ -52,11 +53,16 @@ impl FromRef<AppState> for Arc<Authenticator> {
     }
 }
 
-/// Adds what every function's router needs around its routes: problem+json
-/// fallbacks, a body limit, request ids with a span per request, and a panic
-/// guard that turns a bug into a logged 500 instead of a dropped connection.
+/// Adds what every function's router needs around its routes: the OpenAPI
+/// document (`GET /api/v1/openapi.json`), problem+json fallbacks, a body limit,
+/// request ids with a span per request, and a panic guard that turns a bug into
+/// a logged 500 instead of a dropped connection.
+///
+/// Call it once per served router, on all of its routes merged: the document's
+/// route is added here, and axum panics when two merged routers define it.
 pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
+        .route(crate::openapi::PATH, get(crate::openapi::serve))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

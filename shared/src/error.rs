@@ -10,11 +10,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// One invalid input field, reported inside a 422 problem.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct FieldError {
-    /// JSON pointer-ish path of the offending field (`username`, `social_links.twitter`).
+    /// JSON pointer-ish path of the offending field (`username`, `social_links.twitter`,
+    /// `tags[0]`); `body` or `query` when the problem is the shape of the whole body or
+    /// query string.
     pub field: String,
     /// What is wrong with it.
     pub message: String,
@@ -153,6 +156,67 @@ impl ApiError {
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+// Documents what `ApiError::into_response` writes; nothing builds one.
+/// An RFC 9457 problem: the body of every error response, sent as
+/// `application/problem+json`.
+#[derive(ToSchema)]
+#[schema(examples(json!({
+    "type": "/problems/validation-error",
+    "title": "Invalid input",
+    "status": 422,
+    "detail": "username: must be 3 to 30 characters of letters, digits and underscores",
+    "errors": [{"field": "username", "message": "must be 3 to 30 characters of letters, digits and underscores"}]
+})))]
+#[allow(dead_code)]
+pub struct Problem {
+    /// A stable relative URI naming the kind of problem, for clients to switch on.
+    #[schema(rename = "type", schema_with = problem_types)]
+    kind: String,
+    /// A short summary, fixed for each `type`.
+    title: String,
+    /// The HTTP status code of the response.
+    #[schema(minimum = 400, maximum = 599)]
+    status: u16,
+    /// What went wrong this time, in prose.
+    detail: String,
+    /// Only in a 422 (`/problems/validation-error`): every invalid field.
+    #[schema(required = false)]
+    errors: Vec<FieldError>,
+}
+
+/// The `type` of every problem [`ApiError`] can render.
+fn problem_types() -> utoipa::openapi::Object {
+    // One of each variant; `kind` ignores the payloads.
+    let kinds = [
+        ApiError::BadRequest(String::new()),
+        ApiError::validation("", ""),
+        ApiError::Unauthorized(String::new()),
+        ApiError::Forbidden(String::new()),
+        ApiError::NotFound(String::new()),
+        ApiError::MethodNotAllowed,
+        ApiError::Conflict(String::new()),
+        ApiError::UnsupportedMediaType(String::new()),
+        ApiError::PayloadTooLarge,
+        ApiError::TooManyRequests {
+            detail: String::new(),
+            retry_after: 0,
+        },
+        ApiError::ServiceUnavailable {
+            detail: String::new(),
+            retry_after: 0,
+        },
+        ApiError::Internal(String::new()),
+    ]
+    .map(|e| format!("/problems/{}", e.kind().0));
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(
+            "A stable relative URI naming the kind of problem, for clients to switch on.",
+        ))
+        .enum_values(Some(kinds))
+        .build()
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod idempotency;
 pub mod input;
 pub mod lambda;
+pub mod openapi;
 pub mod pagination;
 pub mod social;
 pub mod storage;

@@ -107,6 +107,18 @@ async fn the_lambda_binary_serves_sample_http_api_events() {
     // Private profile: anonymous callers get a 404 through Lambda as well.
     let (status, _, _) = http_reply(api.invoke(&sample("auth-get-public-user.json")).await);
     assert_eq!(status, 404);
+
+    // Every function serves the OpenAPI document (added by `shared::app::finish`).
+    let mut event = sample("auth-get-public-user.json");
+    event["routeKey"] = "GET /api/v1/openapi.json".into();
+    event["rawPath"] = "/api/v1/openapi.json".into();
+    event["requestContext"]["routeKey"] = "GET /api/v1/openapi.json".into();
+    event["requestContext"]["http"]["path"] = "/api/v1/openapi.json".into();
+    let (status, headers, body) = http_reply(api.invoke(&event).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    let document: Value = serde_json::from_str(&shared::openapi::json()).unwrap();
+    assert_eq!(body, document);
 }
 
 #[tokio::test]

@@ -345,6 +345,153 @@ fn model_version(raw: &str) -> Result<String, FieldError> {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Request bodies, as documented in the OpenAPI document. [`parse`] decodes the bodies; these
+// types only describe what it accepts.
+// ------------------------------------------------------------------------------------------
+
+/// A new character. Text is trimmed and may not contain control characters (multi-line
+/// fields allow newlines and tabs); `name`, `description` and `prompt` are checked against
+/// the caller's content filter. Read-only columns (ids, images and processing, counters,
+/// ratings, timestamps, `owner`) and unknown fields are refused with a 422 naming them.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NewCharacter {
+    /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
+    name: String,
+    /// The generation prompt: 1 to 2000 characters, multi-line.
+    #[schema(min_length = 1, max_length = 2000)]
+    prompt: String,
+    #[schema(schema_with = style_type_schema)]
+    style_type: String,
+    /// Makes the new character a variant of this one, which must be the caller's own or
+    /// a public one (else 422). Fixed at creation.
+    parent_character_id: Option<String>,
+    #[schema(schema_with = variant_type_schema)]
+    variant_type: Option<String>,
+    #[serde(flatten)]
+    attributes: CharacterAttributes,
+}
+
+/// Changes to a character: only the fields sent change. Besides the read-only columns,
+/// `parent_character_id` and `variant_type` are refused (a character's lineage is fixed at
+/// creation).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CharacterPatch {
+    /// 1 to 100 characters.
+    #[schema(required = false, min_length = 1, max_length = 100)]
+    name: String,
+    /// The generation prompt: 1 to 2000 characters, multi-line.
+    #[schema(required = false, min_length = 1, max_length = 2000)]
+    prompt: String,
+    #[schema(required = false, schema_with = style_type_schema)]
+    style_type: String,
+    #[serde(flatten)]
+    attributes: CharacterAttributes,
+}
+
+/// The optional settable fields of a character. `null` clears the nullable ones; the
+/// others may be absent but not `null`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CharacterAttributes {
+    /// At most 2000 characters, multi-line.
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    /// At most 2000 characters, multi-line.
+    #[schema(max_length = 2000)]
+    negative_prompt: Option<String>,
+    /// At most 50 characters.
+    #[schema(max_length = 50)]
+    art_style: Option<String>,
+    /// At most 50 characters.
+    #[schema(max_length = 50)]
+    mood: Option<String>,
+    #[schema(schema_with = color_palette_schema)]
+    color_palette: Option<Vec<String>>,
+    /// 1 to 32 letters, digits, `.`, `-` or `_`.
+    #[schema(
+        required = false,
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9._-]{1,32}$"
+    )]
+    model_version: String,
+    /// 0 to 2147483647.
+    #[schema(minimum = 0)]
+    generation_seed: Option<i32>,
+    /// 1.0 to 30.0 with at most one decimal.
+    #[schema(required = false, minimum = 1.0, maximum = 30.0, multiple_of = 0.1)]
+    cfg_scale: f64,
+    /// Sampling steps, 1 to 150.
+    #[schema(required = false, minimum = 1, maximum = 150)]
+    steps: i32,
+    #[schema(required = false, schema_with = sampler_schema)]
+    sampler: String,
+    /// One of the caller's collections (else 422); the character is also filed in it.
+    /// `null` takes the character out of its collection field (not out of the
+    /// collection's members).
+    collection_id: Option<String>,
+    #[schema(required = false, schema_with = tags_schema)]
+    tags: Vec<String>,
+    /// Public characters are visible to anyone and may appear in the gallery; a suspended
+    /// account cannot publish (403).
+    #[schema(required = false)]
+    is_public: bool,
+    #[schema(required = false)]
+    allow_commercial_use: bool,
+    #[schema(required = false, schema_with = license_type_schema)]
+    license_type: String,
+}
+
+fn style_type_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(&STYLE_TYPES, false, "The character's style type.")
+}
+
+fn variant_type_schema() -> utoipa::openapi::Object {
+    let mut values = vec!["original"];
+    values.extend(VARIANT_TYPES);
+    crate::openapi::string_enum(
+        &values,
+        true,
+        "How a variant differs from its parent: required with `parent_character_id` (one \
+         of the variant types), else absent, `null` or `original`.",
+    )
+}
+
+fn sampler_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(&SAMPLERS, false, "The sampler, by its AUTOMATIC1111 name.")
+}
+
+fn license_type_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(
+        &LICENSE_TYPES,
+        false,
+        "The license the character is shared under.",
+    )
+}
+
+fn color_palette_schema() -> utoipa::openapi::Array {
+    crate::openapi::array_of(
+        crate::openapi::short_string(Some("^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"), 7),
+        MAX_COLORS,
+        true,
+        "Hex colours (`#1e90ff` or `#19f`), stored lowercased; at most 10, duplicates dropped.",
+    )
+}
+
+fn tags_schema() -> utoipa::openapi::Array {
+    crate::openapi::array_of(
+        crate::openapi::short_string(None, MAX_TAG_LEN),
+        MAX_TAGS,
+        false,
+        "Tags of 1 to 32 letters, digits, spaces, `-` or `_`, stored trimmed and lowercased; \
+         at most 20, duplicates dropped.",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

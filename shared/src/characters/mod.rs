@@ -11,10 +11,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Row;
+use utoipa::ToSchema;
 
 /// A `characters` row. Field names are the column names, plus the derived
 /// `rating_count`, `rating_average` and `popularity` (views + likes + downloads).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Character {
     pub id: String,
     pub user_id: String,
@@ -22,19 +23,26 @@ pub struct Character {
     pub description: Option<String>,
     pub prompt: String,
     pub negative_prompt: Option<String>,
+    /// One of the style types (`anime`, `realistic`, `cartoon`, `fantasy`, `cyberpunk`,
+    /// `steampunk`, `minimalist`, `comic`, `portrait`, `artistic`).
     pub style_type: String,
     pub art_style: Option<String>,
     pub mood: Option<String>,
+    /// Hex colours such as `#1e90ff`.
     pub color_palette: Option<Vec<String>>,
     pub model_version: Option<String>,
     pub generation_seed: Option<i32>,
+    /// 1.0 to 30.0, one decimal.
     pub cfg_scale: Option<f64>,
     pub steps: Option<i32>,
     pub sampler: Option<String>,
     pub primary_image_url: Option<String>,
     pub thumbnail_url: Option<String>,
+    /// Further image URLs (a JSON array), kept by the generation pipeline.
     pub additional_images: Option<Value>,
+    /// Generation metadata (a JSON object), kept by the generation pipeline.
     pub image_metadata: Option<Value>,
+    /// `pending`, `processing`, `completed`, `failed` or `cancelled`.
     pub generation_status: Option<String>,
     pub processing_started_at: Option<DateTime<Utc>>,
     pub processing_completed_at: Option<DateTime<Utc>>,
@@ -46,6 +54,7 @@ pub struct Character {
     pub is_public: Option<bool>,
     pub is_featured: Option<bool>,
     pub allow_commercial_use: Option<bool>,
+    /// `standard`, `commercial` or `creative_commons`.
     pub license_type: Option<String>,
     pub view_count: Option<i32>,
     pub like_count: Option<i32>,
@@ -53,12 +62,16 @@ pub struct Character {
     pub share_count: Option<i32>,
     pub parent_character_id: Option<String>,
     pub version_number: Option<i32>,
+    /// `original`, `style_transfer`, `pose_change`, `outfit_change` or `expression_change`.
     pub variant_type: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
+    /// How many ratings the character has.
     pub rating_count: i32,
+    /// Mean rating, two decimals; `null` without ratings.
     pub rating_average: Option<f64>,
+    /// Views + likes + downloads.
     pub popularity: Option<i32>,
 }
 
@@ -124,15 +137,17 @@ impl Character {
     }
 }
 
-/// A gallery entry: the character and who made it (username and display name only).
-#[derive(Debug, Clone, Serialize)]
+/// A gallery entry: the character's fields and who made it (username and
+/// display name only).
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct GalleryItem {
     #[serde(flatten)]
     pub character: Character,
     pub owner: Owner,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The maker of a gallery character, as anyone may see them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Owner {
     pub username: Option<String>,
     pub display_name: Option<String>,

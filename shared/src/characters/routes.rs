@@ -15,17 +15,22 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
-use super::fields::{self, Purpose};
+use super::fields::{self, CharacterPatch, NewCharacter, Purpose};
 use super::gallery::{self, GalleryFilter, Sort};
 use super::repo::{self, ListFilter};
 use super::{Character, GalleryItem};
 use crate::app::AppState;
 use crate::auth::{Caller, Identity, OptionalCaller};
 use crate::db::{self, PooledClient};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::input::finish;
+use crate::openapi::{
+    self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::pagination::{self, Page};
 use crate::users::fields::{STYLE_TYPES, one_of};
 use crate::users::{self, User};
@@ -66,7 +71,27 @@ pub async fn viewer(
     }
 }
 
-async fn create_character(
+/// Create a character.
+#[utoipa::path(
+    post,
+    path = "/api/v1/characters",
+    tag = "characters",
+    security(("bearer" = [])),
+    request_body = NewCharacter,
+    responses(
+        (status = 201, description = "The new character, owned by the caller.", body = Character),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased, or suspended and the character is public.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn create_character(
     State(state): State<AppState>,
     Caller(identity): Caller,
     meta: RequestMeta,
@@ -81,7 +106,26 @@ async fn create_character(
     Ok((StatusCode::CREATED, Json(character)))
 }
 
-async fn get_character(
+/// A character.
+///
+/// The caller's own characters and public ones are visible; anything else is the same 404 as
+/// an unknown id. Reading someone else's public character counts a view.
+#[utoipa::path(
+    get,
+    path = "/api/v1/characters/{id}",
+    tag = "characters",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    responses(
+        (status = 200, description = "The character.", body = Character),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn get_character(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiPath(id): ApiPath<String>,
@@ -94,7 +138,28 @@ async fn get_character(
     Ok(Json(character))
 }
 
-async fn update_character(
+/// Change one of the caller's characters.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/characters/{id}",
+    tag = "characters",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    request_body = CharacterPatch,
+    responses(
+        (status = 200, description = "The changed character (unchanged for `{}`).", body = Character),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public character, a suspended account publishing, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn update_character(
     State(state): State<AppState>,
     Caller(identity): Caller,
     meta: RequestMeta,
@@ -110,7 +175,23 @@ async fn update_character(
     Ok(Json(character))
 }
 
-async fn delete_character(
+/// Delete one of the caller's characters.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/characters/{id}",
+    tag = "characters",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public character, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn delete_character(
     State(state): State<AppState>,
     Caller(identity): Caller,
     meta: RequestMeta,
@@ -124,16 +205,55 @@ async fn delete_character(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Unknown parameters are refused with a 422.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
+    #[param(schema_with = style_type_param)]
     style_type: Option<String>,
+    /// Only characters with this tag (compared trimmed and lowercased).
+    #[param(nullable = false, max_length = 32)]
     tag: Option<String>,
+    #[param(schema_with = generation_status_param)]
     generation_status: Option<String>,
+    /// Only members of this collection.
+    #[param(nullable = false)]
     collection_id: Option<String>,
+    /// Full-text search of the name, description, prompt and tags (web search syntax), at
+    /// most 200 characters.
+    #[param(nullable = false, max_length = 200)]
     q: Option<String>,
+}
+
+fn style_type_param() -> utoipa::openapi::Object {
+    openapi::string_enum(&STYLE_TYPES, false, "Only characters of this style type.")
+}
+
+fn generation_status_param() -> utoipa::openapi::Object {
+    openapi::string_enum(
+        &GENERATION_STATUSES,
+        false,
+        "Only characters in this generation status.",
+    )
+}
+
+fn sort_param() -> utoipa::openapi::Object {
+    let mut schema = openapi::string_enum(
+        &["recent", "popular", "top_rated"],
+        false,
+        "`recent`: newest publication first; `popular`: most views + likes + downloads \
+         first; `top_rated`: highest average rating first, among characters with enough \
+         ratings (`GALLERY_TOP_RATED_MIN_RATINGS`).",
+    );
+    schema.default = Some("recent".into());
+    schema
 }
 
 /// Validates the filters shared by the own list and the gallery.
@@ -161,7 +281,26 @@ fn common_filters(
     (style_type, tag, q)
 }
 
-async fn list_characters(
+/// The caller's characters.
+///
+/// Newest first, filtered and paginated.
+#[utoipa::path(
+    get,
+    path = "/api/v1/characters",
+    tag = "characters",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the caller's characters.", body = Page<Character>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_characters(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -193,14 +332,27 @@ async fn list_characters(
     Ok(Json(page))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Unknown parameters are refused with a 422.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct GalleryQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct GalleryQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page, fetched with the same `sort`.
+    #[param(nullable = false)]
     cursor: Option<String>,
+    #[param(schema_with = sort_param)]
     sort: Option<String>,
+    #[param(schema_with = style_type_param)]
     style_type: Option<String>,
+    /// Only characters with this tag (compared trimmed and lowercased).
+    #[param(nullable = false, max_length = 32)]
     tag: Option<String>,
+    /// Full-text search of the name, description, prompt and tags (web search syntax), at
+    /// most 200 characters.
+    #[param(nullable = false, max_length = 200)]
     q: Option<String>,
 }
 
@@ -243,7 +395,26 @@ async fn gallery_page(
     Ok(Json(page))
 }
 
-async fn list_gallery(
+/// The public gallery.
+///
+/// Public characters of active users who allow showcasing, minus those with open reports
+/// from `GALLERY_REPORT_THRESHOLD` distinct users; filtered, sorted and paginated.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gallery",
+    tag = "characters",
+    security((), ("bearer" = [])),
+    params(GalleryQuery),
+    responses(
+        (status = 200, description = "A page of the gallery.", body = Page<GalleryItem>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_gallery(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiQuery(query): ApiQuery<GalleryQuery>,
@@ -251,7 +422,25 @@ async fn list_gallery(
     gallery_page(state, identity, query, false).await
 }
 
-async fn list_featured(
+/// The featured part of the gallery.
+///
+/// As `GET /api/v1/gallery`, limited to featured characters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gallery/featured",
+    tag = "characters",
+    security((), ("bearer" = [])),
+    params(GalleryQuery),
+    responses(
+        (status = 200, description = "A page of featured gallery characters.", body = Page<GalleryItem>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_featured(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiQuery(query): ApiQuery<GalleryQuery>,
@@ -262,16 +451,40 @@ async fn list_featured(
 /// How long a download link works.
 pub const DOWNLOAD_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
-#[derive(Debug, serde::Serialize)]
+/// A link to a character's image.
+#[derive(Debug, serde::Serialize, ToSchema)]
 pub struct DownloadLink {
+    /// Where to fetch the image: a signed link, or the image's own URL when it is hosted
+    /// elsewhere.
     pub url: String,
     /// When `url` stops working (absent for an image hosted elsewhere).
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The character's download count, this download included.
     pub download_count: Option<i32>,
 }
 
-/// A time-limited link to the character's image, counting the download.
-async fn download_character(
+/// Download a character's image.
+///
+/// A time-limited (5 minute) link to the image of a character the caller may see (their own
+/// or a public one), counting the download.
+#[utoipa::path(
+    post,
+    path = "/api/v1/characters/{id}/download",
+    tag = "characters",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    responses(
+        (status = 200, description = "The link.", body = DownloadLink),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The character has no image yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Image storage is not configured (`Retry-After: 60`), or the database or the token issuer's keys are briefly unavailable.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn download_character(
     State(state): State<AppState>,
     Caller(identity): Caller,
     meta: RequestMeta,

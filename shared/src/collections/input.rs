@@ -286,6 +286,101 @@ pub fn plausible_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && !id.contains('\0')
 }
 
+// ------------------------------------------------------------------------------------------
+// Request bodies, as documented in the OpenAPI document. The functions above decode the
+// bodies; these types only describe what they accept.
+// ------------------------------------------------------------------------------------------
+
+/// A new collection. Text is trimmed and may not contain control characters. Read-only
+/// columns (`id`, `user_id`, `character_count`, `total_views`, `total_likes`, timestamps)
+/// are refused with a 422 naming them (and then nothing else is checked); unknown fields are
+/// refused with a 422 too.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NewCollection {
+    /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
+    name: String,
+    #[serde(flatten)]
+    attributes: CollectionAttributes,
+}
+
+/// Changes to a collection: only the fields sent change; `{}` changes nothing (not even
+/// `updated_at`). Read-only and unknown fields are refused as on creation.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CollectionPatch {
+    /// 1 to 100 characters; not `null`.
+    #[schema(required = false, min_length = 1, max_length = 100)]
+    name: String,
+    #[serde(flatten)]
+    attributes: CollectionAttributes,
+}
+
+/// The optional settable fields of a collection.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CollectionAttributes {
+    /// At most 2000 characters, multi-line; `null` or blank clears it.
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    /// An absolute http(s) URL of at most 2048 characters; `null` clears it.
+    #[schema(format = "uri", max_length = 2048)]
+    cover_image_url: Option<String>,
+    #[schema(schema_with = tags_schema)]
+    tags: Option<Vec<String>>,
+    /// At most 50 characters; `null` or blank clears it.
+    #[schema(max_length = 50)]
+    category: Option<String>,
+    /// At most 50 characters; `null` or blank clears it.
+    #[schema(max_length = 50)]
+    theme: Option<String>,
+    /// Public collections are visible to anyone (default false).
+    #[schema(required = false)]
+    is_public: bool,
+    /// Default false.
+    #[schema(required = false)]
+    allow_collaboration: bool,
+    #[schema(schema_with = collaboration_settings_schema)]
+    collaboration_settings: Option<Map<String, Value>>,
+}
+
+/// The optional body of `PUT /api/v1/collections/{id}/characters/{character_id}`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct MemberPatch {
+    /// The member's place in the collection's order, 0 to 1000000; `null` makes it
+    /// unordered (listed after the ordered ones). Absent: a new member is unordered and an
+    /// existing one keeps its place.
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    display_order: Option<i32>,
+}
+
+fn tags_schema() -> utoipa::openapi::Array {
+    crate::openapi::array_of(
+        crate::openapi::short_string(Some("^[a-z0-9_-]{1,32}$"), 32),
+        MAX_TAGS,
+        true,
+        "At most 20 slugs of 1 to 32 lowercase letters, digits, `-` or `_`, duplicates \
+         dropped; `null` clears the list.",
+    )
+}
+
+fn collaboration_settings_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::Type::Object,
+            utoipa::openapi::Type::Null,
+        ]))
+        .description(Some(
+            "Any JSON object of at most 20 keys and 4096 bytes (compact), without U+0000; \
+             `null` clears it to `{}`.",
+        ))
+        .max_properties(Some(MAX_SETTINGS_KEYS))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

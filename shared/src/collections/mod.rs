@@ -15,10 +15,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Row;
+use utoipa::ToSchema;
 
 /// A `collections` row. Field names are the column names; nullable counters
 /// and flags are reported with their column defaults (0, false, `[]`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Collection {
     pub id: String,
     pub user_id: String,
@@ -30,7 +31,10 @@ pub struct Collection {
     pub theme: Option<String>,
     pub is_public: bool,
     pub allow_collaboration: bool,
+    /// A JSON object (`{}` by default).
+    #[schema(value_type = Object)]
     pub collaboration_settings: Value,
+    /// How many characters the collection files.
     pub character_count: i32,
     pub total_views: i32,
     pub total_likes: i32,
@@ -77,7 +81,7 @@ impl Collection {
 }
 
 /// What a collection listing shows of each character: enough for a card.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CharacterCard {
     pub id: String,
     pub user_id: String,
@@ -127,11 +131,12 @@ impl CharacterCard {
 }
 
 /// A `collection_characters` row with the character it files.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CollectionMember {
     pub collection_id: String,
     pub character_id: String,
     pub added_at: DateTime<Utc>,
+    /// Members are listed by `display_order` (unordered ones last), then by `added_at`.
     pub display_order: Option<i32>,
     pub character: CharacterCard,
 }

@@ -23,14 +23,20 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
+use utoipa::IntoParams;
 
+use super::input::{CollectionPatch, MemberPatch, NewCollection};
 use super::repo::{self, MemberKey, PutOutcome};
 use super::{Collection, CollectionMember, input};
 use crate::app::AppState;
 use crate::auth::{Caller, Identity, OptionalCaller};
 use crate::db::begin_as;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::{
+    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::pagination::{self, Page, TimeKey};
 use crate::users::User;
 use crate::users::repo::current_user;
@@ -115,7 +121,28 @@ async fn owned_collection(
     Ok(collection)
 }
 
-async fn create_collection(
+/// Create a collection.
+#[utoipa::path(
+    post,
+    path = "/api/v1/collections",
+    tag = "collections",
+    security(("bearer" = [])),
+    request_body = NewCollection,
+    responses(
+        (status = 201, description = "The new collection, owned by the caller.", body = Collection,
+            headers(("Location" = String, description = "The collection's URL path."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn create_collection(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiJson(body): ApiJson<Map<String, Value>>,
@@ -133,13 +160,38 @@ async fn create_collection(
     Ok((StatusCode::CREATED, headers, Json(collection)))
 }
 
-#[derive(Debug, Deserialize)]
-struct PageQuery {
+/// Unknown parameters are ignored.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
 }
 
-async fn list_collections(
+/// The caller's collections.
+///
+/// Newest first, paginated.
+#[utoipa::path(
+    get,
+    path = "/api/v1/collections",
+    tag = "collections",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the caller's collections.", body = Page<Collection>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_collections(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
@@ -157,7 +209,26 @@ async fn list_collections(
     })))
 }
 
-async fn get_collection(
+/// A collection.
+///
+/// Visible to its owner and, when public, to anyone; anything else is the same 404 as an
+/// unknown id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/collections/{id}",
+    tag = "collections",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The collection's id.")),
+    responses(
+        (status = 200, description = "The collection.", body = Collection),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn get_collection(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiPath(id): ApiPath<String>,
@@ -171,7 +242,28 @@ async fn get_collection(
     Ok(Json(collection))
 }
 
-async fn patch_collection(
+/// Change one of the caller's collections.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/collections/{id}",
+    tag = "collections",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The collection's id.")),
+    request_body = CollectionPatch,
+    responses(
+        (status = 200, description = "The collection as changed.", body = Collection),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn patch_collection(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath(id): ApiPath<String>,
@@ -194,7 +286,25 @@ async fn patch_collection(
     Ok(Json(collection))
 }
 
-async fn delete_collection(
+/// Delete one of the caller's collections.
+///
+/// Its characters stay; they are only no longer filed in it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/collections/{id}",
+    tag = "collections",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The collection's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn delete_collection(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath(id): ApiPath<String>,
@@ -210,7 +320,28 @@ async fn delete_collection(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_members(
+/// The members of a collection.
+///
+/// In the collection's order: by `display_order` (unordered members last), then by when they
+/// were added; paginated. Only members whose characters the caller may see (their own or
+/// public ones) are listed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/collections/{id}/characters",
+    tag = "collections",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The collection's id."), PageQuery),
+    responses(
+        (status = 200, description = "A page of members.", body = Page<CollectionMember>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_members(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiPath(id): ApiPath<String>,
@@ -228,7 +359,33 @@ async fn list_members(
     Ok(Json(pagination::page(rows, limit, MemberKey::of)))
 }
 
-async fn put_member(
+/// File a character in one of the caller's collections, or move it.
+///
+/// Adds the character (201) or, when it is a member already, changes its `display_order`
+/// (200). The body is optional. Only characters the caller may see (their own or public
+/// ones) can be filed.
+#[utoipa::path(
+    put,
+    path = "/api/v1/collections/{id}/characters/{character_id}",
+    tag = "collections",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The collection's id."), ("character_id" = String, Path, description = "The character's id.")),
+    request_body(content = Option<MemberPatch>, description = "Optional: an empty body adds the character unordered, or leaves a member as it is."),
+    responses(
+        (status = 200, description = "The member, changed.", body = CollectionMember),
+        (status = 201, description = "The character was added.", body = CollectionMember),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection or character, or one not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn put_member(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath((id, character_id)): ApiPath<(String, String)>,
@@ -261,7 +418,23 @@ async fn put_member(
     Ok((status, Json(member)))
 }
 
-async fn remove_member(
+/// Take a character out of one of the caller's collections.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/collections/{id}/characters/{character_id}",
+    tag = "collections",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The collection's id."), ("character_id" = String, Path, description = "The character's id.")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection (or not visible to the caller), the character is not a member, or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn remove_member(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath((id, character_id)): ApiPath<(String, String)>,

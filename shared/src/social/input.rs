@@ -174,6 +174,44 @@ fn optional_text(
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Request bodies, as documented in the OpenAPI document. `from_body` decodes the bodies;
+// these types only describe what it accepts.
+// ------------------------------------------------------------------------------------------
+
+/// The caller's rating of a character. Read-only fields (`id`, `character_id`, `user_id`,
+/// timestamps, `rating_count`, `rating_average`) and unknown fields are refused with a 422
+/// naming them.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RatingBody {
+    /// Whole stars, 1 to 5: `2.5`, `5.0` and `"5"` are refused.
+    #[schema(minimum = 1, maximum = 5)]
+    rating: i32,
+    /// A review of at most 2000 characters, multi-line, trimmed; `null` or blank is none.
+    #[schema(max_length = 2000)]
+    review_text: Option<String>,
+}
+
+/// A report of a character. Read-only fields (`id`, `character_id`, `reporter_id`,
+/// `status`, the resolution fields, timestamps) and unknown fields are refused with a 422
+/// naming them.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReportBody {
+    #[schema(schema_with = reason_schema)]
+    reason: String,
+    /// At most 2000 characters, multi-line, trimmed; `null` or blank is none.
+    #[schema(max_length = 2000)]
+    details: Option<String>,
+}
+
+fn reason_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(&REPORT_REASONS, false, "Why the character is reported.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,10 @@ pub mod routes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Row;
+use utoipa::ToSchema;
 
 /// The caller's like of a character, and how many likes it has now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LikeState {
     pub character_id: String,
     pub liked: bool,
@@ -22,11 +23,12 @@ pub struct LikeState {
 }
 
 /// A `character_ratings` row, as its author sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Rating {
     pub id: String,
     pub character_id: String,
     pub user_id: String,
+    /// Stars, 1 to 5.
     pub rating: i32,
     pub review_text: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -52,7 +54,7 @@ impl Rating {
 }
 
 /// A character's ratings aggregate, as the triggers keep it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RatingSummary {
     pub rating_count: i32,
     /// Two decimals; `null` while the character has no ratings.
@@ -61,7 +63,7 @@ pub struct RatingSummary {
 
 /// The answer to `PUT /characters/{id}/rating`: the caller's rating and the
 /// character's aggregate after it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RatingWithSummary {
     #[serde(flatten)]
     pub rating: Rating,
@@ -71,14 +73,14 @@ pub struct RatingWithSummary {
 
 /// Who wrote a rating, as anyone who can see the character may see it: the
 /// public handle only, never the email or any id.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Rater {
     pub username: Option<String>,
     pub display_name: Option<String>,
 }
 
 /// One entry of a character's public ratings list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PublicRating {
     pub id: String,
     pub rating: i32,
@@ -107,21 +109,25 @@ impl PublicRating {
 }
 
 /// A page of a character's ratings, with the character's aggregate beside it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RatingsPage {
     pub items: Vec<PublicRating>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
     pub next_cursor: Option<String>,
     pub summary: RatingSummary,
 }
 
 /// A `content_reports` row, as its reporter sees it (never the moderator's
 /// resolution fields).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Report {
     pub id: String,
     pub character_id: String,
+    /// `spam`, `sexual_content`, `violence`, `hate`, `harassment`, `copyright`,
+    /// `minor_safety` or `other`.
     pub reason: String,
     pub details: Option<String>,
+    /// `open` until a moderator handles the report.
     pub status: String,
     pub created_at: DateTime<Utc>,
 }

@@ -19,16 +19,21 @@ use axum::{Json, Router};
 use chrono::Datelike;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use utoipa::IntoParams;
 
-use super::input::{RatingInput, ReportInput};
+use super::input::{RatingBody, RatingInput, ReportBody, ReportInput};
 use super::repo::{self, no_such_character};
 use super::{LikeState, RatingWithSummary, RatingsPage, Report};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::auth::{Caller, Identity, OptionalCaller};
 use crate::db::{PooledClient, begin_as};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::openapi::{
+    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::pagination::{self, TimeKey};
 use crate::users::repo::current_user;
 
@@ -71,7 +76,25 @@ fn ratings_cursor(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
     }
 }
 
-async fn like(
+/// Like a character.
+///
+/// Idempotent: liking a liked character changes nothing.
+#[utoipa::path(
+    put,
+    path = "/api/v1/characters/{id}/like",
+    tag = "social",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    responses(
+        (status = 200, description = "The caller likes the character.", body = LikeState),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn like(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath(id): ApiPath<String>,
@@ -90,7 +113,25 @@ async fn like(
     }))
 }
 
-async fn unlike(
+/// Unlike a character.
+///
+/// Idempotent: unliking a character the caller does not like changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/characters/{id}/like",
+    tag = "social",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    responses(
+        (status = 200, description = "The caller does not like the character.", body = LikeState),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn unlike(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath(id): ApiPath<String>,
@@ -109,7 +150,32 @@ async fn unlike(
     }))
 }
 
-async fn put_rating(
+/// Rate a character.
+///
+/// The caller's one rating of the character, created (201) or replaced (200). Owners cannot
+/// rate their own characters.
+#[utoipa::path(
+    put,
+    path = "/api/v1/characters/{id}/rating",
+    tag = "social",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    request_body = RatingBody,
+    responses(
+        (status = 200, description = "The rating was replaced; with the character's new aggregate.", body = RatingWithSummary),
+        (status = 201, description = "The rating was created; with the character's new aggregate.", body = RatingWithSummary),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller owns the character, or the account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn put_rating(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath(id): ApiPath<String>,
@@ -143,7 +209,23 @@ async fn put_rating(
     ))
 }
 
-async fn delete_rating(
+/// Withdraw the caller's rating of a character.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/characters/{id}/rating",
+    tag = "social",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    responses(
+        (status = 204, description = "The rating is gone."),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character (or not visible to the caller), the caller has not rated it, or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn delete_rating(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiPath(id): ApiPath<String>,
@@ -162,9 +244,15 @@ async fn delete_rating(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
+/// Unknown parameters are ignored.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
 }
 
@@ -184,7 +272,27 @@ async fn optional_viewer(
     }
 }
 
-async fn list_ratings(
+/// The ratings of a character.
+///
+/// Newest first, paginated, with the character's aggregate; raters are shown by their public
+/// handle only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/characters/{id}/ratings",
+    tag = "social",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id."), ListQuery),
+    responses(
+        (status = 200, description = "A page of ratings.", body = RatingsPage),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_ratings(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiPath(id): ApiPath<String>,
@@ -210,7 +318,32 @@ async fn list_ratings(
     }))
 }
 
-async fn file_report(
+/// Report a character.
+///
+/// A reporter has at most one open report per character: reporting again answers the open
+/// report (200) instead of filing another (201).
+#[utoipa::path(
+    post,
+    path = "/api/v1/characters/{id}/reports",
+    tag = "social",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    request_body = ReportBody,
+    responses(
+        (status = 200, description = "The caller's open report of the character, unchanged.", body = Report),
+        (status = 201, description = "The report was filed.", body = Report),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn file_report(
     State(state): State<AppState>,
     Caller(identity): Caller,
     meta: RequestMeta,

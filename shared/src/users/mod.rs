@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Row;
+use utoipa::ToSchema;
 
 /// A `users` row as its owner sees it. Field names are the column names.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct User {
     pub id: String,
     pub email: String,
@@ -18,20 +19,27 @@ pub struct User {
     pub username: Option<String>,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
+    /// `FREE`, `PREMIUM`, `PRO` or `ENTERPRISE`.
     pub subscription_tier: Option<String>,
     pub subscription_start_date: Option<DateTime<Utc>>,
     pub subscription_end_date: Option<DateTime<Utc>>,
     pub daily_quota: i32,
     pub daily_used: i32,
     pub last_reset_date: DateTime<Utc>,
+    /// `en`, `zh`, `ja` or `ko`.
     pub preferred_language: Option<String>,
+    /// An IANA time zone name.
     pub timezone: Option<String>,
+    /// An object of booleans per channel: `{"email": true, "push": false}`.
     pub notification_settings: Option<Value>,
+    /// `public`, `friends` or `private`.
     pub profile_visibility: Option<String>,
     pub allow_gallery_showcase: Option<bool>,
+    /// `strict`, `moderate` or `relaxed`.
     pub content_filter_level: Option<String>,
     pub total_characters_created: i32,
     pub total_images_generated: i32,
+    /// `active`, `suspended`, `banned` or `deleted`.
     pub account_status: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -84,7 +92,7 @@ impl User {
 }
 
 /// A `user_profiles` row as its owner sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Profile {
     pub id: String,
     pub user_id: String,
@@ -92,13 +100,16 @@ pub struct Profile {
     pub last_name: Option<String>,
     pub bio: Option<String>,
     pub website_url: Option<String>,
+    /// Network name to handle or URL: `{"twitter": "ann_lee"}`.
     pub social_links: Option<Value>,
     pub profession: Option<String>,
     pub company: Option<String>,
     pub industry: Option<String>,
+    /// `beginner`, `intermediate`, `advanced` or `professional`.
     pub experience_level: Option<String>,
     pub primary_use_case: Option<Vec<String>>,
     pub favorite_art_styles: Option<Vec<String>>,
+    /// Awarded by the platform: `[{"type": "early_adopter", "earned_at": "2024-01-01"}]`.
     pub badges: Option<Value>,
     pub total_likes_received: Option<i32>,
     pub total_downloads: Option<i32>,
@@ -139,7 +150,7 @@ impl Profile {
 
 /// What anyone may see of a user whose profile is visible to them. Never the
 /// email, the identity-provider id, legal names or account internals.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PublicUser {
     pub id: String,
     pub username: String,
@@ -150,17 +161,20 @@ pub struct PublicUser {
     pub profile: PublicProfile,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct PublicProfile {
     pub bio: Option<String>,
     pub website_url: Option<String>,
+    /// Network name to handle or URL: `{"twitter": "ann_lee"}`.
     pub social_links: Option<Value>,
     pub profession: Option<String>,
     pub company: Option<String>,
     pub industry: Option<String>,
+    /// `beginner`, `intermediate`, `advanced` or `professional`.
     pub experience_level: Option<String>,
     pub primary_use_case: Option<Vec<String>>,
     pub favorite_art_styles: Option<Vec<String>>,
+    /// Awarded by the platform: `[{"type": "early_adopter", "earned_at": "2024-01-01"}]`.
     pub badges: Option<Value>,
     pub total_likes_received: Option<i32>,
     pub total_downloads: Option<i32>,

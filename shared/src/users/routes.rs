@@ -14,15 +14,21 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa::openapi::{Object, ObjectBuilder};
 
 use super::fields;
 use super::repo::{self, AccountChanges, ProfileFields};
 use super::{Profile, PublicUser, User};
 use crate::app::AppState;
 use crate::auth::{Caller, OptionalCaller};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, RequestMeta};
 use crate::input::{check, decode_strict, finish, present, required_if_present};
+use crate::openapi::{
+    self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,7 +38,28 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/users/{username}", get(get_public_user))
 }
 
-async fn create_session(
+/// Sign in.
+///
+/// The first sign-in of an identity creates its account, with its profile and credits
+/// (201); later ones stamp `last_login_at` (200). Every sign-in is logged. Concurrent first
+/// sign-ins of one identity create one account. No body is read.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/session",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Signed in to an existing account.", body = User),
+        (status = 201, description = "First sign-in: the account was created.", body = User),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The token's email belongs to an account bound to another identity.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "First sign-in with a token that carries no valid email claim (`errors[].field` is `token.email`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn create_session(
     State(state): State<AppState>,
     Caller(identity): Caller,
     meta: RequestMeta,
@@ -47,7 +74,22 @@ async fn create_session(
     Ok((status, Json(signed_in.user)))
 }
 
-async fn get_me(
+/// The caller's account.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's `users` row.", body = User),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in with `POST /api/v1/auth/session` first.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn get_me(
     State(state): State<AppState>,
     Caller(identity): Caller,
 ) -> Result<Json<User>, ApiError> {
@@ -76,27 +118,82 @@ const READ_ONLY_ACCOUNT_FIELDS: [&str; 16] = [
     "email_verified_at",
 ];
 
-#[derive(Debug, Deserialize)]
+/// Changes to the caller's account: only the fields sent change. Read-only columns
+/// (`id`, `email`, `auth0_id`, `subscription_*`, `daily_*`, `last_reset_date`, `total_*`,
+/// `account_status`, timestamps) and unknown fields are refused with a 422 naming them, and
+/// then nothing changes.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MePatch {
+    /// Unique regardless of case (409 when taken).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, min_length = 3, max_length = 30, pattern = "^[a-zA-Z0-9_]{3,30}$")]
     username: Option<Option<String>>,
+    /// At most 50 characters, no control characters; `null` or blank clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 50)]
     display_name: Option<Option<String>>,
+    /// An absolute http(s) URL of at most 2048 characters; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = "uri", max_length = 2048)]
     avatar_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = preferred_language_schema)]
     preferred_language: Option<Option<String>>,
+    /// An IANA time zone name such as `Europe/Paris`.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, example = "Asia/Tokyo")]
     timezone: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = notification_settings_schema)]
     notification_settings: Option<Option<Value>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = profile_visibility_schema)]
     profile_visibility: Option<Option<String>>,
+    /// Whether the caller's public characters may appear in the gallery.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = bool)]
     allow_gallery_showcase: Option<Option<bool>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = content_filter_level_schema)]
     content_filter_level: Option<Option<String>>,
+}
+
+fn preferred_language_schema() -> Object {
+    openapi::string_enum(&fields::LANGUAGES, false, "The interface language.")
+}
+
+fn profile_visibility_schema() -> Object {
+    openapi::string_enum(
+        &fields::PROFILE_VISIBILITIES,
+        false,
+        "Who may see the public profile: `friends` is as private as `private` for now.",
+    )
+}
+
+fn content_filter_level_schema() -> Object {
+    openapi::string_enum(
+        &fields::CONTENT_FILTER_LEVELS,
+        false,
+        "How strictly the text of the caller's characters is filtered.",
+    )
+}
+
+fn notification_settings_schema() -> Object {
+    let mut builder = ObjectBuilder::new()
+        .description(Some(
+            "Booleans per notification channel, merged into the stored settings.",
+        ))
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+        ));
+    for channel in fields::NOTIFICATION_CHANNELS {
+        builder = builder.property(
+            channel,
+            ObjectBuilder::new().schema_type(utoipa::openapi::Type::Boolean),
+        );
+    }
+    builder.build()
 }
 
 impl MePatch {
@@ -166,7 +263,28 @@ impl MePatch {
     }
 }
 
-async fn patch_me(
+/// Change the caller's account.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = MePatch,
+    responses(
+        (status = 200, description = "The changed account.", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The username is taken (regardless of case).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn patch_me(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiJson(body): ApiJson<Map<String, Value>>,
@@ -179,7 +297,22 @@ async fn patch_me(
     ))
 }
 
-async fn get_profile(
+/// The caller's extended profile.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me/profile",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's `user_profiles` row.", body = Profile),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn get_profile(
     State(state): State<AppState>,
     Caller(identity): Caller,
 ) -> Result<Json<Profile>, ApiError> {
@@ -206,21 +339,89 @@ const READ_ONLY_PROFILE_FIELDS: [&str; 8] = [
     "updated_at",
 ];
 
-/// The whole editable profile; an absent field is cleared.
-#[derive(Debug, Default, Deserialize)]
+/// The whole editable profile; an absent (or `null`) field is cleared. Text is trimmed and
+/// may not contain control characters. Read-only columns (`id`, `user_id`, `badges`,
+/// `total_likes_received`, `total_downloads`, `featured_character_count`, timestamps) and
+/// unknown fields are refused with a 422 naming them.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 struct ProfilePut {
+    #[schema(max_length = 100)]
     first_name: Option<String>,
+    #[schema(max_length = 100)]
     last_name: Option<String>,
+    /// Multi-line.
+    #[schema(max_length = 2000)]
     bio: Option<String>,
+    /// An absolute http(s) URL of at most 2048 characters.
+    #[schema(format = "uri", max_length = 2048)]
     website_url: Option<String>,
+    #[schema(schema_with = social_links_schema)]
     social_links: Option<Value>,
+    #[schema(max_length = 100)]
     profession: Option<String>,
+    #[schema(max_length = 100)]
     company: Option<String>,
+    #[schema(max_length = 100)]
     industry: Option<String>,
+    #[schema(schema_with = experience_level_schema)]
     experience_level: Option<String>,
+    #[schema(schema_with = primary_use_case_schema)]
     primary_use_case: Option<Vec<String>>,
+    #[schema(schema_with = favorite_art_styles_schema)]
     favorite_art_styles: Option<Vec<String>>,
+}
+
+fn social_links_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::Type::Object,
+            utoipa::openapi::Type::Null,
+        ]))
+        .description(Some(
+            "At most 10 networks, each named by 1 to 32 lowercase letters, digits or \
+             underscores, mapped to a handle or URL of 1 to 200 characters.",
+        ))
+        .max_properties(Some(10))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                .pattern(Some("^[a-z0-9_]{1,32}$")),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(utoipa::openapi::Type::String)
+                .min_length(Some(1))
+                .max_length(Some(200)),
+        ))
+        .examples([serde_json::json!({"twitter": "ann_lee"})])
+        .build()
+}
+
+fn experience_level_schema() -> Object {
+    openapi::string_enum(
+        &fields::EXPERIENCE_LEVELS,
+        true,
+        "Experience with image generation.",
+    )
+}
+
+fn primary_use_case_schema() -> utoipa::openapi::Array {
+    openapi::array_of(
+        openapi::short_string(Some("^[a-z0-9_-]{1,32}$"), 32),
+        10,
+        true,
+        "Free-form use cases (`gaming`), at most 10; duplicates are dropped.",
+    )
+}
+
+fn favorite_art_styles_schema() -> utoipa::openapi::Array {
+    openapi::array_of(
+        openapi::enum_item(&fields::STYLE_TYPES),
+        10,
+        true,
+        "Style types, at most 10; duplicates are dropped.",
+    )
 }
 
 impl ProfilePut {
@@ -270,7 +471,27 @@ impl ProfilePut {
     }
 }
 
-async fn put_profile(
+/// Replace the caller's extended profile.
+#[utoipa::path(
+    put,
+    path = "/api/v1/me/profile",
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = ProfilePut,
+    responses(
+        (status = 200, description = "The replaced profile.", body = Profile),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn put_profile(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiJson(body): ApiJson<Map<String, Value>>,
@@ -283,10 +504,26 @@ async fn put_profile(
     ))
 }
 
-/// Public profiles: `public` ones to anyone; `private` and `friends` ones only
-/// to their owner (the platform has no friendships yet, so `friends` is as
-/// private). Anything not visible is a 404, indistinguishable from no user.
-async fn get_public_user(
+/// A public profile.
+///
+/// `public` profiles are visible to anyone; `private` and `friends` ones only to their
+/// owner (the platform has no friendships yet, so `friends` is as private). Anything not
+/// visible, suspended or unknown is the same 404, indistinguishable from no user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{username}",
+    tag = "auth",
+    security((), ("bearer" = [])),
+    params(("username" = String, Path, description = "The user's username.")),
+    responses(
+        (status = 200, description = "The public profile.", body = PublicUser),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such user, or their profile is not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn get_public_user(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     Path(username): Path<String>,
