@@ -324,6 +324,26 @@ async fn other_users_private_work_is_invisible_and_public_work_is_read_only() {
         .await
         .assert_problem(401);
 
+    // Ids that cannot name a row are the same 404 as unknown ones, on every route.
+    for path in [
+        "/api/v1/characters/%00",
+        &format!("/api/v1/characters/{}", "x".repeat(129)),
+    ] {
+        stack.get(path, Some(&bob)).await.assert_problem(404);
+        stack
+            .call(Method::PATCH, path, Some(&bob), Some(json!({"name": "x"})))
+            .await
+            .assert_problem(404);
+        stack
+            .call(Method::DELETE, path, Some(&bob), None)
+            .await
+            .assert_problem(404);
+    }
+    stack
+        .get("/api/v1/users/%FF", None)
+        .await
+        .assert_problem(404);
+
     // Bob's own list never shows Ann's characters.
     let bobs = stack.get("/api/v1/characters", Some(&bob)).await;
     assert_eq!(bobs.body["items"], json!([]));

@@ -181,6 +181,17 @@ where
     }
 }
 
+/// An id from a path, if it could name a row at all: 1 to 128 bytes without
+/// control characters. Anything else names nothing: the same 404 as an
+/// unknown id (`what` says what was looked for).
+pub fn resource_id<'a>(raw: &'a str, what: &str) -> Result<&'a str, ApiError> {
+    if (1..=128).contains(&raw.len()) && !raw.chars().any(char::is_control) {
+        Ok(raw)
+    } else {
+        Err(ApiError::NotFound(format!("no such {what}")))
+    }
+}
+
 /// Router fallback: unknown paths are a problem+json 404.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())

@@ -39,7 +39,7 @@ pub fn encode<K: Serialize>(key: &K) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).unwrap_or_default())
 }
 
-/// Decodes a cursor; anything not produced by [`encode`] for `K` is a 400.
+/// Decodes a cursor; anything not produced by [`encode`] for `K` is a 422.
 pub fn decode<K: DeserializeOwned>(raw: Option<&str>) -> Result<Option<K>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let invalid = || ApiError::validation("cursor", "is not a cursor this endpoint returned");

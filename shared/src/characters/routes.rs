@@ -25,7 +25,7 @@ use crate::app::AppState;
 use crate::auth::{Caller, Identity, OptionalCaller};
 use crate::db::{self, PooledClient};
 use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::input::finish;
 use crate::openapi::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -130,10 +130,11 @@ pub(crate) async fn get_character(
     OptionalCaller(identity): OptionalCaller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Character>, ApiError> {
+    let id = resource_id(&id, "character")?;
     let mut client = state.db.get().await?;
     let viewer = viewer(&client, identity.as_ref()).await?;
     let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
-    let character = repo::read(&tx, viewer.as_ref(), &id).await?;
+    let character = repo::read(&tx, viewer.as_ref(), id).await?;
     tx.commit().await?;
     Ok(Json(character))
 }
@@ -166,11 +167,12 @@ pub(crate) async fn update_character(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Character>, ApiError> {
+    let id = resource_id(&id, "character")?;
     let fields = fields::parse(body, Purpose::Update)?;
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
-    let character = repo::update(&tx, &user, &id, &fields, &meta).await?;
+    let character = repo::update(&tx, &user, id, &fields, &meta).await?;
     tx.commit().await?;
     Ok(Json(character))
 }
@@ -197,10 +199,11 @@ pub(crate) async fn delete_character(
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    let id = resource_id(&id, "character")?;
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
-    repo::delete(&tx, &user, &id, &meta).await?;
+    repo::delete(&tx, &user, id, &meta).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -490,10 +493,11 @@ pub(crate) async fn download_character(
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DownloadLink>, ApiError> {
+    let id = resource_id(&id, "character")?;
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
-    let character = repo::visible(&tx, &id)
+    let character = repo::visible(&tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
     let image = character.primary_image_url.ok_or_else(|| {
@@ -533,7 +537,7 @@ pub(crate) async fn download_character(
             user_id: Some(&user.id),
             activity_type: "character_downloaded",
             entity_type: Some("character"),
-            entity_id: Some(&id),
+            entity_id: Some(id),
             metadata: serde_json::json!({}),
         },
         &meta,

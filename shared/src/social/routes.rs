@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use utoipa::IntoParams;
 
 use super::input::{RatingBody, RatingInput, ReportBody, ReportInput};
-use super::repo::{self, no_such_character};
+use super::repo;
 use super::{LikeState, RatingWithSummary, RatingsPage, Report};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
@@ -52,15 +52,7 @@ pub fn router() -> Router<AppState> {
 /// (empty, huge, or with control characters such as a NUL, which PostgreSQL
 /// text cannot even hold) names nothing: 404 without asking the database.
 fn character_id(raw: &str) -> Result<&str, ApiError> {
-    if plausible_id(raw) {
-        Ok(raw)
-    } else {
-        Err(no_such_character())
-    }
-}
-
-fn plausible_id(raw: &str) -> bool {
-    (1..=100).contains(&raw.len()) && !raw.chars().any(char::is_control)
+    crate::http::resource_id(raw, "character")
 }
 
 /// A cursor of the ratings list. Cursors come back from clients, so a
@@ -69,9 +61,15 @@ fn plausible_id(raw: &str) -> bool {
 fn ratings_cursor(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
     let key = pagination::decode::<TimeKey>(raw)?;
     match key {
-        Some(k) if !plausible_id(&k.id) || !(1..=9999).contains(&k.at.year()) => Err(
-            ApiError::validation("cursor", "is not a cursor this endpoint returned"),
-        ),
+        Some(k)
+            if crate::http::resource_id(&k.id, "cursor").is_err()
+                || !(1..=9999).contains(&k.at.year()) =>
+        {
+            Err(ApiError::validation(
+                "cursor",
+                "is not a cursor this endpoint returned",
+            ))
+        }
         key => Ok(key),
     }
 }

@@ -7,7 +7,7 @@
 //! | `GET/PUT /api/v1/me/profile` | the caller's extended profile |
 //! | `GET /api/v1/users/{username}` | a public profile, as its visibility allows |
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -23,7 +23,7 @@ use super::{Profile, PublicUser, User};
 use crate::app::AppState;
 use crate::auth::{Caller, OptionalCaller};
 use crate::error::{ApiError, Problem};
-use crate::http::{ApiJson, RequestMeta};
+use crate::http::{ApiJson, ApiPath, RequestMeta};
 use crate::input::{check, decode_strict, finish, present, required_if_present};
 use crate::openapi::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -526,7 +526,7 @@ pub(crate) async fn put_profile(
 pub(crate) async fn get_public_user(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
-    Path(username): Path<String>,
+    ApiPath(username): ApiPath<String>,
 ) -> Result<Json<PublicUser>, ApiError> {
     let not_found = || ApiError::NotFound("no such user".into());
     if fields::username("username", &username).is_err() {
