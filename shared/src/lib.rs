@@ -17,6 +17,7 @@ pub mod input;
 pub mod lambda;
 pub mod openapi;
 pub mod pagination;
+pub mod queue;
 pub mod social;
 pub mod storage;
 pub mod telemetry;
