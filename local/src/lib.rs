@@ -18,6 +18,7 @@ use shared::config::{
     AuthConfig, Config, CreditsConfig, DEFAULT_EMAIL_CLAIM, DatabaseConfig, GalleryConfig,
     LogFormat, PaymentProvider, PaymentsConfig, SslMode,
 };
+use shared::queue::memory::MemoryQueue;
 use shared::storage::local::LocalObjectStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -25,6 +26,11 @@ use tokio::task::JoinHandle;
 
 /// The webhook signing secret of the local payment provider.
 pub const LOCAL_WEBHOOK_SECRET: &str = "whsec_local_development_only";
+
+/// The local job queue's SQS-like settings: a message in flight comes back
+/// after this long, and moves to the dead letters after this many receives.
+pub const JOB_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const JOB_MAX_RECEIVES: u32 = 5;
 
 /// The audience the local issuer writes into its tokens.
 pub const LOCAL_AUDIENCE: &str = "https://api.characters.local";
@@ -71,6 +77,8 @@ pub struct LocalStack {
     pub issuer: DevIssuer,
     pub state: AppState,
     pub database: database::ResolvedDatabase,
+    /// The in-process job queue (SQS semantics) the jobs routes send to.
+    pub queue: Arc<MemoryQueue>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -106,6 +114,12 @@ impl LocalStack {
             uuid::Uuid::new_v4().as_bytes().to_vec(),
         ));
         state.storage = Some(store.clone());
+        let queue = Arc::new(MemoryQueue::new(
+            "generation-jobs",
+            JOB_VISIBILITY_TIMEOUT,
+            JOB_MAX_RECEIVES,
+        ));
+        state.queue = Some(queue.clone());
         let report = shared::db::migrate(&state.db)
             .await
             .with_context(|| format!("migrating {}", database::redact(&database.url)))?;
@@ -131,6 +145,7 @@ impl LocalStack {
             issuer,
             state,
             database,
+            queue,
             shutdown: Some(shutdown),
             server,
         })
@@ -151,6 +166,7 @@ pub fn router(state: AppState, issuer: DevIssuer, store: Arc<LocalObjectStore>) 
     let routes = app::auth_routes()
         .merge(app::characters_routes())
         .merge(app::credits_routes())
+        .merge(app::jobs_routes())
         .merge(dev_routes::routes(issuer))
         .merge(dev_routes::files(store));
     app::finish(routes, state)

@@ -14,6 +14,7 @@ use crate::credits::engine::PricingCache;
 use crate::db::{self, DbPool, DbSetupError};
 use crate::error::ApiError;
 use crate::http;
+use crate::queue::JobQueue;
 use crate::storage::ObjectStore;
 
 /// How long a process trusts its copy of `api_credit_configs`.
@@ -30,6 +31,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Image storage; `None` where none is configured (routes needing it answer 503).
     pub storage: Option<Arc<dyn ObjectStore>>,
+    /// Where generation jobs are sent; `None` where none is configured
+    /// (dispatch then answers 503 before taking any credits).
+    pub queue: Option<Arc<dyn JobQueue>>,
     /// `api_credit_configs`, cached for this process.
     pub pricing: Arc<PricingCache>,
 }
@@ -42,6 +46,7 @@ impl AppState {
             auth: Arc::new(Authenticator::new(&config.auth)),
             config: Arc::new(config),
             storage: None,
+            queue: None,
             pricing: Arc::new(PricingCache::new(PRICING_CACHE_TTL)),
         })
     }
@@ -108,4 +113,14 @@ pub fn credits_routes() -> Router<AppState> {
 /// The credits function's finished router.
 pub fn credits_router(state: AppState) -> Router {
     finish(credits_routes(), state)
+}
+
+/// The jobs function's routes: start, list, read and cancel generation jobs.
+pub fn jobs_routes() -> Router<AppState> {
+    crate::jobs::routes::router()
+}
+
+/// The jobs function's finished router.
+pub fn jobs_router(state: AppState) -> Router {
+    finish(jobs_routes(), state)
 }

@@ -183,6 +183,12 @@ pub struct Problem {
     /// Only in a 422 (`/problems/validation-error`): every invalid field.
     #[schema(required = false)]
     errors: Vec<FieldError>,
+    /// Only in a 402 (`/problems/insufficient-credits`): the credits the request needs.
+    #[schema(required = false)]
+    needed: i64,
+    /// Only in a 402: the credits available to pay with (allowance left plus unheld balance).
+    #[schema(required = false)]
+    available: i64,
 }
 
 /// The `type` of every problem [`ApiError`] can render.
@@ -194,6 +200,11 @@ fn problem_types() -> utoipa::openapi::Object {
         ApiError::Unauthorized(String::new()),
         ApiError::Forbidden(String::new()),
         ApiError::NotFound(String::new()),
+        ApiError::PaymentRequired {
+            detail: String::new(),
+            needed: 0,
+            available: 0,
+        },
         ApiError::MethodNotAllowed,
         ApiError::Conflict(String::new()),
         ApiError::UnsupportedMediaType(String::new()),
@@ -235,6 +246,13 @@ impl IntoResponse for ApiError {
                 "errors".into(),
                 serde_json::to_value(errors).unwrap_or(Value::Null),
             );
+        }
+        if let Self::PaymentRequired {
+            needed, available, ..
+        } = &self
+        {
+            body.insert("needed".into(), Value::from(*needed));
+            body.insert("available".into(), Value::from(*available));
         }
         let mut response = (status, Json(Value::Object(body))).into_response();
         let headers = response.headers_mut();

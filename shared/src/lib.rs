@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod input;
+pub mod jobs;
 pub mod lambda;
 pub mod openapi;
 pub mod pagination;

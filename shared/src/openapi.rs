@@ -21,7 +21,8 @@ use crate::error::Problem;
 
 const DESCRIPTION: &str = "\
 The character platform's HTTP API: accounts and profiles (the `auth` function), \
-characters, the gallery, collections, likes, ratings and reports (the `characters` function).
+characters, the gallery, collections, likes, ratings and reports (the `characters` function), \
+generation jobs (the `jobs` function).
 
 - Authenticated operations take `Authorization: Bearer <access token>` (an Auth0 RS256 \
 access token; the local stack mints its own with `POST /dev/token`). Operations whose \
@@ -80,6 +81,10 @@ links; they exist only there and are not part of this document.";
         crate::social::routes::delete_rating,
         crate::social::routes::list_ratings,
         crate::social::routes::file_report,
+        crate::jobs::routes::generate,
+        crate::jobs::routes::list_jobs,
+        crate::jobs::routes::get_job,
+        crate::jobs::routes::cancel_job,
         serve,
     ),
     components(responses(
@@ -102,6 +107,7 @@ links; they exist only there and are not part of this document.";
         (name = "characters", description = "Characters, downloads and the public gallery (the `characters` function)."),
         (name = "collections", description = "Collections of characters and their members (the `characters` function)."),
         (name = "social", description = "Likes, ratings and content reports (the `characters` function)."),
+        (name = "jobs", description = "Generation jobs: start, follow, cancel (the `jobs` function)."),
         (name = "meta", description = "This document."),
     )
 )]

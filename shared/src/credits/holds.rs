@@ -33,13 +33,8 @@ pub async fn hold(
     job_id: &str,
     quote: &Quote,
 ) -> Result<Hold, LedgerError> {
-    // Lock order everywhere: users, then user_credits.
-    let user = client
-        .query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
-        .await?;
-    if user.is_none() {
-        return Err(LedgerError::NoAccount);
-    }
+    // Lock order everywhere: users, then user_credits (see ledger::lock_user).
+    ledger::lock_user(client, user_id).await?;
     ledger::reset_daily(client, user_id).await?;
     // A free daily generation, if one is left today.
     let free = client
@@ -120,6 +115,23 @@ fn with_buckets(calculation: &Value, free: bool, allowance: i32, reserved: i32) 
     calculation
 }
 
+/// Locks the user behind a job's hold before the hold itself, keeping the
+/// lock order of [`ledger::lock_user`].
+async fn lock_holder(client: &impl GenericClient, job_id: &str) -> Result<(), LedgerError> {
+    let holder: Option<String> = client
+        .query_opt(
+            "SELECT user_id FROM credit_holds WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    if let Some(user_id) = holder {
+        ledger::lock_user(client, &user_id).await?;
+    }
+    Ok(())
+}
+
 /// What settling posted.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settlement {
@@ -183,6 +195,7 @@ pub async fn settle(
 /// has turned since, when the counters already started over). Posts nothing.
 /// `false` when the hold was already settled or released.
 pub async fn release(client: &impl GenericClient, job_id: &str) -> Result<bool, LedgerError> {
+    lock_holder(client, job_id).await?;
     let Some(row) = client
         .query_opt(
             "UPDATE credit_holds SET status = 'released', resolved_at = now() \
@@ -199,9 +212,6 @@ pub async fn release(client: &impl GenericClient, job_id: &str) -> Result<bool, 
     let allowance: i32 = row.try_get(2)?;
     let reserved: i32 = row.try_get(3)?;
     let quota_day: chrono::NaiveDate = row.try_get(4)?;
-    client
-        .query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
-        .await?;
     ledger::reset_daily(client, &user_id).await?;
     if free {
         client

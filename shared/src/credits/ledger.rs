@@ -194,6 +194,21 @@ async fn post_one(
     })
 }
 
+/// Takes the user's row lock, the first lock of every balance change. One lock
+/// order everywhere (users, then user_credits, then the ledger, whose foreign
+/// key share-locks users) keeps concurrent holds, settles and postings for a
+/// user from deadlocking. Re-taking a lock the transaction holds is free.
+pub async fn lock_user(client: &impl GenericClient, user_id: &str) -> Result<(), LedgerError> {
+    client
+        .query_opt(
+            "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
+            &[&user_id],
+        )
+        .await?
+        .ok_or(LedgerError::NoAccount)?;
+    Ok(())
+}
+
 /// Available (unheld) purchased credits, or `None` without a credit account.
 async fn available(client: &impl GenericClient, user_id: &str) -> Result<Option<i32>, LedgerError> {
     Ok(client

@@ -1,0 +1,75 @@
+//! Generation jobs: dispatch (price, hold, record, enqueue), reading them, and
+//! cancelling queued ones.
+
+pub mod dispatch;
+pub mod routes;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+
+/// A `generation_jobs` row. Field names are the column names.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub user_id: String,
+    pub character_id: Option<String>,
+    pub job_type: String,
+    pub input_parameters: Value,
+    pub generation_provider: Option<String>,
+    pub status: Option<String>,
+    pub priority: Option<i32>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub timeout_at: Option<DateTime<Utc>>,
+    pub output_urls: Option<Value>,
+    pub processing_metadata: Option<Value>,
+    pub error_details: Option<Value>,
+    pub gpu_time_seconds: Option<i32>,
+    pub memory_used_mb: Option<i32>,
+    pub cost_credits: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const JOB_COLUMNS: &str = "id, user_id, character_id, job_type, input_parameters, generation_provider, status, \
+    priority, queued_at, started_at, completed_at, timeout_at, output_urls, processing_metadata, error_details, \
+    gpu_time_seconds, memory_used_mb, cost_credits, created_at, updated_at";
+
+impl Job {
+    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            character_id: row.try_get("character_id")?,
+            job_type: row.try_get("job_type")?,
+            input_parameters: row.try_get("input_parameters")?,
+            generation_provider: row.try_get("generation_provider")?,
+            status: row.try_get("status")?,
+            priority: row.try_get("priority")?,
+            queued_at: row.try_get("queued_at")?,
+            started_at: row.try_get("started_at")?,
+            completed_at: row.try_get("completed_at")?,
+            timeout_at: row.try_get("timeout_at")?,
+            output_urls: row.try_get("output_urls")?,
+            processing_metadata: row.try_get("processing_metadata")?,
+            error_details: row.try_get("error_details")?,
+            gpu_time_seconds: row.try_get("gpu_time_seconds")?,
+            memory_used_mb: row.try_get("memory_used_mb")?,
+            cost_credits: row.try_get("cost_credits")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// What travels on the queue: only the job id (the row is the truth).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobMessage {
+    pub job_id: String,
+}
+
+pub const JOB_TYPES: [&str; 5] = crate::credits::pricing::JOB_TYPES;
