@@ -980,6 +980,47 @@ async fn partial_refunds_claw_back_their_share_exactly_once() {
     check_ledger(&stack).await;
 }
 
+#[tokio::test]
+async fn a_refund_that_overtakes_the_payment_event_is_applied_when_the_order_is_credited() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = pending_order(&stack, &ann, "pkg_creator").await;
+    // The charge metadata names the order (Checkout copies payment_intent_data.metadata).
+    let mut early = serde_json::from_str::<Value>(&refunded("evt_early", &order, 1000)).unwrap();
+    early["data"]["object"]["payment_intent"] = json!("pi_not_yet_known");
+    early["data"]["object"]["metadata"] = json!({"purchase_order_id": order});
+    assert_eq!(deliver_ok(&stack, &early.to_string()).await, "deferred");
+    assert_eq!(order_status(&stack, &order).await, "pending");
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_paid", &order)).await,
+        "credited_then_refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550 - 275, 0, 0));
+    assert_eq!(
+        entries(&stack, &order).await,
+        vec![
+            ("purchase".into(), 500),
+            ("bonus".into(), 50),
+            ("refund".into(), -275)
+        ]
+    );
+    check_ledger(&stack).await;
+    // The same refund arriving again in order changes nothing; the rest of it does.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_again", &order, 1000)).await,
+        "no_change"
+    );
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_rest", &order, 1999)).await,
+        "refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    check_ledger(&stack).await;
+}
+
 // ------------------------------------------------------------------------------------------
 // The local payment provider, end to end
 // ------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@
 //!   (`amount_refunded` is cumulative, so repeated or out-of-order partial
 //!   refund events never count twice): a negative `refund` entry of at most
 //!   the available balance, the rest recorded as `user_credits.debt_balance`,
-//!   which the ledger repays first from later credits.
+//!   which the ledger repays first from later credits. A refund that overtakes
+//!   the payment event (Stripe does not promise order) is kept on the pending
+//!   order and applied in the transaction that credits it.
 //!
 //! Unknown event types and events for unknown orders are recorded and
 //! answered 200 (Stripe would otherwise retry them for days).
@@ -323,6 +325,12 @@ async fn session_paid(
     )
     .await?;
     tracing::info!(order_id = %order.id, credits = order.credit_amount, bonus = order.bonus_credits, "purchase credited");
+    if let Some(refund) = apply_deferred_refund(tx, &order.id, event, meta).await?
+        && refund != "no_change"
+    {
+        tracing::info!(order_id = %order.id, outcome = refund, "deferred refund applied");
+        return Ok(("credited_then_refunded", order_id));
+    }
     Ok(("credited", order_id))
 }
 
@@ -397,10 +405,6 @@ async fn charge_refunded(
         return Ok(unknown_order(event));
     };
     let order_id = Some(order.id.clone());
-    if !matches!(order.status.as_str(), "paid" | "refunded") {
-        tracing::warn!(event_id = %event.id, order_id = %order.id, status = %order.status, "refund for an order that was never paid; ignored");
-        return Ok(("ignored", order_id));
-    }
     let Some(refunded) = charge["amount_refunded"].as_i64().filter(|r| *r >= 0) else {
         tracing::warn!(event_id = %event.id, "charge.refunded without amount_refunded; ignored");
         return Ok(("ignored", order_id));
@@ -409,17 +413,55 @@ async fn charge_refunded(
         Some(amount) => amount,
         None => order.minor_units().map_err(ApiError::internal)?,
     };
+    match order.status.as_str() {
+        "paid" | "refunded" => {
+            let outcome = apply_refund(tx, &order, refunded, amount, event, meta).await?;
+            Ok((outcome, order_id))
+        }
+        "pending" => {
+            // Stripe does not promise order: the refund overtook the payment
+            // event. Keep the (cumulative) refunded amount; crediting the
+            // order applies it in the same transaction.
+            tx.execute(
+                "UPDATE purchase_orders SET metadata = metadata || jsonb_build_object( \
+                   'deferred_amount_refunded', greatest(coalesce((metadata->>'deferred_amount_refunded')::int8, 0), $2::int8), \
+                   'deferred_charge_amount', $3::int8) \
+                 WHERE id = $1",
+                &[&order.id, &refunded, &amount],
+            )
+            .await?;
+            tracing::warn!(event_id = %event.id, order_id = %order.id, "refund before the payment event; kept until the order is paid");
+            Ok(("deferred", order_id))
+        }
+        _ => {
+            tracing::warn!(event_id = %event.id, order_id = %order.id, status = %order.status, "refund for an order that was never paid; ignored");
+            Ok(("ignored", order_id))
+        }
+    }
+}
+
+/// Claws back the share of `order` (locked, paid) that `refunded` of
+/// `amount` (smallest currency units, cumulative) stands for, minus what
+/// earlier refunds took.
+async fn apply_refund(
+    tx: &Transaction<'_>,
+    order: &PurchaseOrder,
+    refunded: i64,
+    amount: i64,
+    event: &Event,
+    meta: &RequestMeta,
+) -> Result<Outcome, ApiError> {
     let total = i64::from(order.credit_amount) + i64::from(order.bonus_credits);
     let target = refunded_share(total, amount, refunded);
     let fully = refunded >= amount;
     let owed = target - i64::from(order.refunded_credits);
     if owed <= 0 {
-        return Ok(("no_change", order_id));
+        return Ok("no_change");
     }
     let target_i32 = i32::try_from(target).map_err(ApiError::internal)?;
 
     let (clawed_back, debt) = match order.user_id.as_deref() {
-        Some(user_id) => claw_back(tx, user_id, &order, event, owed).await?,
+        Some(user_id) => claw_back(tx, user_id, order, event, owed).await?,
         None => {
             tracing::error!(order_id = %order.id, "refund for an erased user's order; nothing to claw back");
             (0, 0)
@@ -452,13 +494,41 @@ async fn charge_refunded(
         .await?;
     }
     tracing::info!(order_id = %order.id, clawed_back, debt, "purchase refund applied");
-    Ok((
-        if fully {
-            "refunded"
-        } else {
-            "partially_refunded"
-        },
-        order_id,
+    Ok(if fully {
+        "refunded"
+    } else {
+        "partially_refunded"
+    })
+}
+
+/// A refund kept while the order was pending, applied once it is credited.
+async fn apply_deferred_refund(
+    tx: &Transaction<'_>,
+    order_id: &str,
+    event: &Event,
+    meta: &RequestMeta,
+) -> Result<Option<Outcome>, ApiError> {
+    let row = tx
+        .query_one(
+            "SELECT (metadata->>'deferred_amount_refunded')::int8, \
+                    (metadata->>'deferred_charge_amount')::int8 \
+             FROM purchase_orders WHERE id = $1",
+            &[&order_id],
+        )
+        .await?;
+    let (refunded, amount): (Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+    let (Some(refunded), Some(amount)) = (refunded, amount) else {
+        return Ok(None);
+    };
+    let row = tx
+        .query_one(
+            &format!("SELECT {ORDER_COLUMNS} FROM purchase_orders WHERE id = $1"),
+            &[&order_id],
+        )
+        .await?;
+    let order = PurchaseOrder::from_row(&row)?;
+    Ok(Some(
+        apply_refund(tx, &order, refunded, amount, event, meta).await?,
     ))
 }
 
