@@ -814,6 +814,17 @@ async fn a_failed_async_payment_fails_the_order_and_credits_nothing() {
     assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
     assert!(entries(&stack, &order).await.is_empty());
     check_ledger(&stack).await;
+
+    // A session the buyer abandoned expires: the order fails.
+    let abandoned = pending_order(&stack, &ann, "pkg_creator").await;
+    let expired = event(
+        "evt_expired",
+        "checkout.session.expired",
+        session(&abandoned, "unpaid", "pi_none"),
+    );
+    assert_eq!(deliver_ok(&stack, &expired).await, "expired");
+    assert_eq!(order_status(&stack, &abandoned).await, "failed");
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
 }
 
 // ------------------------------------------------------------------------------------------

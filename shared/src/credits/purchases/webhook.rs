@@ -13,7 +13,8 @@
 //!   once) and the buyer gets one `purchase` entry of `credit_amount` and, if
 //!   any, one `bonus` entry of `bonus_credits`. A completed session still
 //!   `unpaid` (bank debits) waits for the async events.
-//! - `checkout.session.async_payment_failed`: pending → failed, nothing credited.
+//! - `checkout.session.async_payment_failed` and `checkout.session.expired`:
+//!   pending → failed, nothing credited.
 //! - `charge.refunded`: claws back the refunded share of the order's credits
 //!   (`amount_refunded` is cumulative, so repeated or out-of-order partial
 //!   refund events never count twice): a negative `refund` entry of at most
@@ -121,7 +122,10 @@ pub(super) async fn stripe_webhook(
         "checkout.session.async_payment_succeeded" => {
             session_paid(&tx, &event, &meta, false).await?
         }
-        "checkout.session.async_payment_failed" => session_failed(&tx, &event, &meta).await?,
+        "checkout.session.async_payment_failed" => {
+            session_failed(&tx, &event, &meta, "failed").await?
+        }
+        "checkout.session.expired" => session_failed(&tx, &event, &meta, "expired").await?,
         "charge.refunded" => charge_refunded(&tx, &event, &meta).await?,
         _ => ("unhandled", None),
     };
@@ -334,11 +338,14 @@ async fn session_paid(
     Ok(("credited", order_id))
 }
 
-/// `checkout.session.async_payment_failed`: the order fails, nothing is credited.
+/// `checkout.session.async_payment_failed` (`outcome` failed) and
+/// `checkout.session.expired` (the buyer never paid; `outcome` expired): the
+/// order fails, nothing is credited.
 async fn session_failed(
     tx: &Transaction<'_>,
     event: &Event,
     meta: &RequestMeta,
+    outcome: Outcome,
 ) -> Result<(Outcome, Option<String>), ApiError> {
     let session = &event.object;
     let Some(order) = session_order(tx, session).await? else {
@@ -364,13 +371,13 @@ async fn session_failed(
                 activity_type: "purchase_failed",
                 entity_type: Some("purchase_order"),
                 entity_id: Some(&order.id),
-                metadata: json!({"event_id": event.id}),
+                metadata: json!({"event_id": event.id, "reason": outcome}),
             },
             meta,
         )
         .await?;
     }
-    Ok(("failed", order_id))
+    Ok((outcome, order_id))
 }
 
 /// Credits to claw back in total once `refunded` of `amount` (smallest
