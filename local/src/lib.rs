@@ -2,6 +2,7 @@
 //! provider, and embedded defaults for everything AWS, so the platform runs on
 //! a laptop with `cargo run -p local` and nothing else.
 
+mod checkout;
 pub mod database;
 mod dev_routes;
 
@@ -168,7 +169,8 @@ pub fn router(state: AppState, issuer: DevIssuer, store: Arc<LocalObjectStore>) 
         .merge(app::credits_routes())
         .merge(app::jobs_routes())
         .merge(dev_routes::routes(issuer))
-        .merge(dev_routes::files(store));
+        .merge(dev_routes::files(store))
+        .merge(checkout::routes());
     app::finish(routes, state)
 }
 

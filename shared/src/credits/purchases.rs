@@ -1,9 +1,473 @@
-//! (being built for issue #4)
+//! Credit pack purchases through Stripe Checkout, credited exactly once.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /api/v1/credits/purchases` | `{package_id}` with a required `Idempotency-Key`: a pending order and a Checkout Session; 201 `{order, checkout_url}` |
+//! | `GET /api/v1/credits/purchases` | the caller's orders, newest first, cursor-paginated |
+//! | `POST /api/v1/credits/webhooks/stripe` | Stripe's signed events (public; see [`webhook`]) |
+//!
+//! Creating a purchase is three steps, so that no database transaction stays
+//! open while Stripe is called: (1) claim the idempotency key and insert the
+//! pending order, commit; (2) create the Checkout Session (the order id is
+//! Stripe's idempotency key); (3) store the session and the response under the
+//! key, commit. If step 2 fails the order is marked failed and the key is
+//! forgotten, so the client may retry with the same key. A duplicate arriving
+//! during step 2 finds the key claimed but unanswered: 409.
+//!
+//! Credits move only in the webhook, once the payment is confirmed.
 
-use axum::Router;
+pub mod stripe;
+pub mod webhook;
 
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_postgres::{GenericClient, Row};
+
+use self::stripe::{CheckoutRequest, CheckoutSession, StripeError};
 use crate::app::AppState;
+use crate::auth::Caller;
+use crate::config::PaymentProvider;
+use crate::credits::engine;
+use crate::error::{ApiError, PROBLEM_JSON};
+use crate::http::ApiQuery;
+use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::input::decode_strict;
+use crate::pagination::{self, Page, TimeKey};
+use crate::users::repo::current_user;
+
+/// The route pattern idempotency keys are stored under.
+const PURCHASES_ROUTE: &str = "/api/v1/credits/purchases";
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route(PURCHASES_ROUTE, post(create_purchase).get(list_purchases))
+        .route(
+            "/api/v1/credits/webhooks/stripe",
+            post(webhook::stripe_webhook),
+        )
+}
+
+/// A `purchase_orders` row as its buyer sees it. `price_usd` is a decimal
+/// string (`"19.99"`), never a float.
+#[derive(Debug, Clone, Serialize)]
+pub struct PurchaseOrder {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub package_id: Option<String>,
+    pub credit_amount: i32,
+    pub bonus_credits: i32,
+    pub price_usd: String,
+    pub price_currency: String,
+    pub status: String,
+    pub provider: String,
+    pub checkout_session_id: Option<String>,
+    pub checkout_url: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
+    pub refunded_at: Option<DateTime<Utc>>,
+    pub refunded_credits: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The column list matching [`PurchaseOrder::from_row`].
+pub const ORDER_COLUMNS: &str = "id, user_id, package_id, credit_amount, bonus_credits, \
+    price_usd::text AS price_usd, price_currency, status, provider, checkout_session_id, \
+    checkout_url, payment_intent_id, paid_at, failed_at, refunded_at, refunded_credits, \
+    created_at, updated_at";
+
+impl PurchaseOrder {
+    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            package_id: row.try_get("package_id")?,
+            credit_amount: row.try_get("credit_amount")?,
+            bonus_credits: row.try_get("bonus_credits")?,
+            price_usd: row.try_get("price_usd")?,
+            price_currency: row.try_get("price_currency")?,
+            status: row.try_get("status")?,
+            provider: row.try_get("provider")?,
+            checkout_session_id: row.try_get("checkout_session_id")?,
+            checkout_url: row.try_get("checkout_url")?,
+            payment_intent_id: row.try_get("payment_intent_id")?,
+            paid_at: row.try_get("paid_at")?,
+            failed_at: row.try_get("failed_at")?,
+            refunded_at: row.try_get("refunded_at")?,
+            refunded_credits: row.try_get("refunded_credits")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    /// The price in the currency's smallest unit (cents for USD).
+    pub fn minor_units(&self) -> Result<i64, String> {
+        stripe::minor_units(&self.price_usd, &self.price_currency)
+    }
+}
+
+/// An order by id (the local checkout page reads it).
+pub async fn find_order(
+    client: &impl GenericClient,
+    order_id: &str,
+) -> Result<Option<PurchaseOrder>, ApiError> {
+    if !is_plain_id(order_id) {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!("SELECT {ORDER_COLUMNS} FROM purchase_orders WHERE id = $1"),
+            &[&order_id],
+        )
+        .await?;
+    Ok(row.as_ref().map(PurchaseOrder::from_row).transpose()?)
+}
+
+/// Ids that came from outside (paths, event payloads) are looked up only if
+/// they could be ids at all: short, no control characters (a NUL would be a
+/// database error, not a miss).
+fn is_plain_id(id: &str) -> bool {
+    (1..=255).contains(&id.len()) && !id.chars().any(char::is_control)
+}
+
+// ------------------------------------------------------------------------------------------
+// POST /api/v1/credits/purchases
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseRequest {
+    package_id: String,
+}
+
+/// A package on offer to the caller now, as the order copies it.
+struct OfferedPackage {
+    id: String,
+    name: String,
+    credit_amount: i32,
+    bonus_credits: i32,
+    price: String,
+    currency: String,
+    unit_amount: i64,
+}
+
+/// What can go wrong creating a purchase: an API problem, or the payment
+/// provider failing (503 when worth retrying, else 502).
+#[derive(Debug)]
+enum PurchaseError {
+    Api(ApiError),
+    Provider(StripeError),
+}
+
+impl From<ApiError> for PurchaseError {
+    fn from(err: ApiError) -> Self {
+        Self::Api(err)
+    }
+}
+
+impl From<tokio_postgres::Error> for PurchaseError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::Api(err.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PurchaseError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Api(err.into())
+    }
+}
+
+impl IntoResponse for PurchaseError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(err) => err.into_response(),
+            Self::Provider(StripeError::Unavailable(_)) => ApiError::ServiceUnavailable {
+                detail: "the payment provider is unavailable; retry shortly".into(),
+                retry_after: 5,
+            }
+            .into_response(),
+            Self::Provider(_) => bad_gateway(
+                "the payment provider refused to start a checkout; nothing was charged, try again later",
+            ),
+        }
+    }
+}
+
+/// A 502 problem: `ApiError` has no bad-gateway variant, and only this route
+/// talks to an upstream whose refusal is neither the client's fault nor ours.
+fn bad_gateway(detail: &str) -> Response {
+    let body = json!({
+        "type": "/problems/payment-provider-error",
+        "title": "Payment provider error",
+        "status": 502,
+        "detail": detail,
+    });
+    let mut response = (StatusCode::BAD_GATEWAY, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+async fn create_purchase(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    IdempotencyKey(key): IdempotencyKey,
+    crate::http::ApiJson(body): crate::http::ApiJson<Map<String, Value>>,
+) -> Result<Response, PurchaseError> {
+    let key = key.ok_or_else(|| {
+        ApiError::BadRequest(
+            "this route requires an Idempotency-Key header (1 to 255 printable ASCII characters)"
+                .into(),
+        )
+    })?;
+    let request_body = Value::Object(body.clone());
+    let request: PurchaseRequest = decode_strict(body, &[])?;
+    if !is_plain_id(&request.package_id) {
+        return Err(ApiError::validation("package_id", "is not a package on offer").into());
+    }
+    let payments = &state.config.payments;
+    let secret_key = match payments.provider {
+        PaymentProvider::Stripe => Some(payments.stripe_secret_key.clone().ok_or_else(|| {
+            tracing::error!("STRIPE_SECRET_KEY is not set; purchases are unavailable");
+            ApiError::ServiceUnavailable {
+                detail: "purchases are not available right now".into(),
+                retry_after: 60,
+            }
+        })?),
+        PaymentProvider::Local => None,
+    };
+
+    let mut pooled = state.db.get().await?;
+    let client: &mut tokio_postgres::Client = &mut pooled;
+    let user = current_user(&*client, &identity).await?;
+    let (tier, _) = engine::tier_of(&user);
+
+    // 1: claim the key and create the pending order.
+    let tx = client.transaction().await?;
+    if let Claim::Replay { status, body } =
+        idempotency::claim(&tx, &user.id, &key, "POST", PURCHASES_ROUTE, &request_body).await?
+    {
+        tx.commit().await?;
+        return Ok(Claim::replay(status, body));
+    }
+    let package = offered_package(&tx, &request.package_id, &tier).await?;
+    let provider = match payments.provider {
+        PaymentProvider::Stripe => "stripe",
+        PaymentProvider::Local => "local",
+    };
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO purchase_orders (user_id, package_id, credit_amount, bonus_credits, \
+                   price_usd, price_currency, provider, metadata) \
+                 VALUES ($1, $2, $3, $4, $5::text::numeric, $6, $7, $8) RETURNING {ORDER_COLUMNS}"
+            ),
+            &[
+                &user.id,
+                &package.id,
+                &package.credit_amount,
+                &package.bonus_credits,
+                &package.price,
+                &package.currency,
+                &provider,
+                &json!({"package_name": package.name, "unit_amount": package.unit_amount}),
+            ],
+        )
+        .await?;
+    let order = PurchaseOrder::from_row(&row)?;
+    tx.commit().await?;
+
+    // 2: the checkout session, outside any transaction.
+    let session = match &secret_key {
+        None => Ok(local_session(&state.config.auth.issuer, &order.id)),
+        Some(secret_key) => {
+            let currency = package.currency.to_ascii_lowercase();
+            stripe::create_checkout_session(
+                &payments.stripe_api_base,
+                secret_key,
+                &CheckoutRequest {
+                    order_id: &order.id,
+                    product_name: &package.name,
+                    currency: &currency,
+                    unit_amount: package.unit_amount,
+                    success_url: &payments.checkout_success_url,
+                    cancel_url: &payments.checkout_cancel_url,
+                },
+            )
+            .await
+        }
+    };
+
+    // 3: store the session and the response, or fail the order and let go of the key.
+    let tx = client.transaction().await?;
+    match session {
+        Err(err) => {
+            tracing::warn!(order_id = %order.id, error = %err, "creating the checkout session failed");
+            tx.execute(
+                "UPDATE purchase_orders SET status = 'failed', failed_at = now(), \
+                   metadata = metadata || jsonb_build_object('checkout_error', $2::text) \
+                 WHERE id = $1 AND status = 'pending'",
+                &[&order.id, &err.to_string()],
+            )
+            .await?;
+            idempotency::forget(&tx, &user.id, &key).await?;
+            tx.commit().await?;
+            Err(PurchaseError::Provider(err))
+        }
+        Ok(session) => {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "UPDATE purchase_orders SET checkout_session_id = $2, checkout_url = $3 \
+                         WHERE id = $1 RETURNING {ORDER_COLUMNS}"
+                    ),
+                    &[&order.id, &session.id, &session.url],
+                )
+                .await?;
+            let order = PurchaseOrder::from_row(&row)?;
+            let body = json!({"order": order, "checkout_url": session.url});
+            idempotency::complete(&tx, &user.id, &key, StatusCode::CREATED, &body).await?;
+            tx.commit().await?;
+            tracing::info!(order_id = %order.id, package_id = %package.id, "purchase started");
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+    }
+}
+
+/// The local provider's "session": the local stack's own checkout page. The
+/// local stack is its own token issuer, so the issuer URL is its base URL.
+fn local_session(issuer: &str, order_id: &str) -> CheckoutSession {
+    let base = issuer.trim_end_matches('/');
+    CheckoutSession {
+        id: format!("cs_local_{order_id}"),
+        url: format!("{base}/dev/checkout/{order_id}"),
+    }
+}
+
+/// The package, if the caller may buy it now: available, inside its promotion
+/// window (when it has one), offered to the caller's tier, with a price that
+/// converts exactly to the currency's smallest unit.
+async fn offered_package(
+    client: &impl GenericClient,
+    package_id: &str,
+    tier: &str,
+) -> Result<OfferedPackage, ApiError> {
+    let row = client
+        .query_opt(
+            "SELECT id, name, credit_amount, coalesce(bonus_credits, 0) AS bonus_credits, \
+                    price_usd::text AS price, coalesce(price_currency, 'USD') AS currency, \
+                    coalesce(is_available, false) AS available, \
+                    (promotion_start_date IS NULL OR promotion_start_date <= now()) \
+                      AND (promotion_end_date IS NULL OR promotion_end_date > now()) AS in_window, \
+                    (target_tiers IS NULL OR $2 = ANY(target_tiers)) AS for_tier \
+             FROM credit_packages WHERE id = $1",
+            &[&package_id, &tier],
+        )
+        .await?;
+    // Unknown and withdrawn packages look the same: hidden ones stay hidden.
+    let not_on_offer = || ApiError::validation("package_id", "is not a package on offer");
+    let row = row.ok_or_else(not_on_offer)?;
+    if !row.try_get::<_, bool>("available")? {
+        return Err(not_on_offer());
+    }
+    if !row.try_get::<_, bool>("in_window")? {
+        return Err(ApiError::validation(
+            "package_id",
+            "is a promotion that is not running now",
+        ));
+    }
+    if !row.try_get::<_, bool>("for_tier")? {
+        return Err(ApiError::Forbidden(format!(
+            "this package is not offered to the {tier} tier"
+        )));
+    }
+    let id: String = row.try_get("id")?;
+    let credit_amount: i32 = row.try_get("credit_amount")?;
+    let bonus_credits: i32 = row.try_get("bonus_credits")?;
+    let price: String = row.try_get("price")?;
+    let currency: String = row.try_get("currency")?;
+    let unit_amount = stripe::minor_units(&price, &currency);
+    let misconfigured = |why: String| {
+        tracing::error!(package_id = %id, reason = %why, "credit package cannot be sold");
+        ApiError::Conflict("this package cannot be bought right now".into())
+    };
+    if credit_amount <= 0 || bonus_credits < 0 {
+        return Err(misconfigured(format!(
+            "credits {credit_amount}, bonus {bonus_credits}"
+        )));
+    }
+    let unit_amount = match unit_amount {
+        Ok(units) if units > 0 => units,
+        Ok(_) => return Err(misconfigured("the price is zero".into())),
+        Err(why) => return Err(misconfigured(why)),
+    };
+    Ok(OfferedPackage {
+        name: row.try_get("name")?,
+        currency: currency.to_ascii_uppercase(),
+        id,
+        credit_amount,
+        bonus_credits,
+        price,
+        unit_amount,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// GET /api/v1/credits/purchases
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list_purchases(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<PurchaseOrder>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode::<TimeKey>(query.cursor.as_deref())?;
+    if after.as_ref().is_some_and(|k| !is_plain_id(&k.id)) {
+        return Err(ApiError::validation(
+            "cursor",
+            "is not a cursor this endpoint returned",
+        ));
+    }
+    let client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {ORDER_COLUMNS} FROM purchase_orders \
+                 WHERE user_id = $1 \
+                   AND ($2::timestamptz IS NULL OR (created_at, id) < ($2::timestamptz, $3::text)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $4"
+            ),
+            &[
+                &user.id,
+                &after.as_ref().map(|k| k.at),
+                &after.as_ref().map(|k| k.id.as_str()),
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    let orders = rows
+        .iter()
+        .map(PurchaseOrder::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(pagination::page(orders, limit, |o| TimeKey {
+        at: o.created_at,
+        id: o.id.clone(),
+    })))
 }

@@ -1,0 +1,1295 @@
+//! Purchases through Stripe Checkout, exactly once, over real HTTP against
+//! real PostgreSQL: checkout sessions against a stub Stripe server, signed
+//! webhook events delivered again and again (in sequence and concurrently),
+//! refused signatures that change nothing, failed payments, refunds with
+//! debt, the local payment provider end to end, and bad input.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+use shared::config::PaymentProvider;
+use shared::credits::holds;
+use shared::credits::ledger::{self, Entry};
+use shared::credits::pricing::Quote;
+use shared::credits::purchases::stripe;
+use testkit::ledger::assert_invariants;
+use testkit::{Reply, TestStack, spawn_stack};
+
+const WEBHOOK: &str = "/api/v1/credits/webhooks/stripe";
+const PURCHASES: &str = "/api/v1/credits/purchases";
+
+// ------------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------------
+
+async fn user_id(stack: &TestStack, email: &str) -> String {
+    stack
+        .sql()
+        .await
+        .query_one("SELECT id FROM users WHERE email = $1", &[&email])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// (current, reserved, debt) of a user.
+async fn balances(stack: &TestStack, user: &str) -> (i32, i32, i32) {
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT current_balance, reserved_balance, debt_balance FROM user_credits WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn count(
+    stack: &TestStack,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    stack
+        .sql()
+        .await
+        .query_one(sql, params)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn check_ledger(stack: &TestStack) {
+    assert_invariants(&stack.sql().await).await;
+}
+
+async fn order_status(stack: &TestStack, order_id: &str) -> String {
+    stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT status FROM purchase_orders WHERE id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `POST /api/v1/credits/purchases` on `base`, with an optional key.
+async fn purchase(
+    stack: &TestStack,
+    base: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: Value,
+) -> Reply {
+    let mut request = stack.http.post(format!("{base}{PURCHASES}")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    testkit::read(request.send().await.unwrap()).await
+}
+
+/// Buys `package` through the local stack (local provider): the pending order's id.
+async fn pending_order(stack: &TestStack, token: &str, package: &str) -> String {
+    let key = uuid::Uuid::new_v4().to_string();
+    let reply = purchase(
+        stack,
+        &stack.base_url,
+        Some(token),
+        Some(&key),
+        json!({"package_id": package}),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["order"]["id"].as_str().unwrap().to_string()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn event(id: &str, kind: &str, object: Value) -> String {
+    json!({
+        "id": id,
+        "object": "event",
+        "type": kind,
+        "created": now(),
+        "livemode": false,
+        "data": {"object": object},
+    })
+    .to_string()
+}
+
+/// A Checkout Session object for `order_id` as Stripe sends it.
+fn session(order_id: &str, payment_status: &str, payment_intent: &str) -> Value {
+    json!({
+        "id": format!("cs_local_{order_id}"),
+        "object": "checkout.session",
+        "mode": "payment",
+        "payment_status": payment_status,
+        "client_reference_id": order_id,
+        "metadata": {"purchase_order_id": order_id},
+        "amount_total": 1999,
+        "currency": "usd",
+        "payment_intent": payment_intent,
+    })
+}
+
+fn completed(event_id: &str, order_id: &str) -> String {
+    event(
+        event_id,
+        "checkout.session.completed",
+        session(order_id, "paid", &format!("pi_{order_id}")),
+    )
+}
+
+fn refunded(event_id: &str, order_id: &str, amount_refunded: i64) -> String {
+    event(
+        event_id,
+        "charge.refunded",
+        json!({
+            "id": format!("ch_{order_id}"),
+            "object": "charge",
+            "amount": 1999,
+            "amount_refunded": amount_refunded,
+            "currency": "usd",
+            "refunded": amount_refunded >= 1999,
+            "payment_intent": format!("pi_{order_id}"),
+        }),
+    )
+}
+
+/// Delivers `body` to the stack's webhook with this `Stripe-Signature` (none if `None`).
+async fn deliver_signed(stack: &TestStack, body: &str, signature: Option<String>) -> Reply {
+    let mut request = stack
+        .http
+        .post(format!("{}{WEBHOOK}", stack.base_url))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(signature) = signature {
+        request = request.header("Stripe-Signature", signature);
+    }
+    testkit::read(request.send().await.unwrap()).await
+}
+
+/// Delivers `body` signed now with the local stack's webhook secret, as Stripe would.
+async fn deliver(stack: &TestStack, body: &str) -> Reply {
+    let signature = stripe::sign(local::LOCAL_WEBHOOK_SECRET, now(), body.as_bytes());
+    deliver_signed(stack, body, Some(signature)).await
+}
+
+async fn deliver_ok(stack: &TestStack, body: &str) -> String {
+    let reply = deliver(stack, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["outcome"].as_str().unwrap().to_string()
+}
+
+// ------------------------------------------------------------------------------------------
+// A stub Stripe: records what it is sent and answers as scripted
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    authorization: Option<String>,
+    idempotency_key: Option<String>,
+    content_type: Option<String>,
+    form: Vec<(String, String)>,
+}
+
+impl Recorded {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Script {
+    /// Answer with `status` and Stripe's error object.
+    Fail(u16),
+    /// Answer normally after a pause.
+    Slow(Duration),
+}
+
+#[derive(Clone, Default)]
+struct StubStripe {
+    calls: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<VecDeque<Script>>>,
+}
+
+impl StubStripe {
+    async fn start() -> (Self, String) {
+        let stub = Self::default();
+        let app = Router::new()
+            .route("/v1/checkout/sessions", post(stub_create_session))
+            .with_state(stub.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (stub, format!("http://{addr}"))
+    }
+
+    fn calls(&self) -> Vec<Recorded> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn then(&self, script: Script) {
+        self.script.lock().unwrap().push_back(script);
+    }
+}
+
+async fn stub_create_session(
+    State(stub): State<StubStripe>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let recorded = Recorded {
+        authorization: header("authorization"),
+        idempotency_key: header("idempotency-key"),
+        content_type: header("content-type"),
+        form: url::form_urlencoded::parse(&body).into_owned().collect(),
+    };
+    let n = {
+        let mut calls = stub.calls.lock().unwrap();
+        calls.push(recorded);
+        calls.len()
+    };
+    let script = stub.script.lock().unwrap().pop_front();
+    match script {
+        Some(Script::Fail(status)) => {
+            let status = AxumStatus::from_u16(status).unwrap();
+            let error = json!({"error": {"type": "api_error", "message": "stub says no"}});
+            return (status, axum::Json(error)).into_response();
+        }
+        Some(Script::Slow(pause)) => tokio::time::sleep(pause).await,
+        None => {}
+    }
+    axum::Json(json!({
+        "id": format!("cs_test_{n}"),
+        "object": "checkout.session",
+        "url": format!("https://checkout.stripe.test/c/pay/cs_test_{n}"),
+        "payment_status": "unpaid",
+    }))
+    .into_response()
+}
+
+/// The credits function's routes, configured for Stripe at `stripe_base`,
+/// served beside the local stack (same database, same token issuer).
+async fn stripe_credits_function(stack: &TestStack, stripe_base: &str) -> String {
+    let mut state = stack.stack.state.clone();
+    let mut config = (*state.config).clone();
+    config.payments.provider = PaymentProvider::Stripe;
+    config.payments.stripe_api_base = stripe_base.to_string();
+    config.payments.stripe_secret_key = Some("sk_test_stub".into());
+    config.payments.checkout_success_url = "https://app.test/credits?checkout=success".into();
+    config.payments.checkout_cancel_url = "https://app.test/credits?checkout=cancelled".into();
+    state.config = Arc::new(config);
+    let app = shared::app::finish(shared::app::credits_routes(), state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    format!("http://{addr}")
+}
+
+// ------------------------------------------------------------------------------------------
+// Creating purchases against (a stub of) Stripe
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_purchase_creates_one_order_and_one_checkout_session_per_idempotency_key() {
+    let stack = spawn_stack().await;
+    let (stub, stripe_base) = StubStripe::start().await;
+    let credits = stripe_credits_function(&stack, &stripe_base).await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+
+    let body = json!({"package_id": "pkg_creator"});
+    let reply = purchase(&stack, &credits, Some(&ann), Some("buy-1"), body.clone()).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let order = &reply.body["order"];
+    let order_id = order["id"].as_str().unwrap().to_string();
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["credit_amount"], 500);
+    assert_eq!(order["bonus_credits"], 50);
+    assert_eq!(order["price_usd"], "19.99");
+    assert_eq!(order["price_currency"], "USD");
+    assert_eq!(order["provider"], "stripe");
+    assert_eq!(order["checkout_session_id"], "cs_test_1");
+    assert_eq!(
+        reply.body["checkout_url"],
+        "https://checkout.stripe.test/c/pay/cs_test_1"
+    );
+
+    // What Stripe was sent.
+    let calls = stub.calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.authorization.as_deref(), Some("Bearer sk_test_stub"));
+    assert_eq!(call.idempotency_key.as_deref(), Some(order_id.as_str()));
+    assert_eq!(
+        call.content_type.as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(call.field("mode"), Some("payment"));
+    assert_eq!(
+        call.field("line_items[0][price_data][currency]"),
+        Some("usd")
+    );
+    assert_eq!(
+        call.field("line_items[0][price_data][unit_amount]"),
+        Some("1999")
+    );
+    assert_eq!(
+        call.field("line_items[0][price_data][product_data][name]"),
+        Some("Creator")
+    );
+    assert_eq!(call.field("line_items[0][quantity]"), Some("1"));
+    assert_eq!(call.field("client_reference_id"), Some(order_id.as_str()));
+    assert_eq!(
+        call.field("metadata[purchase_order_id]"),
+        Some(order_id.as_str())
+    );
+    assert_eq!(
+        call.field("success_url"),
+        Some("https://app.test/credits?checkout=success")
+    );
+    assert_eq!(
+        call.field("cancel_url"),
+        Some("https://app.test/credits?checkout=cancelled")
+    );
+
+    // The order row.
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT user_id, package_id, status, credit_amount, bonus_credits, price_usd::text, \
+                    checkout_session_id, checkout_url FROM purchase_orders WHERE id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), ann_id);
+    assert_eq!(row.get::<_, String>(1), "pkg_creator");
+    assert_eq!(row.get::<_, String>(2), "pending");
+    assert_eq!(row.get::<_, i32>(3), 500);
+    assert_eq!(row.get::<_, i32>(4), 50);
+    assert_eq!(row.get::<_, String>(5), "19.99");
+    assert_eq!(row.get::<_, String>(6), "cs_test_1");
+    assert_eq!(
+        row.get::<_, String>(7),
+        "https://checkout.stripe.test/c/pay/cs_test_1"
+    );
+
+    // Same key, same body: the stored response, no second order or Stripe call.
+    let replay = purchase(&stack, &credits, Some(&ann), Some("buy-1"), body.clone()).await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.body, reply.body);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(stub.calls().len(), 1);
+    let orders = "SELECT count(*) FROM purchase_orders";
+    assert_eq!(count(&stack, orders, &[]).await, 1);
+
+    // Same key, another body: 422, nothing new.
+    purchase(
+        &stack,
+        &credits,
+        Some(&ann),
+        Some("buy-1"),
+        json!({"package_id": "pkg_starter"}),
+    )
+    .await
+    .assert_problem(422);
+    assert_eq!(stub.calls().len(), 1);
+    assert_eq!(count(&stack, orders, &[]).await, 1);
+
+    // A new key is a new purchase (another session, another Stripe idempotency key).
+    let second = purchase(&stack, &credits, Some(&ann), Some("buy-2"), body).await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    assert_ne!(second.body["order"]["id"], order["id"]);
+    assert_eq!(stub.calls().len(), 2);
+    assert_ne!(stub.calls()[1].idempotency_key, call.idempotency_key);
+
+    // Nothing is credited before Stripe says the payment went through.
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn a_failed_stripe_call_fails_the_order_and_frees_the_key() {
+    let stack = spawn_stack().await;
+    let (stub, stripe_base) = StubStripe::start().await;
+    let credits = stripe_credits_function(&stack, &stripe_base).await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let body = json!({"package_id": "pkg_starter"});
+
+    // Stripe down: 503 to retry, the order failed, the key forgotten.
+    stub.then(Script::Fail(500));
+    let reply = purchase(&stack, &credits, Some(&ann), Some("k1"), body.clone()).await;
+    reply.assert_problem(503);
+    assert!(reply.headers.contains_key("retry-after"));
+    let failed: String = stack
+        .sql()
+        .await
+        .query_one("SELECT status FROM purchase_orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, "failed");
+    let keys = "SELECT count(*) FROM idempotency_keys";
+    assert_eq!(count(&stack, keys, &[]).await, 0);
+
+    // The same key may be retried: a new order, a session this time.
+    let retry = purchase(&stack, &credits, Some(&ann), Some("k1"), body.clone()).await;
+    assert_eq!(retry.status, 201, "{}", retry.body);
+    assert_eq!(retry.body["order"]["status"], "pending");
+    let statuses = "SELECT count(*) FROM purchase_orders WHERE status = $1";
+    assert_eq!(count(&stack, statuses, &[&"failed"]).await, 1);
+    assert_eq!(count(&stack, statuses, &[&"pending"]).await, 1);
+
+    // Stripe refusing the request (a bad key, say) is a 502: retrying will not help.
+    stub.then(Script::Fail(401));
+    let refused = purchase(&stack, &credits, Some(&ann), Some("k2"), body.clone()).await;
+    refused.assert_problem(502);
+    assert_eq!(refused.body["type"], "/problems/payment-provider-error");
+    assert!(!refused.body.to_string().contains("sk_test_stub"));
+    assert_eq!(count(&stack, statuses, &[&"failed"]).await, 2);
+
+    // An unreachable Stripe is a 503.
+    let down = stripe_credits_function(&stack, "http://127.0.0.1:9").await;
+    purchase(&stack, &down, Some(&ann), Some("k3"), body)
+        .await
+        .assert_problem(503);
+    assert_eq!(count(&stack, statuses, &[&"failed"]).await, 3);
+    assert_eq!(count(&stack, keys, &[]).await, 1); // only k1's success is kept
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn a_duplicate_sent_during_the_stripe_call_is_told_to_wait() {
+    let stack = spawn_stack().await;
+    let (stub, stripe_base) = StubStripe::start().await;
+    let credits = stripe_credits_function(&stack, &stripe_base).await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let body = json!({"package_id": "pkg_studio"});
+
+    stub.then(Script::Slow(Duration::from_millis(1500)));
+    let first = purchase(&stack, &credits, Some(&ann), Some("slow"), body.clone());
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        purchase(&stack, &credits, Some(&ann), Some("slow"), body.clone()).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status, 201, "{}", first.body);
+    second.assert_problem(409);
+    assert_eq!(stub.calls().len(), 1);
+    // Once done, the key answers the stored response.
+    let replay = purchase(&stack, &credits, Some(&ann), Some("slow"), body).await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.body, first.body);
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM purchase_orders", &[]).await,
+        1
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// The webhook: exactly once
+// ------------------------------------------------------------------------------------------
+
+async fn entries(stack: &TestStack, order_id: &str) -> Vec<(String, i32)> {
+    stack
+        .sql()
+        .await
+        .query(
+            "SELECT transaction_type, amount FROM credit_transactions \
+             WHERE related_entity_type = 'purchase_order' AND related_entity_id = $1 \
+             ORDER BY created_at, id",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_paid_order_is_credited_once_however_often_events_arrive() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+
+    // The same event five times in a row.
+    let o1 = pending_order(&stack, &ann, "pkg_creator").await;
+    let body = completed("evt_seq", &o1);
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        outcomes.push(deliver_ok(&stack, &body).await);
+        check_ledger(&stack).await;
+    }
+    assert_eq!(outcomes[0], "credited");
+    assert!(
+        outcomes[1..].iter().all(|o| o == "duplicate"),
+        "{outcomes:?}"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    assert_eq!(
+        entries(&stack, &o1).await,
+        vec![("purchase".into(), 500), ("bonus".into(), 50)]
+    );
+    assert_eq!(order_status(&stack, &o1).await, "paid");
+    let paid_intent: Option<String> = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT payment_intent_id FROM purchase_orders WHERE id = $1",
+            &[&o1],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(paid_intent, Some(format!("pi_{o1}")));
+
+    // The same event five times at once.
+    let o2 = pending_order(&stack, &ann, "pkg_creator").await;
+    let body = completed("evt_par", &o2);
+    let replies = join_all((0..5).map(|_| deliver(&stack, &body))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let credited = replies
+        .iter()
+        .filter(|r| r.body["outcome"] == "credited")
+        .count();
+    assert_eq!(credited, 1);
+    assert_eq!(balances(&stack, &ann_id).await, (1100, 0, 0));
+    assert_eq!(entries(&stack, &o2).await.len(), 2);
+    check_ledger(&stack).await;
+
+    // Two different events for one order: completed, then async_payment_succeeded.
+    let o3 = pending_order(&stack, &ann, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_a", &o3)).await,
+        "credited"
+    );
+    let succeeded = event(
+        "evt_b",
+        "checkout.session.async_payment_succeeded",
+        session(&o3, "paid", &format!("pi_{o3}")),
+    );
+    assert_eq!(deliver_ok(&stack, &succeeded).await, "already_paid");
+    assert_eq!(balances(&stack, &ann_id).await, (1650, 0, 0));
+    check_ledger(&stack).await;
+
+    // ...and different event ids for one order, all at once.
+    let o4 = pending_order(&stack, &ann, "pkg_creator").await;
+    let bodies: Vec<String> = (0..5)
+        .map(|i| {
+            if i % 2 == 0 {
+                completed(&format!("evt_c{i}"), &o4)
+            } else {
+                event(
+                    &format!("evt_c{i}"),
+                    "checkout.session.async_payment_succeeded",
+                    session(&o4, "paid", &format!("pi_{o4}")),
+                )
+            }
+        })
+        .collect();
+    let replies = join_all(bodies.iter().map(|b| deliver(&stack, b))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let credited = replies
+        .iter()
+        .filter(|r| r.body["outcome"] == "credited")
+        .count();
+    assert_eq!(credited, 1);
+    assert_eq!(balances(&stack, &ann_id).await, (2200, 0, 0));
+    assert_eq!(entries(&stack, &o4).await.len(), 2);
+    check_ledger(&stack).await;
+
+    // Every delivery of a distinct event id is recorded once; one activity row per purchase.
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM stripe_events", &[]).await,
+        1 + 1 + 2 + 5
+    );
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM user_activity_logs WHERE activity_type = 'purchase_completed' AND user_id = $1",
+            &[&ann_id],
+        )
+        .await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn unknown_events_and_unknown_orders_are_recorded_and_acknowledged() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = pending_order(&stack, &ann, "pkg_starter").await;
+
+    let other = event("evt_other", "customer.created", json!({"id": "cus_1"}));
+    assert_eq!(deliver_ok(&stack, &other).await, "unhandled");
+    let stranger = completed("evt_stranger", "no-such-order");
+    assert_eq!(deliver_ok(&stack, &stranger).await, "ignored");
+    let rows = stack
+        .sql()
+        .await
+        .query(
+            "SELECT id, outcome, purchase_order_id FROM stripe_events ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("evt_other".into(), "unhandled".into(), None),
+            ("evt_stranger".into(), "ignored".into(), None),
+        ]
+    );
+    // A paid amount that differs from the order is not credited.
+    let mut cheap = session(&order, "paid", "pi_cheap");
+    cheap["amount_total"] = json!(1);
+    cheap["id"] = json!(format!("cs_local_{order}"));
+    let cheap = event("evt_cheap", "checkout.session.completed", cheap);
+    assert_eq!(deliver_ok(&stack, &cheap).await, "amount_mismatch");
+    assert_eq!(order_status(&stack, &order).await, "pending");
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn refused_signatures_change_nothing() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = pending_order(&stack, &ann, "pkg_creator").await;
+    let body = completed("evt_sig", &order);
+    let secret = local::LOCAL_WEBHOOK_SECRET;
+    let good = stripe::sign(secret, now(), body.as_bytes());
+    let v1 = good.split_once(",v1=").unwrap().1.to_string();
+    let mut forged_v1 = v1.clone().into_bytes();
+    forged_v1[0] = if forged_v1[0] == b'0' { b'1' } else { b'0' };
+    let forged_v1 = String::from_utf8(forged_v1).unwrap();
+    let tampered = body.replace("\"amount_total\":1999", "\"amount_total\":1998");
+    assert_ne!(tampered, body);
+
+    let cases: Vec<(&str, String, Option<String>)> = vec![
+        (
+            "forged signature",
+            body.clone(),
+            Some(format!("t={},v1={forged_v1}", now())),
+        ),
+        (
+            "wrong secret",
+            body.clone(),
+            Some(stripe::sign("whsec_someone_else", now(), body.as_bytes())),
+        ),
+        (
+            "stale timestamp",
+            body.clone(),
+            Some(stripe::sign(secret, now() - 301, body.as_bytes())),
+        ),
+        (
+            "future timestamp",
+            body.clone(),
+            Some(stripe::sign(secret, now() + 301, body.as_bytes())),
+        ),
+        ("missing header", body.clone(), None),
+        ("malformed header", body.clone(), Some("garbage".into())),
+        (
+            "malformed timestamp",
+            body.clone(),
+            Some(format!("t=yesterday,v1={v1}")),
+        ),
+        (
+            "no v1 signature",
+            body.clone(),
+            Some(format!("t={},v0={v1}", now())),
+        ),
+        ("tampered body", tampered, Some(good.clone())),
+    ];
+    for (name, body, signature) in cases {
+        let reply = deliver_signed(&stack, &body, signature).await;
+        assert_eq!(reply.status, 400, "{name}: {}", reply.body);
+        reply.assert_problem(400);
+    }
+    assert_eq!(order_status(&stack, &order).await, "pending");
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM stripe_events", &[]).await,
+        0
+    );
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM credit_transactions", &[]).await,
+        0
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+
+    // The untampered event with its real signature (among others) goes through.
+    let rolled = format!("{},v1={}", good, "0".repeat(64));
+    let reply = deliver_signed(&stack, &body, Some(rolled)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn a_failed_async_payment_fails_the_order_and_credits_nothing() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = pending_order(&stack, &ann, "pkg_creator").await;
+
+    // A bank debit: the session completes unpaid, then the payment fails.
+    let unpaid = event(
+        "evt_unpaid",
+        "checkout.session.completed",
+        session(&order, "unpaid", "pi_debit"),
+    );
+    assert_eq!(deliver_ok(&stack, &unpaid).await, "awaiting_payment");
+    assert_eq!(order_status(&stack, &order).await, "pending");
+    let failed = event(
+        "evt_failed",
+        "checkout.session.async_payment_failed",
+        session(&order, "unpaid", "pi_debit"),
+    );
+    assert_eq!(deliver_ok(&stack, &failed).await, "failed");
+    assert_eq!(deliver_ok(&stack, &failed).await, "duplicate");
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT status, failed_at IS NOT NULL, payment_intent_id FROM purchase_orders WHERE id = $1",
+            &[&order],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert!(row.get::<_, bool>(1));
+    assert_eq!(row.get::<_, String>(2), "pi_debit");
+    // A late "paid" event for the failed order credits nothing either.
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_late", &order)).await,
+        "order_failed"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    assert!(entries(&stack, &order).await.is_empty());
+    check_ledger(&stack).await;
+
+    // A session the buyer abandoned expires: the order fails.
+    let abandoned = pending_order(&stack, &ann, "pkg_creator").await;
+    let expired = event(
+        "evt_expired",
+        "checkout.session.expired",
+        session(&abandoned, "unpaid", "pi_none"),
+    );
+    assert_eq!(deliver_ok(&stack, &expired).await, "expired");
+    assert_eq!(order_status(&stack, &abandoned).await, "failed");
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+}
+
+// ------------------------------------------------------------------------------------------
+// Refunds
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_full_refund_claws_back_what_it_can_and_records_the_rest_as_debt() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = pending_order(&stack, &ann, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_paid", &order)).await,
+        "credited"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+
+    // Spend 500, and let a job hold 20 more: 30 available.
+    let db = stack.sql().await;
+    ledger::post(&db, &ann_id, Entry::new("usage", -500, "generations"))
+        .await
+        .unwrap();
+    db.execute("UPDATE users SET daily_quota = 0 WHERE id = $1", &[&ann_id])
+        .await
+        .unwrap();
+    let job: String = db
+        .query_one(
+            "INSERT INTO generation_jobs (user_id, job_type, input_parameters) \
+             VALUES ($1, 'character_generation', '{}') RETURNING id",
+            &[&ann_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let quote = Quote {
+        config_id: "cfg_generate".into(),
+        price: 20,
+        calculation: json!({"price": 20}),
+    };
+    holds::hold(&db, &ann_id, &job, &quote).await.unwrap();
+    assert_eq!(balances(&stack, &ann_id).await, (50, 20, 0));
+    check_ledger(&stack).await;
+
+    // Full refund: 550 owed, 30 available -> 30 taken back, 520 owed; the hold is untouched.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_refund", &order, 1999)).await,
+        "refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (20, 20, 520));
+    let available =
+        "SELECT current_balance - reserved_balance FROM user_credits WHERE user_id = $1";
+    let available: i32 = db.query_one(available, &[&ann_id]).await.unwrap().get(0);
+    assert_eq!(available, 0);
+    let row = db
+        .query_one(
+            "SELECT status, refunded_credits, refunded_at IS NOT NULL FROM purchase_orders WHERE id = $1",
+            &[&order],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "refunded");
+    assert_eq!(row.get::<_, i32>(1), 550);
+    assert!(row.get::<_, bool>(2));
+    check_ledger(&stack).await;
+
+    // The job fails: its hold is released; the debt stays until credits come in.
+    holds::release(&db, &job).await.unwrap();
+    assert_eq!(balances(&stack, &ann_id).await, (20, 0, 520));
+    check_ledger(&stack).await;
+
+    // The same refund again, redelivered or as a new event id: nothing changes.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_refund", &order, 1999)).await,
+        "duplicate"
+    );
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_refund_again", &order, 1999)).await,
+        "no_change"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (20, 0, 520));
+    check_ledger(&stack).await;
+
+    // A later purchase repays the debt first: 20 + 550 - 520 = 50.
+    let next = pending_order(&stack, &ann, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_next", &next)).await,
+        "credited"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (50, 0, 0));
+    check_ledger(&stack).await;
+    let refunds: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(amount), 0)::int8 FROM credit_transactions \
+             WHERE user_id = $1 AND transaction_type = 'refund'",
+            &[&ann_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refunds, -550);
+}
+
+#[tokio::test]
+async fn partial_refunds_claw_back_their_share_exactly_once() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = pending_order(&stack, &ann, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_paid", &order)).await,
+        "credited"
+    );
+
+    // 10.00 of 19.99 refunded: floor(550 * 1000 / 1999) = 275.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_r1", &order, 1000)).await,
+        "partially_refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (275, 0, 0));
+    assert_eq!(order_status(&stack, &order).await, "paid");
+    check_ledger(&stack).await;
+    // Redelivered, re-sent with a new id, or arriving late with a smaller total: no change.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_r1", &order, 1000)).await,
+        "duplicate"
+    );
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_r1b", &order, 1000)).await,
+        "no_change"
+    );
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_r0", &order, 500)).await,
+        "no_change"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (275, 0, 0));
+    // Concurrent deliveries of the next step: applied once.
+    let step = refunded("evt_r2", &order, 1500);
+    let again = refunded("evt_r2b", &order, 1500);
+    let replies = join_all([
+        deliver(&stack, &step),
+        deliver(&stack, &step),
+        deliver(&stack, &again),
+    ])
+    .await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    // floor(550 * 1500 / 1999) = 412: 137 more.
+    assert_eq!(balances(&stack, &ann_id).await, (550 - 412, 0, 0));
+    check_ledger(&stack).await;
+    // The rest.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_r3", &order, 1999)).await,
+        "refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    assert_eq!(order_status(&stack, &order).await, "refunded");
+    let clawed: Vec<i32> = entries(&stack, &order)
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "refund")
+        .map(|(_, amount)| amount)
+        .collect();
+    assert_eq!(clawed, vec![-275, -137, -138]);
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn a_refund_that_overtakes_the_payment_event_is_applied_when_the_order_is_credited() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = pending_order(&stack, &ann, "pkg_creator").await;
+    // The charge metadata names the order (Checkout copies payment_intent_data.metadata).
+    let mut early = serde_json::from_str::<Value>(&refunded("evt_early", &order, 1000)).unwrap();
+    early["data"]["object"]["payment_intent"] = json!("pi_not_yet_known");
+    early["data"]["object"]["metadata"] = json!({"purchase_order_id": order});
+    assert_eq!(deliver_ok(&stack, &early.to_string()).await, "deferred");
+    assert_eq!(order_status(&stack, &order).await, "pending");
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_paid", &order)).await,
+        "credited_then_refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550 - 275, 0, 0));
+    assert_eq!(
+        entries(&stack, &order).await,
+        vec![
+            ("purchase".into(), 500),
+            ("bonus".into(), 50),
+            ("refund".into(), -275)
+        ]
+    );
+    check_ledger(&stack).await;
+    // The same refund arriving again in order changes nothing; the rest of it does.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_again", &order, 1000)).await,
+        "no_change"
+    );
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_rest", &order, 1999)).await,
+        "refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    check_ledger(&stack).await;
+}
+
+// ------------------------------------------------------------------------------------------
+// The local payment provider, end to end
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_local_checkout_page_pays_through_the_signed_webhook_once() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+
+    let reply = purchase(
+        &stack,
+        &stack.base_url,
+        Some(&ann),
+        Some("local-1"),
+        json!({"package_id": "pkg_creator"}),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let order_id = reply.body["order"]["id"].as_str().unwrap().to_string();
+    assert_eq!(reply.body["order"]["provider"], "local");
+    let checkout_url = reply.body["checkout_url"].as_str().unwrap().to_string();
+    assert_eq!(
+        checkout_url,
+        format!("{}/dev/checkout/{order_id}", stack.base_url)
+    );
+
+    let page = stack.http.get(&checkout_url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(&format!("action=\"/dev/checkout/{order_id}/pay\"")));
+    assert!(html.contains(">Pay</button>"));
+
+    // Pay: the signed event goes through the webhook; the page then shows the order paid.
+    let pay_url = format!("{checkout_url}/pay");
+    let paid = stack.http.post(&pay_url).send().await.unwrap();
+    assert_eq!(paid.status(), 200);
+    assert!(paid.text().await.unwrap().contains(">paid</strong>"));
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    assert_eq!(order_status(&stack, &order_id).await, "paid");
+    check_ledger(&stack).await;
+
+    // Paying twice sends a second event (a new id): credited once all the same.
+    let again = stack.http.post(&pay_url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    let outcomes: Vec<String> = stack
+        .sql()
+        .await
+        .query(
+            "SELECT outcome FROM stripe_events WHERE purchase_order_id = $1 ORDER BY received_at",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(outcomes, vec!["credited", "already_paid"]);
+    check_ledger(&stack).await;
+
+    // The order, as its buyer lists it.
+    let list = stack.get(PURCHASES, Some(&ann)).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(list.body["items"][0]["id"], order_id.as_str());
+    assert_eq!(list.body["items"][0]["status"], "paid");
+
+    // Unknown orders have no checkout page.
+    let missing = stack
+        .http
+        .get(format!("{}/dev/checkout/nope", stack.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+// ------------------------------------------------------------------------------------------
+// Listing and bad input
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn orders_are_listed_newest_first_page_by_page_and_only_to_their_buyer() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let bob = stack.sign_in("bob@example.com").await;
+    let mut ids = Vec::new();
+    for package in ["pkg_starter", "pkg_creator", "pkg_studio"] {
+        ids.push(pending_order(&stack, &ann, package).await);
+    }
+    ids.reverse();
+    let first = stack.get(&format!("{PURCHASES}?limit=2"), Some(&ann)).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let page_ids: Vec<&str> = first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(page_ids, vec![ids[0].as_str(), ids[1].as_str()]);
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let second = stack
+        .get(&format!("{PURCHASES}?limit=2&cursor={cursor}"), Some(&ann))
+        .await;
+    assert_eq!(second.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(second.body["items"][0]["id"], ids[2].as_str());
+    assert!(second.body["next_cursor"].is_null());
+
+    let theirs = stack.get(PURCHASES, Some(&bob)).await;
+    assert_eq!(theirs.body["items"], json!([]));
+    stack.get(PURCHASES, None).await.assert_problem(401);
+    stack
+        .get(&format!("{PURCHASES}?cursor=garbage"), Some(&ann))
+        .await
+        .assert_problem(422);
+    stack
+        .get(&format!("{PURCHASES}?limit=0"), Some(&ann))
+        .await
+        .assert_problem(422);
+    stack
+        .get(&format!("{PURCHASES}?colour=red"), Some(&ann))
+        .await
+        .assert_problem(422);
+}
+
+#[tokio::test]
+async fn bad_purchase_requests_are_refused_and_change_nothing() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let base = stack.base_url.clone();
+    let db = stack.sql().await;
+    db.batch_execute(
+        "INSERT INTO credit_packages (id, name, credit_amount, price_usd, is_available) \
+           VALUES ('pkg_gone', 'Gone', 10, 1.00, false); \
+         INSERT INTO credit_packages (id, name, credit_amount, price_usd, promotion_start_date, promotion_end_date) \
+           VALUES ('pkg_over', 'Over', 10, 1.00, now() - interval '2 days', now() - interval '1 day'); \
+         INSERT INTO credit_packages (id, name, credit_amount, price_usd, promotion_start_date) \
+           VALUES ('pkg_soon', 'Soon', 10, 1.00, now() + interval '1 day'); \
+         INSERT INTO credit_packages (id, name, credit_amount, price_usd, target_tiers) \
+           VALUES ('pkg_pro_only', 'Pro only', 10, 1.00, '{PRO,ENTERPRISE}'); \
+         INSERT INTO credit_packages (id, name, credit_amount, price_usd, promotion_start_date, promotion_end_date) \
+           VALUES ('pkg_now', 'Now', 10, 1.00, now() - interval '1 day', now() + interval '1 day');",
+    )
+    .await
+    .unwrap();
+
+    let buy = |token: Option<String>, key: Option<&'static str>, body: Value| {
+        let stack = &stack;
+        let base = base.clone();
+        async move { purchase(stack, &base, token.as_deref(), key, body).await }
+    };
+    let pkg = |id: &str| json!({"package_id": id});
+    let me = Some(ann.clone());
+
+    buy(None, Some("a"), pkg("pkg_starter"))
+        .await
+        .assert_problem(401);
+    buy(me.clone(), None, pkg("pkg_starter"))
+        .await
+        .assert_problem(400);
+    buy(me.clone(), Some("b"), pkg("pkg_nope"))
+        .await
+        .assert_problem(422);
+    buy(me.clone(), Some("c"), pkg("pkg_gone"))
+        .await
+        .assert_problem(422);
+    buy(me.clone(), Some("d"), pkg("pkg_over"))
+        .await
+        .assert_problem(422);
+    buy(me.clone(), Some("e"), pkg("pkg_soon"))
+        .await
+        .assert_problem(422);
+    buy(me.clone(), Some("f"), pkg("pkg_pro_only"))
+        .await
+        .assert_problem(403);
+    buy(
+        me.clone(),
+        Some("g"),
+        json!({"package_id": "pkg_starter", "price_usd": "0.01"}),
+    )
+    .await
+    .assert_problem(422);
+    buy(me.clone(), Some("h"), json!({"package_id": 7}))
+        .await
+        .assert_problem(422);
+    buy(me.clone(), Some("i"), json!({}))
+        .await
+        .assert_problem(422);
+    buy(me.clone(), Some("j"), pkg("pkg\u{0}nul"))
+        .await
+        .assert_problem(422);
+    buy(me.clone(), Some("k"), pkg(&"x".repeat(300)))
+        .await
+        .assert_problem(422);
+    // A key that is not printable ASCII.
+    let reply = stack
+        .http
+        .post(format!("{base}{PURCHASES}"))
+        .bearer_auth(&ann)
+        .header("Idempotency-Key", "has space")
+        .json(&pkg("pkg_starter"))
+        .send()
+        .await
+        .unwrap();
+    testkit::read(reply).await.assert_problem(400);
+    // Not JSON.
+    let reply = stack
+        .http
+        .post(format!("{base}{PURCHASES}"))
+        .bearer_auth(&ann)
+        .header("Idempotency-Key", "l")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    testkit::read(reply).await.assert_problem(400);
+
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM purchase_orders", &[]).await,
+        0
+    );
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM idempotency_keys", &[]).await,
+        0
+    );
+
+    // A PRO subscriber may buy the PRO package; a running promotion is on offer.
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    db.execute(
+        "UPDATE users SET subscription_tier = 'PRO', subscription_end_date = now() + interval '30 days' WHERE id = $1",
+        &[&ann_id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        buy(me.clone(), Some("m"), pkg("pkg_pro_only")).await.status,
+        201
+    );
+    assert_eq!(buy(me.clone(), Some("n"), pkg("pkg_now")).await.status, 201);
+    // A lapsed subscription is FREE again.
+    db.execute(
+        "UPDATE users SET subscription_end_date = now() - interval '1 day' WHERE id = $1",
+        &[&ann_id],
+    )
+    .await
+    .unwrap();
+    buy(me, Some("o"), pkg("pkg_pro_only"))
+        .await
+        .assert_problem(403);
+
+    // The webhook route is POST only.
+    let reply = stack.call(Method::GET, WEBHOOK, None, None).await;
+    reply.assert_problem(405);
+}
