@@ -19,6 +19,7 @@ pub mod lambda;
 pub mod openapi;
 pub mod pagination;
 pub mod queue;
+pub mod scheduler;
 pub mod social;
 pub mod storage;
 pub mod telemetry;

@@ -1,0 +1,8 @@
+//! The `scheduler` Lambda: EventBridge schedules whose `detail-type` names the
+//! task (daily-reset, job-timeouts, outbox-sweep, partition-upkeep,
+//! idempotency-purge).
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::lambda::run_scheduler().await
+}

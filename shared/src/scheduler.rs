@@ -1,0 +1,166 @@
+//! The scheduler's tasks, run by EventBridge schedules (the event's
+//! `detail-type` names the task) and by the local stack on timers.
+//!
+//! | task (`detail-type`) | what |
+//! |---|---|
+//! | `daily-reset` | resets free-generation and allowance counters of every user whose local day turned |
+//! | `job-timeouts` | jobs processing past `timeout_at` become `timeout`, their holds released exactly once |
+//! | `outbox-sweep` | sends queued jobs whose message was never sent |
+//! | `partition-upkeep` | creates the next months' partitions of the ledger and the activity log, drops activity-log months past retention |
+//! | `idempotency-purge` | forgets idempotency keys older than 24 hours |
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::credits::{holds, ledger};
+use crate::db::DbPool;
+use crate::error::ApiError;
+use crate::queue::JobQueue;
+
+pub const TASKS: [&str; 5] = [
+    "daily-reset",
+    "job-timeouts",
+    "outbox-sweep",
+    "partition-upkeep",
+    "idempotency-purge",
+];
+
+/// How long a queued job may wait without `enqueued_at` before the sweep resends it.
+pub const OUTBOX_GRACE: Duration = Duration::from_secs(60);
+/// Months of partitions kept ahead of now.
+pub const PARTITIONS_AHEAD: i32 = 3;
+/// Activity-log retention (`ACTIVITY_LOG_RETENTION_DAYS` once issue #7 makes it configurable).
+pub const ACTIVITY_RETENTION_DAYS: i32 = 180;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskReport {
+    pub task: String,
+    pub outcome: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("unknown scheduler task `{0}`")]
+    Unknown(String),
+    #[error("task failed: {0}")]
+    Failed(String),
+}
+
+impl From<ApiError> for TaskError {
+    fn from(err: ApiError) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for TaskError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
+impl From<ledger::LedgerError> for TaskError {
+    fn from(err: ledger::LedgerError) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for TaskError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
+/// Runs one task by name.
+pub async fn run(task: &str, db: &DbPool, queue: Option<&dyn JobQueue>) -> Result<TaskReport, TaskError> {
+    let mut conn = db.get().await?;
+    let client: &mut tokio_postgres::Client = &mut conn;
+    let outcome = match task {
+        "daily-reset" => json!({"users_reset": ledger::reset_daily_all(&*client).await?}),
+        "job-timeouts" => json!({"timed_out": time_out_jobs(client).await?}),
+        "outbox-sweep" => match queue {
+            Some(queue) => {
+                let sent = crate::jobs::dispatch::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
+                json!({"resent": sent})
+            }
+            None => json!({"resent": 0, "skipped": "no queue configured"}),
+        },
+        "partition-upkeep" => partition_upkeep(&*client).await?,
+        "idempotency-purge" => json!({"purged": crate::idempotency::purge_expired(&*client).await?}),
+        other => return Err(TaskError::Unknown(other.to_string())),
+    };
+    tracing::info!(task, %outcome, "scheduler task done");
+    Ok(TaskReport {
+        task: task.to_string(),
+        outcome,
+    })
+}
+
+/// Jobs left processing past their deadline (a worker that died mid-job)
+/// become `timeout`; each hold is released exactly once, in the same
+/// transaction as its job's status change.
+pub async fn time_out_jobs(client: &mut tokio_postgres::Client) -> Result<usize, TaskError> {
+    let due: Vec<String> = client
+        .query(
+            "SELECT id FROM generation_jobs WHERE status = 'processing' AND timeout_at < now() \
+             ORDER BY timeout_at LIMIT 500",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut timed_out = 0;
+    for job_id in due {
+        let tx = client.transaction().await?;
+        let changed = tx
+            .query_opt(
+                "UPDATE generation_jobs SET status = 'timeout', completed_at = now(), \
+                   error_details = coalesce(error_details, '{}'::jsonb) || '{\"error\": \"timed out\"}'::jsonb \
+                 WHERE id = $1 AND status = 'processing' AND timeout_at < now() RETURNING character_id",
+                &[&job_id],
+            )
+            .await?;
+        if let Some(row) = changed {
+            let character_id: Option<String> = row.try_get(0)?;
+            holds::release(&tx, &job_id).await?;
+            if let Some(character_id) = character_id {
+                tx.execute(
+                    "UPDATE characters SET generation_status = 'failed', error_message = 'generation timed out' \
+                     WHERE id = $1 AND generation_status = 'processing'",
+                    &[&character_id],
+                )
+                .await?;
+            }
+            timed_out += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(timed_out)
+}
+
+/// Partitions for this month and the next [`PARTITIONS_AHEAD`], and retention
+/// of the activity log. The ledger is never dropped: its sums are the balances.
+pub async fn partition_upkeep(client: &tokio_postgres::Client) -> Result<Value, TaskError> {
+    let mut created = serde_json::Map::new();
+    for table in ["credit_transactions", "user_activity_logs"] {
+        let n: i32 = client
+            .query_one(
+                "SELECT ensure_monthly_partitions($1, (now() AT TIME ZONE 'UTC')::date, $2)",
+                &[&table, &(PARTITIONS_AHEAD + 1)],
+            )
+            .await?
+            .try_get(0)?;
+        created.insert(table.to_string(), json!(n));
+    }
+    let dropped: i32 = client
+        .query_one(
+            "SELECT drop_monthly_partitions_before('user_activity_logs', \
+               ((now() AT TIME ZONE 'UTC') - make_interval(days => $1))::date)",
+            &[&ACTIVITY_RETENTION_DAYS],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(json!({"created": created, "activity_partitions_dropped": dropped}))
+}
