@@ -1267,6 +1267,20 @@ async fn gift_idempotency_replays_refuses_another_body_and_runs_concurrent_dupli
     assert_eq!(again.status, 201);
     assert_eq!(again.body, first.body, "the stored response");
     assert_eq!(again.headers["idempotent-replayed"], "true");
+    // The same JSON value, keys reordered and spaced differently, is the same request.
+    let reordered = stack
+        .http
+        .post(format!("{}/api/v1/credits/gifts", stack.base_url))
+        .bearer_auth(&ann)
+        .header("Idempotency-Key", &key)
+        .header("content-type", "application/json")
+        .body("{ \"message\": \"hi\",\n  \"amount\": 10, \"to_username\": \"bob\" }")
+        .send()
+        .await
+        .unwrap();
+    let reordered = testkit::read(reordered).await;
+    assert_eq!(reordered.status, 201, "{}", reordered.body);
+    assert_eq!(reordered.body, first.body);
     assert_eq!(wallet(&db, &ann_id).await, (90, 0));
     assert_eq!(wallet(&db, &bob_id).await, (10, 0));
     assert_invariants(&db).await;
@@ -1602,7 +1616,8 @@ async fn the_gift_cap_counts_from_the_senders_local_midnight() {
     assert_invariants(&db).await;
 
     // Move them around Tokyo's midnight, in posting order: the purchase and the
-    // 1000 just before it (yesterday in Tokyo), the 500 just after (today).
+    // 1000 one second before it (yesterday in Tokyo), the 500 at midnight
+    // exactly (today: the day includes its first instant).
     // Whatever the UTC hour, counting from UTC midnight would get one of the two
     // wrong.
     let entries: Vec<String> = db
@@ -1616,10 +1631,10 @@ async fn the_gift_cap_counts_from_the_senders_local_midnight() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(entries.len(), 3);
-    for (entry, offset) in entries.iter().zip([-3, -1, 1]) {
+    for (entry, offset) in entries.iter().zip([-180.0_f64, -1.0, 0.0]) {
         db.execute(
             "UPDATE credit_transactions SET created_at = \
-               local_midnight(user_local_date('Asia/Tokyo'), 'Asia/Tokyo') + make_interval(mins => $2) \
+               local_midnight(user_local_date('Asia/Tokyo'), 'Asia/Tokyo') + make_interval(secs => $2) \
              WHERE id = $1",
             &[entry, &offset],
         )
