@@ -1,0 +1,269 @@
+//! `POST /api/v1/credits/daily-bonus`: once per local day (the user's
+//! `timezone`). Claiming the day after the last claim grows the streak; any
+//! other day starts it again at 1. The amount is
+//! `daily_bonus_base + daily_bonus_step × (min(streak, daily_bonus_max_streak) − 1)`.
+//!
+//! One transaction: lock the user, move the streak and date with a
+//! conditional update (only when the last claim is before today), post one
+//! `bonus` entry, log `daily_bonus`. Concurrent claims serialise on the row
+//! lock and the losers' conditional update finds nothing: credited once.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Value, json};
+
+use super::{DetailedProblem, Refusal};
+use crate::activity::{self, Activity};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::config::CreditsConfig;
+use crate::credits::ledger::{self, Entry};
+use crate::error::ApiError;
+use crate::http::RequestMeta;
+use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::users::repo::current_user;
+
+const ROUTE: &str = "/api/v1/credits/daily-bonus";
+
+/// The streak a claim on `today` would reach, or `None` when today's bonus is
+/// taken. A last claim after today (the user moved their time zone west) also
+/// counts as taken, so changing zones cannot claim one day twice.
+pub(super) fn next_streak(last: Option<NaiveDate>, streak: i32, today: NaiveDate) -> Option<i32> {
+    match last {
+        Some(last) if last >= today => None,
+        Some(last) if last.succ_opt() == Some(today) => Some(streak.max(0).saturating_add(1)),
+        _ => Some(1),
+    }
+}
+
+/// The bonus for the `streak`-th day in a row; `None` if it overflows credits.
+pub(super) fn amount(config: &CreditsConfig, streak: i32) -> Option<i32> {
+    let day = i64::from(streak.clamp(1, config.daily_bonus_max_streak.max(1)));
+    let amount =
+        i64::from(config.daily_bonus_base) + i64::from(config.daily_bonus_step) * (day - 1);
+    i32::try_from(amount).ok()
+}
+
+/// The route takes no fields: an empty body or `{}`.
+fn no_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) if map.is_empty() => Ok(json!({})),
+        Ok(_) => Err(ApiError::validation(
+            "body",
+            "this route takes no fields; send no body or {}",
+        )),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+pub(super) async fn claim(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    IdempotencyKey(key): IdempotencyKey,
+    meta: RequestMeta,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let request = no_body(&body)?;
+    let mut client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    let client: &mut tokio_postgres::Client = &mut client;
+    let tx = client.transaction().await?;
+    if let Some(key) = &key
+        && let Claim::Replay { status, body } =
+            idempotency::claim(&tx, &user.id, key, "POST", ROUTE, &request).await?
+    {
+        tx.commit().await?;
+        return Ok(Claim::replay(status, body));
+    }
+
+    // Lock order everywhere: users, then user_credits. The local date is read
+    // under the lock, so a concurrent time zone change cannot split the day.
+    let row = tx
+        .query_opt(
+            "SELECT timezone, user_local_date(timezone), local_midnight(user_local_date(timezone) + 1, timezone) \
+             FROM users WHERE id = $1 FOR NO KEY UPDATE",
+            &[&user.id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no account; sign in first".into()))?;
+    let zone: Option<String> = row.try_get(0)?;
+    let today: NaiveDate = row.try_get(1)?;
+    let next_at: DateTime<Utc> = row.try_get(2)?;
+
+    // `< today` rather than `IS DISTINCT FROM today`: a last claim dated after
+    // today (a time zone moved west) must not open a second claim.
+    let claimed = tx
+        .query_opt(
+            "UPDATE user_credits SET \
+               daily_login_streak = CASE WHEN last_daily_bonus_date = $2::date - 1 \
+                                         THEN greatest(daily_login_streak, 0) + 1 ELSE 1 END, \
+               last_daily_bonus_date = $2, updated_at = now() \
+             WHERE user_id = $1 AND (last_daily_bonus_date IS NULL OR last_daily_bonus_date < $2) \
+             RETURNING daily_login_streak",
+            &[&user.id, &today],
+        )
+        .await?;
+    let Some(claimed) = claimed else {
+        return Err(already_claimed(&tx, &user.id, today, zone.as_deref()).await?);
+    };
+    let streak: i32 = claimed.try_get(0)?;
+    let amount = amount(&state.config.credits, streak)
+        .ok_or_else(|| ApiError::internal("the configured daily bonus overflows"))?;
+    let posted = ledger::post(
+        &tx,
+        &user.id,
+        Entry::new(
+            "bonus",
+            amount,
+            format!("Daily bonus, day {streak} of the streak"),
+        )
+        .metadata(json!({
+            "kind": "daily_bonus",
+            "streak": streak,
+            "bonus_date": today,
+            "timezone": zone,
+        })),
+    )
+    .await?;
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&user.id),
+            activity_type: "daily_bonus",
+            entity_type: Some("credit_transaction"),
+            entity_id: Some(&posted.transaction_id),
+            metadata: json!({"amount": amount, "streak": streak, "bonus_date": today}),
+        },
+        &meta,
+    )
+    .await?;
+    let response = json!({
+        "transaction_id": posted.transaction_id,
+        "amount": amount,
+        "daily_login_streak": streak,
+        "bonus_date": today,
+        "balance_after": posted.balance_after,
+        "next_available_at": next_at,
+        "next_amount": amount_after(&state.config.credits, streak),
+    });
+    if let Some(key) = &key {
+        idempotency::complete(&tx, &user.id, key, StatusCode::CREATED, &response).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+/// Tomorrow's bonus if the streak continues.
+fn amount_after(config: &CreditsConfig, streak: i32) -> Option<i32> {
+    amount(config, streak.saturating_add(1))
+}
+
+/// 409 saying when the next claim opens (also as `Retry-After`), or 404
+/// without a credit account.
+async fn already_claimed(
+    tx: &tokio_postgres::Transaction<'_>,
+    user_id: &str,
+    today: NaiveDate,
+    zone: Option<&str>,
+) -> Result<Refusal, ApiError> {
+    let row = tx
+        .query_opt(
+            "SELECT last_daily_bonus_date, daily_login_streak, \
+                    local_midnight(greatest(last_daily_bonus_date, $2::date) + 1, $3) AS next_at \
+             FROM user_credits WHERE user_id = $1",
+            &[&user_id, &today, &zone],
+        )
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no credit account; sign in first".into()))?;
+    let last: Option<NaiveDate> = row.try_get(0)?;
+    let streak: i32 = row.try_get(1)?;
+    let next_at: DateTime<Utc> = row.try_get(2)?;
+    let wait = (next_at - Utc::now()).num_seconds().max(1) as u64;
+    let detail = format!(
+        "today's daily bonus is already claimed; the next one opens at {} (your local midnight)",
+        next_at.to_rfc3339()
+    );
+    Ok(DetailedProblem::new(
+        ApiError::Conflict(detail.clone()),
+        detail,
+        json!({
+            "last_daily_bonus_date": last,
+            "daily_login_streak": streak,
+            "next_available_at": next_at,
+        }),
+    )
+    .retry_after(wait)
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn streaks_grow_on_consecutive_days_only() {
+        let today = date("2025-03-10");
+        assert_eq!(next_streak(None, 0, today), Some(1));
+        assert_eq!(next_streak(Some(date("2025-03-09")), 4, today), Some(5));
+        assert_eq!(next_streak(Some(date("2025-03-08")), 4, today), Some(1));
+        assert_eq!(next_streak(Some(today), 4, today), None);
+        // A zone moved west: the last claim is "tomorrow"; today stays taken.
+        assert_eq!(next_streak(Some(date("2025-03-11")), 4, today), None);
+        // Month and year boundaries.
+        assert_eq!(
+            next_streak(Some(date("2024-12-31")), 1, date("2025-01-01")),
+            Some(2)
+        );
+        assert_eq!(
+            next_streak(Some(date("2024-02-28")), 1, date("2024-03-01")),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn amounts_follow_the_streak_up_to_the_cap() {
+        let config = CreditsConfig {
+            daily_bonus_base: 5,
+            daily_bonus_step: 2,
+            daily_bonus_max_streak: 4,
+            ..CreditsConfig::default()
+        };
+        let amounts: Vec<_> = (1..=6).map(|s| amount(&config, s)).collect();
+        assert_eq!(amounts, [5, 7, 9, 11, 11, 11].map(Some));
+        assert_eq!(amount(&config, 0), Some(5));
+        let huge = CreditsConfig {
+            daily_bonus_base: i32::MAX,
+            daily_bonus_step: 1,
+            daily_bonus_max_streak: 3,
+            ..CreditsConfig::default()
+        };
+        assert_eq!(amount(&huge, 3), None);
+    }
+
+    #[test]
+    fn the_route_takes_no_fields() {
+        assert!(no_body(&Bytes::from_static(b"")).is_ok());
+        assert!(no_body(&Bytes::from_static(b" {} ")).is_ok());
+        assert!(matches!(
+            no_body(&Bytes::from_static(b"{\"amount\": 100}")),
+            Err(ApiError::Validation { .. })
+        ));
+        assert!(matches!(
+            no_body(&Bytes::from_static(b"{")),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}

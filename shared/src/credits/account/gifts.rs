@@ -1,0 +1,464 @@
+//! `POST /api/v1/credits/gifts {to_username, amount, message}`: credits from
+//! the caller's available balance to another active user, with a required
+//! `Idempotency-Key`.
+//!
+//! One transaction: claim the key; find the recipient (case-insensitively);
+//! lock both `users` rows, then both `user_credits` rows, each pair in user id
+//! order (two users gifting each other at once queue instead of deadlocking);
+//! check the sender's local-day cap; post `gift_sent` (−amount) and
+//! `gift_received` (+amount) sharing one `gift_transfer` id; log both sides;
+//! store the response under the key.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio_postgres::Transaction;
+
+use super::{DetailedProblem, Refusal};
+use crate::activity::{self, Activity};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::config::CreditsConfig;
+use crate::credits::ledger::{self, Entry, LedgerError};
+use crate::error::{ApiError, FieldError};
+use crate::http::{ApiJson, RequestMeta};
+use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::input::{check, decode_strict, finish};
+use crate::users::User;
+use crate::users::fields;
+use crate::users::repo::current_user;
+
+const ROUTE: &str = "/api/v1/credits/gifts";
+pub const MAX_MESSAGE_CHARS: usize = 280;
+
+/// Fields arrive as raw JSON so that each bad one gets its own message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GiftBody {
+    #[serde(default)]
+    to_username: Option<Value>,
+    #[serde(default)]
+    amount: Option<Value>,
+    #[serde(default)]
+    message: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GiftRequest {
+    to_username: String,
+    amount: i32,
+    message: Option<String>,
+}
+
+fn validate(body: Map<String, Value>, config: &CreditsConfig) -> Result<GiftRequest, ApiError> {
+    let raw: GiftBody = decode_strict(body, &[])?;
+    let mut errors = Vec::new();
+    let to_username = match raw.to_username {
+        Some(Value::String(name)) => check(&mut errors, fields::username("to_username", &name)),
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("to_username", "is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new("to_username", "must be a string"));
+            None
+        }
+    };
+    let max = config.gift_max_amount;
+    let whole = || {
+        FieldError::new(
+            "amount",
+            format!("must be a whole number of credits from 1 to {max}"),
+        )
+    };
+    let amount = match raw.amount {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("amount", "is required"));
+            None
+        }
+        // Integers only: 1.5, 1e2, "10" and numbers beyond i64 are refused.
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(a) if (1..=i64::from(max)).contains(&a) => i32::try_from(a).ok(),
+            _ => {
+                errors.push(whole());
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(whole());
+            None
+        }
+    };
+    let message = match raw.message {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => check(
+            &mut errors,
+            fields::text("message", &text, MAX_MESSAGE_CHARS, true),
+        )
+        .flatten(),
+        Some(_) => {
+            errors.push(FieldError::new("message", "must be a string"));
+            None
+        }
+    };
+    let request = match (to_username, amount) {
+        (Some(to_username), Some(amount)) => Some(GiftRequest {
+            to_username,
+            amount,
+            message,
+        }),
+        _ => None,
+    };
+    finish(request, errors)?.ok_or_else(|| ApiError::validation("body", "is not a gift"))
+}
+
+pub(super) async fn send(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    IdempotencyKey(key): IdempotencyKey,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<Response, Refusal> {
+    let key = key.ok_or_else(|| {
+        ApiError::BadRequest(
+            "gifts need an Idempotency-Key header (a unique value per gift, reused only to retry it)"
+                .into(),
+        )
+    })?;
+    let request_body = Value::Object(body.clone());
+    let gift = validate(body, &state.config.credits)?;
+
+    let mut client = state.db.get().await?;
+    let sender = current_user(&**client, &identity).await?;
+    let client: &mut tokio_postgres::Client = &mut client;
+    let tx = client.transaction().await?;
+    if let Claim::Replay { status, body } =
+        idempotency::claim(&tx, &sender.id, &key, "POST", ROUTE, &request_body).await?
+    {
+        tx.commit().await?;
+        return Ok(Claim::replay(status, body));
+    }
+    let response = transfer(&tx, &state.config.credits, &sender, &gift, &meta).await?;
+    idempotency::complete(&tx, &sender.id, &key, StatusCode::CREATED, &response).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+/// Unknown, suspended, banned and erased recipients look the same: a public
+/// profile would not tell them apart either.
+fn no_such_recipient(name: &str) -> ApiError {
+    ApiError::NotFound(format!("no active user is named {name}"))
+}
+
+fn is_active(status: Option<&str>) -> bool {
+    matches!(status, None | Some("active"))
+}
+
+async fn transfer(
+    tx: &Transaction<'_>,
+    config: &CreditsConfig,
+    sender: &User,
+    gift: &GiftRequest,
+    meta: &RequestMeta,
+) -> Result<Value, Refusal> {
+    let recipient_id: String = tx
+        .query_opt(
+            "SELECT id FROM users WHERE lower(username) = lower($1)",
+            &[&gift.to_username],
+        )
+        .await?
+        .ok_or_else(|| no_such_recipient(&gift.to_username))?
+        .try_get(0)?;
+    if recipient_id == sender.id {
+        return Err(ApiError::validation("to_username", "is you; gifts go to someone else").into());
+    }
+
+    // Both users, then both wallets, in user id order.
+    let mut ids = [sender.id.as_str(), recipient_id.as_str()];
+    ids.sort_unstable();
+    let mut sender_row = None;
+    let mut recipient_row = None;
+    for id in ids {
+        let row = tx
+            .query_opt(
+                "SELECT username, account_status, timezone FROM users WHERE id = $1 FOR NO KEY UPDATE",
+                &[&id],
+            )
+            .await?;
+        if id == sender.id {
+            sender_row = row;
+        } else {
+            recipient_row = row;
+        }
+    }
+    for id in ids {
+        let wallet = tx
+            .query_opt(
+                "SELECT 1 FROM user_credits WHERE user_id = $1 FOR NO KEY UPDATE",
+                &[&id],
+            )
+            .await?;
+        if wallet.is_none() {
+            return Err(if id == sender.id {
+                ApiError::NotFound("no credit account; sign in first".into())
+            } else {
+                no_such_recipient(&gift.to_username)
+            }
+            .into());
+        }
+    }
+    let sender_row =
+        sender_row.ok_or_else(|| ApiError::NotFound("no account; sign in first".into()))?;
+    let from_username: Option<String> = sender_row.try_get(0)?;
+    let sender_status: Option<String> = sender_row.try_get(1)?;
+    let sender_zone: Option<String> = sender_row.try_get(2)?;
+    if !is_active(sender_status.as_deref()) {
+        return Err(ApiError::Forbidden("a suspended account cannot send gifts".into()).into());
+    }
+    let Some(from_username) = from_username else {
+        return Err(ApiError::Forbidden(
+            "choose a username (PATCH /api/v1/me) before sending gifts: recipients see who sent them".into(),
+        )
+        .into());
+    };
+    let recipient_row = recipient_row.ok_or_else(|| no_such_recipient(&gift.to_username))?;
+    let to_username: Option<String> = recipient_row.try_get(0)?;
+    let recipient_status: Option<String> = recipient_row.try_get(1)?;
+    // Re-read under the lock: renamed or suspended since the lookup.
+    let to_username = match to_username {
+        Some(name)
+            if name.eq_ignore_ascii_case(&gift.to_username)
+                && is_active(recipient_status.as_deref()) =>
+        {
+            name
+        }
+        _ => return Err(no_such_recipient(&gift.to_username).into()),
+    };
+
+    enforce_daily_cap(tx, config, &sender.id, sender_zone.as_deref(), gift.amount).await?;
+
+    let gift_id = uuid::Uuid::new_v4().to_string();
+    let sent = ledger::post(
+        tx,
+        &sender.id,
+        Entry::new("gift_sent", -gift.amount, format!("Gift to {to_username}"))
+            .related("gift_transfer", gift_id.clone())
+            .metadata(json!({"to_username": to_username, "message": gift.message})),
+    )
+    .await
+    .map_err(|e| match e {
+        LedgerError::Insufficient { needed, available } => Refusal::from(
+            DetailedProblem::insufficient(needed, available, "this gift"),
+        ),
+        other => other.into(),
+    })?;
+    let received = ledger::post(
+        tx,
+        &recipient_id,
+        Entry::new(
+            "gift_received",
+            gift.amount,
+            format!("Gift from {from_username}"),
+        )
+        .related("gift_transfer", gift_id.clone())
+        .metadata(json!({"from_username": from_username, "message": gift.message})),
+    )
+    .await?;
+
+    activity::record(
+        tx,
+        Activity {
+            user_id: Some(&sender.id),
+            activity_type: "gift_sent",
+            entity_type: Some("gift_transfer"),
+            entity_id: Some(&gift_id),
+            metadata: json!({"amount": gift.amount, "to_username": to_username,
+                             "transaction_id": sent.transaction_id}),
+        },
+        meta,
+    )
+    .await?;
+    // The recipient's row records the request, not the sender's address or browser.
+    let recipient_meta = RequestMeta {
+        request_id: meta.request_id.clone(),
+        ..RequestMeta::default()
+    };
+    activity::record(
+        tx,
+        Activity {
+            user_id: Some(&recipient_id),
+            activity_type: "gift_received",
+            entity_type: Some("gift_transfer"),
+            entity_id: Some(&gift_id),
+            metadata: json!({"amount": gift.amount, "from_username": from_username,
+                             "transaction_id": received.transaction_id}),
+        },
+        &recipient_meta,
+    )
+    .await?;
+
+    Ok(json!({
+        "gift_id": gift_id,
+        "amount": gift.amount,
+        "to_username": to_username,
+        "message": gift.message,
+        "transaction_id": sent.transaction_id,
+        "balance_after": sent.balance_after,
+    }))
+}
+
+/// At most `gift_daily_cap` credits sent per local day of the sender: the sum
+/// of their `gift_sent` entries since their local midnight. Over it: 429 with
+/// what is left today and `Retry-After` until local midnight. The sender's row
+/// lock serialises their gifts, so the sum cannot be raced past the cap.
+async fn enforce_daily_cap(
+    tx: &Transaction<'_>,
+    config: &CreditsConfig,
+    sender_id: &str,
+    zone: Option<&str>,
+    amount: i32,
+) -> Result<(), Refusal> {
+    let row = tx
+        .query_one(
+            "SELECT coalesce(sum(-amount), 0)::int8, \
+                    ceil(extract(epoch FROM local_midnight(local_date_of(now(), $2) + 1, $2) - now()))::int8 \
+             FROM credit_transactions \
+             WHERE user_id = $1 AND transaction_type = 'gift_sent' AND status = 'completed' \
+               AND created_at >= local_midnight(local_date_of(now(), $2), $2)",
+            &[&sender_id, &zone],
+        )
+        .await?;
+    let sent_today: i64 = row.try_get(0)?;
+    let until_midnight: i64 = row.try_get(1)?;
+    let cap = i64::from(config.gift_daily_cap);
+    let remaining = (cap - sent_today).max(0);
+    if i64::from(amount) <= remaining {
+        return Ok(());
+    }
+    let detail = format!(
+        "gifts are capped at {cap} credits per day; you have sent {sent_today} today and can send \
+         {remaining} more until your local midnight"
+    );
+    Err(DetailedProblem::new(
+        ApiError::TooManyRequests {
+            detail: detail.clone(),
+            retry_after: until_midnight.max(1) as u64,
+        },
+        detail,
+        json!({"daily_cap": cap, "sent_today": sent_today, "remaining_today": remaining}),
+    )
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn fields_of(result: Result<GiftRequest, ApiError>) -> Vec<String> {
+        match result {
+            Err(ApiError::Validation { errors, .. }) => {
+                errors.into_iter().map(|e| e.field).collect()
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_gift() {
+        let config = CreditsConfig::default();
+        let gift = validate(
+            body(json!({"to_username": "Bob_1", "amount": 25, "message": "  happy birthday\n "})),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(
+            gift,
+            GiftRequest {
+                to_username: "Bob_1".into(),
+                amount: 25,
+                message: Some("happy birthday".into())
+            }
+        );
+        let bare = validate(body(json!({"to_username": "bob", "amount": 1000})), &config).unwrap();
+        assert_eq!(bare.message, None);
+        let blank = validate(
+            body(json!({"to_username": "bob", "amount": 1, "message": "  "})),
+            &config,
+        );
+        assert_eq!(blank.unwrap().message, None);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let config = CreditsConfig::default();
+        for (value, field) in [
+            (json!({"amount": 5}), "to_username"),
+            (json!({"to_username": null, "amount": 5}), "to_username"),
+            (json!({"to_username": 7, "amount": 5}), "to_username"),
+            (
+                json!({"to_username": "no spaces", "amount": 5}),
+                "to_username",
+            ),
+            (json!({"to_username": "bo", "amount": 5}), "to_username"),
+            (
+                json!({"to_username": "bob\u{0}", "amount": 5}),
+                "to_username",
+            ),
+            (json!({"to_username": "bob"}), "amount"),
+            (json!({"to_username": "bob", "amount": 0}), "amount"),
+            (json!({"to_username": "bob", "amount": -5}), "amount"),
+            (json!({"to_username": "bob", "amount": 1001}), "amount"),
+            (json!({"to_username": "bob", "amount": 2.5}), "amount"),
+            (json!({"to_username": "bob", "amount": 1.0}), "amount"),
+            (json!({"to_username": "bob", "amount": "10"}), "amount"),
+            (json!({"to_username": "bob", "amount": 1e30}), "amount"),
+            (json!({"to_username": "bob", "amount": u64::MAX}), "amount"),
+            (json!({"to_username": "bob", "amount": true}), "amount"),
+            (
+                json!({"to_username": "bob", "amount": 5, "message": "x".repeat(281)}),
+                "message",
+            ),
+            (
+                json!({"to_username": "bob", "amount": 5, "message": "bell\u{7}"}),
+                "message",
+            ),
+            (
+                json!({"to_username": "bob", "amount": 5, "message": ["hi"]}),
+                "message",
+            ),
+            (
+                json!({"to_username": "bob", "amount": 5, "from": "x"}),
+                "body",
+            ),
+        ] {
+            assert_eq!(
+                fields_of(validate(body(value.clone()), &config)),
+                [field],
+                "{value}"
+            );
+        }
+        assert_eq!(
+            fields_of(validate(body(json!({"message": 1})), &config)),
+            ["to_username", "amount", "message"]
+        );
+        // 280 characters (not bytes) are fine.
+        let long = "é".repeat(280);
+        assert!(
+            validate(
+                body(json!({"to_username": "bob", "amount": 5, "message": long})),
+                &config
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! `GET /api/v1/credits/transactions`: the caller's ledger, newest first.
+//!
+//! Keyset pagination on `(created_at, id)` within the caller's rows, so a
+//! client walking the pages while entries are posted sees every older entry
+//! exactly once (new entries are newer than any cursor). The row comparison
+//! `(created_at, id) < ($t, $id)` walks `idx_credit_transactions_user_created`
+//! (or the per-type index) backwards and prunes monthly partitions.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Datelike, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::credits::ledger::TRANSACTION_TYPES;
+use crate::error::{ApiError, FieldError};
+use crate::http::ApiQuery;
+use crate::input::finish;
+use crate::pagination::{self, Page, TimeKey};
+use crate::users::repo::current_user;
+
+/// One `credit_transactions` row, every column.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerEntry {
+    pub id: String,
+    pub user_id: String,
+    pub transaction_type: String,
+    pub amount: i32,
+    pub balance_after: i32,
+    pub related_entity_type: Option<String>,
+    pub related_entity_id: Option<String>,
+    pub description: String,
+    pub metadata: Option<Value>,
+    pub status: Option<String>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub api_endpoint: Option<String>,
+    pub operation_details: Option<Value>,
+    pub cost_calculation: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, user_id, transaction_type, amount, balance_after, related_entity_type, \
+    related_entity_id, description, metadata, status, processed_at, api_endpoint, operation_details, \
+    cost_calculation, created_at";
+
+impl LedgerEntry {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            transaction_type: row.try_get("transaction_type")?,
+            amount: row.try_get("amount")?,
+            balance_after: row.try_get("balance_after")?,
+            related_entity_type: row.try_get("related_entity_type")?,
+            related_entity_id: row.try_get("related_entity_id")?,
+            description: row.try_get("description")?,
+            metadata: row.try_get("metadata")?,
+            status: row.try_get("status")?,
+            processed_at: row.try_get("processed_at")?,
+            api_endpoint: row.try_get("api_endpoint")?,
+            operation_details: row.try_get("operation_details")?,
+            cost_calculation: row.try_get("cost_calculation")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    transaction_type: Option<String>,
+}
+
+/// A cursor comes back from the client: a well-formed but crafted one (an id
+/// no row could have, a time outside PostgreSQL's range) is refused like
+/// garbage rather than failing in the database.
+fn cursor(raw: Option<&str>) -> Result<Option<TimeKey>, FieldError> {
+    let invalid = || FieldError::new("cursor", "is not a cursor this endpoint returned");
+    let key = pagination::decode::<TimeKey>(raw).map_err(|_| invalid())?;
+    match key {
+        Some(k)
+            if !(1..=100).contains(&k.id.len())
+                || k.id.chars().any(char::is_control)
+                || !(1..=9999).contains(&k.at.year()) =>
+        {
+            Err(invalid())
+        }
+        key => Ok(key),
+    }
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<Page<LedgerEntry>>, ApiError> {
+    let mut errors = Vec::new();
+    let limit = pagination::limit(query.limit)
+        .map_err(|_| {
+            errors.push(FieldError::new(
+                "limit",
+                format!("must be between 1 and {}", pagination::MAX_LIMIT),
+            ))
+        })
+        .unwrap_or(pagination::DEFAULT_LIMIT);
+    let after = cursor(query.cursor.as_deref())
+        .map_err(|e| errors.push(e))
+        .ok()
+        .flatten();
+    let kind = match query.transaction_type {
+        Some(kind) if !TRANSACTION_TYPES.contains(&kind.as_str()) => {
+            errors.push(FieldError::new(
+                "transaction_type",
+                format!("must be one of {}", TRANSACTION_TYPES.join(", ")),
+            ));
+            None
+        }
+        kind => kind,
+    };
+    finish((), errors)?;
+
+    let client = state.db.get().await?;
+    let user = current_user(&**client, &identity).await?;
+    // Static SQL per shape (no `$n IS NULL OR` branches), so each plan is the
+    // plain index walk; every value is a parameter.
+    let type_filter = if kind.is_some() {
+        " AND transaction_type = $3"
+    } else {
+        " AND $3::text IS NULL"
+    };
+    let keyset = if after.is_some() {
+        " AND (created_at, id) < ($4::timestamptz, $5::text)"
+    } else {
+        " AND $4::timestamptz IS NULL AND $5::text IS NULL"
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM credit_transactions WHERE user_id = $1{type_filter}{keyset} \
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    );
+    let (after_at, after_id) = match after {
+        Some(k) => (Some(k.at), Some(k.id)),
+        None => (None, None),
+    };
+    let rows = client
+        .query(&sql, &[&user.id, &(limit + 1), &kind, &after_at, &after_id])
+        .await?;
+    let entries = rows
+        .iter()
+        .map(LedgerEntry::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(pagination::page(entries, limit, |e| TimeKey {
+        at: e.created_at,
+        id: e.id.clone(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crafted_cursors_are_refused() {
+        let good = pagination::encode(&TimeKey {
+            at: Utc::now(),
+            id: "4f0c".into(),
+        });
+        assert!(cursor(Some(&good)).unwrap().is_some());
+        assert!(cursor(None).unwrap().is_none());
+        assert!(cursor(Some("garbage!")).is_err());
+        for id in ["", "a\0b", &"x".repeat(101)] {
+            let crafted = pagination::encode(&TimeKey {
+                at: Utc::now(),
+                id: id.to_string(),
+            });
+            assert!(cursor(Some(&crafted)).is_err(), "{id:?}");
+        }
+        let far =
+            pagination::encode(&serde_json::json!({"at": "+12000-01-01T00:00:00Z", "id": "a"}));
+        assert!(cursor(Some(&far)).is_err());
+    }
+}
