@@ -26,13 +26,16 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
     let state = AppState::from_config(config)?;
-    lambda_runtime::run(service_fn(|event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| {
-        let state = state.clone();
-        async move {
-            let task = event.payload.detail_type.clone();
-            let report = crate::scheduler::run(&task, &state.db, state.queue.as_deref()).await?;
-            Ok::<_, lambda_runtime::Error>(report)
-        }
-    }))
+    lambda_runtime::run(service_fn(
+        |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| {
+            let state = state.clone();
+            async move {
+                let task = event.payload.detail_type.clone();
+                let report =
+                    crate::scheduler::run(&task, &state.db, state.queue.as_deref()).await?;
+                Ok::<_, lambda_runtime::Error>(report)
+            }
+        },
+    ))
     .await
 }

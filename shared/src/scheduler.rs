@@ -73,7 +73,11 @@ impl From<deadpool_postgres::PoolError> for TaskError {
 }
 
 /// Runs one task by name.
-pub async fn run(task: &str, db: &DbPool, queue: Option<&dyn JobQueue>) -> Result<TaskReport, TaskError> {
+pub async fn run(
+    task: &str,
+    db: &DbPool,
+    queue: Option<&dyn JobQueue>,
+) -> Result<TaskReport, TaskError> {
     let mut conn = db.get().await?;
     let client: &mut tokio_postgres::Client = &mut conn;
     let outcome = match task {
@@ -81,13 +85,16 @@ pub async fn run(task: &str, db: &DbPool, queue: Option<&dyn JobQueue>) -> Resul
         "job-timeouts" => json!({"timed_out": time_out_jobs(client).await?}),
         "outbox-sweep" => match queue {
             Some(queue) => {
-                let sent = crate::jobs::dispatch::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
+                let sent =
+                    crate::jobs::dispatch::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
                 json!({"resent": sent})
             }
             None => json!({"resent": 0, "skipped": "no queue configured"}),
         },
         "partition-upkeep" => partition_upkeep(&*client).await?,
-        "idempotency-purge" => json!({"purged": crate::idempotency::purge_expired(&*client).await?}),
+        "idempotency-purge" => {
+            json!({"purged": crate::idempotency::purge_expired(&*client).await?})
+        }
         other => return Err(TaskError::Unknown(other.to_string())),
     };
     tracing::info!(task, %outcome, "scheduler task done");

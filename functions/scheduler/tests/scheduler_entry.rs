@@ -1,0 +1,173 @@
+//! The real `scheduler` binary under a Lambda Runtime API emulator, fed the
+//! sample EventBridge events from `events/`.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use testkit::lambda::{Outcome, RuntimeApi};
+
+fn sample(task: &str) -> Value {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../events/scheduler-{task}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn report(outcome: Outcome) -> Value {
+    match outcome {
+        Outcome::Response(report) => report["outcome"].clone(),
+        Outcome::Error(error) => panic!("the task failed: {error}"),
+    }
+}
+
+async fn start(api: &RuntimeApi, database_url: &str) -> tokio::process::Child {
+    api.spawn_function(
+        Path::new(env!("CARGO_BIN_EXE_scheduler")),
+        "scheduler",
+        &[
+            ("DATABASE_URL", database_url.to_string()),
+            (
+                "AUTH_ISSUER",
+                "https://tenant.example.auth0.com/".to_string(),
+            ),
+            ("AUTH_AUDIENCE", "https://api.characters.app".to_string()),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
+    let url = testkit::fresh_database().await;
+    let client = testkit::connect(&url).await;
+    let api = RuntimeApi::start().await;
+    let _function = start(&api, &url).await;
+
+    // A worker died mid-job: the job is processing past its deadline, its credits held.
+    let user: String = client
+        .query_one(
+            "INSERT INTO users (email, daily_quota) VALUES ('ann@example.com', 0) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute("INSERT INTO user_credits (user_id) VALUES ($1)", &[&user])
+        .await
+        .unwrap();
+    shared::credits::ledger::post(
+        &client,
+        &user,
+        shared::credits::ledger::Entry::new("purchase", 50, "pack"),
+    )
+    .await
+    .unwrap();
+    let job: String = client
+        .query_one(
+            "INSERT INTO generation_jobs (user_id, job_type, input_parameters) VALUES ($1, 'character_generation', '{}') RETURNING id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    shared::credits::holds::hold(
+        &client,
+        &user,
+        &job,
+        &shared::credits::pricing::Quote {
+            config_id: "cfg_generate".into(),
+            price: 20,
+            calculation: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    client
+        .execute(
+            "UPDATE generation_jobs SET status = 'processing', started_at = now() - interval '20 minutes', \
+             timeout_at = now() - interval '5 minutes' WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report(api.invoke(&sample("job-timeouts")).await)["timed_out"],
+        1
+    );
+    assert_eq!(
+        report(api.invoke(&sample("job-timeouts")).await)["timed_out"],
+        0,
+        "exactly once"
+    );
+    let status: String = client
+        .query_one("SELECT status FROM generation_jobs WHERE id = $1", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "timeout");
+    let balance = shared::credits::balance(&client, &user).await.unwrap();
+    assert_eq!((balance.available, balance.reserved_balance), (50, 0));
+    testkit::ledger::assert_invariants(&client).await;
+
+    // Partition upkeep recreates a missing future month.
+    let next: String = client
+        .query_one(
+            "SELECT 'credit_transactions' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 months', '\"_y\"YYYY\"m\"MM')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!("DROP TABLE {next}"))
+        .await
+        .unwrap();
+    let upkeep = report(api.invoke(&sample("partition-upkeep")).await);
+    assert!(
+        upkeep["created"]["credit_transactions"].as_i64().unwrap() >= 1,
+        "{upkeep}"
+    );
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&next])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(exists);
+
+    // Daily reset and key purge.
+    client
+        .execute(
+            "UPDATE users SET daily_used = 3, daily_quota = 3, last_reset_date = now() - interval '3 days'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report(api.invoke(&sample("daily-reset")).await)["users_reset"],
+        1
+    );
+    client
+        .execute(
+            "INSERT INTO idempotency_keys (user_id, idempotency_key, request_method, request_path, request_hash, created_at) \
+             VALUES ($1, 'old', 'POST', '/x', 'h', now() - interval '2 days')",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report(api.invoke(&sample("idempotency-purge")).await)["purged"],
+        1
+    );
+    // Lambda has no queue until the SQS adapter is configured: the sweep says so.
+    let sweep = report(api.invoke(&sample("outbox-sweep")).await);
+    assert_eq!(sweep["resent"], 0);
+
+    // An unknown task is an error the function reports, not a silent success.
+    let mut unknown = sample("daily-reset");
+    unknown["detail-type"] = json!("defragment-the-moon");
+    match api.invoke(&unknown).await {
+        Outcome::Error(error) => {
+            assert!(error.to_string().contains("defragment-the-moon"), "{error}")
+        }
+        Outcome::Response(body) => panic!("an unknown task succeeded: {body}"),
+    }
+}
