@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRef, FromRequestParts};
+use axum::http::header;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -31,7 +33,7 @@ use tokio_postgres::GenericClient;
 
 use crate::app::AppState;
 use crate::auth::{Authenticator, Caller, Identity};
-use crate::error::ApiError;
+use crate::error::{ApiError, PROBLEM_JSON};
 
 /// The permission every admin route requires.
 pub const ADMIN_PERMISSION: &str = "admin";
@@ -86,6 +88,35 @@ pub(crate) fn path_id(raw: &str, what: &str) -> Result<String, ApiError> {
     } else {
         Err(ApiError::NotFound(format!("no such {what}")))
     }
+}
+
+/// The response of an error, with `needed` and `available` in the body of a
+/// 402: `ApiError`'s own rendering leaves them out, and DESIGN.md promises
+/// them to the client.
+pub(crate) fn error_response(err: ApiError) -> Response {
+    let ApiError::PaymentRequired {
+        detail,
+        needed,
+        available,
+    } = &err
+    else {
+        return err.into_response();
+    };
+    let (slug, title) = err.kind();
+    let body = serde_json::json!({
+        "type": format!("/problems/{slug}"),
+        "title": title,
+        "status": err.status().as_u16(),
+        "detail": detail,
+        "needed": needed,
+        "available": available,
+    });
+    (
+        err.status(),
+        [(header::CONTENT_TYPE, PROBLEM_JSON)],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// A `credit_transactions` row, as admin routes answer it.
@@ -156,6 +187,27 @@ pub(crate) fn changes(before: &Value, after: &Value, fields: &[&str]) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_402_names_what_was_needed_and_available() {
+        let response = error_response(ApiError::PaymentRequired {
+            detail: "short".into(),
+            needed: 11,
+            available: 10,
+        });
+        assert_eq!(response.status(), 402);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["type"], "/problems/insufficient-credits");
+        assert_eq!(
+            (body["needed"].as_i64(), body["available"].as_i64()),
+            (Some(11), Some(10))
+        );
+        assert_eq!(body["detail"], "short");
+    }
 
     #[test]
     fn changes_list_only_what_differs() {

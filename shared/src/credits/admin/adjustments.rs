@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
 
 use super::fields::{self, Fields};
-use super::{Admin, CreditTransaction};
+use super::{Admin, CreditTransaction, error_response};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
@@ -149,7 +149,10 @@ pub async fn create(
         tx.commit().await?;
         return Ok(Claim::replay(status, body));
     }
-    let transaction = adjust(&tx, &admin.id, &adjustment, &meta).await?;
+    let transaction = match adjust(&tx, &admin.id, &adjustment, &meta).await {
+        Ok(transaction) => transaction,
+        Err(err) => return Ok(error_response(err)),
+    };
     let body = serde_json::to_value(&transaction).map_err(ApiError::internal)?;
     if let Some(key) = &key {
         idempotency::complete(&tx, &admin.id, key, StatusCode::CREATED, &body).await?;
