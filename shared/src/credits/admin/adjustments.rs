@@ -1,0 +1,236 @@
+//! `POST /api/v1/admin/credits/adjustments`: an admin credits or debits a
+//! user's balance with one `admin_adjustment` ledger entry, with a reason.
+//! A debit can never take the user's available balance below zero (402 with
+//! what was needed and what is available; nothing changes).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tokio_postgres::GenericClient;
+
+use super::fields::{self, Fields};
+use super::{Admin, CreditTransaction, error_response};
+use crate::activity::{self, Activity};
+use crate::app::AppState;
+use crate::credits::ledger::{self, Entry};
+use crate::error::{ApiError, FieldError};
+use crate::http::{ApiJson, RequestMeta};
+use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::users;
+
+/// The route, as idempotency keys record it.
+pub const ROUTE: &str = "/api/v1/admin/credits/adjustments";
+/// Largest adjustment either way.
+pub const MAX_ADJUSTMENT: i64 = 10_000_000;
+
+/// A validated adjustment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjustment {
+    pub user_id: String,
+    /// Non-zero; positive credits the user, negative debits them.
+    pub amount: i32,
+    /// The reason, kept as the ledger entry's description.
+    pub description: String,
+}
+
+impl Adjustment {
+    pub fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
+        let mut f = Fields::new(
+            body,
+            &["user_id", "amount", "description"],
+            &[],
+            "an adjustment",
+        )?;
+        for required in ["user_id", "amount", "description"] {
+            f.require(required);
+        }
+        let user_id = f.value("user_id", |field, value| {
+            let raw = fields::string(field, value)?;
+            if (1..=200).contains(&raw.len()) && !raw.chars().any(char::is_control) {
+                Ok(raw.to_string())
+            } else {
+                Err(FieldError::new(field, "is not a user id"))
+            }
+        });
+        let amount = f.value("amount", |field, value| {
+            value
+                .as_i64()
+                .filter(|n| *n != 0 && n.abs() <= MAX_ADJUSTMENT)
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| {
+                    FieldError::new(
+                        field,
+                        format!(
+                            "must be a non-zero whole number from -{MAX_ADJUSTMENT} to {MAX_ADJUSTMENT}"
+                        ),
+                    )
+                })
+        });
+        let description = f.value("description", fields::required_text(500, true));
+        let adjustment = match (user_id, amount, description) {
+            (Some(user_id), Some(amount), Some(description)) => Some(Self {
+                user_id,
+                amount,
+                description,
+            }),
+            _ => None,
+        };
+        f.finish(adjustment)?
+            .ok_or_else(|| ApiError::validation("body", "is incomplete"))
+    }
+}
+
+/// Posts the adjustment and its audit row in the caller's transaction.
+pub async fn adjust(
+    client: &impl GenericClient,
+    admin_id: &str,
+    adjustment: &Adjustment,
+    meta: &RequestMeta,
+) -> Result<CreditTransaction, ApiError> {
+    if adjustment.user_id == admin_id {
+        return Err(ApiError::Forbidden(
+            "an admin cannot adjust their own balance; ask another admin".into(),
+        ));
+    }
+    let target = client
+        .query_opt("SELECT 1 FROM users WHERE id = $1", &[&adjustment.user_id])
+        .await?;
+    if target.is_none() {
+        return Err(ApiError::validation("user_id", "is not a user"));
+    }
+    let entry = Entry::new(
+        "admin_adjustment",
+        adjustment.amount,
+        adjustment.description.clone(),
+    )
+    .metadata(json!({"admin_user_id": admin_id}));
+    let posted = ledger::post(client, &adjustment.user_id, entry).await?;
+    let transaction =
+        CreditTransaction::load(client, &adjustment.user_id, &posted.transaction_id).await?;
+    activity::record(
+        client,
+        Activity {
+            user_id: Some(admin_id),
+            activity_type: "admin_credit_adjustment",
+            entity_type: Some("user"),
+            entity_id: Some(&adjustment.user_id),
+            metadata: json!({
+                "target_user_id": adjustment.user_id,
+                "amount": adjustment.amount,
+                "description": adjustment.description,
+                "transaction_id": transaction.id,
+                "balance_after": transaction.balance_after,
+            }),
+        },
+        meta,
+    )
+    .await?;
+    Ok(transaction)
+}
+
+pub async fn create(
+    Admin(identity): Admin,
+    State(state): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let request = Value::Object(body.clone());
+    let adjustment = Adjustment::parse(body)?;
+    let mut client = state.db.get().await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
+    if let Some(key) = &key
+        && let Claim::Replay { status, body } =
+            idempotency::claim(&tx, &admin.id, key, "POST", ROUTE, &request).await?
+    {
+        tx.commit().await?;
+        return Ok(Claim::replay(status, body));
+    }
+    let transaction = match adjust(&tx, &admin.id, &adjustment, &meta).await {
+        Ok(transaction) => transaction,
+        Err(err) => return Ok(error_response(err)),
+    };
+    let body = serde_json::to_value(&transaction).map_err(ApiError::internal)?;
+    if let Some(key) = &key {
+        idempotency::complete(&tx, &admin.id, key, StatusCode::CREATED, &body).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<Adjustment, ApiError> {
+        match v {
+            Value::Object(m) => Adjustment::parse(m),
+            _ => unreachable!(),
+        }
+    }
+
+    fn fields_of(err: ApiError) -> Vec<String> {
+        match err {
+            ApiError::Validation { errors, .. } => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn adjustments_are_validated_field_by_field() {
+        let ok =
+            parse(json!({"user_id": "u1", "amount": -5, "description": " goodwill "})).unwrap();
+        assert_eq!(ok.amount, -5);
+        assert_eq!(ok.description, "goodwill");
+        assert!(parse(json!({"user_id": "u1", "amount": 10_000_000, "description": "x"})).is_ok());
+        for (body, field) in [
+            (
+                json!({"user_id": "u1", "amount": 0, "description": "x"}),
+                "amount",
+            ),
+            (
+                json!({"user_id": "u1", "amount": 1.5, "description": "x"}),
+                "amount",
+            ),
+            (
+                json!({"user_id": "u1", "amount": 10_000_001, "description": "x"}),
+                "amount",
+            ),
+            (
+                json!({"user_id": "u1", "amount": -10_000_001, "description": "x"}),
+                "amount",
+            ),
+            (
+                json!({"user_id": "u1", "amount": "5", "description": "x"}),
+                "amount",
+            ),
+            (
+                json!({"user_id": "u1", "amount": 5, "description": "  "}),
+                "description",
+            ),
+            (
+                json!({"user_id": "u1", "amount": 5, "description": "x".repeat(501)}),
+                "description",
+            ),
+            (json!({"user_id": "u1", "amount": 5}), "description"),
+            (json!({"amount": 5, "description": "x"}), "user_id"),
+            (
+                json!({"user_id": "", "amount": 5, "description": "x"}),
+                "user_id",
+            ),
+            (
+                json!({"user_id": "u1", "amount": 5, "description": "x", "currency": "USD"}),
+                "currency",
+            ),
+        ] {
+            assert_eq!(
+                fields_of(parse(body.clone()).unwrap_err()),
+                vec![field],
+                "{body}"
+            );
+        }
+    }
+}

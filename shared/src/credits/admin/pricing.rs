@@ -1,0 +1,636 @@
+//! `api_credit_configs` for admins: list, create, update. Every field is
+//! validated as the pricing engine will read it, so a config an admin saves
+//! can always price a request; writes drop this process's pricing cache.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_postgres::GenericClient;
+
+use super::fields::{self, FieldResult, Fields, set};
+use super::{Admin, changes, path_id};
+use crate::activity::{self, Activity};
+use crate::app::AppState;
+use crate::credits::pricing::{CostFormula, TIERS, TierMultipliers};
+use crate::error::{ApiError, FieldError};
+use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::pagination::{self, Page};
+use crate::users;
+
+pub const HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Fields an admin may set.
+pub const WRITABLE_FIELDS: [&str; 12] = [
+    "endpoint_pattern",
+    "http_method",
+    "base_cost",
+    "cost_formula",
+    "tier_multipliers",
+    "daily_limit",
+    "rate_limit_per_minute",
+    "requires_subscription",
+    "minimum_tier",
+    "is_enabled",
+    "description",
+    "category",
+];
+pub const READ_ONLY_FIELDS: [&str; 3] = ["id", "created_at", "updated_at"];
+
+pub const MAX_BASE_COST: i64 = 100_000;
+pub const MAX_LIMIT: i64 = 1_000_000;
+/// Bounds of a formula threshold's `over` and `every`: far above any real
+/// request parameter, and low enough that pricing arithmetic cannot overflow.
+pub const MAX_THRESHOLD: i64 = 1_000_000_000;
+pub const MAX_PATTERN_LEN: usize = 200;
+
+/// The column default of `tier_multipliers` (V1), used when a new config
+/// does not say.
+pub fn default_tier_multipliers() -> Value {
+    json!({"FREE": 1.0, "PREMIUM": 0.8, "PRO": 0.6, "ENTERPRISE": 0.4})
+}
+
+/// An `api_credit_configs` row.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PricingConfig {
+    pub id: String,
+    pub endpoint_pattern: String,
+    pub http_method: String,
+    pub base_cost: i32,
+    pub cost_formula: Option<Value>,
+    pub tier_multipliers: Option<Value>,
+    pub daily_limit: Option<i32>,
+    pub rate_limit_per_minute: Option<i32>,
+    pub requires_subscription: bool,
+    pub minimum_tier: Option<String>,
+    pub is_enabled: bool,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, endpoint_pattern, http_method, base_cost, cost_formula, tier_multipliers, \
+    daily_limit, rate_limit_per_minute, coalesce(requires_subscription, false) AS requires_subscription, \
+    minimum_tier, coalesce(is_enabled, false) AS is_enabled, description, category, created_at, updated_at";
+
+impl PricingConfig {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            endpoint_pattern: row.try_get("endpoint_pattern")?,
+            http_method: row.try_get("http_method")?,
+            base_cost: row.try_get("base_cost")?,
+            cost_formula: row.try_get("cost_formula")?,
+            tier_multipliers: row.try_get("tier_multipliers")?,
+            daily_limit: row.try_get("daily_limit")?,
+            rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
+            requires_subscription: row.try_get("requires_subscription")?,
+            minimum_tier: row.try_get("minimum_tier")?,
+            is_enabled: row.try_get("is_enabled")?,
+            description: row.try_get("description")?,
+            category: row.try_get("category")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    fn values(&self) -> PricingValues {
+        PricingValues {
+            endpoint_pattern: self.endpoint_pattern.clone(),
+            http_method: self.http_method.clone(),
+            base_cost: self.base_cost,
+            cost_formula: self.cost_formula.clone().filter(|f| !f.is_null()),
+            tier_multipliers: self.tier_multipliers.clone(),
+            daily_limit: self.daily_limit,
+            rate_limit_per_minute: self.rate_limit_per_minute,
+            requires_subscription: self.requires_subscription,
+            minimum_tier: self.minimum_tier.clone(),
+            is_enabled: self.is_enabled,
+            description: self.description.clone(),
+            category: self.category.clone(),
+        }
+    }
+}
+
+/// What an admin sets: a whole row's writable columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricingValues {
+    pub endpoint_pattern: String,
+    pub http_method: String,
+    pub base_cost: i32,
+    pub cost_formula: Option<Value>,
+    pub tier_multipliers: Option<Value>,
+    pub daily_limit: Option<i32>,
+    pub rate_limit_per_minute: Option<i32>,
+    pub requires_subscription: bool,
+    pub minimum_tier: Option<String>,
+    pub is_enabled: bool,
+    pub description: Option<String>,
+    pub category: Option<String>,
+}
+
+impl PricingValues {
+    /// A new config: `endpoint_pattern`, `http_method` and `base_cost` are
+    /// required; the rest take the column defaults.
+    pub fn for_create(body: Map<String, Value>) -> Result<Self, ApiError> {
+        let mut values = Self {
+            endpoint_pattern: String::new(),
+            http_method: String::new(),
+            base_cost: 0,
+            cost_formula: None,
+            tier_multipliers: Some(default_tier_multipliers()),
+            daily_limit: None,
+            rate_limit_per_minute: None,
+            requires_subscription: false,
+            minimum_tier: None,
+            is_enabled: true,
+            description: None,
+            category: None,
+        };
+        let mut fields = Fields::new(
+            body,
+            &WRITABLE_FIELDS,
+            &READ_ONLY_FIELDS,
+            "a pricing config",
+        )?;
+        for required in ["endpoint_pattern", "http_method", "base_cost"] {
+            fields.require(required);
+        }
+        values.apply(&mut fields);
+        fields.finish(values)
+    }
+
+    /// `self` with a partial update applied (absent = unchanged, `null`
+    /// clears a nullable field).
+    pub fn patched(mut self, body: Map<String, Value>) -> Result<Self, ApiError> {
+        let mut fields = Fields::new(
+            body,
+            &WRITABLE_FIELDS,
+            &READ_ONLY_FIELDS,
+            "a pricing config",
+        )?;
+        self.apply(&mut fields);
+        fields.finish(self)
+    }
+
+    fn apply(&mut self, f: &mut Fields) {
+        set(
+            &mut self.endpoint_pattern,
+            f.value("endpoint_pattern", endpoint_pattern),
+        );
+        set(
+            &mut self.http_method,
+            f.value("http_method", fields::one_of(&HTTP_METHODS)),
+        );
+        set(
+            &mut self.base_cost,
+            f.value("base_cost", fields::whole(0, MAX_BASE_COST)),
+        );
+        set(
+            &mut self.cost_formula,
+            f.nullable("cost_formula", cost_formula),
+        );
+        set(
+            &mut self.tier_multipliers,
+            f.value("tier_multipliers", tier_multipliers).map(Some),
+        );
+        set(
+            &mut self.daily_limit,
+            f.nullable("daily_limit", fields::whole(1, MAX_LIMIT)),
+        );
+        set(
+            &mut self.rate_limit_per_minute,
+            f.nullable("rate_limit_per_minute", fields::whole(1, MAX_LIMIT)),
+        );
+        set(
+            &mut self.requires_subscription,
+            f.value("requires_subscription", fields::boolean),
+        );
+        set(
+            &mut self.minimum_tier,
+            f.nullable("minimum_tier", fields::one_of(&TIERS)),
+        );
+        set(&mut self.is_enabled, f.value("is_enabled", fields::boolean));
+        set(
+            &mut self.description,
+            f.nullable("description", fields::text(500, true))
+                .map(Option::flatten),
+        );
+        set(
+            &mut self.category,
+            f.nullable("category", fields::text(50, false))
+                .map(Option::flatten),
+        );
+    }
+}
+
+/// `/api/v1/...`: segments of `[a-z0-9_-]` or a `:param` placeholder.
+pub fn endpoint_pattern(field: &str, value: &Value) -> FieldResult<String> {
+    let raw = fields::string(field, value)?;
+    let invalid = || {
+        FieldError::new(
+            field,
+            "must be a path starting with /api/v1/ whose segments are [a-z0-9_-] or a :param \
+             placeholder, without a trailing slash (e.g. /api/v1/characters/:id/generate)",
+        )
+    };
+    if raw.len() > MAX_PATTERN_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_PATTERN_LEN} characters"),
+        ));
+    }
+    let rest = raw.strip_prefix("/api/v1/").ok_or_else(invalid)?;
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    let param = |s: &str| {
+        s.strip_prefix(':').is_some_and(|name| {
+            name.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+    };
+    if rest.split('/').all(|s| plain(s) || param(s)) {
+        Ok(raw.to_string())
+    } else {
+        Err(invalid())
+    }
+}
+
+/// Two patterns overlap when some path matches both: same number of
+/// segments, each pair equal or one of them a placeholder. The engine prices
+/// a request by the first match, so overlapping configs of one method would
+/// make the price depend on row order.
+pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('/').collect();
+    let b: Vec<&str> = b.split('/').collect();
+    a.len() == b.len()
+        && a.iter()
+            .zip(&b)
+            .all(|(x, y)| x == y || x.starts_with(':') || y.starts_with(':'))
+}
+
+/// A formula the engine can evaluate, stored in its normalised form.
+pub fn cost_formula(field: &str, value: &Value) -> FieldResult<Value> {
+    let formula = CostFormula::parse(value)?;
+    for (name, term) in [
+        ("steps", &formula.steps),
+        ("pixels", &formula.pixels),
+        ("batch_size", &formula.batch_size),
+    ] {
+        if let Some(term) = term
+            && (term.over > MAX_THRESHOLD || term.every > MAX_THRESHOLD)
+        {
+            return Err(FieldError::new(
+                format!("{field}.{name}"),
+                format!("over and every must be at most {MAX_THRESHOLD}"),
+            ));
+        }
+    }
+    serde_json::to_value(&formula)
+        .map_err(|e| FieldError::new(field, format!("cannot be stored: {e}")))
+}
+
+pub fn tier_multipliers(_field: &str, value: &Value) -> FieldResult<Value> {
+    TierMultipliers::parse(value)?;
+    Ok(value.clone())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// Keyset position: configs are listed by pattern, then method.
+#[derive(Debug, Serialize, Deserialize)]
+struct PricingKey {
+    p: String,
+    m: String,
+}
+
+pub async fn list(
+    Admin(identity): Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Page<PricingConfig>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after: Option<PricingKey> = pagination::decode(query.cursor.as_deref())?;
+    if after
+        .as_ref()
+        .is_some_and(|k| k.p.contains('\0') || k.m.contains('\0'))
+    {
+        return Err(ApiError::validation(
+            "cursor",
+            "is not a cursor this endpoint returned",
+        ));
+    }
+    let client = state.db.get().await?;
+    users::repo::current_user(&**client, &identity).await?;
+    let (p, m) = after.map(|k| (k.p, k.m)).unzip();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM api_credit_configs \
+                 WHERE $1::text IS NULL OR (endpoint_pattern, http_method) > ($1, $2) \
+                 ORDER BY endpoint_pattern, http_method LIMIT $3"
+            ),
+            &[&p, &m, &(limit + 1)],
+        )
+        .await?;
+    let configs = rows
+        .iter()
+        .map(PricingConfig::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(pagination::page(configs, limit, |c| PricingKey {
+        p: c.endpoint_pattern.clone(),
+        m: c.http_method.clone(),
+    })))
+}
+
+pub async fn create(
+    Admin(identity): Admin,
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let values = PricingValues::for_create(body)?;
+    let mut client = state.db.get().await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
+    lock_pricing(&tx).await?;
+    refuse_overlap(&tx, &values, None).await?;
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO api_credit_configs (endpoint_pattern, http_method, base_cost, cost_formula, \
+                   tier_multipliers, daily_limit, rate_limit_per_minute, requires_subscription, minimum_tier, \
+                   is_enabled, description, category) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+            ),
+            &[
+                &values.endpoint_pattern,
+                &values.http_method,
+                &values.base_cost,
+                &values.cost_formula,
+                &values.tier_multipliers,
+                &values.daily_limit,
+                &values.rate_limit_per_minute,
+                &values.requires_subscription,
+                &values.minimum_tier,
+                &values.is_enabled,
+                &values.description,
+                &values.category,
+            ],
+        )
+        .await?;
+    let config = PricingConfig::from_row(&row)?;
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&admin.id),
+            activity_type: "admin_pricing_created",
+            entity_type: Some("api_credit_config"),
+            entity_id: Some(&config.id),
+            metadata: json!({"config_id": config.id, "config": config}),
+        },
+        &meta,
+    )
+    .await?;
+    tx.commit().await?;
+    // After the commit, so a concurrent reader cannot refill the cache with
+    // the old rows.
+    state.pricing.invalidate().await;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/admin/pricing/{}", config.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(config)))
+}
+
+pub async fn update(
+    Admin(identity): Admin,
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<Json<PricingConfig>, ApiError> {
+    let id = path_id(&id, "pricing config")?;
+    let mut client = state.db.get().await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
+    lock_pricing(&tx).await?;
+    let before = tx
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM api_credit_configs WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await?
+        .map(|row| PricingConfig::from_row(&row))
+        .transpose()?
+        .ok_or_else(|| ApiError::NotFound("no such pricing config".into()))?;
+    let values = before.values().patched(body)?;
+    if values.endpoint_pattern != before.endpoint_pattern
+        || values.http_method != before.http_method
+    {
+        refuse_overlap(&tx, &values, Some(&id)).await?;
+    }
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE api_credit_configs SET endpoint_pattern = $2, http_method = $3, base_cost = $4, \
+                   cost_formula = $5, tier_multipliers = $6, daily_limit = $7, rate_limit_per_minute = $8, \
+                   requires_subscription = $9, minimum_tier = $10, is_enabled = $11, description = $12, \
+                   category = $13 \
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ),
+            &[
+                &id,
+                &values.endpoint_pattern,
+                &values.http_method,
+                &values.base_cost,
+                &values.cost_formula,
+                &values.tier_multipliers,
+                &values.daily_limit,
+                &values.rate_limit_per_minute,
+                &values.requires_subscription,
+                &values.minimum_tier,
+                &values.is_enabled,
+                &values.description,
+                &values.category,
+            ],
+        )
+        .await?;
+    let after = PricingConfig::from_row(&row)?;
+    let changed = changes(
+        &serde_json::to_value(&before).unwrap_or_default(),
+        &serde_json::to_value(&after).unwrap_or_default(),
+        &WRITABLE_FIELDS,
+    );
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&admin.id),
+            activity_type: "admin_pricing_updated",
+            entity_type: Some("api_credit_config"),
+            entity_id: Some(&id),
+            metadata: json!({
+                "config_id": id,
+                "endpoint_pattern": after.endpoint_pattern,
+                "http_method": after.http_method,
+                "changes": changed,
+            }),
+        },
+        &meta,
+    )
+    .await?;
+    tx.commit().await?;
+    state.pricing.invalidate().await;
+    Ok(Json(after))
+}
+
+/// Pricing writes take turns, so two concurrent writes cannot both pass the
+/// overlap check.
+async fn lock_pricing(client: &impl GenericClient) -> Result<(), ApiError> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('api_credit_configs admin writes'))",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+/// 409 when another config of the same method could price the same path.
+async fn refuse_overlap(
+    client: &impl GenericClient,
+    values: &PricingValues,
+    except_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let rows = client
+        .query(
+            "SELECT id, endpoint_pattern FROM api_credit_configs \
+             WHERE http_method = $1 AND ($2::text IS NULL OR id <> $2)",
+            &[&values.http_method, &except_id],
+        )
+        .await?;
+    for row in rows {
+        let (other_id, other): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        if patterns_overlap(&values.endpoint_pattern, &other) {
+            let what = if other == values.endpoint_pattern {
+                "already exists".to_string()
+            } else {
+                format!("overlaps {other}")
+            };
+            return Err(ApiError::Conflict(format!(
+                "{} {} {what} (config {other_id}); a request must match one config only",
+                values.http_method, values.endpoint_pattern
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(p: &str) -> bool {
+        endpoint_pattern("endpoint_pattern", &json!(p)).is_ok()
+    }
+
+    #[test]
+    fn endpoint_patterns_are_api_paths() {
+        assert!(ok("/api/v1/characters/:id/generate"));
+        assert!(ok("/api/v1/a-b_c/9"));
+        assert!(ok("/api/v1/x/:job_id2"));
+        assert!(!ok("/api/v1/"));
+        assert!(!ok("/api/v1"));
+        assert!(!ok("/api/v2/x"));
+        assert!(!ok("/api/v1/x/"));
+        assert!(!ok("/api/v1//x"));
+        assert!(!ok("/api/v1/X"));
+        assert!(!ok("/api/v1/x/:"));
+        assert!(!ok("/api/v1/x/:1d"));
+        assert!(!ok("/api/v1/x/a:b"));
+        assert!(!ok("/api/v1/x?y=1"));
+        assert!(!ok("/api/v1/x%2f"));
+        assert!(!ok(&format!("/api/v1/{}", "a".repeat(200))));
+        assert!(endpoint_pattern("endpoint_pattern", &json!(3)).is_err());
+    }
+
+    #[test]
+    fn overlapping_patterns_are_detected() {
+        assert!(patterns_overlap(
+            "/api/v1/characters/:id/generate",
+            "/api/v1/characters/:cid/generate"
+        ));
+        assert!(patterns_overlap(
+            "/api/v1/characters/:id",
+            "/api/v1/characters/featured"
+        ));
+        assert!(!patterns_overlap(
+            "/api/v1/characters/:id/generate",
+            "/api/v1/characters/:id/download"
+        ));
+        assert!(!patterns_overlap(
+            "/api/v1/characters/:id",
+            "/api/v1/characters/:id/generate"
+        ));
+    }
+
+    #[test]
+    fn formulas_name_the_failing_field() {
+        let err = cost_formula("cost_formula", &json!({"gpu": 1})).unwrap_err();
+        assert_eq!(err.field, "cost_formula");
+        let err = cost_formula(
+            "cost_formula",
+            &json!({"steps": {"over": 1, "every": 10_000_000_000_i64, "cost": 1}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "cost_formula.steps");
+        let err = cost_formula("cost_formula", &json!({"job_type": {"teleport": 1}})).unwrap_err();
+        assert_eq!(err.field, "cost_formula.job_type.teleport");
+    }
+
+    #[test]
+    fn a_partial_update_keeps_what_it_does_not_mention() {
+        let body = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let created = PricingValues::for_create(body(json!({
+            "endpoint_pattern": "/api/v1/x/:id", "http_method": "POST", "base_cost": 5,
+            "description": "d", "daily_limit": 3
+        })))
+        .unwrap();
+        assert_eq!(created.tier_multipliers, Some(default_tier_multipliers()));
+        assert!(created.is_enabled);
+        let patched = created
+            .clone()
+            .patched(body(json!({"daily_limit": null, "description": "  "})))
+            .unwrap();
+        assert_eq!(patched.daily_limit, None);
+        assert_eq!(patched.description, None);
+        assert_eq!(patched.base_cost, 5);
+        assert!(
+            created
+                .clone()
+                .patched(body(json!({"tier_multipliers": null})))
+                .is_err()
+        );
+        assert!(created.clone().patched(body(json!({"id": "x"}))).is_err());
+        assert!(PricingValues::for_create(body(json!({"http_method": "POST"}))).is_err());
+    }
+}

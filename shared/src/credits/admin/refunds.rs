@@ -1,0 +1,334 @@
+//! `POST /api/v1/admin/jobs/{id}/refund`: gives back what a completed
+//! generation job was charged — one `refund` transaction of the job's settled
+//! `usage` — exactly once per job, however many times (or however
+//! concurrently) it is asked for. A `job_refunds` row keyed by the job is
+//! claimed before the entry is posted, in the same transaction (V10 explains
+//! why a row and not an index or a marker).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio_postgres::GenericClient;
+
+use super::fields::{self, Fields};
+use super::{Admin, CreditTransaction, path_id};
+use crate::activity::{self, Activity};
+use crate::app::AppState;
+use crate::credits::ledger::{self, Entry};
+use crate::error::ApiError;
+use crate::http::{ApiPath, RequestMeta};
+use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::users;
+
+/// The route, as idempotency keys record it.
+pub const ROUTE: &str = "/api/v1/admin/jobs/:id/refund";
+
+/// A job's refund.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobRefund {
+    pub job_id: String,
+    pub user_id: String,
+    pub amount: i32,
+    pub usage_transaction_ids: Vec<String>,
+    pub refunded_by: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The `refund` ledger entry.
+    pub transaction: CreditTransaction,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefundOutcome {
+    /// This request refunded the job.
+    Refunded(JobRefund),
+    /// An earlier request did; nothing changed now.
+    AlreadyRefunded(JobRefund),
+}
+
+/// Refunds `job_id` in the caller's transaction (with its audit row).
+pub async fn refund_job(
+    client: &impl GenericClient,
+    admin_id: &str,
+    job_id: &str,
+    reason: Option<&str>,
+    meta: &RequestMeta,
+) -> Result<RefundOutcome, ApiError> {
+    let job = client
+        .query_opt(
+            "SELECT user_id, status FROM generation_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such generation job".into()))?;
+    let owner: String = job.try_get(0)?;
+    let status: Option<String> = job.try_get(1)?;
+    if let Some(done) = existing(client, job_id).await? {
+        return Ok(RefundOutcome::AlreadyRefunded(done));
+    }
+    if status.as_deref() != Some("completed") {
+        return Err(ApiError::Conflict(format!(
+            "only completed jobs can be refunded; this one is {}",
+            status.as_deref().unwrap_or("without a status")
+        )));
+    }
+    if owner == admin_id {
+        return Err(ApiError::Forbidden(
+            "an admin cannot refund their own job; ask another admin".into(),
+        ));
+    }
+    let usage = client
+        .query(
+            "SELECT id, user_id, amount FROM credit_transactions \
+             WHERE related_entity_type = 'generation_job' AND related_entity_id = $1 \
+               AND transaction_type = 'usage' AND status = 'completed' \
+             ORDER BY created_at, id",
+            &[&job_id],
+        )
+        .await?;
+    let Some(first) = usage.first() else {
+        return Err(ApiError::Conflict(
+            "this job has no settled usage to refund".into(),
+        ));
+    };
+    let payer: String = first.try_get(1)?;
+    let mut charged: i64 = 0;
+    let mut usage_ids = Vec::with_capacity(usage.len());
+    for row in &usage {
+        let user: String = row.try_get(1)?;
+        if user != payer {
+            return Err(ApiError::internal(format!(
+                "generation job {job_id} has usage transactions of several users"
+            )));
+        }
+        usage_ids.push(row.try_get::<_, String>(0)?);
+        charged -= i64::from(row.try_get::<_, i32>(2)?);
+    }
+    if charged <= 0 {
+        return Err(ApiError::Conflict(
+            "nothing to refund: the job was charged 0 credits (a free generation or the daily \
+             allowance paid for it)"
+                .into(),
+        ));
+    }
+    let amount = i32::try_from(charged).map_err(ApiError::internal)?;
+    // The claim: a concurrent duplicate waits here until this transaction ends.
+    let claimed = client
+        .query_opt(
+            "INSERT INTO job_refunds (job_id, user_id, amount, usage_transaction_ids, refunded_by, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+            &[&job_id, &payer, &amount, &usage_ids, &admin_id, &reason],
+        )
+        .await?;
+    if claimed.is_none() {
+        return match existing(client, job_id).await? {
+            Some(done) => Ok(RefundOutcome::AlreadyRefunded(done)),
+            None => Err(ApiError::Conflict(
+                "this job is being refunded by another request; retry shortly".into(),
+            )),
+        };
+    }
+    let entry = Entry::new(
+        "refund",
+        amount,
+        format!("Refund of generation job {job_id}"),
+    )
+    .related("generation_job", job_id)
+    .metadata(json!({
+        "admin_user_id": admin_id,
+        "usage_transaction_ids": usage_ids,
+        "reason": reason,
+    }));
+    let posted = ledger::post(client, &payer, entry).await?;
+    client
+        .execute(
+            "UPDATE job_refunds SET refund_transaction_id = $2 WHERE job_id = $1",
+            &[&job_id, &posted.transaction_id],
+        )
+        .await?;
+    activity::record(
+        client,
+        Activity {
+            user_id: Some(admin_id),
+            activity_type: "admin_job_refunded",
+            entity_type: Some("generation_job"),
+            entity_id: Some(job_id),
+            metadata: json!({
+                "job_id": job_id,
+                "target_user_id": payer,
+                "amount": amount,
+                "usage_transaction_ids": usage_ids,
+                "transaction_id": posted.transaction_id,
+                "balance_after": posted.balance_after,
+                "reason": reason,
+            }),
+        },
+        meta,
+    )
+    .await?;
+    let done = existing(client, job_id)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("the refund of job {job_id} vanished")))?;
+    Ok(RefundOutcome::Refunded(done))
+}
+
+/// The job's refund, if it has one.
+async fn existing(
+    client: &impl GenericClient,
+    job_id: &str,
+) -> Result<Option<JobRefund>, ApiError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT job_id, user_id, amount, usage_transaction_ids, refund_transaction_id, refunded_by, \
+                    reason, created_at \
+             FROM job_refunds WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let user_id: String = row.try_get(1)?;
+    let transaction_id: Option<String> = row.try_get(4)?;
+    let transaction_id = transaction_id.ok_or_else(|| {
+        ApiError::internal(format!("the refund of job {job_id} has no transaction"))
+    })?;
+    Ok(Some(JobRefund {
+        job_id: row.try_get(0)?,
+        amount: row.try_get(2)?,
+        usage_transaction_ids: row.try_get(3)?,
+        refunded_by: row.try_get(5)?,
+        reason: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        transaction: CreditTransaction::load(client, &user_id, &transaction_id).await?,
+        user_id,
+    }))
+}
+
+/// The optional body: `{"reason": "..."}` (≤ 500 characters), or nothing.
+fn reason(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json")
+                || (v.len() > 5 && v[..v.len() - 5].contains('/') && v.ends_with("+json"))
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the body as `Content-Type: application/json`".into(),
+        ));
+    }
+    let map: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
+    let mut f = Fields::new(map, &["reason"], &[], "a refund request")?;
+    let reason = f
+        .nullable("reason", fields::text(500, true))
+        .flatten()
+        .flatten();
+    f.finish(reason)
+}
+
+pub async fn create(
+    Admin(identity): Admin,
+    State(state): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    meta: RequestMeta,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let job_id = path_id(&id, "generation job")?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+    let reason = reason(&headers, &body)?;
+    let mut client = state.db.get().await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
+    let request = json!({"job_id": job_id, "reason": reason});
+    if let Some(key) = &key
+        && let Claim::Replay { status, body } =
+            idempotency::claim(&tx, &admin.id, key, "POST", ROUTE, &request).await?
+    {
+        tx.commit().await?;
+        return Ok(Claim::replay(status, body));
+    }
+    let (status, refund) =
+        match refund_job(&tx, &admin.id, &job_id, reason.as_deref(), &meta).await? {
+            RefundOutcome::Refunded(refund) => (StatusCode::CREATED, refund),
+            RefundOutcome::AlreadyRefunded(refund) => (StatusCode::OK, refund),
+        };
+    let body = serde_json::to_value(&refund).map_err(ApiError::internal)?;
+    if let Some(key) = &key {
+        idempotency::complete(&tx, &admin.id, key, status, &body).await?;
+    }
+    tx.commit().await?;
+    Ok((status, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers
+    }
+
+    #[test]
+    fn the_reason_is_optional_and_bounded() {
+        assert_eq!(reason(&HeaderMap::new(), b"").unwrap(), None);
+        assert_eq!(reason(&json_headers(), b" {} ").unwrap(), None);
+        assert_eq!(
+            reason(&json_headers(), br#"{"reason": " broken output "}"#).unwrap(),
+            Some("broken output".into())
+        );
+        assert_eq!(
+            reason(&json_headers(), br#"{"reason": null}"#).unwrap(),
+            None
+        );
+        assert_eq!(
+            reason(&HeaderMap::new(), br#"{"reason": "x"}"#)
+                .unwrap_err()
+                .status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            reason(&json_headers(), b"{").unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            reason(&json_headers(), br#"{"amount": 5}"#)
+                .unwrap_err()
+                .status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        let long = format!(r#"{{"reason": "{}"}}"#, "x".repeat(501));
+        assert_eq!(
+            reason(&json_headers(), long.as_bytes())
+                .unwrap_err()
+                .status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+}
