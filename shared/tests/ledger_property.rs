@@ -1147,15 +1147,12 @@ async fn concurrent_random_operations_keep_every_invariant_and_the_exact_sums() 
 }
 
 /// Two requests of one user that each create a job and hold credits for it
-/// (what the job dispatcher does) must both go through. `holds::hold` locks
-/// the `users` row `FOR UPDATE`, which conflicts with the `FOR KEY SHARE` lock
-/// the `generation_jobs` foreign key check already took in the other
-/// transaction (and with the one every `credit_transactions` insert takes
-/// after locking `user_credits`), so PostgreSQL aborts one as a deadlock.
-/// `FOR NO KEY UPDATE` in `holds::hold` and `holds::release` fixes it (the
-/// concurrent property test above then sees no aborted transaction at all).
+/// (what the job dispatcher does) must both go through. Every balance change
+/// takes the `users` row `FOR NO KEY UPDATE` first (`ledger::lock_user`),
+/// which does not conflict with the `FOR KEY SHARE` lock of the foreign-key
+/// checks on `generation_jobs` and `credit_transactions` inserts; with
+/// `FOR UPDATE` PostgreSQL aborted one of them as a deadlock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "holds.rs locks users FOR UPDATE, which deadlocks with foreign-key checks; un-ignore once it locks FOR NO KEY UPDATE"]
 async fn concurrent_dispatches_of_one_user_never_deadlock() {
     let url = testkit::fresh_database().await;
     let client = testkit::connect(&url).await;

@@ -108,16 +108,18 @@ pub struct Posted {
 }
 
 /// Posts one entry. A debit may not take the balance below what jobs hold
-/// (`Insufficient` otherwise, nothing changed). A credit first repays any debt
-/// left by a refund that the balance could not cover (as a second, `refund`
-/// entry), so the balance never goes negative and the sum stays exact.
+/// (`Insufficient` otherwise, nothing changed). Any credit (purchase, bonus,
+/// gift, refund...) is followed by the repayment of debt left by a clawback
+/// the balance could not cover (a second, negative `refund` entry), so the
+/// balance never goes negative and the sum stays exact.
 pub async fn post(
     client: &impl GenericClient,
     user_id: &str,
     entry: Entry,
 ) -> Result<Posted, LedgerError> {
     let posted = post_one(client, user_id, &entry).await?;
-    if entry.amount > 0 && entry.transaction_type != "refund" {
+    // Repayments are negative entries, so they never trigger another repayment.
+    if entry.amount > 0 {
         repay_debt(client, user_id).await?;
     }
     Ok(posted)

@@ -34,8 +34,10 @@ pub struct Threshold {
 
 impl Threshold {
     fn charge(&self, value: i64) -> i64 {
-        let excess = (value - self.over).max(0);
-        i64::from(self.cost) * ((excess + self.every - 1) / self.every)
+        // Saturating: absurd inputs price high, never wrap or panic.
+        let excess = value.saturating_sub(self.over).max(0);
+        let blocks = excess.saturating_add(self.every - 1) / self.every;
+        i64::from(self.cost).saturating_mul(blocks)
     }
 }
 
@@ -196,7 +198,7 @@ impl PriceConfig {
             if let Some(job_type) = &inputs.job_type {
                 let add = i64::from(formula.job_type.get(job_type).copied().unwrap_or(0));
                 terms.insert("job_type".into(), json!({"value": job_type, "cost": add}));
-                subtotal += add;
+                subtotal = subtotal.saturating_add(add);
             }
             let pixels = match (inputs.width, inputs.height) {
                 (Some(w), Some(h)) => Some(w.saturating_mul(h)),
@@ -210,13 +212,17 @@ impl PriceConfig {
                 if let (Some(term), Some(value)) = (term, value) {
                     let add = term.charge(value);
                     terms.insert(name.into(), json!({"value": value, "over": term.over, "every": term.every, "cost": add}));
-                    subtotal += add;
+                    subtotal = subtotal.saturating_add(add);
                 }
             }
         }
         let multiplier = self.tier_multipliers.for_tier(tier);
         // ceil(subtotal × multiplier / 1000) in integers.
-        let price = (subtotal.max(0) * multiplier + 999) / 1000;
+        let price = subtotal
+            .max(0)
+            .saturating_mul(multiplier)
+            .saturating_add(999)
+            / 1000;
         let price = i32::try_from(price).unwrap_or(i32::MAX);
         Quote {
             config_id: self.id.clone(),
