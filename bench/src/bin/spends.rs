@@ -117,7 +117,8 @@ async fn run_ledger(
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The statements `ledger::post` sends for a spend, as a pgbench script.
+/// The statements `ledger::post` sends for a spend (the user lock, then the
+/// balance update and its entry in one statement), as a pgbench script.
 fn pgbench_script(hot: bool) -> String {
     let pick = if hot {
         "\\set n 1".to_string()
@@ -127,8 +128,8 @@ fn pgbench_script(hot: bool) -> String {
     format!(
         "{pick}
 BEGIN;
-UPDATE user_credits SET current_balance = current_balance + -1, total_spent = total_spent + 1, updated_at = now() WHERE user_id = 'bench-' || :n AND current_balance + -1 >= reserved_balance RETURNING current_balance \\gset
-INSERT INTO credit_transactions (user_id, transaction_type, amount, balance_after, description, metadata, status, processed_at, created_at) VALUES ('bench-' || :n, 'usage', -1, :current_balance, 'pgbench spend', '{{}}', 'completed', clock_timestamp(), clock_timestamp()) RETURNING id;
+SELECT 1 FROM users WHERE id = 'bench-' || :n FOR NO KEY UPDATE;
+WITH balance AS (UPDATE user_credits SET current_balance = current_balance + -1, total_purchased = total_purchased + 0, total_gifted_received = total_gifted_received + 0, total_gifted_sent = total_gifted_sent + 0, total_spent = total_spent + 1, total_earned = total_earned + 0, referral_bonus = referral_bonus + 0, achievement_bonus = achievement_bonus + 0, updated_at = now() WHERE user_id = 'bench-' || :n AND current_balance + -1 >= reserved_balance RETURNING current_balance) INSERT INTO credit_transactions (user_id, transaction_type, amount, balance_after, related_entity_type, related_entity_id, description, metadata, api_endpoint, cost_calculation, status, processed_at, created_at) SELECT 'bench-' || :n, 'usage', -1, balance.current_balance, NULL, NULL, 'pgbench spend', '{{}}', NULL, NULL, 'completed', clock_timestamp(), clock_timestamp() FROM balance RETURNING id, balance_after;
 COMMIT;
 "
     )

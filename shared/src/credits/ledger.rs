@@ -146,16 +146,44 @@ async fn post_one(
     };
     let referral = if kind == "referral" { positive } else { 0 };
     let achievement = if kind == "achievement" { positive } else { 0 };
+    // One statement: the conditional balance update and its ledger entry, so
+    // the user_credits row lock is held for a single round trip.
     let row = client
         .query_opt(
-            "UPDATE user_credits SET current_balance = current_balance + $2, \
-               total_purchased = total_purchased + $3, total_gifted_received = total_gifted_received + $4, \
-               total_gifted_sent = total_gifted_sent + $5, total_spent = total_spent + $6, \
-               total_earned = total_earned + $7, referral_bonus = referral_bonus + $8, \
-               achievement_bonus = achievement_bonus + $9, updated_at = now() \
-             WHERE user_id = $1 AND current_balance + $2 >= reserved_balance \
-             RETURNING current_balance",
-            &[&user_id, &amount, &purchased, &gift_in, &gift_out, &spent, &earned, &referral, &achievement],
+            "WITH balance AS ( \
+               UPDATE user_credits SET current_balance = current_balance + $2, \
+                 total_purchased = total_purchased + $3, total_gifted_received = total_gifted_received + $4, \
+                 total_gifted_sent = total_gifted_sent + $5, total_spent = total_spent + $6, \
+                 total_earned = total_earned + $7, referral_bonus = referral_bonus + $8, \
+                 achievement_bonus = achievement_bonus + $9, updated_at = now() \
+               WHERE user_id = $1 AND current_balance + $2 >= reserved_balance \
+               RETURNING current_balance \
+             ) \
+             INSERT INTO credit_transactions (user_id, transaction_type, amount, balance_after, \
+               related_entity_type, related_entity_id, description, metadata, api_endpoint, \
+               cost_calculation, status, processed_at, created_at) \
+             SELECT $1, $10, $2, balance.current_balance, $11, $12, $13, $14, $15, $16, 'completed', \
+                    clock_timestamp(), clock_timestamp() \
+             FROM balance \
+             RETURNING id, balance_after",
+            &[
+                &user_id,
+                &amount,
+                &purchased,
+                &gift_in,
+                &gift_out,
+                &spent,
+                &earned,
+                &referral,
+                &achievement,
+                &kind,
+                &entry.related_entity_type,
+                &entry.related_entity_id,
+                &entry.description,
+                &entry.metadata,
+                &entry.api_endpoint,
+                &entry.cost_calculation,
+            ],
         )
         .await?;
     let Some(row) = row else {
@@ -167,29 +195,8 @@ async fn post_one(
             available: i64::from(available),
         });
     };
-    let balance_after: i32 = row.try_get(0)?;
-    let id: String = client
-        .query_one(
-            "INSERT INTO credit_transactions (user_id, transaction_type, amount, balance_after, \
-               related_entity_type, related_entity_id, description, metadata, api_endpoint, \
-               cost_calculation, status, processed_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'completed', clock_timestamp(), clock_timestamp()) \
-             RETURNING id",
-            &[
-                &user_id,
-                &kind,
-                &amount,
-                &balance_after,
-                &entry.related_entity_type,
-                &entry.related_entity_id,
-                &entry.description,
-                &entry.metadata,
-                &entry.api_endpoint,
-                &entry.cost_calculation,
-            ],
-        )
-        .await?
-        .try_get(0)?;
+    let id: String = row.try_get(0)?;
+    let balance_after: i32 = row.try_get(1)?;
     Ok(Posted {
         transaction_id: id,
         balance_after,
