@@ -85,6 +85,20 @@ impl ObjectStore for LocalObjectStore {
         .boxed()
     }
 
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
+        async move {
+            let path = self.path_of(key)?;
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => Ok(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(StorageError::NotFound(key.to_string()))
+                }
+                Err(e) => Err(StorageError::Backend(e.to_string())),
+            }
+        }
+        .boxed()
+    }
+
     fn presign_get<'a>(
         &'a self,
         key: &'a str,

@@ -36,6 +36,8 @@ pub trait ObjectStore: Send + Sync {
         bytes: Vec<u8>,
         content_type: &'a str,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
+    /// The object's bytes (`NotFound` when there is none).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, StorageError>>;
     fn presign_get<'a>(
         &'a self,
         key: &'a str,
