@@ -191,7 +191,8 @@ pub struct Problem {
     available: i64,
 }
 
-/// The `type` of every problem [`ApiError`] can render.
+/// The `type` of every problem [`ApiError`] can render, and of the 502 that
+/// `POST /api/v1/credits/purchases` renders itself.
 fn problem_types() -> utoipa::openapi::Object {
     // One of each variant; `kind` ignores the payloads.
     let kinds = [
@@ -219,7 +220,9 @@ fn problem_types() -> utoipa::openapi::Object {
         },
         ApiError::Internal(String::new()),
     ]
-    .map(|e| format!("/problems/{}", e.kind().0));
+    .map(|e| format!("/problems/{}", e.kind().0))
+    .into_iter()
+    .chain([crate::credits::purchases::PAYMENT_PROVIDER_PROBLEM.to_string()]);
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .description(Some(

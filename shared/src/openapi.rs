@@ -22,7 +22,9 @@ use crate::error::Problem;
 const DESCRIPTION: &str = "\
 The character platform's HTTP API: accounts and profiles (the `auth` function), \
 characters, the gallery, collections, likes, ratings and reports (the `characters` function), \
-generation jobs (the `jobs` function).
+generation jobs (the `jobs` function), credits: balance, ledger, packages, pricing, purchases, \
+gifts and the daily bonus, with Stripe's webhook and the operators' routes (the `credits` \
+function).
 
 - Authenticated operations take `Authorization: Bearer <access token>` (an Auth0 RS256 \
 access token; the local stack mints its own with `POST /dev/token`). Operations whose \
@@ -35,6 +37,12 @@ get 403 wherever the caller's account is looked up.
 the API does not serve answers 404 (`/problems/not-found`, detail `no such route`); a method a \
 path does not serve answers 405 (`/problems/method-not-allowed`). Unexpected failures are a \
 bare 500 that reveals nothing.
+- Operations that move credits or start a job take an `Idempotency-Key` header (1 to 255 \
+printable ASCII characters, else 400; some require it). The same key with the same request \
+answers the stored response with `Idempotent-Replayed: true` for 24 hours; the same key with a \
+different request is a 422; a concurrent duplicate waits for the first and replays its response \
+(or runs as new if the first failed), except that a purchase whose checkout is still being \
+created answers 409.
 - JSON bodies are decoded strictly: unknown and read-only fields are refused with a 422, and \
 every invalid field is listed in its `errors`. Bodies over 256 KiB are 413.
 - Every response carries `x-request-id` (a sanitised client `x-request-id`, API Gateway's \
@@ -85,17 +93,39 @@ links; they exist only there and are not part of this document.";
         crate::jobs::routes::list_jobs,
         crate::jobs::routes::get_job,
         crate::jobs::routes::cancel_job,
+        crate::credits::account::get_balance,
+        crate::credits::account::history::list,
+        crate::credits::account::packages::list,
+        crate::credits::account::price_list::show,
+        crate::credits::account::bonus::claim,
+        crate::credits::account::gifts::send,
+        crate::credits::purchases::create_purchase,
+        crate::credits::purchases::list_purchases,
+        crate::credits::purchases::webhook::stripe_webhook,
+        crate::credits::admin::pricing::list,
+        crate::credits::admin::pricing::create,
+        crate::credits::admin::pricing::update,
+        crate::credits::admin::packages::list,
+        crate::credits::admin::packages::create,
+        crate::credits::admin::packages::update,
+        crate::credits::admin::adjustments::create,
+        crate::credits::admin::refunds::create,
         serve,
     ),
-    components(responses(
-        BadRequest,
-        Unauthorized,
-        PayloadTooLarge,
-        UnsupportedMediaType,
-        ValidationFailed,
-        ServiceUnavailable,
-        InternalError,
-    )),
+    components(
+        // The webhook reads its body as raw bytes, so it documents no request body; its
+        // description refers to this schema.
+        schemas(crate::credits::purchases::webhook::StripeEvent),
+        responses(
+            BadRequest,
+            Unauthorized,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            ValidationFailed,
+            ServiceUnavailable,
+            InternalError,
+        )
+    ),
     modifiers(
         &BearerScheme,
         &OptionalBodiesAreNotNull,
@@ -108,6 +138,8 @@ links; they exist only there and are not part of this document.";
         (name = "collections", description = "Collections of characters and their members (the `characters` function)."),
         (name = "social", description = "Likes, ratings and content reports (the `characters` function)."),
         (name = "jobs", description = "Generation jobs: start, follow, cancel (the `jobs` function)."),
+        (name = "credits", description = "Balance, ledger, packages, pricing, purchases, gifts, the daily bonus (the `credits` function)."),
+        (name = "admin", description = "Operator routes; the token must carry the `admin` permission."),
         (name = "meta", description = "This document."),
     )
 )]

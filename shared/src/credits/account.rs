@@ -13,11 +13,11 @@
 //! row locks in the engine's order: `users` rows (by id), then `user_credits`
 //! rows (by user id), then ledger posts.
 
-mod bonus;
-mod gifts;
-mod history;
-mod packages;
-mod price_list;
+pub(crate) mod bonus;
+pub(crate) mod gifts;
+pub(crate) mod history;
+pub(crate) mod packages;
+pub(crate) mod price_list;
 
 use axum::Json;
 use axum::Router;
@@ -29,12 +29,14 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
+use utoipa::ToSchema;
 
 use super::ledger::LedgerError;
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, PROBLEM_JSON};
+use crate::error::{ApiError, PROBLEM_JSON, Problem};
 use crate::http::ApiQuery;
+use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 use crate::users::repo::current_user;
 
 pub fn router() -> Router<AppState> {
@@ -50,21 +52,43 @@ pub fn router() -> Router<AppState> {
 /// Routes without query parameters still refuse unknown ones (422), like every list.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoQuery {}
+pub(crate) struct NoQuery {}
 
-/// `GET /api/v1/credits`: [`super::Balance`] plus the daily bonus as it stands.
-#[derive(Debug, Serialize)]
-struct BalanceView {
+/// `GET /api/v1/credits`: every field of `Balance`, plus the daily bonus as it stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BalanceView {
     #[serde(flatten)]
     balance: super::Balance,
     /// The caller's local date (their `timezone`), which the daily counters and bonus follow.
     local_date: NaiveDate,
+    /// Whether `POST /api/v1/credits/daily-bonus` would credit something now.
     daily_bonus_available: bool,
     /// What claiming the daily bonus now would credit (`null` once claimed today).
     daily_bonus_amount: Option<i32>,
 }
 
-async fn get_balance(
+/// The caller's balance.
+///
+/// Balances, what jobs hold and what is available, debt, today's free generations and
+/// allowance (after the lazy reset at the caller's local midnight), the daily bonus streak
+/// and whether today's bonus is open, and lifetime totals. Takes no query parameters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/credits",
+    tag = "credits",
+    operation_id = "get_credits",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's balance.", body = BalanceView),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account (or no credit account) yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn get_balance(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,

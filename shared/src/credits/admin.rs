@@ -120,12 +120,15 @@ pub(crate) fn error_response(err: ApiError) -> Response {
 }
 
 /// A `credit_transactions` row, as admin routes answer it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CreditTransaction {
     pub id: String,
+    /// The user whose balance the entry moved.
     pub user_id: String,
     pub transaction_type: String,
+    /// Positive credits in, negative credits out.
     pub amount: i32,
+    /// The user's `current_balance` right after this entry.
     pub balance_after: i32,
     pub related_entity_type: Option<String>,
     pub related_entity_id: Option<String>,

@@ -17,16 +17,21 @@ use tokio_postgres::GenericClient;
 use crate::error::ApiError;
 
 /// `GET /api/v1/credits`: the caller's balances and today's allowances.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Balance {
+    /// Credits owned: the sum of the caller's completed ledger entries.
     pub current_balance: i32,
+    /// The part of `current_balance` held by queued and running jobs.
     pub reserved_balance: i32,
     /// `current_balance − reserved_balance`: what can be spent or gifted now.
     pub available: i32,
+    /// Credits owed after a refund the balance could not cover; later credits repay it first.
     pub debt_balance: i32,
+    /// Credits per local day that pay for generations before purchased ones.
     pub daily_allowance: i32,
     pub daily_allowance_used: i32,
     pub daily_allowance_left: i32,
+    /// Free generations per local day (each covers a generation's whole price).
     pub free_generations_quota: i32,
     pub free_generations_used: i32,
     pub free_generations_left: i32,

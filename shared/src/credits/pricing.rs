@@ -167,7 +167,7 @@ pub struct PriceConfig {
 }
 
 /// The request parameters a formula prices.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct PriceInputs {
     pub job_type: Option<String>,
     pub steps: Option<i64>,

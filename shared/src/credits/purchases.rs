@@ -28,25 +28,38 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio_postgres::{GenericClient, Row};
+use utoipa::{IntoParams, ToSchema};
 
 use self::stripe::{CheckoutRequest, CheckoutSession, StripeError};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::PaymentProvider;
 use crate::credits::engine;
-use crate::error::{ApiError, PROBLEM_JSON};
+use crate::error::{ApiError, PROBLEM_JSON, Problem};
 use crate::http::ApiQuery;
 use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::input::decode_strict;
+use crate::openapi::{
+    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
+    ValidationFailed,
+};
 use crate::pagination::{self, Page, TimeKey};
 use crate::users::repo::current_user;
 
 /// The route pattern idempotency keys are stored under.
 const PURCHASES_ROUTE: &str = "/api/v1/credits/purchases";
 
+/// The `type` of the 502 problem [`bad_gateway`] renders (listed in the `Problem` schema).
+pub const PAYMENT_PROVIDER_PROBLEM: &str = "/problems/payment-provider-error";
+
 pub fn router() -> Router<AppState> {
+    // The path is spelled out (it is `PURCHASES_ROUTE`): shared/tests/openapi.rs finds the
+    // declared routes by their string literals.
     Router::new()
-        .route(PURCHASES_ROUTE, post(create_purchase).get(list_purchases))
+        .route(
+            "/api/v1/credits/purchases",
+            post(create_purchase).get(list_purchases),
+        )
         .route(
             "/api/v1/credits/webhooks/stripe",
             post(webhook::stripe_webhook),
@@ -55,7 +68,7 @@ pub fn router() -> Router<AppState> {
 
 /// A `purchase_orders` row as its buyer sees it. `price_usd` is a decimal
 /// string (`"19.99"`), never a float.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PurchaseOrder {
     pub id: String,
     pub user_id: Option<String>,
@@ -64,7 +77,10 @@ pub struct PurchaseOrder {
     pub bonus_credits: i32,
     pub price_usd: String,
     pub price_currency: String,
+    /// `pending` until the payment is confirmed, then `paid` (credited); `failed` (not paid,
+    /// expired, or the checkout could not start); `refunded` once fully refunded.
     pub status: String,
+    /// `stripe` (`local` on the local stack).
     pub provider: String,
     pub checkout_session_id: Option<String>,
     pub checkout_url: Option<String>,
@@ -72,6 +88,7 @@ pub struct PurchaseOrder {
     pub paid_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
     pub refunded_at: Option<DateTime<Utc>>,
+    /// Credits taken back by refunds so far.
     pub refunded_credits: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -141,10 +158,24 @@ fn is_plain_id(id: &str) -> bool {
 // POST /api/v1/credits/purchases
 // ------------------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// A purchase of a credit package. Unknown fields are refused with a 422.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PurchaseRequest {
+    /// A package on offer to the caller now (see `GET /api/v1/credits/packages`).
     package_id: String,
+}
+
+// Documents the object `create_purchase` builds with `json!`; nothing builds one.
+/// A purchase started: pay at `checkout_url`; the credits arrive once the payment is
+/// confirmed.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PurchaseStarted {
+    /// The pending order.
+    order: PurchaseOrder,
+    /// The payment provider's checkout page.
+    checkout_url: String,
 }
 
 /// A package on offer to the caller now, as the order copies it.
@@ -161,7 +192,7 @@ struct OfferedPackage {
 /// What can go wrong creating a purchase: an API problem, or the payment
 /// provider failing (503 when worth retrying, else 502).
 #[derive(Debug)]
-enum PurchaseError {
+pub(crate) enum PurchaseError {
     Api(ApiError),
     Provider(StripeError),
 }
@@ -204,7 +235,7 @@ impl IntoResponse for PurchaseError {
 /// talks to an upstream whose refusal is neither the client's fault nor ours.
 fn bad_gateway(detail: &str) -> Response {
     let body = json!({
-        "type": "/problems/payment-provider-error",
+        "type": PAYMENT_PROVIDER_PROBLEM,
         "title": "Payment provider error",
         "status": 502,
         "detail": detail,
@@ -216,7 +247,40 @@ fn bad_gateway(detail: &str) -> Response {
     response
 }
 
-async fn create_purchase(
+/// Buy a credit package.
+///
+/// Creates a pending order for a package on offer to the caller's tier now and a Stripe
+/// Checkout Session for it. Nothing is charged or credited here: the credits are added when
+/// Stripe confirms the payment (`POST /api/v1/credits/webhooks/stripe`). If the checkout cannot
+/// be started the order fails and the Idempotency-Key may be used again. Requires
+/// `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/credits/purchases",
+    tag = "credits",
+    operation_id = "create_purchase",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, a unique value per purchase. A retry replays the stored response (with `Idempotent-Replayed: true`) for 24 h."),
+    ),
+    request_body = PurchaseRequest,
+    responses(
+        (status = 201, description = "The pending order and where to pay.", body = PurchaseStarted),
+        (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is missing or malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The package is not offered to the caller's tier, or the account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still in progress (its checkout is being created), or the package is misconfigured and cannot be bought now.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "Invalid input: a missing or unknown field, a package that is unknown, withdrawn or outside its promotion window, or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The payment provider refused to start a checkout (`/problems/payment-provider-error`); nothing was charged, the order failed, and the Idempotency-Key may be used again.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Purchases are not configured (`Retry-After: 60`), the payment provider is unavailable (`Retry-After: 5`; the order failed and the Idempotency-Key may be used again), or the database is briefly unavailable.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn create_purchase(
     State(state): State<AppState>,
     Caller(identity): Caller,
     IdempotencyKey(key): IdempotencyKey,
@@ -424,14 +488,38 @@ async fn offered_package(
 // GET /api/v1/credits/purchases
 // ------------------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// Unknown parameters are refused with a 422.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
 }
 
-async fn list_purchases(
+/// The caller's purchase orders, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/credits/purchases",
+    tag = "credits",
+    operation_id = "list_purchases",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the caller's orders.", body = Page<PurchaseOrder>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_purchases(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiQuery(query): ApiQuery<PageQuery>,

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::{DetailedProblem, Refusal};
 use crate::activity::{self, Activity};
@@ -22,9 +23,10 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::CreditsConfig;
 use crate::credits::ledger::{self, Entry};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::RequestMeta;
 use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized};
 use crate::users::repo::current_user;
 
 const ROUTE: &str = "/api/v1/credits/daily-bonus";
@@ -65,7 +67,57 @@ fn no_body(body: &Bytes) -> Result<Value, ApiError> {
     }
 }
 
-pub(super) async fn claim(
+// Documents the object `claim` builds with `json!`; nothing builds one.
+/// A claimed daily bonus.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct DailyBonus {
+    /// The `bonus` ledger entry.
+    transaction_id: String,
+    /// Credits added.
+    amount: i32,
+    /// Consecutive local days claimed, this one included.
+    daily_login_streak: i32,
+    /// The caller's local date the bonus was claimed for.
+    bonus_date: NaiveDate,
+    /// `current_balance` after the bonus.
+    balance_after: i32,
+    /// The caller's next local midnight, when the next bonus opens.
+    next_available_at: DateTime<Utc>,
+    /// What tomorrow's bonus will be if the streak continues.
+    next_amount: Option<i32>,
+}
+
+/// Claim today's daily bonus.
+///
+/// Once per local day of the caller (their `timezone`). Claiming on the day after the last
+/// claim grows the streak, any other day starts it again at 1; the amount is
+/// `DAILY_BONUS_BASE + DAILY_BONUS_STEP × (min(streak, DAILY_BONUS_MAX_STREAK) − 1)`. The
+/// route takes no fields: send no body or `{}` (any `Content-Type`). Accepts
+/// `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/credits/daily-bonus",
+    tag = "credits",
+    operation_id = "claim_daily_bonus",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters. Replays the stored response (with `Idempotent-Replayed: true`) for a repeated request (24 h)."),
+    ),
+    responses(
+        (status = 201, description = "The bonus, credited.", body = DailyBonus),
+        (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Today's bonus is already claimed: the problem carries `next_available_at` (the caller's next local midnight, also as `Retry-After`), `last_daily_bonus_date` and `daily_login_streak`. Or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the next bonus opens (when already claimed)."))),
+        (status = 422, description = "The body is JSON other than `{}` (this route takes no fields), or the Idempotency-Key was already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn claim(
     State(state): State<AppState>,
     Caller(identity): Caller,
     IdempotencyKey(key): IdempotencyKey,

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio_postgres::Transaction;
+use utoipa::ToSchema;
 
 use super::{DetailedProblem, Refusal};
 use crate::activity::{self, Activity};
@@ -23,10 +24,13 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::CreditsConfig;
 use crate::credits::ledger::{self, Entry, LedgerError};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, RequestMeta};
 use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::input::{check, decode_strict, finish};
+use crate::openapi::{
+    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
+};
 use crate::users::User;
 use crate::users::fields;
 use crate::users::repo::current_user;
@@ -115,7 +119,80 @@ fn validate(body: Map<String, Value>, config: &CreditsConfig) -> Result<GiftRequ
     finish(request, errors)?.ok_or_else(|| ApiError::validation("body", "is not a gift"))
 }
 
-pub(super) async fn send(
+// ------------------------------------------------------------------------------------------
+// The request and response bodies, as documented in the OpenAPI document. `validate` decodes
+// the body and `transfer` builds the response; these types only describe them.
+// ------------------------------------------------------------------------------------------
+
+/// A gift of credits. Unknown fields are refused with a 422 naming them.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct NewGift {
+    /// The recipient's username (any case): an active user other than the caller.
+    #[schema(min_length = 3, max_length = 30, pattern = "^[a-zA-Z0-9_]{3,30}$")]
+    to_username: String,
+    /// Whole credits, 1 to `GIFT_MAX_AMOUNT` (default 1000): `2.5`, `1.0` and `"10"` are
+    /// refused.
+    #[schema(minimum = 1)]
+    amount: i32,
+    /// Shown to the recipient: at most 280 characters, multi-line, trimmed; `null` or blank
+    /// is none.
+    #[schema(max_length = 280)]
+    message: Option<String>,
+}
+
+/// A gift sent.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Gift {
+    /// Shared by the sender's `gift_sent` and the recipient's `gift_received` entries
+    /// (their `related_entity_id`).
+    gift_id: String,
+    amount: i32,
+    /// The recipient's username as they spell it.
+    to_username: String,
+    message: Option<String>,
+    /// The sender's `gift_sent` ledger entry.
+    transaction_id: String,
+    /// The sender's `current_balance` after the gift.
+    balance_after: i32,
+}
+
+/// Give credits to another user.
+///
+/// Moves `amount` of the caller's available credits (not held by jobs) to an active user, as
+/// a `gift_sent` entry for the caller and a `gift_received` entry for the recipient, in one
+/// transaction. A sender may give at most `GIFT_DAILY_CAP` credits (default 2000) per local
+/// day. Requires `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/credits/gifts",
+    tag = "credits",
+    operation_id = "send_gift",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = String, Header, description = "Required: 1 to 255 printable ASCII characters, a unique value per gift, reused only to retry it. A retry replays the stored response (with `Idempotent-Replayed: true`) for 24 h."),
+    ),
+    request_body = NewGift,
+    responses(
+        (status = 201, description = "The gift, sent.", body = Gift),
+        (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is missing or malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 402, description = "Not enough available credits: `needed` and `available` in the problem.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's account is suspended, banned or erased, or has no username yet (recipients see who sent a gift).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No active user has that username, or the caller has no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "Invalid input, every invalid field named in `errors` (a gift to oneself included), or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the daily gift cap: the problem carries `daily_cap`, `sent_today` and `remaining_today`; `Retry-After` is the time to the sender's local midnight.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the sender's local midnight."))),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn send(
     State(state): State<AppState>,
     Caller(identity): Caller,
     IdempotencyKey(key): IdempotencyKey,

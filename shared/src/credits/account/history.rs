@@ -11,24 +11,31 @@ use axum::extract::State;
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::credits::ledger::TRANSACTION_TYPES;
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problem};
 use crate::http::ApiQuery;
 use crate::input::finish;
+use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 use crate::pagination::{self, Page, TimeKey};
 use crate::users::repo::current_user;
 
 /// One `credit_transactions` row, every column.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LedgerEntry {
     pub id: String,
     pub user_id: String,
+    /// One of `purchase`, `usage`, `refund`, `gift_sent`, `gift_received`, `daily_allowance`,
+    /// `bonus`, `referral`, `achievement`, `admin_adjustment`.
     pub transaction_type: String,
+    /// Positive credits in, negative credits out.
     pub amount: i32,
+    /// `current_balance` right after this entry.
     pub balance_after: i32,
+    /// What the entry is about (`generation_job`, `purchase_order`, `gift_transfer`, ...).
     pub related_entity_type: Option<String>,
     pub related_entity_id: Option<String>,
     pub description: String,
@@ -37,6 +44,7 @@ pub struct LedgerEntry {
     pub processed_at: Option<DateTime<Utc>>,
     pub api_endpoint: Option<String>,
     pub operation_details: Option<Value>,
+    /// A `usage` entry's price and how the buckets paid it.
     pub cost_calculation: Option<Value>,
     pub created_at: DateTime<Utc>,
 }
@@ -67,12 +75,27 @@ impl LedgerEntry {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Unknown parameters are refused with a 422.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub(super) struct HistoryQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct HistoryQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
+    #[param(schema_with = transaction_type_param)]
     transaction_type: Option<String>,
+}
+
+fn transaction_type_param() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(
+        &TRANSACTION_TYPES,
+        false,
+        "Only entries of this transaction type.",
+    )
 }
 
 /// A cursor comes back from the client: a well-formed but crafted one (an id
@@ -93,7 +116,28 @@ fn cursor(raw: Option<&str>) -> Result<Option<TimeKey>, FieldError> {
     }
 }
 
-pub(super) async fn list(
+/// The caller's credit ledger, newest first.
+///
+/// Every column of each entry. Pages are keyset-paginated on `(created_at, id)`, so a client
+/// walking them while entries are posted sees every older entry exactly once.
+#[utoipa::path(
+    get,
+    path = "/api/v1/credits/transactions",
+    tag = "credits",
+    operation_id = "list_credit_transactions",
+    security(("bearer" = [])),
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "A page of the caller's ledger entries.", body = Page<LedgerEntry>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Caller(identity): Caller,
     ApiQuery(query): ApiQuery<HistoryQuery>,

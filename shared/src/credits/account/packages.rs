@@ -5,17 +5,19 @@ use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::NoQuery;
 use crate::app::AppState;
 use crate::auth::OptionalCaller;
 use crate::characters::routes::viewer;
 use crate::credits::engine::tier_of;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::ApiQuery;
+use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 
 /// The public face of a `credit_packages` row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Package {
     pub id: String,
     pub name: String,
@@ -28,6 +30,7 @@ pub struct Package {
     pub price_usd: String,
     pub price_currency: String,
     pub discount_percentage: i32,
+    /// `one_time`, `subscription_bonus` or `promotional`.
     pub package_type: String,
     pub display_order: Option<i32>,
     pub highlight_color: Option<String>,
@@ -36,14 +39,35 @@ pub struct Package {
     pub promotion_end_date: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize)]
-pub(super) struct PackageList {
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PackageList {
     /// The tier the list was chosen for (a lapsed subscription counts as FREE).
     tier: String,
+    /// By `display_order` (unset last), then price.
     items: Vec<Package>,
 }
 
-pub(super) async fn list(
+/// The credit packages on sale now.
+///
+/// Available packages inside their promotion window (when they have one) that are offered to
+/// the caller's tier; anonymous callers, and accounts whose subscription lapsed, see what the
+/// FREE tier sees. Takes no query parameters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/credits/packages",
+    tag = "credits",
+    operation_id = "list_credit_packages",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The packages the caller can buy now.", body = PackageList),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
+use utoipa::ToSchema;
 
 use super::NoQuery;
 use crate::app::AppState;
@@ -18,8 +19,9 @@ use crate::auth::OptionalCaller;
 use crate::characters::routes::viewer;
 use crate::credits::engine::tier_of;
 use crate::credits::pricing::{CostFormula, PriceConfig, PriceInputs};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::ApiQuery;
+use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 use crate::users::User;
 
 /// The request every price in the list is quoted for.
@@ -33,52 +35,72 @@ pub fn default_request() -> PriceInputs {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub(super) struct PriceList {
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PriceList {
+    /// Whether the list was computed for a signed-in account (else as for anonymous callers).
     signed_in: bool,
     /// The tier prices are computed for (anonymous and lapsed subscriptions: FREE).
     tier: String,
+    /// Whether the caller has an active subscription.
     subscribed: bool,
+    /// The request every `price` is quoted for.
     default_request: PriceInputs,
     /// What the caller could pay with now (signed in only).
     buckets: Option<Buckets>,
+    /// Every enabled priced endpoint.
     items: Vec<PricedEndpoint>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub(super) struct Buckets {
+/// What the caller could pay with now.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, ToSchema)]
+pub(crate) struct Buckets {
     free_generations_left: i32,
     daily_allowance_left: i32,
     /// Purchased credits not held by running jobs.
     available: i32,
 }
 
-#[derive(Debug, Serialize)]
+/// An endpoint's access rules and limits.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = PricingLimits)]
 struct Limits {
+    /// Calls per local day of the user (`null`: unlimited).
     daily_limit: Option<i32>,
+    /// Calls per UTC minute (`null`: unlimited).
     rate_limit_per_minute: Option<i32>,
     requires_subscription: bool,
+    /// `FREE`, `PREMIUM`, `PRO` or `ENTERPRISE` (`null`: any tier).
     minimum_tier: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One rate-limit window: read, never counted, by this route.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UsageWindow)]
 struct Window {
+    /// Calls counted in this window so far.
     used: i32,
+    /// `null`: unlimited.
     limit: Option<i32>,
+    /// `null`: unlimited.
     remaining: Option<i32>,
+    /// When the window ends.
     resets_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+/// The caller's use of an endpoint's limits.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = PricingUsage)]
 struct Usage {
+    /// This UTC minute.
     minute: Window,
+    /// The caller's local day.
     day: Window,
 }
 
 /// How a hold would pay `price` now, in the engine's order: one free daily
 /// generation covers all of it; else the daily allowance, then purchased credits.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub(super) struct WouldPay {
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
+pub(crate) struct WouldPay {
     free_generation: bool,
     allowance_credits: i32,
     purchased_credits: i32,
@@ -104,28 +126,41 @@ pub(super) fn would_pay(price: i32, buckets: Buckets) -> WouldPay {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// What one priced endpoint costs the caller.
+#[derive(Debug, Serialize, ToSchema)]
 struct PricedEndpoint {
+    /// The pricing config's id.
     id: String,
     http_method: String,
+    /// The route, with `:param` placeholders (`/api/v1/characters/:id/generate`).
     endpoint_pattern: String,
     description: Option<String>,
     category: Option<String>,
     base_cost: i32,
+    /// The formula's terms, present keys only: `job_type` (a fixed amount per job type) and
+    /// the thresholds `steps`, `pixels` and `batch_size` (`{over, every, cost}`: `cost` for
+    /// every started `every` above `over`).
+    #[schema(value_type = Option<Object>)]
     cost_formula: Option<CostFormula>,
     tier: String,
+    /// The caller's tier's multiplier (1 for a tier the config does not list).
     tier_multiplier: f64,
-    /// `PriceConfig::quote` of the default request for the caller's tier.
+    /// The price of the default request for the caller's tier.
     price: i32,
+    /// How `price` came out: `config_id`, `base_cost`, `terms`, `subtotal`, `tier`,
+    /// `tier_multiplier`, `price`.
     cost_calculation: Value,
-    /// Tier and subscription rules (`check_access`); limits are reported apart.
+    /// Whether the caller's tier and subscription allow calling it (limits are reported
+    /// apart).
     allowed: bool,
+    /// Why not, when not `allowed`.
     denied_reason: Option<String>,
     limits: Limits,
     /// Signed in only: this minute's and this local day's counts.
     usage: Option<Usage>,
     /// Signed in only: allowed and under both limits right now.
     can_call_now: Option<bool>,
+    /// Signed in only: how the caller's buckets would pay `price` now.
     would_pay: Option<WouldPay>,
 }
 
@@ -185,7 +220,30 @@ fn window(used: i32, limit: Option<i32>, resets_at: DateTime<Utc>) -> Window {
     }
 }
 
-pub(super) async fn show(
+/// What each priced endpoint costs the caller now.
+///
+/// For every enabled pricing config: the price of a default request (`character_generation`,
+/// 20 steps, 512×512, batch 1) for the caller's tier, whether the tier and subscription allow
+/// the call, and its limits. Signed in, also this minute's and this local day's usage (read,
+/// never counted: looking does not use up a limit), whether a call would go through now,
+/// the caller's buckets and how they would pay. Takes no query parameters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pricing",
+    tag = "credits",
+    operation_id = "get_pricing",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The price list for the caller.", body = PriceList),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The caller's account has no credit account.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn show(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,

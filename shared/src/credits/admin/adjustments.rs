@@ -9,15 +9,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
+use utoipa::ToSchema;
 
 use super::fields::{self, Fields};
 use super::{Admin, CreditTransaction, error_response};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, RequestMeta};
 use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::openapi::{
+    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
+};
 use crate::users;
 
 /// The route, as idempotency keys record it.
@@ -82,6 +86,25 @@ impl Adjustment {
     }
 }
 
+// Documents the body `Adjustment::parse` reads; nothing builds one.
+/// An adjustment of a user's balance. Unknown fields are refused with a 422 naming them.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewAdjustment {
+    /// The user whose balance changes (not the admin's own).
+    #[schema(min_length = 1, max_length = 200)]
+    user_id: String,
+    /// Whole credits, not 0, from -10000000 to 10000000: positive credits the user, negative
+    /// debits them (never below their available balance: 402).
+    #[schema(minimum = -10_000_000, maximum = 10_000_000)]
+    amount: i32,
+    /// The reason, kept as the ledger entry's description: 1 to 500 characters, multi-line,
+    /// trimmed.
+    #[schema(min_length = 1, max_length = 500)]
+    description: String,
+}
+
 /// Posts the adjustment and its audit row in the caller's transaction.
 pub async fn adjust(
     client: &impl GenericClient,
@@ -130,6 +153,36 @@ pub async fn adjust(
     Ok(transaction)
 }
 
+/// Credit or debit a user's balance.
+///
+/// One `admin_adjustment` ledger entry with the reason as its description. A debit may not
+/// take the user's balance below what their jobs hold. The token must carry the `admin`
+/// permission; the action is logged with the admin's id. Accepts `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/credits/adjustments",
+    tag = "admin",
+    operation_id = "admin_create_adjustment",
+    security(("bearer" = ["admin"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters. Replays the stored response (with `Idempotent-Replayed: true`) for a repeated request (24 h)."),
+    ),
+    request_body = NewAdjustment,
+    responses(
+        (status = 201, description = "The posted ledger entry.", body = CreditTransaction),
+        (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 402, description = "A debit larger than the user's available balance: `needed` and `available` in the problem. Nothing changed.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the `admin` permission, the admin's account is banned or erased, or the adjustment is of the admin's own balance.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin has no account yet, or the user has no credit account.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "Invalid input, every invalid field named in `errors` (a `user_id` that is no user included), or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn create(
     Admin(identity): Admin,
     State(state): State<AppState>,

@@ -10,14 +10,19 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::fields::{self, FieldResult, Fields, set};
 use super::{Admin, changes, path_id};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::pricing::{TIERS, tier_rank};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::openapi::{
+    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::pagination::{self, Page};
 use crate::users;
 
@@ -48,7 +53,7 @@ pub const MAX_PRICE_INTEGER_DIGITS: usize = 8;
 pub const MAX_DISPLAY_ORDER: i64 = 1_000_000;
 
 /// A `credit_packages` row. `price_usd` is the exact decimal as text.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CreditPackage {
     pub id: String,
     pub name: String,
@@ -352,11 +357,145 @@ pub fn hex_colour(field: &str, value: &Value) -> FieldResult<String> {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Unknown parameters are refused with a 422.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
+}
+
+// ------------------------------------------------------------------------------------------
+// Request bodies, as documented in the OpenAPI document. `PackageValues` decodes the bodies;
+// these types only describe what it accepts.
+// ------------------------------------------------------------------------------------------
+
+/// A new credit package. Read-only (`id`, timestamps) and unknown fields are refused with a
+/// 422 naming them; every invalid field is named at once.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewCreditPackage {
+    /// 1 to 100 characters, trimmed.
+    #[schema(min_length = 1, max_length = 100)]
+    name: String,
+    /// At most 500 characters, multi-line, trimmed; blank is none.
+    #[schema(max_length = 500)]
+    description: Option<String>,
+    /// 1 to 10000000 credits.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    credit_amount: i32,
+    /// 0 to 10000000 credits added with the purchase (default 0); not `null`.
+    #[schema(required = false, minimum = 0, maximum = 10_000_000)]
+    bonus_credits: i32,
+    #[schema(schema_with = price_schema)]
+    price_usd: String,
+    /// Three uppercase letters (default `USD`); not `null`.
+    #[schema(required = false, pattern = "^[A-Z]{3}$")]
+    price_currency: String,
+    /// 0 to 100 (default 0); not `null`.
+    #[schema(required = false, minimum = 0, maximum = 100)]
+    discount_percentage: i32,
+    /// Default `true`; not `null`.
+    #[schema(required = false)]
+    is_available: bool,
+    #[schema(required = false, schema_with = target_tiers_schema)]
+    target_tiers: Vec<String>,
+    /// An RFC 3339 instant; `null` or absent: no start.
+    promotion_start_date: Option<DateTime<Utc>>,
+    /// An RFC 3339 instant after `promotion_start_date`; `null` or absent: no end.
+    promotion_end_date: Option<DateTime<Utc>>,
+    #[schema(required = false, schema_with = package_type_schema)]
+    package_type: String,
+    /// 0 to 1000000 (default 0), lowest first; not `null`.
+    #[schema(required = false, minimum = 0, maximum = 1_000_000)]
+    display_order: i32,
+    /// `#rgb` or `#rrggbb`.
+    #[schema(pattern = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")]
+    highlight_color: Option<String>,
+    /// At most 30 characters, trimmed; blank is none.
+    #[schema(max_length = 30)]
+    badge_text: Option<String>,
+}
+
+/// Changes to a credit package: only the fields sent change, `null` clears a nullable one.
+/// Read-only (`id`, timestamps) and unknown fields are refused with a 422 naming them.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CreditPackagePatch {
+    /// 1 to 100 characters, trimmed.
+    #[schema(required = false, min_length = 1, max_length = 100)]
+    name: String,
+    /// At most 500 characters, multi-line, trimmed; blank or `null` is none.
+    #[schema(max_length = 500)]
+    description: Option<String>,
+    /// 1 to 10000000 credits.
+    #[schema(required = false, minimum = 1, maximum = 10_000_000)]
+    credit_amount: i32,
+    /// 0 to 10000000 credits; not `null`.
+    #[schema(required = false, minimum = 0, maximum = 10_000_000)]
+    bonus_credits: i32,
+    #[schema(required = false, schema_with = price_schema)]
+    price_usd: String,
+    /// Three uppercase letters; not `null`.
+    #[schema(required = false, pattern = "^[A-Z]{3}$")]
+    price_currency: String,
+    /// 0 to 100; not `null`.
+    #[schema(required = false, minimum = 0, maximum = 100)]
+    discount_percentage: i32,
+    /// Not `null`.
+    #[schema(required = false)]
+    is_available: bool,
+    #[schema(required = false, schema_with = target_tiers_schema)]
+    target_tiers: Vec<String>,
+    /// An RFC 3339 instant; `null`: no start.
+    promotion_start_date: Option<DateTime<Utc>>,
+    /// An RFC 3339 instant after the start; `null`: no end.
+    promotion_end_date: Option<DateTime<Utc>>,
+    #[schema(required = false, schema_with = package_type_schema)]
+    package_type: String,
+    /// 0 to 1000000; not `null`.
+    #[schema(required = false, minimum = 0, maximum = 1_000_000)]
+    display_order: i32,
+    /// `#rgb` or `#rrggbb`; `null`: none.
+    #[schema(pattern = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")]
+    highlight_color: Option<String>,
+    /// At most 30 characters, trimmed; blank or `null` is none.
+    #[schema(max_length = 30)]
+    badge_text: Option<String>,
+}
+
+fn price_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Number]))
+        .description(Some(
+            "The price: a non-negative amount with at most 2 decimals and 8 digits before the \
+             point, as a decimal string (`\"19.99\"`) or a JSON number (`19.99`, taken as \
+             written); stored exactly.",
+        ))
+        .build()
+}
+
+fn target_tiers_schema() -> utoipa::openapi::Array {
+    let mut schema = crate::openapi::array_of(
+        crate::openapi::enum_item(&TIERS),
+        TIERS.len(),
+        false,
+        "The tiers the package is sold to, each once (default all); not `null`.",
+    );
+    schema.unique_items = true;
+    schema
+}
+
+fn package_type_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(&PACKAGE_TYPES, false, "Default `one_time`; not `null`.")
 }
 
 /// Keyset position: packages are listed in display order, then by id.
@@ -366,6 +505,26 @@ struct PackageKey {
     id: String,
 }
 
+/// Every credit package, on sale or not.
+///
+/// By `display_order` (unset as 0), then id. The token must carry the `admin` permission.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/packages",
+    tag = "admin",
+    operation_id = "admin_list_packages",
+    security(("bearer" = ["admin"])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of credit packages.", body = Page<CreditPackage>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn list(
     Admin(identity): Admin,
     State(state): State<AppState>,
@@ -402,6 +561,30 @@ pub async fn list(
     })))
 }
 
+/// Create a credit package.
+///
+/// The token must carry the `admin` permission; the action is logged with the admin's id.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/packages",
+    tag = "admin",
+    operation_id = "admin_create_package",
+    security(("bearer" = ["admin"])),
+    request_body = NewCreditPackage,
+    responses(
+        (status = 201, description = "The new package.", body = CreditPackage,
+            headers(("Location" = String, description = "The package's URL path."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn create(
     Admin(identity): Admin,
     State(state): State<AppState>,
@@ -461,6 +644,31 @@ pub async fn create(
     Ok((StatusCode::CREATED, headers, Json(package)))
 }
 
+/// Change a credit package.
+///
+/// Only the fields sent change; orders already placed keep what they copied. The token must
+/// carry the `admin` permission; the action is logged with the admin's id and what changed.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/packages/{id}",
+    tag = "admin",
+    operation_id = "admin_update_package",
+    security(("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "The package's id.")),
+    request_body = CreditPackagePatch,
+    responses(
+        (status = 200, description = "The package, changed.", body = CreditPackage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such credit package, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn update(
     Admin(identity): Admin,
     State(state): State<AppState>,

@@ -10,14 +10,19 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
+use utoipa::{IntoParams, ToSchema};
 
 use super::fields::{self, FieldResult, Fields, set};
 use super::{Admin, changes, path_id};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::pricing::{CostFormula, TIERS, TierMultipliers};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::openapi::{
+    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::pagination::{self, Page};
 use crate::users;
 
@@ -53,19 +58,25 @@ pub fn default_tier_multipliers() -> Value {
     json!({"FREE": 1.0, "PREMIUM": 0.8, "PRO": 0.6, "ENTERPRISE": 0.4})
 }
 
-/// An `api_credit_configs` row.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// An `api_credit_configs` row: the price of one route.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct PricingConfig {
     pub id: String,
+    /// The priced route, with `:param` placeholders (`/api/v1/characters/:id/generate`).
     pub endpoint_pattern: String,
     pub http_method: String,
     pub base_cost: i32,
+    /// The formula's terms (see `NewPricingConfig.cost_formula`).
     pub cost_formula: Option<Value>,
+    /// Tier to multiplier (`{"FREE": 1.0, "PRO": 0.6}`); a tier not listed pays 1.
     pub tier_multipliers: Option<Value>,
+    /// Calls per user and local day (`null`: unlimited).
     pub daily_limit: Option<i32>,
+    /// Calls per user and UTC minute (`null`: unlimited).
     pub rate_limit_per_minute: Option<i32>,
     pub requires_subscription: bool,
     pub minimum_tier: Option<String>,
+    /// Disabled configs price nothing (a generation route without one answers 503).
     pub is_enabled: bool,
     pub description: Option<String>,
     pub category: Option<String>,
@@ -306,11 +317,132 @@ pub fn tier_multipliers(_field: &str, value: &Value) -> FieldResult<Value> {
     Ok(value.clone())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Unknown parameters are refused with a 422.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
+}
+
+// ------------------------------------------------------------------------------------------
+// Request bodies, as documented in the OpenAPI document. `PricingValues` decodes the bodies;
+// these types only describe what it accepts.
+// ------------------------------------------------------------------------------------------
+
+/// A new pricing config. Read-only (`id`, timestamps) and unknown fields are refused with a
+/// 422 naming them; every invalid field is named at once.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewPricingConfig {
+    /// A path starting with `/api/v1/` whose segments are `[a-z0-9_-]` or a `:param`
+    /// placeholder, without a trailing slash, at most 200 characters. No two configs of one
+    /// method may match the same path (409).
+    #[schema(
+        max_length = 200,
+        pattern = "^/api/v1(/([a-z0-9_-]+|:[a-z_][a-z0-9_]*))+$"
+    )]
+    endpoint_pattern: String,
+    #[schema(schema_with = http_method_schema)]
+    http_method: String,
+    /// 0 to 100000 credits.
+    #[schema(minimum = 0, maximum = 100_000)]
+    base_cost: i32,
+    /// Added to `base_cost`, all keys optional, unknown keys refused: `job_type` maps job
+    /// types (`character_generation`, `style_transfer`, `upscale`, `variation`,
+    /// `background_removal`) to 0 to 100000 credits; `steps`, `pixels` (width × height) and
+    /// `batch_size` are `{over, every, cost}` thresholds (`over` ≥ 0, `every` ≥ 1, both at most
+    /// 1000000000; `cost` 0 to 100000) adding `cost × ceil(max(0, value − over) / every)`.
+    /// `null` or absent: no formula.
+    #[schema(value_type = Option<Object>)]
+    cost_formula: Option<Value>,
+    /// Tier (`FREE`, `PREMIUM`, `PRO`, `ENTERPRISE`) to a multiplier from 0 to 10 with at
+    /// most 3 decimals; the price is rounded up after multiplying. Default
+    /// `{"FREE": 1.0, "PREMIUM": 0.8, "PRO": 0.6, "ENTERPRISE": 0.4}`; not `null`.
+    #[schema(required = false, value_type = Object)]
+    tier_multipliers: Value,
+    /// Calls per user and local day, 1 to 1000000 (`null` or absent: unlimited).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    daily_limit: Option<i32>,
+    /// Calls per user and UTC minute, 1 to 1000000 (`null` or absent: unlimited).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    rate_limit_per_minute: Option<i32>,
+    /// Default `false`.
+    #[schema(required = false)]
+    requires_subscription: bool,
+    #[schema(schema_with = minimum_tier_schema)]
+    minimum_tier: Option<String>,
+    /// Default `true`.
+    #[schema(required = false)]
+    is_enabled: bool,
+    /// At most 500 characters, multi-line, trimmed; blank is none.
+    #[schema(max_length = 500)]
+    description: Option<String>,
+    /// At most 50 characters, trimmed; blank is none.
+    #[schema(max_length = 50)]
+    category: Option<String>,
+}
+
+/// Changes to a pricing config: only the fields sent change, `null` clears a nullable one.
+/// Read-only (`id`, timestamps) and unknown fields are refused with a 422 naming them.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PricingConfigPatch {
+    /// As in `NewPricingConfig`.
+    #[schema(
+        required = false,
+        max_length = 200,
+        pattern = "^/api/v1(/([a-z0-9_-]+|:[a-z_][a-z0-9_]*))+$"
+    )]
+    endpoint_pattern: String,
+    #[schema(required = false, schema_with = http_method_schema)]
+    http_method: String,
+    /// 0 to 100000 credits.
+    #[schema(required = false, minimum = 0, maximum = 100_000)]
+    base_cost: i32,
+    /// As in `NewPricingConfig`; `null` removes the formula.
+    #[schema(value_type = Option<Object>)]
+    cost_formula: Option<Value>,
+    /// As in `NewPricingConfig`; not `null`.
+    #[schema(required = false, value_type = Object)]
+    tier_multipliers: Value,
+    /// 1 to 1000000; `null`: unlimited.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    daily_limit: Option<i32>,
+    /// 1 to 1000000; `null`: unlimited.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    rate_limit_per_minute: Option<i32>,
+    #[schema(required = false)]
+    requires_subscription: bool,
+    #[schema(schema_with = minimum_tier_schema)]
+    minimum_tier: Option<String>,
+    #[schema(required = false)]
+    is_enabled: bool,
+    /// At most 500 characters, multi-line, trimmed; blank or `null` is none.
+    #[schema(max_length = 500)]
+    description: Option<String>,
+    /// At most 50 characters, trimmed; blank or `null` is none.
+    #[schema(max_length = 50)]
+    category: Option<String>,
+}
+
+fn http_method_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(&HTTP_METHODS, false, "The priced route's method.")
+}
+
+fn minimum_tier_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(
+        &TIERS,
+        true,
+        "The lowest tier that may call the route (403 below it); `null` or absent: any tier.",
+    )
 }
 
 /// Keyset position: configs are listed by pattern, then method.
@@ -320,6 +452,26 @@ struct PricingKey {
     m: String,
 }
 
+/// Every pricing config, enabled or not.
+///
+/// By `endpoint_pattern`, then `http_method`. The token must carry the `admin` permission.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/pricing",
+    tag = "admin",
+    operation_id = "admin_list_pricing",
+    security(("bearer" = ["admin"])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of pricing configs.", body = Page<PricingConfig>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn list(
     Admin(identity): Admin,
     State(state): State<AppState>,
@@ -359,6 +511,33 @@ pub async fn list(
     })))
 }
 
+/// Price a route.
+///
+/// Every field is validated as the pricing engine reads it, so a saved config can always
+/// price a request. Takes effect within 30 s in every process (each caches the configs). The
+/// token must carry the `admin` permission; the action is logged with the admin's id.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/pricing",
+    tag = "admin",
+    operation_id = "admin_create_pricing",
+    security(("bearer" = ["admin"])),
+    request_body = NewPricingConfig,
+    responses(
+        (status = 201, description = "The new config.", body = PricingConfig,
+            headers(("Location" = String, description = "The config's URL path."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another config of the same method matches some of the same paths (the engine prices a request by one config only).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn create(
     Admin(identity): Admin,
     State(state): State<AppState>,
@@ -419,6 +598,32 @@ pub async fn create(
     Ok((StatusCode::CREATED, headers, Json(config)))
 }
 
+/// Change a pricing config.
+///
+/// Only the fields sent change. Takes effect within 30 s in every process. The token must
+/// carry the `admin` permission; the action is logged with the admin's id and what changed.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/pricing/{id}",
+    tag = "admin",
+    operation_id = "admin_update_pricing",
+    security(("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "The config's id.")),
+    request_body = PricingConfigPatch,
+    responses(
+        (status = 200, description = "The config, changed.", body = PricingConfig),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pricing config, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The new pattern or method would match some of the same paths as another config of that method.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn update(
     Admin(identity): Admin,
     State(state): State<AppState>,

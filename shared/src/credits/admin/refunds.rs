@@ -15,27 +15,35 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
+use utoipa::ToSchema;
 
 use super::fields::{self, Fields};
 use super::{Admin, CreditTransaction, path_id};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::{ApiPath, RequestMeta};
 use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::openapi::{
+    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
+};
 use crate::users;
 
 /// The route, as idempotency keys record it.
 pub const ROUTE: &str = "/api/v1/admin/jobs/:id/refund";
 
 /// A job's refund.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct JobRefund {
     pub job_id: String,
+    /// The user who paid for the job and got the credits back.
     pub user_id: String,
+    /// Credits given back: what the job's `usage` entries charged.
     pub amount: i32,
+    /// The `usage` entries refunded.
     pub usage_transaction_ids: Vec<String>,
+    /// The admin who refunded the job.
     pub refunded_by: Option<String>,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -210,6 +218,17 @@ async fn existing(
     }))
 }
 
+// Documents the body `reason` reads; nothing builds one.
+/// The optional body of a refund. Unknown fields are refused with a 422 naming them.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RefundBody {
+    /// Why: at most 500 characters, multi-line, trimmed; `null` or blank is none.
+    #[schema(max_length = 500)]
+    reason: Option<String>,
+}
+
 /// The optional body: `{"reason": "..."}` (≤ 500 characters), or nothing.
 fn reason(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -239,6 +258,39 @@ fn reason(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> 
     f.finish(reason)
 }
 
+/// Refund a completed generation job.
+///
+/// Gives back what the job's settled `usage` entries charged (purchased credits; a free
+/// generation or the daily allowance is not refunded) as one `refund` entry, exactly once per
+/// job however often or concurrently it is asked: a job refunded before answers 200 with that
+/// refund and changes nothing. The token must carry the `admin` permission; the action is
+/// logged with the admin's id. Accepts `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/jobs/{id}/refund",
+    tag = "admin",
+    operation_id = "admin_refund_job",
+    security(("bearer" = ["admin"])),
+    params(
+        ("id" = String, Path, description = "The generation job's id."),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters. Replays the stored response (with `Idempotent-Replayed: true`) for a repeated request (24 h)."),
+    ),
+    request_body(content = Option<RefundBody>, description = "Optional: an empty body refunds without a reason."),
+    responses(
+        (status = 200, description = "The job was refunded before; nothing changed.", body = JobRefund),
+        (status = 201, description = "The job is refunded now.", body = JobRefund),
+        (status = 400, description = "The body is not a JSON object, or the Idempotency-Key is malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, the admin's account is banned or erased, or the job is the admin's own.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such generation job, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not completed, has no settled usage, was charged 0 credits, or is being refunded by another request; or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "An unknown field or an invalid `reason`, or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
 pub async fn create(
     Admin(identity): Admin,
     State(state): State<AppState>,

@@ -32,14 +32,16 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use tokio_postgres::Transaction;
+use utoipa::ToSchema;
 
 use super::stripe::{self, SIGNATURE_HEADER};
 use super::{ORDER_COLUMNS, PurchaseOrder, is_plain_id};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::http::RequestMeta;
+use crate::openapi::InternalError;
 
 /// A verified event: what the handlers read of it.
 #[derive(Debug)]
@@ -73,7 +75,103 @@ impl Event {
 /// What an event did, recorded in `stripe_events.outcome` and answered.
 type Outcome = &'static str;
 
-pub(super) async fn stripe_webhook(
+// ------------------------------------------------------------------------------------------
+// What the OpenAPI document says of the webhook. `Event::parse` reads the body and
+// `stripe_webhook` builds the answer; these types only describe them.
+// ------------------------------------------------------------------------------------------
+
+/// A Stripe event, as `POST /api/v1/credits/webhooks/stripe` reads it (Stripe sends more
+/// members; they are ignored).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct StripeEvent {
+    /// The event's id (`evt_...`): each is processed once.
+    id: String,
+    /// `checkout.session.completed`, `checkout.session.async_payment_succeeded`,
+    /// `checkout.session.async_payment_failed`, `checkout.session.expired` and
+    /// `charge.refunded` are acted on; other types are recorded and answered 200.
+    #[schema(rename = "type")]
+    kind: String,
+    /// `{"object": ...}`: a Checkout Session, or a Charge for `charge.refunded`.
+    #[schema(value_type = Object)]
+    data: Value,
+}
+
+/// What the webhook did with an event.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct WebhookReceipt {
+    /// Always `true`.
+    received: bool,
+    event_id: String,
+    #[schema(schema_with = outcome_schema)]
+    outcome: String,
+}
+
+fn outcome_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(
+        &[
+            "credited",
+            "credited_then_refunded",
+            "awaiting_payment",
+            "failed",
+            "expired",
+            "refunded",
+            "partially_refunded",
+            "deferred",
+            "no_change",
+            "already_paid",
+            "order_failed",
+            "already_refunded",
+            "amount_mismatch",
+            "paid_without_user",
+            "ignored",
+            "unhandled",
+            "duplicate",
+        ],
+        false,
+        "`credited`: the order was paid and its credits (and bonus) added; \
+         `credited_then_refunded`: and a refund that arrived first was applied; \
+         `awaiting_payment`: a completed session not paid yet (delayed payment methods); \
+         `failed`, `expired`: the pending order failed; `refunded`, `partially_refunded`: the \
+         refunded share of the credits was taken back (what the balance could not cover became \
+         debt); `deferred`: a refund of a still pending order, kept until it is paid; \
+         `no_change`: that share was taken back already; `already_paid`, `order_failed`, \
+         `already_refunded`: the order had moved on; `amount_mismatch`: the amount charged \
+         differs from the order (not credited, logged for review); `paid_without_user`: the \
+         buyer's account was erased; `ignored`: no such order, or nothing to do; `unhandled`: \
+         an event type the webhook does not act on; `duplicate`: the event was processed before.",
+    )
+}
+
+/// Stripe's webhook.
+///
+/// Public: authenticated by the `Stripe-Signature` header, an HMAC-SHA256 over the raw body
+/// with the webhook secret, checked (within 300 s of its timestamp, any `v1` signature) before
+/// anything is parsed. The body is a Stripe event (schema `StripeEvent`), read as raw bytes
+/// whatever its `Content-Type`. Each event id is processed once, in one transaction: paid
+/// Checkout Sessions credit the order's credits and bonus exactly once, failed and expired
+/// sessions fail the pending order, and `charge.refunded` takes back the refunded share of
+/// the credits. Events of other types, and for unknown orders, are recorded and answered 200
+/// (Stripe would retry anything else).
+#[utoipa::path(
+    post,
+    path = "/api/v1/credits/webhooks/stripe",
+    tag = "credits",
+    operation_id = "stripe_webhook",
+    security(()),
+    params(
+        ("Stripe-Signature" = String, Header, description = "`t=<unix time>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\">` (more `v1` entries allowed), as Stripe signs its events."),
+    ),
+    responses(
+        (status = 200, description = "The event was verified and processed (or had been already).", body = WebhookReceipt),
+        (status = 400, description = "The Stripe-Signature header is missing, malformed, stale or does not match, or the verified event has no `id` or `type` (`/problems/bad-request`). Nothing changed.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The webhook secret is not configured (`Retry-After: 60`), or the database is briefly unavailable. Nothing changed; Stripe retries.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn stripe_webhook(
     State(state): State<AppState>,
     meta: RequestMeta,
     headers: HeaderMap,
