@@ -311,7 +311,9 @@ impl From<tokio_postgres::Error> for ApiError {
             }
             Some(code)
                 if *code == SqlState::STRING_DATA_RIGHT_TRUNCATION
-                    || *code == SqlState::NUMERIC_VALUE_OUT_OF_RANGE =>
+                    || *code == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+                    || *code == SqlState::DATETIME_FIELD_OVERFLOW
+                    || *code == SqlState::DATETIME_VALUE_OUT_OF_RANGE =>
             {
                 Self::validation("body", "a value is too long or out of range")
             }
