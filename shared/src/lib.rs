@@ -11,6 +11,7 @@ pub mod config;
 pub mod credits;
 pub mod db;
 pub mod error;
+pub mod generator;
 pub mod http;
 pub mod idempotency;
 pub mod input;
