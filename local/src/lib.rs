@@ -17,7 +17,7 @@ use shared::app::{self, AppState};
 use shared::auth::dev_issuer::{DevIssuer, SigningKey};
 use shared::config::{
     AuthConfig, Config, CreditsConfig, DEFAULT_EMAIL_CLAIM, DatabaseConfig, GalleryConfig,
-    LogFormat, PaymentProvider, PaymentsConfig, SslMode,
+    GeneratorConfig, LogFormat, PaymentProvider, PaymentsConfig, SslMode,
 };
 use shared::queue::memory::MemoryQueue;
 use shared::storage::local::LocalObjectStore;
@@ -107,7 +107,7 @@ impl LocalStack {
             None => SigningKey::load_or_generate(&options.data_dir.join("dev-issuer-key.pem"))?,
         };
         let issuer = DevIssuer::new(signing_key, issuer_url.clone(), LOCAL_AUDIENCE);
-        let config = local_config(&database.url, &issuer_url);
+        let config = local_config(&database.url, &issuer_url)?;
         let mut state = AppState::from_config(config)?;
         let store = Arc::new(LocalObjectStore::new(
             options.data_dir.join("objects"),
@@ -174,8 +174,8 @@ pub fn router(state: AppState, issuer: DevIssuer, store: Arc<LocalObjectStore>) 
     app::finish(routes, state)
 }
 
-fn local_config(database_url: &str, issuer_url: &str) -> Config {
-    Config {
+fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> {
+    Ok(Config {
         database: DatabaseConfig {
             url: database_url.to_string(),
             sslmode: SslMode::Disable,
@@ -206,8 +206,11 @@ fn local_config(database_url: &str, issuer_url: &str) -> Config {
             checkout_cancel_url: format!("{}credits?checkout=cancelled", issuer_url),
         },
         credits: CreditsConfig::default(),
+        // No image server unless GENERATOR_PRIMARY_URL / _SECONDARY_URL point
+        // at one: the procedural renderer serves every job.
+        generator: GeneratorConfig::from_lookup(|name| std::env::var(name).ok())?,
         log_format: LogFormat::Text,
-    }
+    })
 }
 
 fn env_number(name: &str, default: i32) -> i32 {

@@ -131,6 +131,106 @@ impl Default for CreditsConfig {
     }
 }
 
+/// The image providers (`shared::generator::build_chain`): the configured
+/// AUTOMATIC1111 servers in order, then the built-in procedural renderer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GeneratorConfig {
+    /// `GENERATOR_PRIMARY_URL`: base URL of the AUTOMATIC1111-compatible
+    /// server tried first (`http://gpu-1.internal:7860`); unset: none.
+    /// Credentials in the URL are sent as basic auth (A1111's `--api-auth`).
+    pub primary_url: Option<String>,
+    /// `GENERATOR_SECONDARY_URL`: the server tried when the primary fails.
+    pub secondary_url: Option<String>,
+    /// `GENERATOR_TIMEOUT_SECONDS` (default 120, 1..=900): the longest one
+    /// call to a server may take, rendering included, before the next
+    /// provider is tried.
+    pub timeout: Duration,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            primary_url: None,
+            secondary_url: None,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+// By hand: the URLs may carry a password.
+impl std::fmt::Debug for GeneratorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratorConfig")
+            .field(
+                "primary_url",
+                &self.primary_url.as_deref().map(redact_password),
+            )
+            .field(
+                "secondary_url",
+                &self.secondary_url.as_deref().map(redact_password),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl GeneratorConfig {
+    /// Reads the `GENERATOR_*` variables through `lookup` (the local stack
+    /// reads them from its environment this way).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let defaults = Self::default();
+        Ok(Self {
+            primary_url: get("GENERATOR_PRIMARY_URL")
+                .map(|url| parse_server_url("GENERATOR_PRIMARY_URL", &url))
+                .transpose()?,
+            secondary_url: get("GENERATOR_SECONDARY_URL")
+                .map(|url| parse_server_url("GENERATOR_SECONDARY_URL", &url))
+                .transpose()?,
+            timeout: Duration::from_secs(parse_number(
+                &get,
+                "GENERATOR_TIMEOUT_SECONDS",
+                defaults.timeout.as_secs(),
+                1,
+                900,
+            )?),
+        })
+    }
+}
+
+/// An http(s) base URL with a host and no query or fragment, kept without a
+/// trailing slash (a path prefix, for a reverse proxy, is allowed).
+fn parse_server_url(name: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { name, reason };
+    let parsed = url::Url::parse(raw).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("the URL must be http or https".into()));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("the URL has no host".into()));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid("the URL must not have a query or fragment".into()));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+/// The URL with its password (if any) replaced, for logs and Debug output.
+fn redact_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        Err(_) => "<invalid url>".to_string(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -144,6 +244,7 @@ pub struct Config {
     pub gallery: GalleryConfig,
     pub payments: PaymentsConfig,
     pub credits: CreditsConfig,
+    pub generator: GeneratorConfig,
     /// `LOG_FORMAT`: `json` or `text`; JSON by default inside Lambda.
     pub log_format: LogFormat,
 }
@@ -298,6 +399,8 @@ impl Config {
             )? as i32,
         };
 
+        let generator = GeneratorConfig::from_lookup(&lookup)?;
+
         let log_format = match get("LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -317,6 +420,7 @@ impl Config {
             gallery,
             payments,
             credits,
+            generator,
             log_format,
         })
     }
@@ -447,6 +551,50 @@ mod tests {
                 .to_string()
                 .contains("DATABASE_SSLMODE")
         );
+    }
+
+    #[test]
+    fn generator_servers_are_optional_urls_with_a_bounded_timeout() {
+        let cfg = config(&MINIMAL).unwrap();
+        assert_eq!(cfg.generator, GeneratorConfig::default());
+        assert_eq!(cfg.generator.timeout, Duration::from_secs(120));
+
+        let mut pairs = MINIMAL.to_vec();
+        pairs.extend([
+            ("GENERATOR_PRIMARY_URL", "http://gpu-1.internal:7860/"),
+            (
+                "GENERATOR_SECONDARY_URL",
+                " https://user:pw@a1111.example.com/sd/ ",
+            ),
+            ("GENERATOR_TIMEOUT_SECONDS", "30"),
+        ]);
+        let cfg = config(&pairs).unwrap().generator;
+        assert_eq!(
+            cfg.primary_url.as_deref(),
+            Some("http://gpu-1.internal:7860")
+        );
+        assert_eq!(
+            cfg.secondary_url.as_deref(),
+            Some("https://user:pw@a1111.example.com/sd")
+        );
+        assert_eq!(cfg.timeout, Duration::from_secs(30));
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("pw@"), "{debug}");
+        assert!(debug.contains("user:***@"), "{debug}");
+
+        for (name, value) in [
+            ("GENERATOR_PRIMARY_URL", "gpu-1:7860"),
+            ("GENERATOR_PRIMARY_URL", "ftp://gpu-1"),
+            ("GENERATOR_SECONDARY_URL", "http://gpu/?token=1"),
+            ("GENERATOR_TIMEOUT_SECONDS", "0"),
+            ("GENERATOR_TIMEOUT_SECONDS", "901"),
+            ("GENERATOR_TIMEOUT_SECONDS", "2m"),
+        ] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push((name, value));
+            let err = config(&pairs).unwrap_err().to_string();
+            assert!(err.contains(name), "{value}: {err}");
+        }
     }
 
     #[test]

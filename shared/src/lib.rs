@@ -11,6 +11,7 @@ pub mod config;
 pub mod credits;
 pub mod db;
 pub mod error;
+pub mod generator;
 pub mod http;
 pub mod idempotency;
 pub mod input;
@@ -24,6 +25,7 @@ pub mod social;
 pub mod storage;
 pub mod telemetry;
 pub mod users;
+pub mod worker;
 
 pub use app::AppState;
 pub use error::ApiError;
