@@ -2,6 +2,7 @@
 //! provider, and embedded defaults for everything AWS, so the platform runs on
 //! a laptop with `cargo run -p local` and nothing else.
 
+mod background;
 mod checkout;
 pub mod database;
 mod dev_routes;
@@ -21,6 +22,7 @@ use shared::config::{
 };
 use shared::queue::memory::MemoryQueue;
 use shared::storage::local::LocalObjectStore;
+use shared::worker::Worker;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -32,6 +34,10 @@ pub const LOCAL_WEBHOOK_SECRET: &str = "whsec_local_development_only";
 /// after this long, and moves to the dead letters after this many receives.
 pub const JOB_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const JOB_MAX_RECEIVES: u32 = 5;
+/// How long a claimed job may run before the scheduler times it out.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+/// Attempts before a transient generation failure becomes final.
+pub const JOB_MAX_ATTEMPTS: i32 = 3;
 
 /// The audience the local issuer writes into its tokens.
 pub const LOCAL_AUDIENCE: &str = "https://api.characters.local";
@@ -46,6 +52,9 @@ pub struct LocalOptions {
     pub data_dir: PathBuf,
     /// The issuer's key; `None` loads or creates `<data_dir>/dev-issuer-key.pem`.
     pub signing_key: Option<SigningKey>,
+    /// Run the worker on the in-process queue and the scheduler's tasks on
+    /// timers (the whole platform); tests turn it off and drive them.
+    pub background_tasks: bool,
 }
 
 impl LocalOptions {
@@ -67,6 +76,7 @@ impl LocalOptions {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".local")),
             signing_key: None,
+            background_tasks: true,
         })
     }
 }
@@ -80,6 +90,11 @@ pub struct LocalStack {
     pub database: database::ResolvedDatabase,
     /// The in-process job queue (SQS semantics) the jobs routes send to.
     pub queue: Arc<MemoryQueue>,
+    /// The generation worker, fed from `queue` (by the background task, or by
+    /// tests calling `worker.handle_batch(queue.receive(n))`).
+    pub worker: Worker,
+    stop_background: tokio::sync::watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -128,7 +143,28 @@ impl LocalStack {
             tracing::info!(migration = %name, "applied");
         }
 
+        let generator = Arc::new(shared::generator::build_chain(&state.config.generator)?);
+        let worker = Worker {
+            db: state.db.clone(),
+            storage: store.clone(),
+            generator,
+            job_timeout: JOB_TIMEOUT,
+            max_attempts: JOB_MAX_ATTEMPTS,
+        };
         let router = router(state.clone(), issuer.clone(), store);
+        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let background = if options.background_tasks {
+            vec![
+                tokio::spawn(background::consume_jobs(
+                    queue.clone(),
+                    worker.clone(),
+                    background_stopped.clone(),
+                )),
+                tokio::spawn(background::run_schedules(state.clone(), background_stopped)),
+            ]
+        } else {
+            Vec::new()
+        };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(
@@ -147,6 +183,9 @@ impl LocalStack {
             state,
             database,
             queue,
+            worker,
+            stop_background,
+            background,
             shutdown: Some(shutdown),
             server,
         })
@@ -154,6 +193,10 @@ impl LocalStack {
 
     /// Stops serving, finishing requests in flight.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop_background.send(true);
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

@@ -24,6 +24,7 @@ async fn a_private_cluster_starts_serves_the_stack_and_stops() {
         database_url: Some(url),
         data_dir: root.clone(),
         signing_key: Some(testkit::signing_key()),
+        background_tasks: false,
     })
     .await
     .expect("the stack migrates and serves from the private cluster");

@@ -107,11 +107,13 @@ impl Worker {
         let request = match self.request_for(&job).await {
             Ok(request) => request,
             Err(reason) => {
-                self.fail(client, &job, json!({"error": reason, "stage": "prepare"})).await?;
+                self.fail(client, &job, json!({"error": reason, "stage": "prepare"}))
+                    .await?;
                 return Ok(Processed::Acknowledge("failed"));
             }
         };
-        let generated = tokio::time::timeout(self.job_timeout, self.generator.generate(&request)).await;
+        let generated =
+            tokio::time::timeout(self.job_timeout, self.generator.generate(&request)).await;
         let outcome = match generated {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(error)) => {
@@ -120,7 +122,12 @@ impl Worker {
                     requeue(client, &job.job.id, &details).await?;
                     return Ok(Processed::Retry(error.to_string()));
                 }
-                self.fail(client, &job, json!({"error": error.to_string(), "details": details})).await?;
+                self.fail(
+                    client,
+                    &job,
+                    json!({"error": error.to_string(), "details": details}),
+                )
+                .await?;
                 return Ok(Processed::Acknowledge("failed"));
             }
             Err(_) => {
@@ -150,7 +157,8 @@ impl Worker {
         let input = &job.input_parameters;
         let text = |name: &str| input.get(name).and_then(Value::as_str).map(str::to_string);
         let number = |name: &str| input.get(name).and_then(Value::as_i64);
-        let job_type = JobType::parse(&job.job_type).ok_or_else(|| format!("unknown job type {}", job.job_type))?;
+        let job_type = JobType::parse(&job.job_type)
+            .ok_or_else(|| format!("unknown job type {}", job.job_type))?;
         let init_image = match text("init_image_key") {
             Some(key) if crate::jobs::dispatch::needs_image(&job.job_type) => Some(
                 self.storage
@@ -160,22 +168,33 @@ impl Worker {
             ),
             _ => None,
         };
-        let to_u32 = |value: Option<i64>, default: u32| value.and_then(|v| u32::try_from(v).ok()).unwrap_or(default);
+        let to_u32 = |value: Option<i64>, default: u32| {
+            value.and_then(|v| u32::try_from(v).ok()).unwrap_or(default)
+        };
         let request = GenerationRequest {
             job_type,
             prompt: text("prompt").unwrap_or_default(),
             negative_prompt: text("negative_prompt").unwrap_or_default(),
             style_type: text("style_type").unwrap_or_else(|| "artistic".into()),
             steps: to_u32(number("steps"), 20),
-            cfg_scale: input.get("cfg_scale").and_then(Value::as_f64).unwrap_or(7.5),
+            cfg_scale: input
+                .get("cfg_scale")
+                .and_then(Value::as_f64)
+                .unwrap_or(7.5),
             sampler: text("sampler").unwrap_or_else(|| "DPM++ 2M Karras".into()),
             seed: number("seed").unwrap_or(0),
             width: to_u32(number("width"), 512),
             height: to_u32(number("height"), 512),
             batch_size: to_u32(number("batch_size"), 1),
             init_image,
-            denoising_strength: input.get("denoising_strength").and_then(Value::as_f64).unwrap_or(0.6),
-            upscale_factor: input.get("upscale_factor").and_then(Value::as_f64).unwrap_or(2.0),
+            denoising_strength: input
+                .get("denoising_strength")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.6),
+            upscale_factor: input
+                .get("upscale_factor")
+                .and_then(Value::as_f64)
+                .unwrap_or(2.0),
         };
         request.validate().map_err(|e| e.to_string())?;
         Ok(request)
@@ -206,7 +225,12 @@ impl Worker {
         Ok(keys)
     }
 
-    async fn fail(&self, client: &mut Client, claimed: &Claimed, details: Value) -> Result<(), WorkerError> {
+    async fn fail(
+        &self,
+        client: &mut Client,
+        claimed: &Claimed,
+        details: Value,
+    ) -> Result<(), WorkerError> {
         let job = &claimed.job;
         let tx = client.transaction().await?;
         let failed = tx
@@ -252,7 +276,11 @@ struct Claimed {
 }
 
 /// queued → processing, once: `None` for a job that is not queued.
-async fn claim(client: &Client, job_id: &str, timeout: Duration) -> Result<Option<Claimed>, WorkerError> {
+async fn claim(
+    client: &Client,
+    job_id: &str,
+    timeout: Duration,
+) -> Result<Option<Claimed>, WorkerError> {
     let row = client
         .query_opt(
             &format!(
@@ -352,7 +380,13 @@ async fn complete(
     )
     .await?;
     holds::settle(&tx, &job.id).await?;
-    log_activity(&tx, job, "image_generated", json!({"images": generated, "provider": outcome.provider()})).await?;
+    log_activity(
+        &tx,
+        job,
+        "image_generated",
+        json!({"images": generated, "provider": outcome.provider()}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }

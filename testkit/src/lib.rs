@@ -214,6 +214,7 @@ pub async fn spawn_stack() -> TestStack {
         database_url: Some(database_url.clone()),
         data_dir: std::env::temp_dir(),
         signing_key: Some(signing_key()),
+        background_tasks: false,
     })
     .await
     .expect("start the local stack");

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         database_url: Some(database_url),
         data_dir: std::env::temp_dir(),
         signing_key: Some(testkit::signing_key()),
+        background_tasks: false,
     })
     .await?;
     let http = reqwest::Client::new();

@@ -317,10 +317,9 @@ pub async fn enqueue(client: &impl GenericClient, queue: &dyn JobQueue, job: &Jo
                 job.priority.unwrap_or(5).to_string(),
             ),
         ]),
-        // Lower priorities wait a little, so higher ones overtake a busy queue.
-        delay: Some(Duration::from_secs(
-            (10 - job.priority.unwrap_or(5).clamp(1, 10)) as u64,
-        )),
+        // Each queue adapter honours the `priority` attribute its own way (see
+        // `shared::queue`).
+        delay: None,
     };
     match queue.send(&message).await {
         Ok(_) => {

@@ -3,7 +3,9 @@
 //!   visibility timeout, and comes back unless deleted with its receipt handle;
 //! - every receive increments `ApproximateReceiveCount`; a message received
 //!   more than `max_receive_count` times moves to the dead-letter list instead;
-//! - a receipt handle is valid only for the latest receive of its message.
+//! - a receipt handle is valid only for the latest receive of its message;
+//! - visible messages are received highest `priority` attribute first (1 to 10,
+//!   default 5), then oldest first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -76,14 +78,11 @@ impl MemoryQueue {
     pub fn receive(&self, max: usize) -> SqsEvent {
         let now = Instant::now();
         let mut state = self.lock();
-        let mut records = Vec::new();
+        // Past their receive limit: to the dead letters, never delivered again.
         let mut index = 0;
-        while index < state.messages.len() && records.len() < max {
-            if state.messages[index].visible_at > now {
-                index += 1;
-                continue;
-            }
-            if state.messages[index].receive_count >= self.max_receive_count {
+        while index < state.messages.len() {
+            let message = &state.messages[index];
+            if message.visible_at <= now && message.receive_count >= self.max_receive_count {
                 if let Some(message) = state.messages.remove(index) {
                     if let Some(receipt) = &message.receipt {
                         state.by_receipt.remove(receipt);
@@ -94,8 +93,17 @@ impl MemoryQueue {
                         receive_count: message.receive_count,
                     });
                 }
-                continue;
+            } else {
+                index += 1;
             }
+        }
+        let mut visible: Vec<usize> = (0..state.messages.len())
+            .filter(|&i| state.messages[i].visible_at <= now)
+            .collect();
+        visible.sort_by_key(|&i| (std::cmp::Reverse(priority_of(&state.messages[i])), i));
+        visible.truncate(max);
+        let mut records = Vec::new();
+        for index in visible {
             let receipt = uuid::Uuid::new_v4().to_string();
             let previous = {
                 let message = &mut state.messages[index];
@@ -109,7 +117,6 @@ impl MemoryQueue {
             let message = state.messages[index].clone();
             state.by_receipt.insert(receipt.clone(), message.id.clone());
             records.push(self.record(&message, &receipt));
-            index += 1;
         }
         let mut event = SqsEvent::default();
         event.records = records;
@@ -186,6 +193,14 @@ impl MemoryQueue {
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.lock().dead.clone()
     }
+}
+
+fn priority_of(message: &Stored) -> i64 {
+    message
+        .attributes
+        .get("priority")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5)
 }
 
 impl JobQueue for MemoryQueue {
@@ -270,6 +285,28 @@ mod tests {
             ("poison", 3)
         );
         assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn higher_priorities_are_received_first() {
+        let queue = MemoryQueue::new("jobs", Duration::from_secs(60), 5);
+        for (body, priority) in [
+            ("low", "2"),
+            ("high", "9"),
+            ("normal", "5"),
+            ("high-2", "9"),
+        ] {
+            let mut m = message(body);
+            m.attributes.insert("priority".into(), priority.into());
+            queue.send(&m).await.unwrap();
+        }
+        let order: Vec<String> = queue
+            .receive(10)
+            .records
+            .into_iter()
+            .map(|r| r.body.unwrap())
+            .collect();
+        assert_eq!(order, ["high", "high-2", "normal", "low"]);
     }
 
     #[tokio::test]

@@ -1,0 +1,461 @@
+//! The generation pipeline end to end in the local stack: dispatch over HTTP,
+//! the in-process queue with SQS semantics, the worker, the provider chain,
+//! storage, settlement — and exactly-once under redelivery, failures, and
+//! cancels racing the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+use shared::generator::{A1111Generator, GeneratorChain, ImageGenerator, ProceduralGenerator};
+use shared::worker::Worker;
+use testkit::ledger::assert_invariants;
+use testkit::{TestStack, spawn_stack};
+
+async fn setup(stack: &TestStack, credits: i32) -> (String, String) {
+    let token = stack.user("ann@example.com", "ann").await;
+    let client = stack.sql().await;
+    client
+        .execute("UPDATE users SET daily_quota = 0", &[])
+        .await
+        .unwrap();
+    let id: String = client
+        .query_one("SELECT id FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    shared::credits::ledger::post(
+        &client,
+        &id,
+        shared::credits::ledger::Entry::new("purchase", credits, "pack"),
+    )
+    .await
+    .unwrap();
+    let character = stack
+        .call(
+            Method::POST,
+            "/api/v1/characters",
+            Some(&token),
+            Some(json!({"name": "Aria", "prompt": "an elf archer at dawn", "style_type": "fantasy", "generation_seed": 7})),
+        )
+        .await;
+    assert_eq!(character.status.as_u16(), 201, "{}", character.body);
+    (token, character.body["id"].as_str().unwrap().to_string())
+}
+
+async fn generate(stack: &TestStack, token: &str, character: &str, body: Value) -> Value {
+    let reply = stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{character}/generate"),
+            Some(token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.body);
+    reply.body
+}
+
+async fn balance(stack: &TestStack) -> shared::credits::Balance {
+    let client = stack.sql().await;
+    let id: String = client
+        .query_one("SELECT id FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    shared::credits::balance(&client, &id).await.unwrap()
+}
+
+async fn job_status(stack: &TestStack, job_id: &str) -> String {
+    stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT status FROM generation_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A worker over the stack's database and storage with another provider chain.
+fn worker_with(stack: &TestStack, providers: Vec<Arc<dyn ImageGenerator>>) -> Worker {
+    Worker {
+        generator: Arc::new(GeneratorChain::new(providers)),
+        ..stack.stack.worker.clone()
+    }
+}
+
+/// A generator server that is not there (connection refused: transient).
+fn unreachable(name: &'static str) -> Arc<dyn ImageGenerator> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Arc::new(A1111Generator::new(
+        name,
+        &format!("http://127.0.0.1:{port}"),
+        Duration::from_secs(2),
+        shared::generator::a1111::client().unwrap(),
+    ))
+}
+
+/// A generator server that refuses every request (HTTP 400: permanent).
+async fn refusing(name: &'static str) -> Arc<dyn ImageGenerator> {
+    let app =
+        axum::Router::new().fallback(|| async { (axum::http::StatusCode::BAD_REQUEST, "no") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Arc::new(A1111Generator::new(
+        name,
+        &url,
+        Duration::from_secs(5),
+        shared::generator::a1111::client().unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn generate_complete_download_and_pay_exactly_the_quote() {
+    let stack = spawn_stack().await;
+    let (token, character) = setup(&stack, 100).await;
+    let job = generate(
+        &stack,
+        &token,
+        &character,
+        json!({"width": 512, "height": 384}),
+    )
+    .await;
+    let quoted = job["cost_credits"].as_i64().unwrap();
+    assert_eq!(quoted, 10);
+    assert_eq!(balance(&stack).await.reserved_balance, 10);
+
+    let batch = stack.stack.queue.receive(10);
+    assert_eq!(batch.records.len(), 1);
+    let response = stack.stack.worker.handle_batch(batch).await;
+    assert!(response.batch_item_failures.is_empty());
+
+    let job_id = job["id"].as_str().unwrap();
+    let done = stack
+        .get(&format!("/api/v1/jobs/{job_id}"), Some(&token))
+        .await
+        .body;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["generation_provider"], "fallback");
+    assert_eq!(
+        done["processing_metadata"]["generation"]["provider"],
+        "fallback"
+    );
+    assert!(done["memory_used_mb"].as_i64().unwrap() > 0);
+
+    let shown = stack
+        .get(&format!("/api/v1/characters/{character}"), Some(&token))
+        .await
+        .body;
+    assert_eq!(shown["generation_status"], "completed");
+    let thumb_key = shown["thumbnail_url"].as_str().unwrap().to_string();
+    assert!(
+        shown["primary_image_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("image-0.png")
+    );
+
+    // The image downloads through a signed link, as a real PNG of the asked size.
+    let link = stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{character}/download"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(link.status.as_u16(), 200, "{}", link.body);
+    let png = stack
+        .http
+        .get(link.body["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let image = image::load_from_memory_with_format(&png, image::ImageFormat::Png).unwrap();
+    assert_eq!((image.width(), image.height()), (512, 384));
+    let thumb = stack
+        .stack
+        .state
+        .storage
+        .as_ref()
+        .unwrap()
+        .get(&thumb_key)
+        .await
+        .unwrap();
+    let thumb = image::load_from_memory_with_format(&thumb, image::ImageFormat::Png).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (256, 192));
+
+    // Exactly the quoted credits were spent, in one usage entry, and nothing is held.
+    let after = balance(&stack).await;
+    assert_eq!(
+        (after.current_balance, after.reserved_balance),
+        (100 - quoted as i32, 0)
+    );
+    let usage: Vec<i32> = stack
+        .sql()
+        .await
+        .query(
+            "SELECT amount FROM credit_transactions WHERE transaction_type = 'usage'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(usage, vec![-(quoted as i32)]);
+    assert_invariants(&stack.sql().await).await;
+    let me = stack.get("/api/v1/me", Some(&token)).await.body;
+    assert_eq!(me["total_images_generated"], 1);
+}
+
+#[tokio::test]
+async fn a_message_delivered_three_times_at_once_makes_one_image_and_one_settlement() {
+    let stack = spawn_stack().await;
+    let (token, character) = setup(&stack, 100).await;
+    let job = generate(&stack, &token, &character, json!({})).await;
+    let batch = stack.stack.queue.receive(1);
+    let record = batch.records[0].clone();
+    let deliveries = join_all((0..3).map(|_| {
+        let worker = stack.stack.worker.clone();
+        let mut event = batch.clone();
+        event.records = vec![record.clone()];
+        async move { worker.handle_batch(event).await }
+    }))
+    .await;
+    assert!(deliveries.iter().all(|r| r.batch_item_failures.is_empty()));
+    // A fourth, late redelivery is acknowledged without effect too.
+    let late = stack.stack.worker.handle_batch(batch).await;
+    assert!(late.batch_item_failures.is_empty());
+    assert_eq!(
+        job_status(&stack, job["id"].as_str().unwrap()).await,
+        "completed"
+    );
+    let client = stack.sql().await;
+    let settlements: i64 = client
+        .query_one(
+            "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(settlements, 1);
+    let generated: i32 = client
+        .query_one("SELECT total_images_generated FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(generated, 1);
+    assert_eq!(balance(&stack).await.current_balance, 90);
+    assert_invariants(&client).await;
+}
+
+#[tokio::test]
+async fn a_failing_primary_hands_over_and_the_failure_is_recorded() {
+    let stack = spawn_stack().await;
+    let (token, character) = setup(&stack, 100).await;
+    let job = generate(&stack, &token, &character, json!({})).await;
+    let worker = worker_with(
+        &stack,
+        vec![
+            unreachable("primary"),
+            refusing("secondary").await,
+            Arc::new(ProceduralGenerator),
+        ],
+    );
+    let response = worker.handle_batch(stack.stack.queue.receive(1)).await;
+    assert!(response.batch_item_failures.is_empty());
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT status, generation_provider, processing_metadata FROM generation_jobs WHERE id = $1",
+            &[&job["id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "completed");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("fallback"));
+    let metadata: Value = row.get(2);
+    let failed = metadata["generation"]["failed_providers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(failed.len(), 2, "{metadata}");
+    assert_eq!(failed[0]["provider"], "primary");
+    assert_eq!(failed[0]["transient"], true);
+    assert_eq!(failed[1]["provider"], "secondary");
+    assert_eq!(failed[1]["transient"], false);
+}
+
+#[tokio::test]
+async fn failures_retry_while_transient_then_fail_and_give_every_credit_back() {
+    let stack = spawn_stack().await;
+    let (token, character) = setup(&stack, 100).await;
+    let transient = generate(&stack, &token, &character, json!({})).await;
+    let permanent = generate(&stack, &token, &character, json!({})).await;
+    let transient_id = transient["id"].as_str().unwrap().to_string();
+    let permanent_id = permanent["id"].as_str().unwrap().to_string();
+
+    // Only an unreachable server: transient, retried while attempts remain.
+    let flaky = worker_with(&stack, vec![unreachable("primary")]);
+    // Only a refusing server: permanent, failed at once.
+    let broken = worker_with(&stack, vec![refusing("primary").await]);
+
+    let batch = stack.stack.queue.receive(10);
+    assert_eq!(batch.records.len(), 2);
+    let id_of = |job: &str| {
+        batch
+            .records
+            .iter()
+            .find(|r| r.body.as_deref().is_some_and(|b| b.contains(job)))
+            .and_then(|r| r.message_id.clone())
+            .unwrap()
+    };
+    let mut transient_only = batch.clone();
+    transient_only
+        .records
+        .retain(|r| r.body.as_deref().is_some_and(|b| b.contains(&transient_id)));
+    let mut permanent_only = batch.clone();
+    permanent_only
+        .records
+        .retain(|r| r.body.as_deref().is_some_and(|b| b.contains(&permanent_id)));
+
+    // A mixed batch: the transient one is reported for retry, the permanent one is not.
+    let mixed = flaky.handle_batch(transient_only.clone()).await;
+    let permanent_result = broken.handle_batch(permanent_only).await;
+    assert_eq!(
+        mixed
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect::<Vec<_>>(),
+        vec![id_of(&transient_id)]
+    );
+    assert!(permanent_result.batch_item_failures.is_empty());
+    assert_eq!(job_status(&stack, &permanent_id).await, "failed");
+    assert_eq!(
+        job_status(&stack, &transient_id).await,
+        "queued",
+        "back for another attempt"
+    );
+
+    // The redeliveries: the third attempt is the last, then the job fails.
+    for attempt in 2..=3 {
+        let outcome = flaky.handle_batch(transient_only.clone()).await;
+        if attempt < 3 {
+            assert_eq!(outcome.batch_item_failures.len(), 1);
+        } else {
+            assert!(
+                outcome.batch_item_failures.is_empty(),
+                "attempts exhausted: acknowledged"
+            );
+        }
+    }
+    assert_eq!(job_status(&stack, &transient_id).await, "failed");
+
+    // Every credit came back and nothing was posted.
+    let after = balance(&stack).await;
+    assert_eq!((after.current_balance, after.reserved_balance), (100, 0));
+    let usage: i64 = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(usage, 0);
+    let shown = stack
+        .get(&format!("/api/v1/characters/{character}"), Some(&token))
+        .await
+        .body;
+    assert_eq!(shown["generation_status"], "failed");
+    assert_invariants(&stack.sql().await).await;
+}
+
+#[tokio::test]
+async fn cancel_racing_the_worker_has_exactly_one_winner() {
+    let stack = spawn_stack().await;
+    let (token, character) = setup(&stack, 1000).await;
+    stack
+        .sql()
+        .await
+        .execute("UPDATE users SET subscription_tier = 'ENTERPRISE'", &[])
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..8 {
+        jobs.push(
+            generate(&stack, &token, &character, json!({})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let batch = stack.stack.queue.receive(10);
+    let races = jobs.iter().map(|job_id| {
+        let worker = stack.stack.worker.clone();
+        let mut event = batch.clone();
+        event.records.retain(|r| {
+            r.body
+                .as_deref()
+                .is_some_and(|b| b.contains(job_id.as_str()))
+        });
+        let cancel = stack
+            .http
+            .post(format!("{}/api/v1/jobs/{job_id}/cancel", stack.base_url))
+            .bearer_auth(&token)
+            .send();
+        async move {
+            let (processed, cancelled) = tokio::join!(worker.handle_batch(event), cancel);
+            (processed, cancelled.unwrap().status().as_u16())
+        }
+    });
+    let outcomes = join_all(races).await;
+    let client = stack.sql().await;
+    let mut completed = 0;
+    for (job_id, (_, cancel_status)) in jobs.iter().zip(&outcomes) {
+        let status = job_status(&stack, job_id).await;
+        match status.as_str() {
+            "cancelled" => assert_eq!(*cancel_status, 200),
+            "completed" => {
+                assert_eq!(*cancel_status, 409);
+                completed += 1;
+            }
+            other => panic!("job {job_id} ended {other}"),
+        }
+    }
+    let usage: i64 = client
+        .query_one(
+            "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        usage, completed,
+        "one settlement per completed job, none for cancelled ones"
+    );
+    let after = balance(&stack).await;
+    assert_eq!(after.reserved_balance, 0);
+    // ENTERPRISE pays 0.4 × 10 = 4 per job.
+    assert_eq!(after.current_balance, 1000 - 4 * completed as i32);
+    assert_invariants(&client).await;
+}
