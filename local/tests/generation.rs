@@ -157,12 +157,29 @@ async fn generate_complete_download_and_pay_exactly_the_quote() {
         .await
         .body;
     assert_eq!(shown["generation_status"], "completed");
-    let thumb_key = shown["thumbnail_url"].as_str().unwrap().to_string();
+    // Responses carry time-limited links, never bucket keys.
+    let thumb_link = shown["thumbnail_url"].as_str().unwrap().to_string();
+    assert!(thumb_link.contains("signature="), "{thumb_link}");
     assert!(
         shown["primary_image_url"]
             .as_str()
             .unwrap()
-            .ends_with("image-0.png")
+            .contains("/image-0.png?")
+    );
+    assert!(
+        !shown.to_string().contains("\"users/"),
+        "a raw key leaked: {shown}"
+    );
+    let listed = stack
+        .get(&format!("/api/v1/jobs/{job_id}"), Some(&token))
+        .await
+        .body;
+    assert!(
+        listed["output_urls"][0]
+            .as_str()
+            .unwrap()
+            .contains("signature="),
+        "{listed}"
     );
 
     // The image downloads through a signed link, as a real PNG of the asked size.
@@ -187,12 +204,12 @@ async fn generate_complete_download_and_pay_exactly_the_quote() {
     let image = image::load_from_memory_with_format(&png, image::ImageFormat::Png).unwrap();
     assert_eq!((image.width(), image.height()), (512, 384));
     let thumb = stack
-        .stack
-        .state
-        .storage
-        .as_ref()
+        .http
+        .get(&thumb_link)
+        .send()
+        .await
         .unwrap()
-        .get(&thumb_key)
+        .bytes()
         .await
         .unwrap();
     let thumb = image::load_from_memory_with_format(&thumb, image::ImageFormat::Png).unwrap();
@@ -458,4 +475,47 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
     // ENTERPRISE pays 0.4 × 10 = 4 per job.
     assert_eq!(after.current_balance, 1000 - 4 * completed as i32);
     assert_invariants(&client).await;
+}
+
+#[tokio::test]
+async fn deleting_a_character_deletes_its_images() {
+    let stack = spawn_stack().await;
+    let (token, character) = setup(&stack, 100).await;
+    generate(&stack, &token, &character, json!({})).await;
+    let response = stack
+        .stack
+        .worker
+        .handle_batch(stack.stack.queue.receive(1))
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    let shown = stack
+        .get(&format!("/api/v1/characters/{character}"), Some(&token))
+        .await
+        .body;
+    let links: Vec<String> = ["primary_image_url", "thumbnail_url"]
+        .iter()
+        .map(|f| shown[*f].as_str().unwrap().to_string())
+        .collect();
+    for link in &links {
+        assert_eq!(
+            stack.http.get(link).send().await.unwrap().status().as_u16(),
+            200
+        );
+    }
+    let deleted = stack
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/characters/{character}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status.as_u16(), 204);
+    for link in &links {
+        assert_eq!(
+            stack.http.get(link).send().await.unwrap().status().as_u16(),
+            404,
+            "{link} outlived its character"
+        );
+    }
 }

@@ -367,7 +367,7 @@ async fn complete(
                 &primary,
                 &thumb,
                 &json!(additional),
-                &json!({"job_id": job.id, "provider": outcome.provider(), "thumbnails": keys.thumbnails}),
+                &json!({"job_id": job.id, "provider": outcome.provider(), "images": keys.images.len()}),
                 &(i32::try_from(elapsed.as_secs()).unwrap_or(i32::MAX)),
             ],
         )

@@ -87,6 +87,17 @@ pub const CHARACTER_COLUMNS: &str = "c.id, c.user_id, c.name, c.description, c.p
     c.rating_average::float8 AS rating_average, c.popularity";
 
 impl Character {
+    /// Replaces stored image keys with time-limited links (see
+    /// [`crate::storage::image_link`]): responses never carry bucket paths.
+    pub async fn present(&mut self, storage: Option<&dyn crate::storage::ObjectStore>) {
+        use crate::storage::{image_link, image_links};
+        self.primary_image_url = image_link(storage, self.primary_image_url.as_deref()).await;
+        self.thumbnail_url = image_link(storage, self.thumbnail_url.as_deref()).await;
+        if let Some(additional) = &self.additional_images {
+            self.additional_images = Some(image_links(storage, additional).await);
+        }
+    }
+
     pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             id: row.try_get("id")?,

@@ -404,3 +404,47 @@ pub async fn list_own(
         id: c.id.clone(),
     }))
 }
+
+/// Every stored object of a character: its images, thumbnails and the outputs
+/// of its generation jobs (keys only; images hosted elsewhere are not ours).
+pub async fn stored_objects(tx: &Transaction<'_>, id: &str) -> Result<Vec<String>, ApiError> {
+    let row = tx
+        .query_opt(
+            "SELECT c.primary_image_url, c.thumbnail_url, coalesce(c.additional_images, '[]'::jsonb), \
+               coalesce((SELECT jsonb_agg(o) FROM generation_jobs j, \
+                           jsonb_array_elements_text(coalesce(j.output_urls, '[]'::jsonb)) o \
+                         WHERE j.character_id = c.id), '[]'::jsonb) \
+             FROM characters c WHERE c.id = $1",
+            &[&id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Vec::new());
+    };
+    let mut keys: Vec<String> = Vec::new();
+    for column in [0, 1] {
+        if let Some(key) = row.try_get::<_, Option<String>>(column)? {
+            keys.push(key);
+        }
+    }
+    for column in [2, 3] {
+        let list: serde_json::Value = row.try_get(column)?;
+        keys.extend(
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string)),
+        );
+    }
+    // Each stored image has its thumbnail beside it (`image-N.png` → `thumb-N.png`).
+    let thumbnails: Vec<String> = keys
+        .iter()
+        .filter(|k| k.contains("/image-"))
+        .map(|k| k.replace("/image-", "/thumb-"))
+        .collect();
+    keys.extend(thumbnails);
+    keys.retain(|k| crate::storage::validate_key(k).is_ok());
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}

@@ -101,8 +101,9 @@ pub(crate) async fn create_character(
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
-    let character = repo::create(&tx, &user, &fields, &meta).await?;
+    let mut character = repo::create(&tx, &user, &fields, &meta).await?;
     tx.commit().await?;
+    character.present(state.storage.as_deref()).await;
     Ok((StatusCode::CREATED, Json(character)))
 }
 
@@ -134,8 +135,9 @@ pub(crate) async fn get_character(
     let mut client = state.db.get().await?;
     let viewer = viewer(&client, identity.as_ref()).await?;
     let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
-    let character = repo::read(&tx, viewer.as_ref(), id).await?;
+    let mut character = repo::read(&tx, viewer.as_ref(), id).await?;
     tx.commit().await?;
+    character.present(state.storage.as_deref()).await;
     Ok(Json(character))
 }
 
@@ -172,8 +174,9 @@ pub(crate) async fn update_character(
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
-    let character = repo::update(&tx, &user, id, &fields, &meta).await?;
+    let mut character = repo::update(&tx, &user, id, &fields, &meta).await?;
     tx.commit().await?;
+    character.present(state.storage.as_deref()).await;
     Ok(Json(character))
 }
 
@@ -203,8 +206,19 @@ pub(crate) async fn delete_character(
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    repo::owned(&tx, &user, id).await?;
+    let objects = repo::stored_objects(&tx, id).await?;
     repo::delete(&tx, &user, id, &meta).await?;
     tx.commit().await?;
+    // The rows are gone; now the images. A failure here leaves an orphan for
+    // the bucket's lifecycle rule, never a character pointing at nothing.
+    if let Some(storage) = state.storage.as_deref() {
+        for key in &objects {
+            if let Err(e) = storage.delete(key).await {
+                tracing::warn!(%key, error = %e, "orphaned image after character deletion");
+            }
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -330,8 +344,11 @@ pub(crate) async fn list_characters(
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
-    let page = repo::list_own(&tx, &user, &filter, limit, after).await?;
+    let mut page = repo::list_own(&tx, &user, &filter, limit, after).await?;
     tx.commit().await?;
+    for character in &mut page.items {
+        character.present(state.storage.as_deref()).await;
+    }
     Ok(Json(page))
 }
 
@@ -393,8 +410,11 @@ async fn gallery_page(
     let mut client = state.db.get().await?;
     let viewer = viewer(&client, identity.as_ref()).await?;
     let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
-    let page = gallery::list(&tx, &state.config.gallery, &filter, sort, limit, after).await?;
+    let mut page = gallery::list(&tx, &state.config.gallery, &filter, sort, limit, after).await?;
     tx.commit().await?;
+    for item in &mut page.items {
+        item.character.present(state.storage.as_deref()).await;
+    }
     Ok(Json(page))
 }
 

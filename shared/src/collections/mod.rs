@@ -96,6 +96,16 @@ pub struct CharacterCard {
     pub created_at: DateTime<Utc>,
 }
 
+impl CharacterCard {
+    /// Stored image keys become time-limited links (see [`crate::storage::image_link`]).
+    pub async fn present(&mut self, storage: Option<&dyn crate::storage::ObjectStore>) {
+        self.thumbnail_url =
+            crate::storage::image_link(storage, self.thumbnail_url.as_deref()).await;
+        self.primary_image_url =
+            crate::storage::image_link(storage, self.primary_image_url.as_deref()).await;
+    }
+}
+
 /// The `characters` columns matching [`CharacterCard::from_row`], aliased
 /// `character_*` so they can share a row with the membership's columns.
 pub const CHARACTER_CARD_COLUMNS: &str = "ch.id AS character_card_id, \

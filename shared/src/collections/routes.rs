@@ -356,7 +356,11 @@ pub(crate) async fn list_members(
     visible_collection(&tx, &id, viewer_id).await?;
     let rows = repo::list_members(&tx, &id, viewer_id, after.as_ref(), limit).await?;
     tx.commit().await?;
-    Ok(Json(pagination::page(rows, limit, MemberKey::of)))
+    let mut page = pagination::page(rows, limit, MemberKey::of);
+    for member in &mut page.items {
+        member.character.present(state.storage.as_deref()).await;
+    }
+    Ok(Json(page))
 }
 
 /// File a character in one of the caller's collections, or move it.

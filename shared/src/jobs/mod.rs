@@ -40,6 +40,13 @@ pub const JOB_COLUMNS: &str = "id, user_id, character_id, job_type, input_parame
     gpu_time_seconds, memory_used_mb, cost_credits, created_at, updated_at";
 
 impl Job {
+    /// Stored output keys become time-limited links (see [`crate::storage::image_link`]).
+    pub async fn present(&mut self, storage: Option<&dyn crate::storage::ObjectStore>) {
+        if let Some(outputs) = &self.output_urls {
+            self.output_urls = Some(crate::storage::image_links(storage, outputs).await);
+        }
+    }
+
     pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             id: row.try_get("id")?,

@@ -259,7 +259,9 @@ pub(crate) async fn get_job(
         .await?
         .ok_or_else(|| ApiError::NotFound("no such job".into()))?;
     tx.commit().await?;
-    Ok(Json(Job::from_row(&row)?))
+    let mut job = Job::from_row(&row)?;
+    job.present(state.storage.as_deref()).await;
+    Ok(Json(job))
 }
 
 /// Cancel one of the caller's queued jobs.

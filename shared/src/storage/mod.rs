@@ -82,6 +82,43 @@ pub fn content_type_of(key: &str) -> &'static str {
     }
 }
 
+/// How long the image links in API responses work.
+pub const IMAGE_LINK_TTL: Duration = Duration::from_secs(3600);
+
+/// What a client sees for a stored image: a time-limited link, never the
+/// bucket key. An absolute http(s) URL (an image hosted elsewhere) passes
+/// through; without a configured store there is nothing to link to.
+pub async fn image_link(storage: Option<&dyn ObjectStore>, stored: Option<&str>) -> Option<String> {
+    let stored = stored?;
+    if stored.starts_with("https://") || stored.starts_with("http://") {
+        return Some(stored.to_string());
+    }
+    match storage?.presign_get(stored, IMAGE_LINK_TTL).await {
+        Ok(link) => Some(link.url),
+        Err(e) => {
+            tracing::warn!(error = %e, "no link for a stored image");
+            None
+        }
+    }
+}
+
+/// [`image_link`] for each string of a JSON array of keys.
+pub async fn image_links(
+    storage: Option<&dyn ObjectStore>,
+    stored: &serde_json::Value,
+) -> serde_json::Value {
+    let Some(keys) = stored.as_array() else {
+        return stored.clone();
+    };
+    let mut links = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(link) = image_link(storage, key.as_str()).await {
+            links.push(serde_json::Value::String(link));
+        }
+    }
+    serde_json::Value::Array(links)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
