@@ -213,7 +213,13 @@ impl Worker {
             let key = format!("{prefix}/image-{i}.png");
             self.storage.put(&key, image.clone(), "image/png").await?;
             keys.images.push(key);
-            match thumbnail::thumbnail(image, THUMBNAIL_SIDE) {
+            // PNG encoding is CPU work: off the async threads.
+            let source = image.clone();
+            let made =
+                tokio::task::spawn_blocking(move || thumbnail::thumbnail(&source, THUMBNAIL_SIDE))
+                    .await
+                    .map_err(|e| thumbnail::ThumbnailError::Encode(e.to_string()));
+            match made.and_then(|result| result) {
                 Ok(thumb) => {
                     let key = format!("{prefix}/thumb-{i}.png");
                     self.storage.put(&key, thumb, "image/png").await?;
