@@ -75,7 +75,11 @@ pub async fn run_worker() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
     let state = AppState::from_config(config).await?;
-    let worker = build_worker(&state)?;
+    // As a message, not the enum: `main` prints the error's Debug form.
+    let worker = build_worker(&state).map_err(|e| {
+        tracing::error!(error = %e, "the worker cannot start");
+        lambda_runtime::Error::from(e.to_string())
+    })?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();
         async move {
