@@ -123,7 +123,7 @@ impl LocalStack {
         };
         let issuer = DevIssuer::new(signing_key, issuer_url.clone(), LOCAL_AUDIENCE);
         let config = local_config(&database.url, &issuer_url)?;
-        let mut state = AppState::from_config(config)?;
+        let mut state = AppState::from_config(config).await?;
         let store = Arc::new(LocalObjectStore::new(
             options.data_dir.join("objects"),
             base_url.clone(),
@@ -252,6 +252,13 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
         // No image server unless GENERATOR_PRIMARY_URL / _SECONDARY_URL point
         // at one: the procedural renderer serves every job.
         generator: GeneratorConfig::from_lookup(|name| std::env::var(name).ok())?,
+        // Files and the in-process queue, set up by `LocalStack::start`; never AWS.
+        storage: shared::config::StorageConfig::default(),
+        queue: shared::config::QueueConfig::default(),
+        worker: shared::config::WorkerConfig {
+            job_timeout: JOB_TIMEOUT,
+            max_attempts: JOB_MAX_ATTEMPTS,
+        },
         log_format: LogFormat::Text,
     })
 }

@@ -15,7 +15,9 @@ use crate::db::{self, DbPool, DbSetupError};
 use crate::error::ApiError;
 use crate::http;
 use crate::queue::JobQueue;
+use crate::queue::sqs::SqsJobQueue;
 use crate::storage::ObjectStore;
+use crate::storage::s3::S3ObjectStore;
 
 /// How long a process trusts its copy of `api_credit_configs`.
 pub const PRICING_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -40,13 +42,29 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state; opens no connection (the pool connects lazily).
-    pub fn from_config(config: Config) -> Result<Self, DbSetupError> {
+    ///
+    /// The AWS adapters are built here, once per cold start, and only when
+    /// configured: `STORAGE_BUCKET` gives the S3 store, `JOB_QUEUE_URL` the
+    /// SQS queue, both sharing one SDK configuration. A function with
+    /// neither never loads the SDK's configuration at all.
+    pub async fn from_config(config: Config) -> Result<Self, DbSetupError> {
+        let mut storage: Option<Arc<dyn ObjectStore>> = None;
+        let mut queue: Option<Arc<dyn JobQueue>> = None;
+        if config.storage.bucket.is_some() || config.queue.job_queue_url.is_some() {
+            let sdk_config = crate::aws::load_sdk_config().await;
+            if let Some(bucket) = &config.storage.bucket {
+                storage = Some(Arc::new(S3ObjectStore::new(&sdk_config, bucket)));
+            }
+            if let Some(url) = &config.queue.job_queue_url {
+                queue = Some(Arc::new(SqsJobQueue::new(&sdk_config, url)));
+            }
+        }
         Ok(Self {
             db: db::create_pool(&config.database)?,
             auth: Arc::new(Authenticator::new(&config.auth)),
             config: Arc::new(config),
-            storage: None,
-            queue: None,
+            storage,
+            queue,
             pricing: Arc::new(PricingCache::new(PRICING_CACHE_TTL)),
         })
     }

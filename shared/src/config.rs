@@ -231,6 +231,124 @@ fn redact_password(raw: &str) -> String {
     }
 }
 
+/// Object storage (`shared::storage`). In Lambda the S3 adapter is used when
+/// `STORAGE_BUCKET` is set; otherwise the function has no store and the
+/// routes that need one answer 503. The local stack always uses files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `STORAGE_BUCKET`: the private S3 bucket holding images and thumbnails.
+    /// The endpoint, region and credentials come from the AWS SDK's own
+    /// configuration chain (`AWS_REGION`, the execution role,
+    /// `AWS_ENDPOINT_URL` for moto or LocalStack).
+    pub bucket: Option<String>,
+    /// `STORAGE_URL_TTL_SECONDS` (default 300, 1..=604800): how long a
+    /// presigned download URL works (S3 caps SigV4 presigning at 7 days).
+    pub url_ttl: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            bucket: None,
+            url_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The generation job queue (`shared::queue`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// `JOB_QUEUE_URL`: the SQS queue generation jobs are sent to
+    /// (`https://sqs.eu-west-1.amazonaws.com/123456789012/generation-jobs`);
+    /// unset: no queue, and dispatch answers 503 before taking any credits.
+    pub job_queue_url: Option<String>,
+}
+
+/// The generation worker (`shared::worker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// `WORKER_JOB_TIMEOUT_SECONDS` (default 600, 10..=3600): how long a
+    /// claimed job may run before the scheduler's sweeper times it out;
+    /// keep the queue's visibility timeout at least this long.
+    pub job_timeout: Duration,
+    /// `WORKER_MAX_ATTEMPTS` (default 3, 1..=20): attempts before a transient
+    /// provider failure becomes final (the job fails and its hold is released).
+    /// Keep the DLQ's maxReceiveCount above it.
+    pub max_attempts: i32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            job_timeout: Duration::from_secs(600),
+            max_attempts: 3,
+        }
+    }
+}
+
+impl StorageConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let bucket = get("STORAGE_BUCKET");
+        if let Some(bucket) = &bucket {
+            // S3's bucket naming rules, the part a typo would break.
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
+                })
+                && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    name: "STORAGE_BUCKET",
+                    reason: format!("`{bucket}` is not a valid S3 bucket name"),
+                });
+            }
+        }
+        Ok(Self {
+            bucket,
+            url_ttl: Duration::from_secs(parse_number(
+                get,
+                "STORAGE_URL_TTL_SECONDS",
+                Self::default().url_ttl.as_secs(),
+                1,
+                604_800,
+            )?),
+        })
+    }
+}
+
+impl QueueConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let job_queue_url = get("JOB_QUEUE_URL");
+        if let Some(raw) = &job_queue_url {
+            parse_server_url("JOB_QUEUE_URL", raw)?;
+        }
+        Ok(Self { job_queue_url })
+    }
+}
+
+impl WorkerConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
+            job_timeout: Duration::from_secs(parse_number(
+                get,
+                "WORKER_JOB_TIMEOUT_SECONDS",
+                defaults.job_timeout.as_secs(),
+                10,
+                3600,
+            )?),
+            max_attempts: parse_number(
+                get,
+                "WORKER_MAX_ATTEMPTS",
+                defaults.max_attempts as u64,
+                1,
+                20,
+            )? as i32,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -245,6 +363,9 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub credits: CreditsConfig,
     pub generator: GeneratorConfig,
+    pub storage: StorageConfig,
+    pub queue: QueueConfig,
+    pub worker: WorkerConfig,
     /// `LOG_FORMAT`: `json` or `text`; JSON by default inside Lambda.
     pub log_format: LogFormat,
 }
@@ -400,6 +521,9 @@ impl Config {
         };
 
         let generator = GeneratorConfig::from_lookup(&lookup)?;
+        let storage = StorageConfig::from_lookup(&get)?;
+        let queue = QueueConfig::from_lookup(&get)?;
+        let worker = WorkerConfig::from_lookup(&get)?;
 
         let log_format = match get("LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
@@ -421,6 +545,9 @@ impl Config {
             payments,
             credits,
             generator,
+            storage,
+            queue,
+            worker,
             log_format,
         })
     }
@@ -589,6 +716,53 @@ mod tests {
             ("GENERATOR_TIMEOUT_SECONDS", "0"),
             ("GENERATOR_TIMEOUT_SECONDS", "901"),
             ("GENERATOR_TIMEOUT_SECONDS", "2m"),
+        ] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push((name, value));
+            let err = config(&pairs).unwrap_err().to_string();
+            assert!(err.contains(name), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn aws_adapters_are_chosen_by_their_variables() {
+        let cfg = config(&MINIMAL).unwrap();
+        assert_eq!(cfg.storage, StorageConfig::default());
+        assert_eq!(cfg.storage.url_ttl, Duration::from_secs(300));
+        assert_eq!(cfg.queue.job_queue_url, None);
+        assert_eq!(cfg.worker, WorkerConfig::default());
+        assert_eq!(cfg.worker.job_timeout, Duration::from_secs(600));
+        assert_eq!(cfg.worker.max_attempts, 3);
+
+        let mut pairs = MINIMAL.to_vec();
+        pairs.extend([
+            ("STORAGE_BUCKET", "characters-images-prod"),
+            ("STORAGE_URL_TTL_SECONDS", "900"),
+            (
+                "JOB_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/generation-jobs",
+            ),
+            ("WORKER_JOB_TIMEOUT_SECONDS", "300"),
+            ("WORKER_MAX_ATTEMPTS", "5"),
+        ]);
+        let cfg = config(&pairs).unwrap();
+        assert_eq!(
+            cfg.storage.bucket.as_deref(),
+            Some("characters-images-prod")
+        );
+        assert_eq!(cfg.storage.url_ttl, Duration::from_secs(900));
+        assert!(cfg.queue.job_queue_url.is_some());
+        assert_eq!(cfg.worker.job_timeout, Duration::from_secs(300));
+        assert_eq!(cfg.worker.max_attempts, 5);
+
+        for (name, value) in [
+            ("STORAGE_BUCKET", "Images_Bucket"),
+            ("STORAGE_BUCKET", "s3://images"),
+            ("STORAGE_URL_TTL_SECONDS", "0"),
+            ("STORAGE_URL_TTL_SECONDS", "604801"),
+            ("JOB_QUEUE_URL", "generation-jobs"),
+            ("WORKER_JOB_TIMEOUT_SECONDS", "5"),
+            ("WORKER_MAX_ATTEMPTS", "0"),
         ] {
             let mut pairs = MINIMAL.to_vec();
             pairs.push((name, value));

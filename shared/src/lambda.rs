@@ -1,4 +1,4 @@
-//! The common `main` of the HTTP Lambda functions.
+//! The common `main` of the Lambda functions.
 
 use axum::Router;
 
@@ -12,7 +12,7 @@ use crate::telemetry;
 pub async fn run_http_function(router: fn(AppState) -> Router) -> Result<(), lambda_http::Error> {
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
-    let state = AppState::from_config(config)?;
+    let state = AppState::from_config(config).await?;
     lambda_http::run(router(state)).await
 }
 
@@ -25,7 +25,7 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
 
     let config = Config::from_env()?;
     telemetry::init(config.log_format);
-    let state = AppState::from_config(config)?;
+    let state = AppState::from_config(config).await?;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| {
             let state = state.clone();
@@ -37,5 +37,54 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
             }
         },
     ))
+    .await
+}
+
+/// Why the worker function cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerInitError {
+    #[error(
+        "environment variable STORAGE_BUCKET is required by the worker: it stores the generated images in S3"
+    )]
+    NoStorage,
+    #[error("cannot build the image generator chain: {0}")]
+    Generator(#[from] crate::generator::GeneratorError),
+}
+
+/// Builds the worker from the state: the store (`STORAGE_BUCKET`) and the
+/// generator chain are required, the timeouts come from `WORKER_*`.
+pub fn build_worker(state: &AppState) -> Result<crate::worker::Worker, WorkerInitError> {
+    let storage = state.storage.clone().ok_or(WorkerInitError::NoStorage)?;
+    let generator = crate::generator::build_chain(&state.config.generator)?;
+    Ok(crate::worker::Worker {
+        db: state.db.clone(),
+        storage,
+        generator: std::sync::Arc::new(generator),
+        job_timeout: state.config.worker.job_timeout,
+        max_attempts: state.config.worker.max_attempts,
+    })
+}
+
+/// The worker function's `main`: SQS batches of generation jobs (the event
+/// source mapping has `ReportBatchItemFailures`), answered with the messages
+/// to retry. A missing `STORAGE_BUCKET` fails the init phase.
+pub async fn run_worker() -> Result<(), lambda_runtime::Error> {
+    use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+    use lambda_runtime::{LambdaEvent, service_fn};
+
+    let config = Config::from_env()?;
+    telemetry::init(config.log_format);
+    let state = AppState::from_config(config).await?;
+    // As a message, not the enum: `main` prints the error's Debug form.
+    let worker = build_worker(&state).map_err(|e| {
+        tracing::error!(error = %e, "the worker cannot start");
+        lambda_runtime::Error::from(e.to_string())
+    })?;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
+        let worker = worker.clone();
+        async move {
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(worker.handle_batch(event.payload).await)
+        }
+    }))
     .await
 }

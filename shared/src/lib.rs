@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod app;
 pub mod auth;
+pub mod aws;
 pub mod characters;
 pub mod collections;
 pub mod config;

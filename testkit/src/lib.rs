@@ -6,6 +6,7 @@
 
 pub mod lambda;
 pub mod ledger;
+pub mod moto;
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -471,9 +471,6 @@ pub(crate) async fn list_featured(
     gallery_page(state, identity, query, true).await
 }
 
-/// How long a download link works.
-pub const DOWNLOAD_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-
 /// A link to a character's image.
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct DownloadLink {
@@ -538,7 +535,7 @@ pub(crate) async fn download_character(
                 retry_after: 60,
             })?;
         let signed = storage
-            .presign_get(&image, DOWNLOAD_LINK_TTL)
+            .presign_get(&image, state.config.storage.url_ttl)
             .await
             .map_err(ApiError::internal)?;
         DownloadLink {

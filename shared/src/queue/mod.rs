@@ -3,9 +3,15 @@
 //! local stack's [`memory::MemoryQueue`] keeps SQS's semantics in process
 //! (at-least-once delivery, visibility timeout, receive count, dead letters
 //! after N receives) and feeds the same worker handler real `SqsEvent`
-//! batches.
+//! batches. In Lambda, [`sqs::SqsJobQueue`] sends to `JOB_QUEUE_URL` and SQS
+//! invokes the worker function.
+//!
+//! Priority: the `priority` attribute (1–10) is honoured by each adapter its
+//! own way; SQS standard queues have none, so the SQS adapter turns it into a
+//! delivery delay of `10 − priority` seconds (see [`sqs`]).
 
 pub mod memory;
+pub mod sqs;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,12 +1,13 @@
 //! Object storage port: images live in a private store and clients only ever
 //! get time-limited URLs to them, never raw bucket paths.
 //!
-//! Adapters: [`local::LocalObjectStore`] (files under a folder, served by the
-//! local stack with HMAC-signed, expiring URLs). The S3 adapter arrives with
-//! the generation pipeline (issue #5); until then a Lambda has no store and
-//! routes that need one answer 503.
+//! Adapters: [`s3::S3ObjectStore`] in Lambda when `STORAGE_BUCKET` is set
+//! (a Lambda without it has no store, and routes that need one answer 503),
+//! and [`local::LocalObjectStore`] (files under a folder, served by the local
+//! stack with HMAC-signed, expiring URLs).
 
 pub mod local;
+pub mod s3;
 
 use std::time::Duration;
 

@@ -1,0 +1,132 @@
+//! The SQS adapter. Standard queues have no priorities, so a message's
+//! `priority` attribute (1 lowest … 10 highest, as dispatch writes it) becomes
+//! a delivery delay of `10 − priority` seconds: a priority-10 job is visible at
+//! once, a priority-1 job nine seconds later. Under a backlog that lets
+//! urgent jobs overtake the ones sent just before them without a second
+//! queue; it does not reorder messages already visible. A message that sets
+//! its own `delay` keeps it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::MessageAttributeValue;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::{JobQueue, OutgoingMessage, QueueError};
+
+/// SQS's longest delivery delay.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
+/// The highest job priority; it maps to no delay.
+pub const MAX_PRIORITY: i64 = 10;
+
+pub struct SqsJobQueue {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsJobQueue {
+    pub fn new(sdk_config: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
+        Self::with_client(Client::new(sdk_config), queue_url)
+    }
+
+    pub fn with_client(client: Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+}
+
+/// The delivery delay for a message: its own, else the one its `priority`
+/// attribute implies, else none; capped at SQS's 15 minutes.
+pub fn delivery_delay(message: &OutgoingMessage) -> Duration {
+    let delay = message.delay.unwrap_or_else(|| {
+        message
+            .attributes
+            .get("priority")
+            .and_then(|p| p.trim().parse::<i64>().ok())
+            .map(|priority| {
+                let seconds = (MAX_PRIORITY - priority.clamp(1, MAX_PRIORITY)) as u64;
+                Duration::from_secs(seconds)
+            })
+            .unwrap_or(Duration::ZERO)
+    });
+    delay.min(MAX_DELAY)
+}
+
+impl JobQueue for SqsJobQueue {
+    fn send<'a>(
+        &'a self,
+        message: &'a OutgoingMessage,
+    ) -> BoxFuture<'a, Result<String, QueueError>> {
+        async move {
+            let mut attributes = HashMap::with_capacity(message.attributes.len());
+            for (name, value) in &message.attributes {
+                let value = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .map_err(|e| QueueError::Rejected(e.to_string()))?;
+                attributes.insert(name.clone(), value);
+            }
+            let delay = i32::try_from(delivery_delay(message).as_secs())
+                .map_err(|e| QueueError::Rejected(e.to_string()))?;
+            let output = self
+                .client
+                .send_message()
+                .queue_url(&self.queue_url)
+                .message_body(&message.body)
+                .set_message_attributes((!attributes.is_empty()).then_some(attributes))
+                .delay_seconds(delay)
+                .send()
+                .await
+                .map_err(|e| QueueError::Backend(DisplayErrorContext(e).to_string()))?;
+            output
+                .message_id
+                .ok_or_else(|| QueueError::Backend("SQS returned no message id".into()))
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_priority(priority: &str) -> OutgoingMessage {
+        let mut message = OutgoingMessage::default();
+        message
+            .attributes
+            .insert("priority".into(), priority.into());
+        message
+    }
+
+    #[test]
+    fn priority_becomes_a_shorter_delay() {
+        assert_eq!(delivery_delay(&with_priority("10")), Duration::ZERO);
+        assert_eq!(delivery_delay(&with_priority("5")), Duration::from_secs(5));
+        assert_eq!(delivery_delay(&with_priority("1")), Duration::from_secs(9));
+        // Out of range is clamped; junk and absence mean no delay.
+        assert_eq!(delivery_delay(&with_priority("0")), Duration::from_secs(9));
+        assert_eq!(delivery_delay(&with_priority("99")), Duration::ZERO);
+        assert_eq!(delivery_delay(&with_priority("high")), Duration::ZERO);
+        assert_eq!(delivery_delay(&OutgoingMessage::default()), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_explicit_delay_wins_and_is_capped() {
+        let mut message = with_priority("1");
+        message.delay = Some(Duration::from_secs(2));
+        assert_eq!(delivery_delay(&message), Duration::from_secs(2));
+        message.delay = Some(Duration::from_secs(3600));
+        assert_eq!(delivery_delay(&message), MAX_DELAY);
+    }
+}

@@ -1,0 +1,251 @@
+//! The S3 and SQS adapters against moto (`testkit::moto`): what the worker
+//! and dispatch rely on, and the SQS behaviour the worker's exactly-once
+//! design assumes (visibility timeout, redrive to a dead-letter queue).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use shared::queue::sqs::SqsJobQueue;
+use shared::queue::{JobQueue, OutgoingMessage};
+use shared::storage::s3::S3ObjectStore;
+use shared::storage::{ObjectStore, StorageError};
+use testkit::moto;
+
+async fn store() -> S3ObjectStore {
+    let bucket = moto::create_bucket("images").await;
+    S3ObjectStore::new(&moto::sdk_config().await, bucket)
+}
+
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    attributes: &[(QueueAttributeName, String)],
+) -> String {
+    let mut request = sqs.create_queue().queue_name(moto::unique_name("jobs"));
+    for (name, value) in attributes {
+        request = request.attributes(name.clone(), value);
+    }
+    request.send().await.unwrap().queue_url.unwrap()
+}
+
+async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    visibility: Option<i32>,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .set_visibility_timeout(visibility)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
+fn receive_count(message: &aws_sdk_sqs::types::Message) -> String {
+    message
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn s3_store_puts_gets_presigns_and_deletes() {
+    let store = store().await;
+    let key = "users/u1/characters/c1/j1/image.png";
+    let bytes = b"\x89PNG\r\n\x1a\nnot really a png".to_vec();
+    store.put(key, bytes.clone(), "image/png").await.unwrap();
+
+    assert_eq!(store.get(key).await.unwrap(), bytes);
+    let head = moto::s3_client()
+        .await
+        .head_object()
+        .bucket(store.bucket())
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("image/png"));
+
+    // The presigned URL works without credentials and says when it expires.
+    let before = chrono::Utc::now();
+    let link = store
+        .presign_get(key, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let lifetime = link.expires_at - before;
+    assert!(
+        (115..=125).contains(&lifetime.num_seconds()),
+        "{lifetime:?}"
+    );
+    assert!(link.url.contains("X-Amz-Expires=120"), "{}", link.url);
+    let response = reqwest::get(&link.url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().to_vec(), bytes);
+
+    store.delete(key).await.unwrap();
+    store.delete(key).await.unwrap(); // idempotent
+    assert!(matches!(
+        store.get(key).await,
+        Err(StorageError::NotFound(k)) if k == key
+    ));
+    assert!(matches!(
+        store.get("users/u1/never-written.png").await,
+        Err(StorageError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn s3_store_refuses_keys_outside_its_scheme() {
+    let store = store().await;
+    for key in ["../etc/passwd", "/abs.png", "a//b", "a b.png"] {
+        assert!(matches!(
+            store.put(key, vec![1], "image/png").await,
+            Err(StorageError::InvalidKey(_))
+        ));
+        assert!(matches!(
+            store.presign_get(key, Duration::from_secs(60)).await,
+            Err(StorageError::InvalidKey(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn s3_store_reports_a_missing_bucket_as_a_backend_error() {
+    let store = S3ObjectStore::new(&moto::sdk_config().await, moto::unique_name("absent"));
+    assert!(matches!(
+        store.get("users/u/a.png").await,
+        Err(StorageError::Backend(_))
+    ));
+}
+
+#[tokio::test]
+async fn sqs_queue_sends_attributes_and_delays_by_priority() {
+    let sqs = moto::sqs_client().await;
+    let queue_url = create_queue(&sqs, &[]).await;
+    let queue = SqsJobQueue::new(&moto::sdk_config().await, &queue_url);
+
+    // Priority 10: no delay.
+    let urgent = OutgoingMessage {
+        body: r#"{"job_id":"job-urgent"}"#.into(),
+        attributes: BTreeMap::from([
+            ("job_id".to_string(), "job-urgent".to_string()),
+            ("job_type".to_string(), "character_generation".to_string()),
+            ("priority".to_string(), "10".to_string()),
+        ]),
+        delay: None,
+    };
+    let id = queue.send(&urgent).await.unwrap();
+    assert!(!id.is_empty());
+    // Priority 8: visible two seconds later.
+    let mut later = urgent.clone();
+    later.body = r#"{"job_id":"job-later"}"#.into();
+    later.attributes.insert("priority".into(), "8".into());
+    queue.send(&later).await.unwrap();
+
+    let now = receive(&sqs, &queue_url, Some(60)).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    let message = &now[0];
+    assert_eq!(message.body(), Some(r#"{"job_id":"job-urgent"}"#));
+    let attributes = message.message_attributes.clone().unwrap_or_default();
+    for (name, value) in [
+        ("job_id", "job-urgent"),
+        ("job_type", "character_generation"),
+        ("priority", "10"),
+    ] {
+        let attribute = &attributes[name];
+        assert_eq!(attribute.data_type(), "String");
+        assert_eq!(attribute.string_value(), Some(value), "{name}");
+    }
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let delayed = receive(&sqs, &queue_url, Some(60)).await;
+    assert_eq!(delayed.len(), 1, "{delayed:?}");
+    assert_eq!(delayed[0].body(), Some(r#"{"job_id":"job-later"}"#));
+}
+
+#[tokio::test]
+async fn sqs_message_not_deleted_comes_back_after_the_visibility_timeout() {
+    let sqs = moto::sqs_client().await;
+    let queue_url =
+        create_queue(&sqs, &[(QueueAttributeName::VisibilityTimeout, "1".into())]).await;
+    let queue = SqsJobQueue::new(&moto::sdk_config().await, &queue_url);
+    let mut message = OutgoingMessage {
+        body: r#"{"job_id":"j1"}"#.into(),
+        ..OutgoingMessage::default()
+    };
+    message.attributes.insert("priority".into(), "10".into());
+    queue.send(&message).await.unwrap();
+
+    let first = receive(&sqs, &queue_url, None).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(receive_count(&first[0]), "1");
+    // In flight: invisible until the timeout passes.
+    assert!(receive(&sqs, &queue_url, None).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = receive(&sqs, &queue_url, None).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].body(), Some(r#"{"job_id":"j1"}"#));
+    assert_eq!(receive_count(&again[0]), "2");
+
+    // Deleted with its receipt handle, it is gone for good.
+    sqs.delete_message()
+        .queue_url(&queue_url)
+        .receipt_handle(again[0].receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(receive(&sqs, &queue_url, None).await.is_empty());
+}
+
+#[tokio::test]
+async fn sqs_redrives_to_the_dead_letter_queue_after_max_receive_count() {
+    let sqs = moto::sqs_client().await;
+    let dlq_url = create_queue(&sqs, &[]).await;
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .unwrap();
+    let max_receives = 3;
+    let queue_url = create_queue(
+        &sqs,
+        &[(
+            QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives})
+                .to_string(),
+        )],
+    )
+    .await;
+    let queue = SqsJobQueue::new(&moto::sdk_config().await, &queue_url);
+    let mut message = OutgoingMessage {
+        body: r#"{"job_id":"poison"}"#.into(),
+        ..OutgoingMessage::default()
+    };
+    message.attributes.insert("priority".into(), "10".into());
+    queue.send(&message).await.unwrap();
+
+    // Received and never deleted (visibility 0: back at once), max_receives times.
+    for n in 1..=max_receives {
+        let got = receive(&sqs, &queue_url, Some(0)).await;
+        assert_eq!(got.len(), 1, "receive {n}");
+        assert_eq!(receive_count(&got[0]), n.to_string());
+    }
+    // The next receive finds it over the limit: it moves to the DLQ.
+    assert!(receive(&sqs, &queue_url, Some(0)).await.is_empty());
+    let dead = receive(&sqs, &dlq_url, None).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].body(), Some(r#"{"job_id":"poison"}"#));
+}
