@@ -143,10 +143,10 @@ async fn sqs_queue_sends_attributes_and_delays_by_priority() {
     };
     let id = queue.send(&urgent).await.unwrap();
     assert!(!id.is_empty());
-    // Priority 8: visible two seconds later.
+    // Priority 4 (one below the default): visible two seconds later.
     let mut later = urgent.clone();
     later.body = r#"{"job_id":"job-later"}"#.into();
-    later.attributes.insert("priority".into(), "8".into());
+    later.attributes.insert("priority".into(), "4".into());
     queue.send(&later).await.unwrap();
 
     let now = receive(&sqs, &queue_url, Some(60)).await;

@@ -1,10 +1,11 @@
 //! The SQS adapter. Standard queues have no priorities, so a message's
-//! `priority` attribute (1 lowest … 10 highest, as dispatch writes it) becomes
-//! a delivery delay of `10 − priority` seconds: a priority-10 job is visible at
-//! once, a priority-1 job nine seconds later. Under a backlog that lets
-//! urgent jobs overtake the ones sent just before them without a second
-//! queue; it does not reorder messages already visible. A message that sets
-//! its own `delay` keeps it.
+//! `priority` attribute (1 lowest … 10 highest, as dispatch writes it, 5 by
+//! default) delays the jobs below the default: `2 × (5 − priority)` seconds, so
+//! a priority-1 job becomes visible 8 s after it was sent while default and
+//! higher jobs are visible at once. Under a backlog that lets normal jobs
+//! overtake low-priority ones sent just before them without a second queue;
+//! it does not reorder messages already visible. A message that sets its own
+//! `delay` keeps it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,8 +21,10 @@ use super::{JobQueue, OutgoingMessage, QueueError};
 /// SQS's longest delivery delay.
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
-/// The highest job priority; it maps to no delay.
+/// The highest job priority.
 pub const MAX_PRIORITY: i64 = 10;
+/// The default priority: it and every higher one map to no delay.
+pub const DEFAULT_PRIORITY: i64 = 5;
 
 pub struct SqsJobQueue {
     client: Client,
@@ -54,7 +57,8 @@ pub fn delivery_delay(message: &OutgoingMessage) -> Duration {
             .get("priority")
             .and_then(|p| p.trim().parse::<i64>().ok())
             .map(|priority| {
-                let seconds = (MAX_PRIORITY - priority.clamp(1, MAX_PRIORITY)) as u64;
+                let seconds =
+                    2 * (DEFAULT_PRIORITY - priority.clamp(1, MAX_PRIORITY)).max(0) as u64;
                 Duration::from_secs(seconds)
             })
             .unwrap_or(Duration::ZERO)
@@ -112,10 +116,11 @@ mod tests {
     #[test]
     fn priority_becomes_a_shorter_delay() {
         assert_eq!(delivery_delay(&with_priority("10")), Duration::ZERO);
-        assert_eq!(delivery_delay(&with_priority("5")), Duration::from_secs(5));
-        assert_eq!(delivery_delay(&with_priority("1")), Duration::from_secs(9));
+        assert_eq!(delivery_delay(&with_priority("5")), Duration::ZERO);
+        assert_eq!(delivery_delay(&with_priority("4")), Duration::from_secs(2));
+        assert_eq!(delivery_delay(&with_priority("1")), Duration::from_secs(8));
         // Out of range is clamped; junk and absence mean no delay.
-        assert_eq!(delivery_delay(&with_priority("0")), Duration::from_secs(9));
+        assert_eq!(delivery_delay(&with_priority("0")), Duration::from_secs(8));
         assert_eq!(delivery_delay(&with_priority("99")), Duration::ZERO);
         assert_eq!(delivery_delay(&with_priority("high")), Duration::ZERO);
         assert_eq!(delivery_delay(&OutgoingMessage::default()), Duration::ZERO);
