@@ -188,3 +188,41 @@ async fn init_error(State(inner): State<Arc<Inner>>, body: Bytes) -> StatusCode 
     *inner.init_error.lock().expect("lock") = Some(parse(&body));
     StatusCode::ACCEPTED
 }
+
+/// A sample event from the repository's `events/` folder.
+pub fn sample_event(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The event with a real bearer token in place of the sample's placeholder.
+pub fn with_token(mut event: Value, token: &str) -> Value {
+    event["headers"]["authorization"] = Value::String(format!("Bearer {token}"));
+    event
+}
+
+/// An HTTP function's reply as (status, headers, JSON body).
+pub fn http_reply(outcome: Outcome) -> (u16, Value, Value) {
+    let Outcome::Response(response) = outcome else {
+        panic!("the function reported an error: {outcome:?}");
+    };
+    let status = response["statusCode"].as_u64().unwrap_or(0) as u16;
+    let body = response["body"].as_str().map_or(Value::Null, |b| {
+        serde_json::from_str(b).unwrap_or(Value::String(b.to_string()))
+    });
+    (status, response["headers"].clone(), body)
+}
+
+/// The environment an HTTP function needs to serve against a test stack:
+/// its database and its identity provider.
+pub fn http_function_env(stack: &crate::TestStack) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", stack.database_url.clone()),
+        ("AUTH_ISSUER", stack.stack.issuer.issuer().to_string()),
+        ("AUTH_AUDIENCE", local::LOCAL_AUDIENCE.to_string()),
+        ("LOG_FORMAT", "json".to_string()),
+    ]
+}

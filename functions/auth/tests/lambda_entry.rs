@@ -6,32 +6,8 @@
 use std::path::Path;
 
 use serde_json::Value;
-use testkit::lambda::{Outcome, RuntimeApi};
+use testkit::lambda::{RuntimeApi, http_reply, sample_event, with_token};
 use testkit::{TestStack, spawn_stack};
-
-fn sample(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../events")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-fn with_token(mut event: Value, token: &str) -> Value {
-    event["headers"]["authorization"] = Value::String(format!("Bearer {token}"));
-    event
-}
-
-/// The function's reply as (status, headers, JSON body).
-fn http_reply(outcome: Outcome) -> (u16, Value, Value) {
-    let Outcome::Response(response) = outcome else {
-        panic!("the function reported an error: {outcome:?}");
-    };
-    let status = response["statusCode"].as_u64().unwrap() as u16;
-    let body = response["body"]
-        .as_str()
-        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap());
-    (status, response["headers"].clone(), body)
-}
 
 fn start_function(
     api: &RuntimeApi,
@@ -59,8 +35,11 @@ async fn the_lambda_binary_serves_sample_http_api_events() {
     let token = stack.token("ann@example.com");
 
     let (status, headers, body) = http_reply(
-        api.invoke(&with_token(sample("auth-create-session.json"), &token))
-            .await,
+        api.invoke(&with_token(
+            sample_event("auth-create-session.json"),
+            &token,
+        ))
+        .await,
     );
     assert_eq!(status, 201, "{body}");
     assert_eq!(headers["content-type"], "application/json");
@@ -84,14 +63,14 @@ async fn the_lambda_binary_serves_sample_http_api_events() {
     );
 
     let (status, _, body) = http_reply(
-        api.invoke(&with_token(sample("auth-patch-me.json"), &token))
+        api.invoke(&with_token(sample_event("auth-patch-me.json"), &token))
             .await,
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["timezone"], "Asia/Tokyo");
 
     let (status, _, body) = http_reply(
-        api.invoke(&with_token(sample("auth-get-me.json"), &token))
+        api.invoke(&with_token(sample_event("auth-get-me.json"), &token))
             .await,
     );
     assert_eq!(status, 200, "{body}");
@@ -99,17 +78,17 @@ async fn the_lambda_binary_serves_sample_http_api_events() {
     assert_eq!(body["username"], "ann_lee");
 
     // The sample as committed carries a placeholder token: a 401 problem.
-    let (status, headers, body) = http_reply(api.invoke(&sample("auth-get-me.json")).await);
+    let (status, headers, body) = http_reply(api.invoke(&sample_event("auth-get-me.json")).await);
     assert_eq!(status, 401);
     assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(body["type"], "/problems/unauthorized");
 
     // Private profile: anonymous callers get a 404 through Lambda as well.
-    let (status, _, _) = http_reply(api.invoke(&sample("auth-get-public-user.json")).await);
+    let (status, _, _) = http_reply(api.invoke(&sample_event("auth-get-public-user.json")).await);
     assert_eq!(status, 404);
 
     // Every function serves the OpenAPI document (added by `shared::app::finish`).
-    let mut event = sample("auth-get-public-user.json");
+    let mut event = sample_event("auth-get-public-user.json");
     event["routeKey"] = "GET /api/v1/openapi.json".into();
     event["rawPath"] = "/api/v1/openapi.json".into();
     event["requestContext"]["routeKey"] = "GET /api/v1/openapi.json".into();
@@ -126,7 +105,7 @@ async fn gateway_verified_claims_are_used_only_when_trusted() {
     let stack = spawn_stack().await;
     stack.sign_in("ann@example.com").await;
     let subject = shared::auth::dev_issuer::DevIssuer::subject_for("ann@example.com");
-    let mut event = sample("auth-get-me-gateway-claims.json");
+    let mut event = sample_event("auth-get-me-gateway-claims.json");
     event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::String(subject);
 
     let untrusting = RuntimeApi::start().await;
