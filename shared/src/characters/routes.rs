@@ -23,7 +23,7 @@ use super::repo::{self, ListFilter};
 use super::{Character, GalleryItem};
 use crate::app::AppState;
 use crate::auth::{Caller, Identity, OptionalCaller};
-use crate::db::{self, PooledClient};
+use crate::db;
 use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::input::finish;
@@ -32,8 +32,8 @@ use crate::openapi::{
     UnsupportedMediaType, ValidationFailed,
 };
 use crate::pagination::{self, Page};
+use crate::users;
 use crate::users::fields::{STYLE_TYPES, one_of};
-use crate::users::{self, User};
 
 pub const GENERATION_STATUSES: [&str; 5] =
     ["pending", "processing", "completed", "failed", "cancelled"];
@@ -53,22 +53,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/characters/{id}/download", post(download_character))
         .route("/api/v1/gallery", get(list_gallery))
         .route("/api/v1/gallery/featured", get(list_featured))
-}
-
-/// The user behind an optional identity; a signed-in caller without an
-/// account yet reads as anonymous.
-pub async fn viewer(
-    client: &PooledClient,
-    identity: Option<&Identity>,
-) -> Result<Option<User>, ApiError> {
-    match identity {
-        None => Ok(None),
-        Some(identity) => match users::repo::current_user(&***client, identity).await {
-            Ok(user) => Ok(Some(user)),
-            Err(ApiError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        },
-    }
 }
 
 /// Create a character.
@@ -133,7 +117,7 @@ pub(crate) async fn get_character(
 ) -> Result<Json<Character>, ApiError> {
     let id = resource_id(&id, "character")?;
     let mut client = state.db.get().await?;
-    let viewer = viewer(&client, identity.as_ref()).await?;
+    let viewer = users::repo::optional_user(&**client, identity.as_ref()).await?;
     let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
     let mut character = repo::read(&tx, viewer.as_ref(), id).await?;
     tx.commit().await?;
@@ -408,7 +392,7 @@ async fn gallery_page(
         errors,
     )?;
     let mut client = state.db.get().await?;
-    let viewer = viewer(&client, identity.as_ref()).await?;
+    let viewer = users::repo::optional_user(&**client, identity.as_ref()).await?;
     let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
     let mut page = gallery::list(&tx, &state.config.gallery, &filter, sort, limit, after).await?;
     tx.commit().await?;

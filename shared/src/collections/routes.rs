@@ -29,7 +29,7 @@ use super::input::{CollectionPatch, MemberPatch, NewCollection};
 use super::repo::{self, MemberKey, PutOutcome};
 use super::{Collection, CollectionMember, input};
 use crate::app::AppState;
-use crate::auth::{Caller, Identity, OptionalCaller};
+use crate::auth::{Caller, OptionalCaller};
 use crate::db::begin_as;
 use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery};
@@ -38,7 +38,6 @@ use crate::openapi::{
     UnsupportedMediaType, ValidationFailed,
 };
 use crate::pagination::{self, Page, TimeKey};
-use crate::users::User;
 use crate::users::repo::current_user;
 
 pub fn router() -> Router<AppState> {
@@ -66,23 +65,6 @@ fn no_such_collection() -> ApiError {
 
 fn no_such_character() -> ApiError {
     ApiError::NotFound("no such character".into())
-}
-
-/// The caller's user for a route anonymous callers may use too. A token whose
-/// identity has not signed in yet reads as anonymous; a locked-out account is
-/// refused as everywhere else.
-async fn optional_user(
-    client: &impl GenericClient,
-    identity: Option<&Identity>,
-) -> Result<Option<User>, ApiError> {
-    let Some(identity) = identity else {
-        return Ok(None);
-    };
-    match current_user(client, identity).await {
-        Ok(user) => Ok(Some(user)),
-        Err(ApiError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// First wall for reads: the collection if the viewer owns it or it is
@@ -234,7 +216,7 @@ pub(crate) async fn get_collection(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Collection>, ApiError> {
     let mut client = state.db.get().await?;
-    let viewer = optional_user(&**client, identity.as_ref()).await?;
+    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
     let viewer_id = viewer.as_ref().map(|u| u.id.as_str());
     let tx = begin_as(&mut client, viewer_id).await?;
     let collection = visible_collection(&tx, &id, viewer_id).await?;
@@ -350,7 +332,7 @@ pub(crate) async fn list_members(
     let limit = pagination::limit(query.limit)?;
     let after = pagination::decode::<MemberKey>(query.cursor.as_deref())?;
     let mut client = state.db.get().await?;
-    let viewer = optional_user(&**client, identity.as_ref()).await?;
+    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
     let viewer_id = viewer.as_ref().map(|u| u.id.as_str());
     let tx = begin_as(&mut client, viewer_id).await?;
     visible_collection(&tx, &id, viewer_id).await?;

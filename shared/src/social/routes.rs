@@ -26,8 +26,8 @@ use super::repo;
 use super::{LikeState, RatingWithSummary, RatingsPage, Report};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
-use crate::auth::{Caller, Identity, OptionalCaller};
-use crate::db::{PooledClient, begin_as};
+use crate::auth::{Caller, OptionalCaller};
+use crate::db::begin_as;
 use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::openapi::{
@@ -254,22 +254,6 @@ pub(crate) struct ListQuery {
     cursor: Option<String>,
 }
 
-/// The caller's `users.id` for a read open to anyone: a token whose account
-/// does not exist yet reads as an anonymous caller would.
-async fn optional_viewer(
-    client: &PooledClient,
-    identity: Option<&Identity>,
-) -> Result<Option<String>, ApiError> {
-    let Some(identity) = identity else {
-        return Ok(None);
-    };
-    match current_user(&***client, identity).await {
-        Ok(user) => Ok(Some(user.id)),
-        Err(ApiError::NotFound(_)) => Ok(None),
-        Err(other) => Err(other),
-    }
-}
-
 /// The ratings of a character.
 ///
 /// Newest first, paginated, with the character's aggregate; raters are shown by their public
@@ -300,7 +284,9 @@ pub(crate) async fn list_ratings(
     let limit = pagination::limit(query.limit)?;
     let after = ratings_cursor(query.cursor.as_deref())?;
     let mut client = state.db.get().await?;
-    let viewer = optional_viewer(&client, identity.as_ref()).await?;
+    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref())
+        .await?
+        .map(|user| user.id);
     let tx = begin_as(&mut client, viewer.as_deref()).await?;
     let character = repo::visible_character(&tx, id, viewer.as_deref()).await?;
     let rows = repo::list_ratings(&tx, &character.id, after.as_ref(), limit + 1).await?;

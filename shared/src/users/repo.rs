@@ -172,6 +172,23 @@ pub async fn current_user(
     Ok(user)
 }
 
+/// The caller's user for a route anonymous callers may use too: a token whose
+/// identity has not signed in yet reads as anonymous; a locked-out account is
+/// refused as everywhere else.
+pub async fn optional_user(
+    client: &impl GenericClient,
+    identity: Option<&Identity>,
+) -> Result<Option<User>, ApiError> {
+    let Some(identity) = identity else {
+        return Ok(None);
+    };
+    match current_user(client, identity).await {
+        Ok(user) => Ok(Some(user)),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Validated changes to the caller's own account. `None` leaves a column alone;
 /// `Some(None)` clears a nullable one.
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::NoQuery;
 use crate::app::AppState;
 use crate::auth::OptionalCaller;
-use crate::characters::routes::viewer;
+
 use crate::credits::engine::tier_of;
 use crate::error::{ApiError, Problem};
 use crate::http::ApiQuery;
@@ -73,7 +73,7 @@ pub(crate) async fn list(
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<PackageList>, ApiError> {
     let client = state.db.get().await?;
-    let viewer = viewer(&client, identity.as_ref()).await?;
+    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
     let tier = viewer
         .as_ref()
         .map(|user| tier_of(user).0)

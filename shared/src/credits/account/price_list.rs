@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::NoQuery;
 use crate::app::AppState;
 use crate::auth::OptionalCaller;
-use crate::characters::routes::viewer;
+
 use crate::credits::engine::tier_of;
 use crate::credits::pricing::{CostFormula, PriceConfig, PriceInputs};
 use crate::error::{ApiError, Problem};
@@ -249,7 +249,7 @@ pub(crate) async fn show(
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<PriceList>, ApiError> {
     let mut client = state.db.get().await?;
-    let user = viewer(&client, identity.as_ref()).await?;
+    let user = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
     let (tier, subscribed) = user
         .as_ref()
         .map(tier_of)
