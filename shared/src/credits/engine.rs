@@ -191,14 +191,15 @@ async fn enforce_limits(
         let row = client
             .query_one(
                 "WITH day AS ( \
-                   SELECT (local_date_of(now(), $3)::timestamp AT TIME ZONE coalesce(nullif($3, ''), 'UTC')) AS start \
+                   SELECT local_midnight(local_date_of(now(), $3), $3) AS start, \
+                          local_midnight(local_date_of(now(), $3) + 1, $3) AS next \
                  ) \
                  INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, request_count) \
                  SELECT $1, $2, 'day', day.start, 1 FROM day \
                  ON CONFLICT (user_id, config_id, window_kind, window_start) \
                  DO UPDATE SET request_count = rate_limit_windows.request_count + 1 \
                  RETURNING request_count, \
-                   ceil(extract(epoch FROM window_start + interval '1 day' - now()))::int8",
+                   (SELECT ceil(extract(epoch FROM day.next - now()))::int8 FROM day)",
                 &[&user.id, &config.id, &user.timezone],
             )
             .await?;

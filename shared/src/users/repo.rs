@@ -58,7 +58,7 @@ pub async fn sign_in(
     .await?;
     tx.execute(
         "INSERT INTO user_credits (user_id, daily_reset_date) \
-         SELECT id, (now() AT TIME ZONE COALESCE(timezone, 'UTC'))::date FROM users WHERE id = $1 \
+         SELECT id, user_local_date(timezone) FROM users WHERE id = $1 \
          ON CONFLICT (user_id) DO NOTHING",
         &[&user_id],
     )
