@@ -519,3 +519,33 @@ async fn deleting_a_character_deletes_its_images() {
         );
     }
 }
+
+#[tokio::test]
+async fn deleting_a_character_cancels_its_queued_jobs_and_releases_their_credits() {
+    let stack = spawn_stack().await;
+    let (token, character) = setup(&stack, 100).await;
+    let job = generate(&stack, &token, &character, json!({})).await;
+    assert_eq!(balance(&stack).await.reserved_balance, 10);
+    let deleted = stack
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/characters/{character}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status.as_u16(), 204);
+    let job_id = job["id"].as_str().unwrap();
+    assert_eq!(job_status(&stack, job_id).await, "cancelled");
+    let after = balance(&stack).await;
+    assert_eq!((after.current_balance, after.reserved_balance), (100, 0));
+    // Its message, still on the queue, is acknowledged without effect.
+    let response = stack
+        .stack
+        .worker
+        .handle_batch(stack.stack.queue.receive(1))
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(job_status(&stack, job_id).await, "cancelled");
+    assert_invariants(&stack.sql().await).await;
+}

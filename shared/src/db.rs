@@ -160,10 +160,21 @@ pub async fn begin_as<'a>(
     user_id: Option<&str>,
 ) -> Result<tokio_postgres::Transaction<'a>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    act_as(&tx, user_id).await?;
+    Ok(tx)
+}
+
+/// Switches the rest of a transaction that began as the system role to the
+/// API role for `user_id` (as [`begin_as`] does from the start), for requests
+/// whose system-side work must commit atomically with their user-side work.
+pub async fn act_as(
+    tx: &tokio_postgres::Transaction<'_>,
+    user_id: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "SELECT set_config('role', 'app_api', true), set_config('app.user_id', $1, true)",
         &[&user_id.unwrap_or("")],
     )
     .await?;
-    Ok(tx)
+    Ok(())
 }

@@ -189,7 +189,24 @@ pub(crate) async fn delete_character(
     let id = resource_id(&id, "character")?;
     let mut client = state.db.get().await?;
     let user = users::repo::current_user(&**client, &identity).await?;
-    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    let client: &mut tokio_postgres::Client = &mut client;
+    let tx = client.transaction().await?;
+    // As the system role: the caller's jobs still queued for this character are
+    // cancelled and their credits released, so nobody pays for an image of a
+    // character that no longer exists. Then the deletion itself, under RLS.
+    let queued = tx
+        .query(
+            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), \
+               error_details = '{\"error\": \"the character was deleted\"}'::jsonb \
+             WHERE character_id = $1 AND user_id = $2 AND status = 'queued' RETURNING id",
+            &[&id, &user.id],
+        )
+        .await?;
+    for job in &queued {
+        let job_id: String = job.try_get(0)?;
+        crate::credits::holds::release(&tx, &job_id).await?;
+    }
+    db::act_as(&tx, Some(&user.id)).await?;
     repo::owned(&tx, &user, id).await?;
     let objects = repo::stored_objects(&tx, id).await?;
     repo::delete(&tx, &user, id, &meta).await?;
