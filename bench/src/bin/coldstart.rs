@@ -1,0 +1,158 @@
+//! Cold starts of the function binaries under a local Lambda Runtime API
+//! emulator (testkit's): the time from spawning the process to its first
+//! response, for a first request that needs no database and for one that
+//! opens the first database connection, plus the process's peak RSS.
+//!
+//! `cargo build --release -p auth -p characters -p credits -p jobs -p scheduler -p worker`
+//! `cargo run --release -p bench --bin coldstart [-- RUNS]`
+//!
+//! Reads the binaries from the release target directory (`CARGO_TARGET_DIR`
+//! or `target/`). Prints figures; asserts nothing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testkit::lambda::{Outcome, RuntimeApi, sample_event};
+
+fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    target.join("release").join(name)
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A function, its environment, a first request that needs no database, and
+/// one that opens the first database connection.
+type Case<'a> = (&'a str, &'a Vec<(&'a str, String)>, Value, Option<Value>);
+
+struct Sample {
+    first_response: Duration,
+    rss_mb: Option<f64>,
+}
+
+async fn cold_start(name: &str, env: &[(&str, String)], event: &Value) -> anyhow::Result<Sample> {
+    let api = RuntimeApi::start().await;
+    let started = Instant::now();
+    let child = api.spawn_function(&binary(name), name, env);
+    let outcome = api.invoke(event).await;
+    let first_response = started.elapsed();
+    if let Outcome::Error(error) = &outcome {
+        anyhow::bail!("{name}: {error}");
+    }
+    let rss_mb = child.id().and_then(peak_rss_mb);
+    drop(child);
+    Ok(Sample {
+        first_response,
+        rss_mb,
+    })
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(10);
+    let stack = testkit::spawn_stack().await;
+    let token = stack.sign_in("bench@example.com").await;
+    let bucket = testkit::moto::create_bucket("coldstart").await;
+    let mut base = testkit::lambda::http_function_env(&stack);
+    base.push(("LOG_FORMAT", "json".into()));
+    let mut with_aws = base.clone();
+    with_aws.extend(testkit::moto::function_env());
+    with_aws.push(("STORAGE_BUCKET", bucket));
+
+    let mut openapi = sample_event("auth-get-me.json");
+    openapi["rawPath"] = json!("/api/v1/openapi.json");
+    openapi["requestContext"]["http"]["path"] = json!("/api/v1/openapi.json");
+    let me = testkit::lambda::with_token(sample_event("auth-get-me.json"), &token);
+    let unreadable = {
+        let mut event = sample_event("sqs-generation-batch.json");
+        event["Records"][0]["body"] = json!("not a job");
+        event
+    };
+    let upkeep = sample_event("scheduler-idempotency-purge.json");
+
+    let cases: Vec<Case> = vec![
+        ("auth", &base, openapi.clone(), Some(me.clone())),
+        (
+            "characters",
+            &with_aws,
+            openapi.clone(),
+            Some(sample_event("characters-gallery.json")),
+        ),
+        (
+            "credits",
+            &base,
+            openapi.clone(),
+            Some(sample_event("credits-packages.json")),
+        ),
+        (
+            "jobs",
+            &with_aws,
+            openapi.clone(),
+            Some(testkit::lambda::with_token(
+                sample_event("jobs-list.json"),
+                &token,
+            )),
+        ),
+        ("worker", &with_aws, unreadable, None),
+        ("scheduler", &base, upkeep, None),
+    ];
+    println!("{runs} cold starts each; time from process spawn to the first response");
+    println!(
+        "{:<12} {:>14} {:>16} {:>12} {:>10}",
+        "function", "no database", "first db query", "peak RSS", "bootstrap"
+    );
+    for (name, env, without_db, with_db) in cases {
+        let mut plain = Vec::new();
+        let mut rss = 0.0_f64;
+        for _ in 0..runs {
+            let sample = cold_start(name, env, &without_db).await?;
+            plain.push(sample.first_response);
+            rss = rss.max(sample.rss_mb.unwrap_or(0.0));
+        }
+        let with_db = match &with_db {
+            Some(event) => {
+                let mut samples = Vec::new();
+                for _ in 0..runs {
+                    let sample = cold_start(name, env, event).await?;
+                    samples.push(sample.first_response);
+                    rss = rss.max(sample.rss_mb.unwrap_or(0.0));
+                }
+                format!("{:.1?}", median(samples))
+            }
+            None => "—".to_string(),
+        };
+        let size = std::fs::metadata(binary(name))
+            .map(|m| m.len() as f64 / 1_048_576.0)
+            .unwrap_or(0.0);
+        println!(
+            "{name:<12} {:>14} {with_db:>16} {:>9.1} MiB {:>6.1} MiB",
+            format!("{:.1?}", median(plain)),
+            rss,
+            size
+        );
+    }
+    Ok(())
+}
