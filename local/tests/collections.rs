@@ -1272,3 +1272,17 @@ async fn row_level_security_hides_and_protects_other_users_collections() {
     assert_count(&stack, &private, 1).await;
     assert_count(&stack, &public, 1).await;
 }
+
+#[tokio::test]
+async fn unknown_query_parameters_are_refused() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    stack
+        .get("/api/v1/collections?bogus=1", Some(&ann))
+        .await
+        .assert_problem(422);
+    stack
+        .get("/api/v1/characters/anything/ratings?bogus=1", None)
+        .await
+        .assert_problem(422);
+}

@@ -142,8 +142,9 @@ pub(crate) async fn create_collection(
     Ok((StatusCode::CREATED, headers, Json(collection)))
 }
 
-/// Unknown parameters are ignored.
+/// Unknown parameters are refused with a 422.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page size, 1 to 100 (default 24).

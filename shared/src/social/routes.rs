@@ -242,8 +242,9 @@ pub(crate) async fn delete_rating(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Unknown parameters are ignored.
+/// Unknown parameters are refused with a 422.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// Page size, 1 to 100 (default 24).
