@@ -1784,3 +1784,25 @@ async fn bad_gift_requests_are_refused_and_change_nothing() {
     assert_eq!(credit_state(&db).await, before, "nothing changed");
     assert_invariants(&db).await;
 }
+
+#[tokio::test]
+async fn oversized_raw_bodies_are_413_problems() {
+    let stack = spawn_stack().await;
+    let token = stack.sign_in("ann@example.com").await;
+    let huge = "x".repeat(300 * 1024);
+    for (path, bearer) in [
+        ("/api/v1/credits/daily-bonus", Some(token.as_str())),
+        ("/api/v1/credits/webhooks/stripe", None),
+    ] {
+        let mut request = stack
+            .http
+            .post(format!("{}{path}", stack.base_url))
+            .body(huge.clone());
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        testkit::read(request.send().await.unwrap())
+            .await
+            .assert_problem(413);
+    }
+}

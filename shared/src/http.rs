@@ -145,6 +145,24 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// The raw request body (for signature checks over the exact bytes), whose
+/// rejections are problem+json: 413 over the body limit, 400 otherwise.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
 /// `Query<T>` whose rejections are problem+json 422s naming the parameter.
 pub struct ApiQuery<T>(pub T);
 

@@ -24,9 +24,9 @@ use crate::auth::Caller;
 use crate::config::CreditsConfig;
 use crate::credits::ledger::{self, Entry};
 use crate::error::{ApiError, Problem};
-use crate::http::RequestMeta;
+use crate::http::{RawBody, RequestMeta};
 use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized};
+use crate::openapi::{InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized};
 use crate::users::repo::current_user;
 
 const ROUTE: &str = "/api/v1/credits/daily-bonus";
@@ -108,6 +108,7 @@ pub(crate) struct DailyBonus {
         (status = 201, description = "The bonus, credited.", body = DailyBonus),
         (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
         (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Today's bonus is already claimed: the problem carries `next_available_at` (the caller's next local midnight, also as `Retry-After`), `last_daily_bonus_date` and `daily_login_streak`. Or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
@@ -122,7 +123,7 @@ pub(crate) async fn claim(
     Caller(identity): Caller,
     IdempotencyKey(key): IdempotencyKey,
     meta: RequestMeta,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, Refusal> {
     let request = no_body(&body)?;
     let mut client = state.db.get().await?;

@@ -27,7 +27,6 @@
 //! answered 200 (Stripe would otherwise retry them for days).
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
@@ -40,8 +39,8 @@ use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
 use crate::error::{ApiError, Problem};
-use crate::http::RequestMeta;
-use crate::openapi::InternalError;
+use crate::http::{RawBody, RequestMeta};
+use crate::openapi::{InternalError, PayloadTooLarge};
 
 /// A verified event: what the handlers read of it.
 #[derive(Debug)]
@@ -166,6 +165,7 @@ fn outcome_schema() -> utoipa::openapi::Object {
     responses(
         (status = 200, description = "The event was verified and processed (or had been already).", body = WebhookReceipt),
         (status = 400, description = "The Stripe-Signature header is missing, malformed, stale or does not match, or the verified event has no `id` or `type` (`/problems/bad-request`). Nothing changed.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
         (status = 503, description = "The webhook secret is not configured (`Retry-After: 60`), or the database is briefly unavailable. Nothing changed; Stripe retries.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = 500, response = InternalError),
@@ -175,7 +175,7 @@ pub(crate) async fn stripe_webhook(
     State(state): State<AppState>,
     meta: RequestMeta,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let Some(secret) = state.config.payments.stripe_webhook_secret.as_deref() else {
         // Stripe retries: nothing is lost while the secret is being configured.
