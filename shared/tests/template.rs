@@ -1,6 +1,6 @@
 //! The SAM template deploys every function crate, and nothing else: each crate
 //! under `functions/` has an `AWS::Serverless::Function` resource whose
-//! `Metadata.Binary` names the crate's binary, and each function resource
+//! `Metadata.BuildProperties.Binary` names the crate's binary, and each function resource
 //! names a binary some crate builds.
 //!
 //! The template is read as text (no YAML crate in the workspace): top-level
