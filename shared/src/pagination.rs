@@ -72,6 +72,27 @@ pub struct TimeKey {
     pub id: String,
 }
 
+/// Decodes a [`TimeKey`] cursor. Cursors come back from clients, so a
+/// well-formed but crafted one (an id no row could have, a NUL byte, a time
+/// outside PostgreSQL's range) is refused like garbage, with a 422, rather
+/// than failing in the database.
+pub fn decode_time_key(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
+    use chrono::Datelike;
+    match decode::<TimeKey>(raw)? {
+        Some(k)
+            if !(1..=200).contains(&k.id.len())
+                || k.id.chars().any(char::is_control)
+                || !(1..=9999).contains(&k.at.year()) =>
+        {
+            Err(ApiError::validation(
+                "cursor",
+                "is not a cursor this endpoint returned",
+            ))
+        }
+        key => Ok(key),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +108,23 @@ mod tests {
         assert!(decode::<TimeKey>(Some("not-a-cursor")).is_err());
         assert!(decode::<TimeKey>(Some(&encode(&42))).is_err());
         assert_eq!(decode::<TimeKey>(None).unwrap(), None);
+    }
+
+    #[test]
+    fn crafted_time_keys_are_refused() {
+        let at = chrono::Utc::now();
+        let good = encode(&TimeKey {
+            at,
+            id: "abc".into(),
+        });
+        assert!(decode_time_key(Some(&good)).unwrap().is_some());
+        assert!(decode_time_key(None).unwrap().is_none());
+        for id in ["", "a\0b", &"x".repeat(201)] {
+            let crafted = encode(&TimeKey { at, id: id.into() });
+            assert!(decode_time_key(Some(&crafted)).is_err(), "{id:?}");
+        }
+        let far = encode(&serde_json::json!({"at": "+10000-01-01T00:00:00Z", "id": "a"}));
+        assert!(decode_time_key(Some(&far)).is_err());
     }
 
     #[test]

@@ -324,7 +324,7 @@ pub(crate) async fn list_characters(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Character>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
-    let after = pagination::decode(query.cursor.as_deref())?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let mut errors = Vec::new();
     let (style_type, tag, text) = common_filters(&mut errors, query.style_type, query.tag, query.q);
     let generation_status = query.generation_status.and_then(|s| {

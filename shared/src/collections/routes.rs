@@ -180,7 +180,7 @@ pub(crate) async fn list_collections(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Collection>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
-    let after = pagination::decode::<TimeKey>(query.cursor.as_deref())?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
     let tx = begin_as(&mut client, Some(&user.id)).await?;

@@ -525,13 +525,7 @@ pub(crate) async fn list_purchases(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<PurchaseOrder>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
-    let after = pagination::decode::<TimeKey>(query.cursor.as_deref())?;
-    if after.as_ref().is_some_and(|k| !is_plain_id(&k.id)) {
-        return Err(ApiError::validation(
-            "cursor",
-            "is not a cursor this endpoint returned",
-        ));
-    }
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
     let rows = client

@@ -182,7 +182,7 @@ pub(crate) async fn list_jobs(
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<Page<Job>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
-    let after: Option<TimeKey> = pagination::decode(query.cursor.as_deref())?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let mut errors = Vec::new();
     let status = query.status.and_then(|s| {
         one_of("status", &s, &JOB_STATUSES)
