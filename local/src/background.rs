@@ -61,7 +61,14 @@ pub async fn run_schedules(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = hour.tick() => &["partition-upkeep", "idempotency-purge"],
         };
         for task in tasks {
-            if let Err(e) = shared::scheduler::run(task, &state.db, state.queue.as_deref()).await {
+            if let Err(e) = shared::scheduler::run(
+                task,
+                &state.db,
+                state.queue.as_deref(),
+                &state.config.retention,
+            )
+            .await
+            {
                 tracing::warn!(task, error = %e, "scheduled task failed");
             }
         }

@@ -259,6 +259,7 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
             job_timeout: JOB_TIMEOUT,
             max_attempts: JOB_MAX_ATTEMPTS,
         },
+        retention: shared::config::RetentionConfig::from_lookup(|name| std::env::var(name).ok())?,
         log_format: LogFormat::Text,
     })
 }

@@ -98,10 +98,10 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The auth function's routes: sign-in, the caller's account and profile,
-/// public profiles.
+/// The auth function's routes: sign-in, the caller's account, profile and
+/// activity log, public profiles.
 pub fn auth_routes() -> Router<AppState> {
-    crate::users::routes::router()
+    crate::users::routes::router().merge(crate::activity::routes::router())
 }
 
 /// The auth function's finished router.

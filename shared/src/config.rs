@@ -349,6 +349,43 @@ impl WorkerConfig {
     }
 }
 
+/// How long data is kept (`shared::scheduler`'s `partition-upkeep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// `ACTIVITY_LOG_RETENTION_DAYS` (default 180, 1..=3650): monthly partitions of
+    /// `user_activity_logs` whose whole month is older than this are dropped.
+    pub activity_log_days: i32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            activity_log_days: 180,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Reads `ACTIVITY_LOG_RETENTION_DAYS` through `lookup` (the local stack
+    /// reads it from its environment this way).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Ok(Self {
+            activity_log_days: parse_number(
+                &get,
+                "ACTIVITY_LOG_RETENTION_DAYS",
+                Self::default().activity_log_days as u64,
+                1,
+                3650,
+            )? as i32,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -366,6 +403,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub queue: QueueConfig,
     pub worker: WorkerConfig,
+    pub retention: RetentionConfig,
     /// `LOG_FORMAT`: `json` or `text`; JSON by default inside Lambda.
     pub log_format: LogFormat,
 }
@@ -524,6 +562,7 @@ impl Config {
         let storage = StorageConfig::from_lookup(&get)?;
         let queue = QueueConfig::from_lookup(&get)?;
         let worker = WorkerConfig::from_lookup(&get)?;
+        let retention = RetentionConfig::from_lookup(&lookup)?;
 
         let log_format = match get("LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
@@ -548,6 +587,7 @@ impl Config {
             storage,
             queue,
             worker,
+            retention,
             log_format,
         })
     }

@@ -31,8 +31,13 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
             let state = state.clone();
             async move {
                 let task = event.payload.detail_type.clone();
-                let report =
-                    crate::scheduler::run(&task, &state.db, state.queue.as_deref()).await?;
+                let report = crate::scheduler::run(
+                    &task,
+                    &state.db,
+                    state.queue.as_deref(),
+                    &state.config.retention,
+                )
+                .await?;
                 Ok::<_, lambda_runtime::Error>(report)
             }
         },

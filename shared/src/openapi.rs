@@ -67,6 +67,7 @@ links; they exist only there and are not part of this document.";
         crate::users::routes::get_profile,
         crate::users::routes::put_profile,
         crate::users::routes::get_public_user,
+        crate::activity::routes::list,
         crate::characters::routes::create_character,
         crate::characters::routes::list_characters,
         crate::characters::routes::get_character,

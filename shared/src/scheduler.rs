@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::config::RetentionConfig;
 use crate::credits::{holds, ledger};
 use crate::db::DbPool;
 use crate::error::ApiError;
@@ -31,8 +32,6 @@ pub const TASKS: [&str; 5] = [
 pub const OUTBOX_GRACE: Duration = Duration::from_secs(60);
 /// Months of partitions kept ahead of now.
 pub const PARTITIONS_AHEAD: i32 = 3;
-/// Activity-log retention (`ACTIVITY_LOG_RETENTION_DAYS` once issue #7 makes it configurable).
-pub const ACTIVITY_RETENTION_DAYS: i32 = 180;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskReport {
@@ -77,6 +76,7 @@ pub async fn run(
     task: &str,
     db: &DbPool,
     queue: Option<&dyn JobQueue>,
+    retention: &RetentionConfig,
 ) -> Result<TaskReport, TaskError> {
     let mut conn = db.get().await?;
     let client: &mut tokio_postgres::Client = &mut conn;
@@ -91,7 +91,7 @@ pub async fn run(
             }
             None => json!({"resent": 0, "skipped": "no queue configured"}),
         },
-        "partition-upkeep" => partition_upkeep(&*client).await?,
+        "partition-upkeep" => partition_upkeep(&*client, retention).await?,
         "idempotency-purge" => {
             json!({"purged": crate::idempotency::purge_expired(&*client).await?})
         }
@@ -148,8 +148,14 @@ pub async fn time_out_jobs(client: &mut tokio_postgres::Client) -> Result<usize,
 }
 
 /// Partitions for this month and the next [`PARTITIONS_AHEAD`], and retention
-/// of the activity log. The ledger is never dropped: its sums are the balances.
-pub async fn partition_upkeep(client: &tokio_postgres::Client) -> Result<Value, TaskError> {
+/// of the activity log: a monthly partition is dropped whole (never
+/// row-deleted) once all of its month is older than
+/// `retention.activity_log_days`. The ledger is never dropped: its sums are
+/// the balances.
+pub async fn partition_upkeep(
+    client: &tokio_postgres::Client,
+    retention: &RetentionConfig,
+) -> Result<Value, TaskError> {
     let mut created = serde_json::Map::new();
     for table in ["credit_transactions", "user_activity_logs"] {
         let n: i32 = client
@@ -165,7 +171,7 @@ pub async fn partition_upkeep(client: &tokio_postgres::Client) -> Result<Value, 
         .query_one(
             "SELECT drop_monthly_partitions_before('user_activity_logs', \
                ((now() AT TIME ZONE 'UTC') - make_interval(days => $1))::date)",
-            &[&ACTIVITY_RETENTION_DAYS],
+            &[&retention.activity_log_days],
         )
         .await?
         .try_get(0)?;

@@ -3,9 +3,14 @@
 //! `Metadata.BuildProperties.Binary` names the crate's binary, and each function resource
 //! names a binary some crate builds.
 //!
+//! And the HTTP API routes exactly the operations the OpenAPI document lists,
+//! each to a function whose router serves it, with API Gateway's JWT
+//! authorizer off exactly where the operation accepts anonymous callers.
+//!
 //! The template is read as text (no YAML crate in the workspace): top-level
 //! resources are the keys indented two spaces under `Resources:`, and the
-//! `Type`, `BuildMethod` and `Binary` lines inside each one are enough here.
+//! `Type`, `BuildMethod` and `Binary` lines inside each one, and the
+//! `Method`/`Path`/`Auth` lines of its `HttpApi` events, are enough here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -68,6 +73,16 @@ struct Resource {
     kind: Option<String>,
     build_method: Option<String>,
     binary: Option<String>,
+    /// The function's `HttpApi` events.
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Route {
+    method: String,
+    path: String,
+    /// `Auth: {Authorizer: NONE}`: API Gateway lets anonymous callers through.
+    public: bool,
 }
 
 /// The top-level resources of the template, by logical id.
@@ -75,6 +90,7 @@ fn template_resources(text: &str) -> BTreeMap<String, Resource> {
     let mut resources: BTreeMap<String, Resource> = BTreeMap::new();
     let mut in_resources = false;
     let mut current: Option<String> = None;
+    let mut in_event = false;
     for raw in text.lines() {
         let line = raw.trim_end();
         let content = line.trim_start();
@@ -98,6 +114,15 @@ fn template_resources(text: &str) -> BTreeMap<String, Resource> {
         }
         let Some(id) = &current else { continue };
         let resource = resources.get_mut(id).expect("resource was inserted");
+        // An event's name (indent 8 under `Events:`) starts a new route entry.
+        if indent == 8 && content.ends_with(':') && !content.contains(' ') {
+            in_event = true;
+            resource.routes.push(Route::default());
+            continue;
+        }
+        if indent <= 6 {
+            in_event = false;
+        }
         let value_of = |key: &str| {
             content
                 .strip_prefix(key)
@@ -111,7 +136,21 @@ fn template_resources(text: &str) -> BTreeMap<String, Resource> {
             resource.build_method = Some(method);
         } else if let Some(binary) = value_of("Binary:") {
             resource.binary = Some(binary);
+        } else if in_event && let Some(route) = resource.routes.last_mut() {
+            if let Some(method) = value_of("Method:") {
+                route.method = method;
+            } else if let Some(path) = value_of("Path:") {
+                route.path = path;
+            } else if let Some(auth) = value_of("Auth:") {
+                route.public = auth.contains("NONE");
+            }
         }
+    }
+    // Events of other kinds (SQS, schedules) have no Method/Path.
+    for resource in resources.values_mut() {
+        resource
+            .routes
+            .retain(|r| !r.method.is_empty() && !r.path.is_empty());
     }
     resources
 }
@@ -193,4 +232,136 @@ Outputs:
         Some("AWS::SQS::Queue")
     );
     assert!(resources["JobsQueue"].binary.is_none());
+}
+
+/// Every `(METHOD, path)` the OpenAPI document lists, with whether the
+/// operation accepts anonymous callers (no `security`, or an empty requirement).
+fn documented_operations() -> BTreeMap<(String, String), bool> {
+    let doc: serde_json::Value =
+        serde_json::from_str(&shared::openapi::json()).expect("the document is JSON");
+    let mut operations = BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            let anonymous = match operation.get("security").and_then(|s| s.as_array()) {
+                None => true,
+                Some(requirements) => requirements
+                    .iter()
+                    .any(|r| r.as_object().is_some_and(|o| o.is_empty())),
+            };
+            operations.insert((method.to_uppercase(), path.clone()), anonymous);
+        }
+    }
+    operations
+}
+
+fn template_text() -> String {
+    let path = repo_root().join("template.yaml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{} is readable: {e}", path.display()))
+}
+
+#[test]
+fn the_http_api_routes_exactly_the_documented_operations_with_matching_auth() {
+    let resources = template_resources(&template_text());
+    let mut routed: BTreeMap<(String, String), (String, bool)> = BTreeMap::new();
+    for (id, resource) in &resources {
+        for route in &resource.routes {
+            if route.path == "$default" {
+                continue;
+            }
+            let key = (route.method.clone(), route.path.clone());
+            if let Some((other, _)) = routed.insert(key.clone(), (id.clone(), route.public)) {
+                panic!("{key:?} is routed twice: to {other} and {id}");
+            }
+        }
+    }
+    let documented = documented_operations();
+    for (key, anonymous) in &documented {
+        let Some((function, public)) = routed.get(key) else {
+            panic!("{key:?} is documented but template.yaml routes it to no function");
+        };
+        assert_eq!(
+            public, anonymous,
+            "{key:?} (routed to {function}): `Auth: {{Authorizer: NONE}}` must be set exactly \
+             when the operation accepts anonymous callers"
+        );
+    }
+    for (key, (function, _)) in &routed {
+        assert!(
+            documented.contains_key(key),
+            "template.yaml routes {key:?} to {function}, but the OpenAPI document has no such operation"
+        );
+    }
+}
+
+/// The router a function binary serves (functions/<name>/src/main.rs calls
+/// the matching `shared::app::*_router`).
+fn routes_of(binary: &str) -> Option<axum::Router<shared::app::AppState>> {
+    match binary {
+        "auth" => Some(shared::app::auth_routes()),
+        "characters" => Some(shared::app::characters_routes()),
+        "credits" => Some(shared::app::credits_routes()),
+        "jobs" => Some(shared::app::jobs_routes()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn each_routed_operation_is_served_by_the_function_it_is_routed_to() {
+    use tower::ServiceExt;
+
+    // No database is reachable: a served route answers 401 (no token), 4xx for
+    // its input, or 503; only the router's own fallbacks say "no such route"
+    // or 405, and those mean API Gateway would send the call to the wrong function.
+    let config = shared::config::Config::from_lookup(|name| {
+        match name {
+            "DATABASE_URL" => Some("postgres://nobody@127.0.0.1:1/none"),
+            "DATABASE_CONNECT_TIMEOUT_SECONDS" => Some("1"),
+            "AUTH_ISSUER" => Some("https://issuer.example/"),
+            "AUTH_AUDIENCE" => Some("https://api.example"),
+            _ => None,
+        }
+        .map(str::to_string)
+    })
+    .expect("config");
+    let state = shared::app::AppState::from_config(config)
+        .await
+        .expect("state");
+    let resources = template_resources(&template_text());
+    let mut checked = 0;
+    for (id, resource) in &resources {
+        let Some(binary) = &resource.binary else {
+            continue;
+        };
+        for route in &resource.routes {
+            if route.path == "$default" {
+                continue;
+            }
+            let routes = routes_of(binary)
+                .unwrap_or_else(|| panic!("{id} ({binary}) has HTTP routes but no router"));
+            let app = shared::app::finish(routes, state.clone());
+            let uri = route.path.replace('{', "x-").replace('}', "");
+            let request = axum::http::Request::builder()
+                .method(route.method.as_str())
+                .uri(&uri)
+                .body(axum::body::Body::empty())
+                .expect("request");
+            let response = app.oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            assert!(
+                status != 405 && !(status == 404 && body["detail"] == "no such route"),
+                "{} {} is routed to {id} ({binary}), whose router does not serve it: {status} {body}",
+                route.method,
+                route.path
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 40,
+        "only {checked} routes were read from template.yaml"
+    );
 }

@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chrono::Datelike;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa::IntoParams;
@@ -53,25 +52,6 @@ pub fn router() -> Router<AppState> {
 /// text cannot even hold) names nothing: 404 without asking the database.
 fn character_id(raw: &str) -> Result<&str, ApiError> {
     crate::http::resource_id(raw, "character")
-}
-
-/// A cursor of the ratings list. Cursors come back from clients, so a
-/// well-formed but crafted one (a NUL in the id, a time outside PostgreSQL's
-/// range) is refused here like garbage, rather than failing in the database.
-fn ratings_cursor(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
-    let key = pagination::decode::<TimeKey>(raw)?;
-    match key {
-        Some(k)
-            if crate::http::resource_id(&k.id, "cursor").is_err()
-                || !(1..=9999).contains(&k.at.year()) =>
-        {
-            Err(ApiError::validation(
-                "cursor",
-                "is not a cursor this endpoint returned",
-            ))
-        }
-        key => Ok(key),
-    }
 }
 
 /// Like a character.
@@ -176,6 +156,7 @@ pub(crate) async fn unlike(
 pub(crate) async fn put_rating(
     State(state): State<AppState>,
     Caller(identity): Caller,
+    meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<RatingWithSummary>), ApiError> {
@@ -191,6 +172,18 @@ pub(crate) async fn put_rating(
         ));
     }
     let upserted = repo::upsert_rating(&tx, &character.id, &user.id, &input).await?;
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&user.id),
+            activity_type: "character_rated",
+            entity_type: Some("character"),
+            entity_id: Some(&character.id),
+            metadata: json!({"rating": upserted.rating.rating, "created": upserted.created}),
+        },
+        &meta,
+    )
+    .await?;
     let summary = repo::rating_summary(&tx, &character.id).await?;
     tx.commit().await?;
     let status = if upserted.created {
@@ -226,6 +219,7 @@ pub(crate) async fn put_rating(
 pub(crate) async fn delete_rating(
     State(state): State<AppState>,
     Caller(identity): Caller,
+    meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = character_id(&id)?;
@@ -238,6 +232,18 @@ pub(crate) async fn delete_rating(
             "you have not rated this character".into(),
         ));
     }
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&user.id),
+            activity_type: "rating_withdrawn",
+            entity_type: Some("character"),
+            entity_id: Some(&character.id),
+            metadata: json!({}),
+        },
+        &meta,
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -283,7 +289,7 @@ pub(crate) async fn list_ratings(
 ) -> Result<Json<RatingsPage>, ApiError> {
     let id = character_id(&id)?;
     let limit = pagination::limit(query.limit)?;
-    let after = ratings_cursor(query.cursor.as_deref())?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let mut client = state.db.get().await?;
     let viewer = crate::users::repo::optional_user(&**client, identity.as_ref())
         .await?
