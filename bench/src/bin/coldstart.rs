@@ -3,11 +3,16 @@
 //! response, for a first request that needs no database and for one that
 //! opens the first database connection, plus the process's peak RSS.
 //!
-//! `cargo build --release -p auth -p characters -p credits -p jobs -p scheduler -p worker`
-//! `cargo run --release -p bench --bin coldstart [-- RUNS]`
+//! The yardstick is `hello-lambda` (bench/hello-lambda): a Rust hello world
+//! with the same runtime crate and release profile, under the same emulator,
+//! measured in the same run, so the ratio holds whatever the machine's load.
 //!
-//! Reads the binaries from the release target directory (`CARGO_TARGET_DIR`
-//! or `target/`). Prints figures; asserts nothing.
+//! `cargo build --release -p hello-lambda -p auth -p characters -p credits -p jobs -p scheduler -p worker`
+//! `cargo run --release -p bench --bin coldstart [-- RUNS [FUNCTION...]]`
+//!
+//! Reads the binaries from `COLDSTART_BIN_DIR`, else the release target
+//! directory (`CARGO_TARGET_DIR` or `target/`), so builds with other profiles
+//! can be compared. Prints figures; asserts nothing.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,6 +21,9 @@ use serde_json::{Value, json};
 use testkit::lambda::{Outcome, RuntimeApi, sample_event};
 
 fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("COLDSTART_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
@@ -66,6 +74,12 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
+/// `median (min)`: the minimum is the least disturbed by other work on the machine.
+fn summary(values: Vec<Duration>) -> String {
+    let min = values.iter().min().copied().unwrap_or_default();
+    format!("{:.1?} ({:.1?})", median(values), min)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args()
@@ -73,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(10);
+    let only: Vec<String> = std::env::args().skip(2).collect();
     let stack = testkit::spawn_stack().await;
     let token = stack.sign_in("bench@example.com").await;
     let bucket = testkit::moto::create_bucket("coldstart").await;
@@ -94,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let upkeep = sample_event("scheduler-idempotency-purge.json");
 
     let cases: Vec<Case> = vec![
+        ("hello-lambda", &base, openapi.clone(), None),
         ("auth", &base, openapi.clone(), Some(me.clone())),
         (
             "characters",
@@ -119,12 +135,18 @@ async fn main() -> anyhow::Result<()> {
         ("worker", &with_aws, unreadable, None),
         ("scheduler", &base, upkeep, None),
     ];
-    println!("{runs} cold starts each; time from process spawn to the first response");
     println!(
-        "{:<12} {:>14} {:>16} {:>12} {:>10}",
-        "function", "no database", "first db query", "peak RSS", "bootstrap"
+        "{runs} cold starts each; time from process spawn to the first response, median (min)"
     );
+    println!(
+        "{:<12} {:>22} {:>9} {:>22} {:>10} {:>10}",
+        "function", "no database", "× hello", "first db query", "peak RSS", "binary"
+    );
+    let mut hello: Option<Duration> = None;
     for (name, env, without_db, with_db) in cases {
+        if !only.is_empty() && name != "hello-lambda" && !only.iter().any(|o| o == name) {
+            continue;
+        }
         let mut plain = Vec::new();
         let mut rss = 0.0_f64;
         for _ in 0..runs {
@@ -140,16 +162,26 @@ async fn main() -> anyhow::Result<()> {
                     samples.push(sample.first_response);
                     rss = rss.max(sample.rss_mb.unwrap_or(0.0));
                 }
-                format!("{:.1?}", median(samples))
+                summary(samples)
             }
             None => "—".to_string(),
         };
         let size = std::fs::metadata(binary(name))
             .map(|m| m.len() as f64 / 1_048_576.0)
             .unwrap_or(0.0);
+        let plain_median = median(plain.clone());
+        let ratio = match hello {
+            Some(h) if name != "hello-lambda" => {
+                format!("{:.2}", plain_median.as_secs_f64() / h.as_secs_f64())
+            }
+            _ => "1.00".to_string(),
+        };
+        if name == "hello-lambda" {
+            hello = Some(plain_median);
+        }
         println!(
-            "{name:<12} {:>14} {with_db:>16} {:>9.1} MiB {:>6.1} MiB",
-            format!("{:.1?}", median(plain)),
+            "{name:<12} {:>22} {ratio:>9} {with_db:>22} {:>6.1} MiB {:>6.1} MiB",
+            summary(plain),
             rss,
             size
         );
