@@ -8,6 +8,10 @@
 //! | `outbox-sweep` | sends queued jobs whose message was never sent |
 //! | `partition-upkeep` | creates the next months' partitions of the ledger and the activity log, drops activity-log months past retention |
 //! | `idempotency-purge` | forgets idempotency keys older than 24 hours |
+//!
+//! One more task runs on demand, never on a schedule: `migrate` applies the
+//! embedded migrations not yet applied (the README's deploy steps invoke it
+//! with `aws lambda invoke`, from inside the VPC where the database is).
 
 use std::time::Duration;
 
@@ -27,6 +31,9 @@ pub const TASKS: [&str; 5] = [
     "partition-upkeep",
     "idempotency-purge",
 ];
+
+/// Tasks run only when invoked by hand (no schedule names them).
+pub const ON_DEMAND_TASKS: [&str; 1] = ["migrate"];
 
 /// How long a queued job may wait without `enqueued_at` before the sweep resends it.
 pub const OUTBOX_GRACE: Duration = Duration::from_secs(60);
@@ -65,6 +72,12 @@ impl From<ledger::LedgerError> for TaskError {
     }
 }
 
+impl From<crate::db::DbSetupError> for TaskError {
+    fn from(err: crate::db::DbSetupError) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for TaskError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
         Self::Failed(err.to_string())
@@ -78,6 +91,18 @@ pub async fn run(
     queue: Option<&dyn JobQueue>,
     retention: &RetentionConfig,
 ) -> Result<TaskReport, TaskError> {
+    if task == "migrate" {
+        let report = crate::db::migrate(db).await?;
+        let outcome = json!({
+            "applied": report.applied,
+            "known": crate::db::embedded_migrations().len(),
+        });
+        tracing::info!(task, %outcome, "scheduler task done");
+        return Ok(TaskReport {
+            task: task.to_string(),
+            outcome,
+        });
+    }
     let mut conn = db.get().await?;
     let client: &mut tokio_postgres::Client = &mut conn;
     let outcome = match task {

@@ -365,3 +365,28 @@ async fn each_routed_operation_is_served_by_the_function_it_is_routed_to() {
         "only {checked} routes were read from template.yaml"
     );
 }
+
+#[test]
+fn every_scheduled_task_has_a_schedule_and_on_demand_tasks_have_none() {
+    let text = template_text();
+    let scheduled: BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| {
+            let input = line.trim().strip_prefix("Input:")?;
+            let json = input.trim().trim_matches('\'');
+            let value: serde_json::Value = serde_json::from_str(json).ok()?;
+            value["detail-type"].as_str().map(str::to_string)
+        })
+        .collect();
+    let tasks: BTreeSet<String> = shared::scheduler::TASKS
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    assert_eq!(
+        scheduled, tasks,
+        "each scheduler task needs exactly one ScheduleV2 event"
+    );
+    for task in shared::scheduler::ON_DEMAND_TASKS {
+        assert!(!scheduled.contains(task), "{task} must not be scheduled");
+    }
+}

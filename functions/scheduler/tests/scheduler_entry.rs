@@ -171,3 +171,37 @@ async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
         Outcome::Response(body) => panic!("an unknown task succeeded: {body}"),
     }
 }
+
+#[tokio::test]
+async fn the_migrate_task_brings_an_empty_database_to_the_current_schema_once() {
+    let url = testkit::empty_database().await;
+    let api = RuntimeApi::start().await;
+    let _function = start(&api, &url).await;
+
+    let first = report(api.invoke(&sample("migrate")).await);
+    let applied: Vec<String> = first["applied"]
+        .as_array()
+        .expect("applied is a list")
+        .iter()
+        .map(|m| m.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(applied, shared::db::embedded_migrations());
+    assert_eq!(first["known"], applied.len());
+
+    // The schema is usable: the tables the other tasks need exist.
+    let client = testkit::connect(&url).await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_name IN ('users', 'credit_transactions', 'generation_jobs')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 3);
+
+    // Invoking it again (a second deploy) applies nothing.
+    let second = report(api.invoke(&sample("migrate")).await);
+    assert_eq!(second["applied"], json!([]));
+}
