@@ -312,20 +312,7 @@ async fn each_routed_operation_is_served_by_the_function_it_is_routed_to() {
     // No database is reachable: a served route answers 401 (no token), 4xx for
     // its input, or 503; only the router's own fallbacks say "no such route"
     // or 405, and those mean API Gateway would send the call to the wrong function.
-    let config = shared::config::Config::from_lookup(|name| {
-        match name {
-            "DATABASE_URL" => Some("postgres://nobody@127.0.0.1:1/none"),
-            "DATABASE_CONNECT_TIMEOUT_SECONDS" => Some("1"),
-            "AUTH_ISSUER" => Some("https://issuer.example/"),
-            "AUTH_AUDIENCE" => Some("https://api.example"),
-            _ => None,
-        }
-        .map(str::to_string)
-    })
-    .expect("config");
-    let state = shared::app::AppState::from_config(config)
-        .await
-        .expect("state");
+    let state = testkit::offline_state().await;
     let resources = template_resources(&template_text());
     let mut checked = 0;
     for (id, resource) in &resources {

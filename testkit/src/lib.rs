@@ -200,6 +200,25 @@ pub fn signing_key() -> SigningKey {
         .clone()
 }
 
+/// Application state whose database cannot be reached (connections are
+/// refused at once): for tests of routing and of what happens before any query.
+pub async fn offline_state() -> shared::app::AppState {
+    let config = shared::config::Config::from_lookup(|name| {
+        match name {
+            "DATABASE_URL" => Some("postgres://nobody@127.0.0.1:1/none"),
+            "DATABASE_CONNECT_TIMEOUT_SECONDS" => Some("1"),
+            "AUTH_ISSUER" => Some("https://issuer.example/"),
+            "AUTH_AUDIENCE" => Some("https://api.example"),
+            _ => None,
+        }
+        .map(str::to_string)
+    })
+    .expect("offline configuration");
+    shared::app::AppState::from_config(config)
+        .await
+        .expect("offline state")
+}
+
 /// The local stack on a random port over a fresh database.
 pub struct TestStack {
     pub stack: LocalStack,
