@@ -48,7 +48,7 @@ pub const MAX_COLORS: usize = 10;
 
 /// Columns nobody sets through the API: ids, ownership, images and processing
 /// (the generation pipeline's), moderation, counters and derived values.
-pub const READ_ONLY: [&str; 30] = [
+pub const READ_ONLY: [&str; 32] = [
     "id",
     "user_id",
     "primary_image_url",
@@ -62,6 +62,8 @@ pub const READ_ONLY: [&str; 30] = [
     "error_message",
     "retry_count",
     "is_featured",
+    "moderation_hidden",
+    "moderation_hidden_at",
     "view_count",
     "like_count",
     "download_count",

@@ -53,6 +53,9 @@ pub struct Character {
     pub tags: Option<Vec<String>>,
     pub is_public: Option<bool>,
     pub is_featured: Option<bool>,
+    /// Hidden from the gallery by a moderator: not listed even while public, whatever the
+    /// owner does, until a moderator unhides it.
+    pub moderation_hidden: bool,
     pub allow_commercial_use: Option<bool>,
     /// `standard`, `commercial` or `creative_commons`.
     pub license_type: Option<String>,
@@ -81,7 +84,7 @@ pub const CHARACTER_COLUMNS: &str = "c.id, c.user_id, c.name, c.description, c.p
     c.cfg_scale::float8 AS cfg_scale, c.steps, c.sampler, c.primary_image_url, c.thumbnail_url, \
     c.additional_images, c.image_metadata, c.generation_status, c.processing_started_at, \
     c.processing_completed_at, c.processing_time_seconds, c.error_message, c.retry_count, \
-    c.collection_id, c.tags, c.is_public, c.is_featured, c.allow_commercial_use, c.license_type, \
+    c.collection_id, c.tags, c.is_public, c.is_featured, c.moderation_hidden, c.allow_commercial_use, c.license_type, \
     c.view_count, c.like_count, c.download_count, c.share_count, c.parent_character_id, \
     c.version_number, c.variant_type, c.created_at, c.updated_at, c.published_at, c.rating_count, \
     c.rating_average::float8 AS rating_average, c.popularity";
@@ -129,6 +132,7 @@ impl Character {
             tags: row.try_get("tags")?,
             is_public: row.try_get("is_public")?,
             is_featured: row.try_get("is_featured")?,
+            moderation_hidden: row.try_get("moderation_hidden")?,
             allow_commercial_use: row.try_get("allow_commercial_use")?,
             license_type: row.try_get("license_type")?,
             view_count: row.try_get("view_count")?,
