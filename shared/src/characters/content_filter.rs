@@ -6,6 +6,9 @@
 //! deliberately short and documented in the README: this is a first line that
 //! names the rule it applied, not a classifier.
 
+use crate::error::ApiError;
+use crate::users::User;
+
 /// A rule: its id (named in the 422), the levels it applies at, its terms.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -92,6 +95,25 @@ pub const RULES: &[Rule] = &[
         ],
     },
 ];
+
+/// The level a user's text is checked at: their `content_filter_level`, `moderate` when unset.
+pub fn level_of(user: &User) -> &str {
+    user.content_filter_level.as_deref().unwrap_or("moderate")
+}
+
+/// A 422 naming `field` and the rule when `text` breaks a rule of `level`.
+pub fn check(level: &str, field: &str, text: &str) -> Result<(), ApiError> {
+    match violation(level, text) {
+        Some(rule) => Err(ApiError::validation(
+            field,
+            format!(
+                "blocked by content filter rule `{}` (your content_filter_level is {level})",
+                rule.id
+            ),
+        )),
+        None => Ok(()),
+    }
+}
 
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())

@@ -113,7 +113,7 @@ impl Assignments {
 
 /// Checks the text fields being written against the owner's content filter.
 fn filter_content(user: &User, fields: &CharacterFields) -> Result<(), ApiError> {
-    let level = user.content_filter_level.as_deref().unwrap_or("moderate");
+    let level = content_filter::level_of(user);
     let texts = [
         ("name", fields.name.as_deref()),
         (
@@ -123,14 +123,8 @@ fn filter_content(user: &User, fields: &CharacterFields) -> Result<(), ApiError>
         ("prompt", fields.prompt.as_deref()),
     ];
     for (field, text) in texts {
-        if let Some(rule) = text.and_then(|t| content_filter::violation(level, t)) {
-            return Err(ApiError::validation(
-                field,
-                format!(
-                    "blocked by content filter rule `{}` (your content_filter_level is {level})",
-                    rule.id
-                ),
-            ));
+        if let Some(text) = text {
+            content_filter::check(level, field, text)?;
         }
     }
     Ok(())

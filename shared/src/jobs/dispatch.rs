@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
 
 use super::{JOB_COLUMNS, JOB_TYPES, Job, JobMessage};
+use crate::characters::content_filter;
 use crate::credits::engine;
 use crate::credits::holds;
 use crate::credits::pricing::PriceInputs;
@@ -201,6 +202,13 @@ pub async fn record(
             ApiError::NotFound("no such character".into())
         });
     }
+    // The prompt was checked against the owner's filter level when it was written; the owner
+    // may have made the level stricter since, so it is checked again against today's. The
+    // request itself carries no free text (every parameter is a number or one of a fixed
+    // set), and the negative prompt is not filtered, at creation or here: it lists what to
+    // keep out of the image ("nsfw, gore" there makes the image safer).
+    let prompt: String = character.try_get(2)?;
+    content_filter::check(content_filter::level_of(user), "character.prompt", &prompt)?;
     let init_image: Option<String> = character.try_get(8)?;
     if needs_image(&params.job_type) && init_image.is_none() {
         return Err(ApiError::Conflict(format!(
