@@ -99,9 +99,11 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
 }
 
 /// The auth function's routes: sign-in, the caller's account, profile and
-/// activity log, public profiles.
+/// activity log, public profiles; user admin.
 pub fn auth_routes() -> Router<AppState> {
-    crate::users::routes::router().merge(crate::activity::routes::router())
+    crate::users::routes::router()
+        .merge(crate::activity::routes::router())
+        .merge(crate::moderation::users_routes())
 }
 
 /// The auth function's finished router.
@@ -110,11 +112,12 @@ pub fn auth_router(state: AppState) -> Router {
 }
 
 /// The characters function's routes: characters, the gallery, collections,
-/// likes, ratings, downloads and reports.
+/// likes, ratings, downloads and reports; the report queue and moderation.
 pub fn characters_routes() -> Router<AppState> {
     crate::characters::routes::router()
         .merge(crate::collections::routes::router())
         .merge(crate::social::routes::router())
+        .merge(crate::moderation::characters_routes())
 }
 
 /// The characters function's finished router.

@@ -18,6 +18,7 @@ pub mod idempotency;
 pub mod input;
 pub mod jobs;
 pub mod lambda;
+pub mod moderation;
 pub mod openapi;
 pub mod pagination;
 pub mod queue;

@@ -1,0 +1,545 @@
+//! User admin: look a user up by email or username, change their tier,
+//! subscription dates and account status.
+//!
+//! A tier change sets `users.daily_quota` and `user_credits.daily_allowance`
+//! from [`super::tiers::TIER_ALLOWANCES`] in the same transaction; it posts no
+//! ledger entry (the allowance is not balance). Account status:
+//! - `suspended`: the user can still sign in and read, but not generate or
+//!   publish; their characters leave the gallery (the V3 trigger on
+//!   `users.account_status`);
+//! - `banned`: every authenticated route refuses their token (403, through
+//!   [`crate::users::repo::current_user`]), sign-in included;
+//! - `active`: lifts either;
+//! - `deleted` is erasure's (`DELETE /api/v1/me`), never set here, and an erased
+//!   account cannot be changed at all (409).
+//!
+//! An admin cannot change their own account (403): another admin must.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, patch};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio_postgres::GenericClient;
+use utoipa::{IntoParams, ToSchema};
+
+use super::tiers;
+use crate::activity::{self, Activity};
+use crate::app::AppState;
+use crate::credits::Balance;
+use crate::credits::admin::fields::{self, FieldResult, Fields, set};
+use crate::credits::admin::{Admin, changes as diff, path_id};
+use crate::credits::pricing::TIERS;
+use crate::error::{ApiError, FieldError, Problem};
+use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::openapi::{
+    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
+use crate::users::{self, USER_COLUMNS, User};
+
+/// The statuses an admin may set.
+pub const ADMIN_ACCOUNT_STATUSES: [&str; 3] = ["active", "suspended", "banned"];
+
+/// Fields `PATCH /api/v1/admin/users/{id}` sets.
+pub const WRITABLE_FIELDS: [&str; 4] = [
+    "subscription_tier",
+    "subscription_start_date",
+    "subscription_end_date",
+    "account_status",
+];
+
+/// The other fields of the answer, refused by name.
+pub const READ_ONLY_FIELDS: [&str; 22] = [
+    "id",
+    "email",
+    "auth0_id",
+    "username",
+    "display_name",
+    "avatar_url",
+    "daily_quota",
+    "daily_used",
+    "last_reset_date",
+    "preferred_language",
+    "timezone",
+    "notification_settings",
+    "profile_visibility",
+    "allow_gallery_showcase",
+    "content_filter_level",
+    "total_characters_created",
+    "total_images_generated",
+    "created_at",
+    "updated_at",
+    "last_login_at",
+    "email_verified_at",
+    "credits",
+];
+
+/// Longest email or username a lookup takes.
+const MAX_LOOKUP_LEN: usize = 320;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/admin/users", get(lookup))
+        .route("/api/v1/admin/users/{id}", patch(update))
+}
+
+/// A user as admins see them: the whole `users` row and their credits.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AdminUser {
+    #[serde(flatten)]
+    pub user: User,
+    /// The credit account (after today's lazy reset); `null` for an account without one.
+    pub credits: Option<Balance>,
+}
+
+/// The user's credits, `None` without a credit account.
+async fn credits_of(
+    client: &impl GenericClient,
+    user_id: &str,
+) -> Result<Option<Balance>, ApiError> {
+    match crate::credits::balance(client, user_id).await {
+        Ok(balance) => Ok(Some(balance)),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Unknown parameters are refused with a 422; at least one is required.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LookupQuery {
+    /// The user's email, matched exactly but regardless of case.
+    #[param(nullable = false, max_length = 320)]
+    email: Option<String>,
+    /// The user's username, matched exactly but regardless of case.
+    #[param(nullable = false, max_length = 320)]
+    username: Option<String>,
+}
+
+fn lookup_value(
+    field: &str,
+    value: Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let value = value?;
+    if value.is_empty()
+        || value.chars().count() > MAX_LOOKUP_LEN
+        || value.chars().any(char::is_control)
+    {
+        errors.push(FieldError::new(
+            field,
+            format!("must be 1 to {MAX_LOOKUP_LEN} characters without control characters"),
+        ));
+        return None;
+    }
+    Some(value)
+}
+
+/// Look a user up.
+///
+/// By `email`, `username` or both (then both must match), each exactly but regardless of
+/// case: the whole `users` row plus the credit account. The token must carry the `admin`
+/// permission.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    operation_id = "admin_lookup_user",
+    security(("bearer" = ["admin"])),
+    params(LookupQuery),
+    responses(
+        (status = 200, description = "The user.", body = AdminUser),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No user matches, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn lookup(
+    Admin(identity): Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<LookupQuery>,
+) -> Result<Json<AdminUser>, ApiError> {
+    let mut errors = Vec::new();
+    let given = (query.email.is_some(), query.username.is_some());
+    let email = lookup_value("email", query.email, &mut errors);
+    let username = lookup_value("username", query.username, &mut errors);
+    if given == (false, false) {
+        errors.push(FieldError::new(
+            "query",
+            "give email, username or both to look a user up",
+        ));
+    }
+    crate::input::finish((), errors)?;
+    let mut client = state.db.get().await?;
+    users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
+    // One statement per combination, so each walks its unique lower() index.
+    let row = match (&email, &username) {
+        (Some(email), Some(username)) => {
+            tx.query_opt(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users \
+                     WHERE lower(email) = lower($1) AND lower(username) = lower($2)"
+                ),
+                &[email, username],
+            )
+            .await?
+        }
+        (Some(email), None) => {
+            tx.query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)"),
+                &[email],
+            )
+            .await?
+        }
+        (None, Some(username)) => {
+            tx.query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1)"),
+                &[username],
+            )
+            .await?
+        }
+        (None, None) => None,
+    };
+    let user = row
+        .as_ref()
+        .map(User::from_row)
+        .transpose()?
+        .ok_or_else(|| ApiError::NotFound("no user matches".into()))?;
+    let credits = credits_of(&tx, &user.id).await?;
+    tx.commit().await?;
+    Ok(Json(AdminUser { user, credits }))
+}
+
+/// Validated changes. `None` leaves a column alone; `Some(None)` clears a date.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    pub subscription_tier: Option<String>,
+    pub subscription_start_date: Option<Option<DateTime<Utc>>>,
+    pub subscription_end_date: Option<Option<DateTime<Utc>>>,
+    pub account_status: Option<String>,
+}
+
+fn account_status(field: &str, value: &Value) -> FieldResult<String> {
+    if value.as_str() == Some("deleted") {
+        return Err(FieldError::new(
+            field,
+            "cannot be set to deleted here: accounts are deleted by erasure (DELETE /api/v1/me)",
+        ));
+    }
+    fields::one_of(&ADMIN_ACCOUNT_STATUSES)(field, value)
+}
+
+impl UserChanges {
+    pub fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
+        let mut f = Fields::new(body, &WRITABLE_FIELDS, &READ_ONLY_FIELDS, "a user update")?;
+        if WRITABLE_FIELDS.iter().all(|name| !f.has(name)) {
+            f.error(FieldError::new(
+                "body",
+                format!(
+                    "nothing to change: send at least one of {}",
+                    WRITABLE_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let mut changes = Self::default();
+        set(
+            &mut changes.subscription_tier,
+            f.value("subscription_tier", fields::one_of(&TIERS))
+                .map(Some),
+        );
+        set(
+            &mut changes.subscription_start_date,
+            f.nullable("subscription_start_date", fields::timestamp)
+                .map(Some),
+        );
+        set(
+            &mut changes.subscription_end_date,
+            f.nullable("subscription_end_date", fields::timestamp)
+                .map(Some),
+        );
+        set(
+            &mut changes.account_status,
+            f.value("account_status", account_status).map(Some),
+        );
+        f.finish(changes)
+    }
+}
+
+// Documents the body `UserChanges::parse` reads; nothing builds one.
+/// Changes to a user's subscription and status; at least one field. Every other field of the
+/// user is refused with a 422 naming it, as are unknown fields.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct UserPatch {
+    /// Also sets `daily_quota` and the credit account's `daily_allowance` from the tier table
+    /// (FREE 3/0, PREMIUM 10/50, PRO 25/200, ENTERPRISE 100/1000), even when unchanged.
+    #[schema(required = false, schema_with = tier_schema)]
+    subscription_tier: String,
+    /// RFC 3339; `null` clears it. Must be before the end date when both are set.
+    #[schema(required = false)]
+    subscription_start_date: Option<DateTime<Utc>>,
+    /// RFC 3339; `null` clears it (no end). A tier whose subscription has ended prices as
+    /// FREE.
+    #[schema(required = false)]
+    subscription_end_date: Option<DateTime<Utc>>,
+    #[schema(required = false, schema_with = status_schema)]
+    account_status: String,
+}
+
+fn tier_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(&TIERS, false, "The subscription tier.")
+}
+
+fn status_schema() -> utoipa::openapi::Object {
+    crate::openapi::string_enum(
+        &ADMIN_ACCOUNT_STATUSES,
+        false,
+        "`suspended`: may sign in and read, not generate or publish, out of the gallery; \
+         `banned`: every authenticated route refuses the token; `active` lifts either. \
+         `deleted` is refused (erasure's job).",
+    )
+}
+
+/// Applies `changes` to user `target_id` and logs it, in the caller's (system-role)
+/// transaction; answers the user as it is after.
+pub async fn apply(
+    client: &impl GenericClient,
+    admin_id: &str,
+    target_id: &str,
+    changes: &UserChanges,
+    meta: &RequestMeta,
+) -> Result<AdminUser, ApiError> {
+    if target_id == admin_id {
+        return Err(ApiError::Forbidden(
+            "an admin cannot change their own account; ask another admin".into(),
+        ));
+    }
+    // The user row first, then the credit account: the order a dispatch locks them in.
+    let before = client
+        .query_opt(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR NO KEY UPDATE"),
+            &[&target_id],
+        )
+        .await?
+        .as_ref()
+        .map(User::from_row)
+        .transpose()?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    if before.account_status.as_deref() == Some("deleted") {
+        return Err(ApiError::Conflict(
+            "the account has been erased; it cannot be changed".into(),
+        ));
+    }
+    let start = changes
+        .subscription_start_date
+        .unwrap_or(before.subscription_start_date);
+    let end = changes
+        .subscription_end_date
+        .unwrap_or(before.subscription_end_date);
+    if let (Some(start), Some(end)) = (start, end)
+        && start >= end
+    {
+        return Err(ApiError::validation(
+            "subscription_end_date",
+            "must be after subscription_start_date",
+        ));
+    }
+    let entitlements = changes
+        .subscription_tier
+        .as_deref()
+        .and_then(tiers::allowance_of);
+    let allowance_before: Option<i32> = client
+        .query_opt(
+            "SELECT daily_allowance FROM user_credits WHERE user_id = $1 FOR UPDATE",
+            &[&target_id],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    let row = client
+        .query_one(
+            &format!(
+                "UPDATE users SET \
+                   subscription_tier = coalesce($2, subscription_tier), \
+                   subscription_start_date = CASE WHEN $3 THEN $4 ELSE subscription_start_date END, \
+                   subscription_end_date = CASE WHEN $5 THEN $6 ELSE subscription_end_date END, \
+                   account_status = coalesce($7, account_status), \
+                   daily_quota = coalesce($8, daily_quota) \
+                 WHERE id = $1 RETURNING {USER_COLUMNS}"
+            ),
+            &[
+                &target_id,
+                &changes.subscription_tier,
+                &changes.subscription_start_date.is_some(),
+                &start,
+                &changes.subscription_end_date.is_some(),
+                &end,
+                &changes.account_status,
+                &entitlements.map(|e| e.daily_quota),
+            ],
+        )
+        .await?;
+    let after = User::from_row(&row)?;
+    let mut allowance_after = allowance_before;
+    if let Some(entitlements) = entitlements {
+        // Not a ledger entry: the allowance is what generations may use per day, not balance.
+        client
+            .execute(
+                "UPDATE user_credits SET daily_allowance = $2 WHERE user_id = $1",
+                &[&target_id, &entitlements.daily_allowance],
+            )
+            .await?;
+        if allowance_before.is_some() {
+            allowance_after = Some(entitlements.daily_allowance);
+        }
+    }
+    let snapshot = |user: &User, allowance: Option<i32>| {
+        let mut value = serde_json::to_value(user).unwrap_or_default();
+        value["daily_allowance"] = json!(allowance);
+        value
+    };
+    let mut changed_fields = WRITABLE_FIELDS.to_vec();
+    changed_fields.extend(["daily_quota", "daily_allowance"]);
+    activity::record(
+        client,
+        Activity {
+            user_id: Some(admin_id),
+            activity_type: "admin_user_updated",
+            entity_type: Some("user"),
+            entity_id: Some(target_id),
+            metadata: json!({
+                "target_user_id": target_id,
+                "changes": diff(
+                    &snapshot(&before, allowance_before),
+                    &snapshot(&after, allowance_after),
+                    &changed_fields,
+                ),
+            }),
+        },
+        meta,
+    )
+    .await?;
+    let credits = credits_of(client, target_id).await?;
+    Ok(AdminUser {
+        user: after,
+        credits,
+    })
+}
+
+/// Change a user's tier, subscription dates or account status.
+///
+/// Only the fields sent change. A tier sets `daily_quota` and the credit account's
+/// `daily_allowance` from the tier table, in the same transaction (no ledger entry). Logged
+/// with the admin's id and what changed. An admin cannot change their own account. The token
+/// must carry the `admin` permission.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/users/{id}",
+    tag = "admin",
+    operation_id = "admin_update_user",
+    security(("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "The user's id.")),
+    request_body = UserPatch,
+    responses(
+        (status = 200, description = "The user, changed.", body = AdminUser),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The token lacks the `admin` permission, the admin's account is banned or erased, or the user is the admin themselves.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The account has been erased (`deleted`); it cannot be changed.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn update(
+    Admin(identity): Admin,
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<Json<AdminUser>, ApiError> {
+    let id = path_id(&id, "user")?;
+    let changes = UserChanges::parse(body)?;
+    let mut client = state.db.get().await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
+    let user = apply(&tx, &admin.id, &id, &changes, &meta).await?;
+    tx.commit().await?;
+    Ok(Json(user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<UserChanges, ApiError> {
+        match v {
+            Value::Object(m) => UserChanges::parse(m),
+            _ => unreachable!(),
+        }
+    }
+
+    fn fields_of(err: ApiError) -> Vec<String> {
+        match err {
+            ApiError::Validation { errors, .. } => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn changes_are_validated_field_by_field() {
+        let ok = parse(json!({
+            "subscription_tier": "PRO",
+            "subscription_start_date": "2026-01-01T00:00:00Z",
+            "subscription_end_date": null,
+            "account_status": "suspended",
+        }))
+        .unwrap();
+        assert_eq!(ok.subscription_tier.as_deref(), Some("PRO"));
+        assert!(matches!(ok.subscription_start_date, Some(Some(_))));
+        assert_eq!(ok.subscription_end_date, Some(None));
+        assert_eq!(ok.account_status.as_deref(), Some("suspended"));
+        let only_status = parse(json!({"account_status": "banned"})).unwrap();
+        assert_eq!(only_status.subscription_tier, None);
+        assert_eq!(only_status.subscription_start_date, None);
+        for (body, field) in [
+            (json!({}), "body"),
+            (json!({"account_status": "deleted"}), "account_status"),
+            (json!({"account_status": "gone"}), "account_status"),
+            (json!({"account_status": null}), "account_status"),
+            (json!({"subscription_tier": "GOLD"}), "subscription_tier"),
+            (json!({"subscription_tier": null}), "subscription_tier"),
+            (
+                json!({"subscription_end_date": "tomorrow"}),
+                "subscription_end_date",
+            ),
+            (
+                json!({"account_status": "active", "daily_quota": 100}),
+                "daily_quota",
+            ),
+            (
+                json!({"account_status": "active", "email": "x@y.z"}),
+                "email",
+            ),
+            (json!({"account_status": "active", "colour": 1}), "colour"),
+        ] {
+            assert_eq!(
+                fields_of(parse(body.clone()).unwrap_err()),
+                vec![field],
+                "{body}"
+            );
+        }
+    }
+}
