@@ -518,6 +518,7 @@ pub(crate) async fn put_profile(
     responses(
         (status = 200, description = "The public profile.", body = PublicUser),
         (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user, or their profile is not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -533,12 +534,12 @@ pub(crate) async fn get_public_user(
         return Err(not_found());
     }
     let client = state.db.get().await?;
+    // A banned or erased caller's token is refused here too, as on every route taking one.
+    let viewer = repo::optional_user(&**client, identity.as_ref()).await?;
     let user = repo::active_user_by_username(&**client, &username)
         .await?
         .ok_or_else(not_found)?;
-    let is_owner = identity
-        .as_ref()
-        .is_some_and(|i| user.auth0_id.as_deref() == Some(i.subject.as_str()));
+    let is_owner = viewer.is_some_and(|v| v.id == user.id);
     if user.profile_visibility.as_deref() != Some("public") && !is_owner {
         return Err(not_found());
     }
