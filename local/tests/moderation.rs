@@ -599,6 +599,57 @@ async fn resolving_a_report_acts_on_the_character_in_the_same_transaction() {
     assert_eq!(first["also_resolved"], json!([carol_on_a]));
 }
 
+#[tokio::test]
+async fn concurrent_resolutions_of_one_character_resolve_each_report_once() {
+    let stack = spawn_stack().await;
+    let (token, _) = admin(&stack).await;
+    let ann = artist(&stack, "ann@example.com", "ann").await;
+    let a = create(&stack, &ann, "Aria", true).await;
+    let mut reports = Vec::new();
+    for i in 0..4 {
+        let reporter = stack.sign_in(&format!("r{i}@example.com")).await;
+        reports.push(report(&stack, &reporter, &a, "spam").await);
+    }
+    // Every report of the character at once, twice each: the first resolution to get the
+    // character resolves all of them; every other one finds its report resolved.
+    let attempts = reports.iter().chain(reports.iter()).map(|id| {
+        resolve(
+            &stack,
+            &token,
+            id,
+            json!({"status": "actioned", "action": "hide"}),
+        )
+    });
+    let replies = futures::future::join_all(attempts).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        reports.len() * 2 - 1,
+        "{statuses:?}"
+    );
+    let winner = replies.iter().find(|r| r.status == 200).unwrap();
+    let mut resolved: Vec<String> = winner.body["also_resolved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    resolved.push(winner.body["report"]["id"].as_str().unwrap().to_string());
+    resolved.sort();
+    let mut all = reports.clone();
+    all.sort();
+    assert_eq!(resolved, all);
+    let log = admin_activity(&stack).await;
+    let kinds: Vec<&str> = log.iter().map(|(_, kind, ..)| kind.as_str()).collect();
+    assert_eq!(kinds, ["admin_character_hidden", "admin_report_resolved"]);
+    assert_eq!(gallery(&stack).await, Vec::<String>::new());
+}
+
 // ------------------------------------------------------------------------------------------
 // Moderating characters
 // ------------------------------------------------------------------------------------------

@@ -336,21 +336,37 @@ pub(crate) async fn resolve(
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
-    let report = tx
+    let no_such_report = || ApiError::NotFound("no such report".into());
+    let character_id: String = tx
         .query_opt(
-            "SELECT character_id, status FROM content_reports WHERE id = $1 FOR UPDATE",
+            "SELECT character_id FROM content_reports WHERE id = $1",
             &[&id],
         )
         .await?
-        .ok_or_else(|| ApiError::NotFound("no such report".into()))?;
-    let (character_id, status): (String, String) = (report.try_get(0)?, report.try_get(1)?);
+        .ok_or_else(no_such_report)?
+        .try_get(0)?;
+    // The character first, then its reports: concurrent resolutions of reports of one
+    // character take turns on the character, instead of each holding a report the other's
+    // "resolve every open report" waits for (a deadlock). A report being filed meanwhile
+    // holds only its own new row when it waits for the character (V5's trigger), which this
+    // transaction never waits for.
+    let character = match ModeratedCharacter::lock(&tx, &character_id).await {
+        Err(ApiError::NotFound(_)) => return Err(no_such_report()),
+        other => other?,
+    };
+    let status: String = tx
+        .query_opt(
+            "SELECT status FROM content_reports WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(no_such_report)?
+        .try_get(0)?;
     if status != "open" {
         return Err(ApiError::Conflict(format!(
             "the report is already {status}; only an open report can be resolved"
         )));
     }
-    // The character first, then its reports: the order a report being filed locks them in.
-    let character = ModeratedCharacter::lock(&tx, &character_id).await?;
     if let Some(action) = resolution.action {
         characters::apply(&tx, &admin.id, &character_id, action, Some(&id), &meta).await?;
     }
