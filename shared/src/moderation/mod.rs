@@ -35,11 +35,8 @@ pub mod tiers;
 pub mod users;
 
 use axum::Router;
-use chrono::Datelike;
 
 use crate::app::AppState;
-use crate::error::ApiError;
-use crate::pagination::{self, TimeKey};
 
 /// The characters function's moderation routes: the report queue and character actions.
 pub fn characters_routes() -> Router<AppState> {
@@ -49,43 +46,4 @@ pub fn characters_routes() -> Router<AppState> {
 /// The auth function's user admin routes.
 pub fn users_routes() -> Router<AppState> {
     users::router()
-}
-
-/// A `(created_at, id)` cursor. Cursors come back from clients, so a well-formed but crafted
-/// one (an id no row could have, a NUL byte, a year PostgreSQL cannot store) is a 422 like
-/// garbage, never a database error.
-fn time_cursor(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
-    let key: Option<TimeKey> = pagination::decode(raw)?;
-    if key.as_ref().is_some_and(|k| {
-        !(1..=200).contains(&k.id.len())
-            || k.id.chars().any(char::is_control)
-            || !(1..=9999).contains(&k.at.year())
-    }) {
-        return Err(ApiError::validation(
-            "cursor",
-            "is not a cursor this endpoint returned",
-        ));
-    }
-    Ok(key)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crafted_cursors_are_refused() {
-        let at = chrono::Utc::now();
-        let good = pagination::encode(&TimeKey {
-            at,
-            id: "abc".into(),
-        });
-        assert!(time_cursor(Some(&good)).unwrap().is_some());
-        assert!(time_cursor(None).unwrap().is_none());
-        for id in ["", "a\0b", &"x".repeat(201)] {
-            let crafted = pagination::encode(&TimeKey { at, id: id.into() });
-            assert!(time_cursor(Some(&crafted)).is_err(), "{id:?}");
-        }
-        assert!(time_cursor(Some("garbage")).is_err());
-    }
 }

@@ -15,7 +15,6 @@ use tokio_postgres::{GenericClient, Row};
 use utoipa::{IntoParams, ToSchema};
 
 use super::characters::{self, Action, MODERATED_COLUMNS, ModeratedCharacter};
-use super::time_cursor;
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::admin::fields::{self, Fields};
@@ -162,7 +161,7 @@ pub(crate) async fn list(
     .unwrap_or(pagination::DEFAULT_LIMIT);
     let after = check(
         &mut errors,
-        time_cursor(query.cursor.as_deref())
+        pagination::decode_time_key(query.cursor.as_deref())
             .map_err(|_| FieldError::new("cursor", "is not a cursor this endpoint returned")),
     )
     .flatten();
