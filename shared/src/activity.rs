@@ -126,8 +126,8 @@ pub mod routes {
     /// The caller's activity log, newest first.
     ///
     /// Everything the platform recorded about the caller's actions (sign-ins, characters,
-    /// generations, purchases, gifts, ratings, reports, exports, and admin actions taken on
-    /// the account), with the request id, address, user agent and referrer of each. Entries
+    /// generations, purchases, gifts, ratings, reports, exports; for an admin, the admin
+    /// actions they took), with the request id, address, user agent and referrer of each. Entries
     /// older than the retention period (`ACTIVITY_LOG_RETENTION_DAYS`, default 180) are gone.
     /// Keyset-paginated on `(created_at, id)`.
     #[utoipa::path(
