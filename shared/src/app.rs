@@ -99,9 +99,9 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
 }
 
 /// The auth function's routes: sign-in, the caller's account and profile,
-/// public profiles.
+/// public profiles, GDPR export and erasure.
 pub fn auth_routes() -> Router<AppState> {
-    crate::users::routes::router()
+    crate::users::routes::router().merge(crate::gdpr::routes::router())
 }
 
 /// The auth function's finished router.

@@ -67,6 +67,8 @@ links; they exist only there and are not part of this document.";
         crate::users::routes::get_profile,
         crate::users::routes::put_profile,
         crate::users::routes::get_public_user,
+        crate::gdpr::routes::export_me,
+        crate::gdpr::routes::erase,
         crate::characters::routes::create_character,
         crate::characters::routes::list_characters,
         crate::characters::routes::get_character,
