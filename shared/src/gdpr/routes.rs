@@ -118,7 +118,8 @@ pub(crate) struct EraseRequest {
 /// agents); reports filed stay without their reporter. The remaining credits are forfeited.
 ///
 /// Afterwards tokens issued before the erasure are refused (403 wherever the account is
-/// looked up), while a sign-in with a newer token starts a new, empty account. Repeating
+/// looked up), while a sign-in with a newer token starts a new, empty account (which the
+/// identity then maps to). Repeating
 /// the request with the same identity answers 204 again and changes nothing, so a client
 /// whose first answer was lost can simply retry.
 #[utoipa::path(
