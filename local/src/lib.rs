@@ -249,6 +249,8 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
             checkout_cancel_url: format!("{}credits?checkout=cancelled", issuer_url),
         },
         credits: CreditsConfig::default(),
+        // EXPORT_INLINE_MAX_BYTES, as in Lambda (default 5 MiB).
+        gdpr: shared::config::GdprConfig::from_lookup(|name| std::env::var(name).ok())?,
         // No image server unless GENERATOR_PRIMARY_URL / _SECONDARY_URL point
         // at one: the procedural renderer serves every job.
         generator: GeneratorConfig::from_lookup(|name| std::env::var(name).ok())?,

@@ -99,10 +99,11 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
 }
 
 /// The auth function's routes: sign-in, the caller's account, profile and
-/// activity log, public profiles; user admin.
+/// activity log, public profiles, GDPR export and erasure; user admin.
 pub fn auth_routes() -> Router<AppState> {
     crate::users::routes::router()
         .merge(crate::activity::routes::router())
+        .merge(crate::gdpr::routes::router())
         .merge(crate::moderation::users_routes())
 }
 

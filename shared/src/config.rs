@@ -255,6 +255,44 @@ impl Default for StorageConfig {
     }
 }
 
+/// GDPR export and erasure (`shared::gdpr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GdprConfig {
+    /// `EXPORT_INLINE_MAX_BYTES` (default 5 MiB, 0..=5500000): a `GET /api/v1/me/export`
+    /// document larger than this is written to storage and answered with a download link
+    /// instead (Lambda answers at most 6 MB); 0 always stores it.
+    pub export_inline_max_bytes: usize,
+}
+
+impl Default for GdprConfig {
+    fn default() -> Self {
+        Self {
+            export_inline_max_bytes: 5 * 1024 * 1024,
+        }
+    }
+}
+
+impl GdprConfig {
+    /// Reads `EXPORT_INLINE_MAX_BYTES` through `lookup` (the local stack reads
+    /// it from its environment this way).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Ok(Self {
+            export_inline_max_bytes: parse_number(
+                &get,
+                "EXPORT_INLINE_MAX_BYTES",
+                Self::default().export_inline_max_bytes as u64,
+                0,
+                5_500_000,
+            )? as usize,
+        })
+    }
+}
+
 /// The generation job queue (`shared::queue`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -399,6 +437,7 @@ pub struct Config {
     pub gallery: GalleryConfig,
     pub payments: PaymentsConfig,
     pub credits: CreditsConfig,
+    pub gdpr: GdprConfig,
     pub generator: GeneratorConfig,
     pub storage: StorageConfig,
     pub queue: QueueConfig,
@@ -558,6 +597,7 @@ impl Config {
             )? as i32,
         };
 
+        let gdpr = GdprConfig::from_lookup(&lookup)?;
         let generator = GeneratorConfig::from_lookup(&lookup)?;
         let storage = StorageConfig::from_lookup(&get)?;
         let queue = QueueConfig::from_lookup(&get)?;
@@ -583,6 +623,7 @@ impl Config {
             gallery,
             payments,
             credits,
+            gdpr,
             generator,
             storage,
             queue,
@@ -808,6 +849,23 @@ mod tests {
             pairs.push((name, value));
             let err = config(&pairs).unwrap_err().to_string();
             assert!(err.contains(name), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn export_threshold_defaults_to_5_mib_and_stays_under_the_lambda_limit() {
+        assert_eq!(
+            config(&MINIMAL).unwrap().gdpr.export_inline_max_bytes,
+            5 * 1024 * 1024
+        );
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("EXPORT_INLINE_MAX_BYTES", "0"));
+        assert_eq!(config(&pairs).unwrap().gdpr.export_inline_max_bytes, 0);
+        for value in ["6000000", "-1", "5MB"] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push(("EXPORT_INLINE_MAX_BYTES", value));
+            let err = config(&pairs).unwrap_err().to_string();
+            assert!(err.contains("EXPORT_INLINE_MAX_BYTES"), "{value}: {err}");
         }
     }
 

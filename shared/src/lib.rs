@@ -12,6 +12,7 @@ pub mod config;
 pub mod credits;
 pub mod db;
 pub mod error;
+pub mod gdpr;
 pub mod generator;
 pub mod http;
 pub mod idempotency;

@@ -68,6 +68,8 @@ links; they exist only there and are not part of this document.";
         crate::users::routes::put_profile,
         crate::users::routes::get_public_user,
         crate::activity::routes::list,
+        crate::gdpr::routes::export_me,
+        crate::gdpr::routes::erase,
         crate::characters::routes::create_character,
         crate::characters::routes::list_characters,
         crate::characters::routes::get_character,

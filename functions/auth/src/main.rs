@@ -1,4 +1,5 @@
-//! The `auth` Lambda: sign-in, the caller's account and profile, public profiles.
+//! The `auth` Lambda: sign-in, the caller's account and profile, public profiles, GDPR
+//! export and erasure.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

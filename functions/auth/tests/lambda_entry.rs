@@ -121,6 +121,76 @@ async fn gateway_verified_claims_are_used_only_when_trusted() {
 }
 
 #[tokio::test]
+async fn the_lambda_binary_exports_and_erases_an_account() {
+    let stack = spawn_stack().await;
+    let api = RuntimeApi::start().await;
+    let _function = start_function(&api, &stack, false);
+    let token = stack.token("ann@example.com");
+    let (status, _, body) = http_reply(
+        api.invoke(&with_token(
+            sample_event("auth-create-session.json"),
+            &token,
+        ))
+        .await,
+    );
+    assert_eq!(status, 201, "{body}");
+    let user_id = body["id"].as_str().unwrap().to_string();
+
+    let (status, headers, body) = http_reply(
+        api.invoke(&with_token(sample_event("auth-export-me.json"), &token))
+            .await,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body["format"], "charplat-export");
+    assert_eq!(body["account"]["id"], user_id.as_str());
+    assert_eq!(body["activity"][0]["ip_address"], "203.0.113.7");
+
+    // The DELETE's body travels through the event; a repeat is answered the same.
+    for _ in 0..2 {
+        let (status, _, body) = http_reply(
+            api.invoke(&with_token(sample_event("auth-erase-me.json"), &token))
+                .await,
+        );
+        assert_eq!(status, 204, "{body}");
+    }
+    let status: String = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT account_status FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "deleted");
+
+    // Behind the gateway's authorizer the token's `iat` comes as a string claim: a token
+    // issued before the erasure is refused, a later one may sign up again.
+    let trusting = RuntimeApi::start().await;
+    let _trusting = start_function(&trusting, &stack, true);
+    let subject = shared::auth::dev_issuer::DevIssuer::subject_for("ann@example.com");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (iat, expected) in [(Some(now - 3600), 403), (None, 403), (Some(now + 1), 404)] {
+        let mut event = sample_event("auth-get-me-gateway-claims.json");
+        let claims = &mut event["requestContext"]["authorizer"]["jwt"]["claims"];
+        claims["sub"] = Value::String(subject.clone());
+        match iat {
+            Some(iat) => claims["iat"] = Value::String(iat.to_string()),
+            None => {
+                claims.as_object_mut().unwrap().remove("iat");
+            }
+        }
+        let (status, _, body) = http_reply(trusting.invoke(&event).await);
+        assert_eq!(status, expected, "iat {iat:?}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn a_misconfigured_function_fails_its_init_with_a_clear_message() {
     let api = RuntimeApi::start().await;
     let child = api.spawn_function(Path::new(env!("CARGO_BIN_EXE_auth")), "auth", &[]);

@@ -28,6 +28,9 @@ pub struct Identity {
     pub email: Option<String>,
     /// From the `permissions` claim (Auth0 RBAC).
     pub permissions: Vec<String>,
+    /// The token's `iat` (Unix seconds), if it has one: tokens issued before
+    /// their account was erased are refused (see [`crate::gdpr`]).
+    pub issued_at: Option<i64>,
 }
 
 impl Identity {
@@ -119,10 +122,12 @@ impl Authenticator {
                     .collect()
             })
             .unwrap_or_default();
+        let issued_at = claims.get("iat").and_then(|iat| iat.trim().parse().ok());
         Some(Identity {
             subject,
             email,
             permissions,
+            issued_at,
         })
     }
 }

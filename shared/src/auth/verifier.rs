@@ -97,10 +97,15 @@ fn identity_from_claims(
                 .collect()
         })
         .unwrap_or_default();
+    // NumericDate: whole seconds, though a fraction is allowed.
+    let issued_at = claims
+        .get("iat")
+        .and_then(|iat| iat.as_i64().or_else(|| iat.as_f64().map(|f| f as i64)));
     Ok(Identity {
         subject,
         email,
         permissions,
+        issued_at,
     })
 }
 

@@ -46,7 +46,13 @@ pub async fn sign_in(
             }
             (user.id, false)
         }
-        None => (create_user(&tx, identity).await?, true),
+        None => {
+            // An erased account's old tokens do not sign up again; newer ones do.
+            if crate::gdpr::token_predates_erasure(&tx, identity).await? {
+                return Err(erased());
+            }
+            (create_user(&tx, identity).await?, true)
+        }
     };
 
     // Every user has exactly one profile and one credits row; creating them here
@@ -143,9 +149,13 @@ async fn create_user(
 
 fn locked_out(user: &User) -> ApiError {
     match user.account_status.as_deref() {
-        Some("deleted") => ApiError::Forbidden("this account has been erased".into()),
+        Some("deleted") => erased(),
         _ => ApiError::Forbidden("this account has been banned".into()),
     }
+}
+
+fn erased() -> ApiError {
+    ApiError::Forbidden("this account has been erased".into())
 }
 
 /// The caller's user row, or a problem saying why there is none to use.
@@ -158,13 +168,16 @@ pub async fn current_user(
             &format!("SELECT {USER_COLUMNS} FROM users WHERE auth0_id = $1"),
             &[&identity.subject],
         )
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(
-                "no account exists for this identity yet; sign in with POST /api/v1/auth/session"
-                    .into(),
-            )
-        })?;
+        .await?;
+    let Some(row) = row else {
+        if crate::gdpr::token_predates_erasure(client, identity).await? {
+            return Err(erased());
+        }
+        return Err(ApiError::NotFound(
+            "no account exists for this identity yet; sign in with POST /api/v1/auth/session"
+                .into(),
+        ));
+    };
     let user = User::from_row(&row)?;
     if user.is_locked_out() {
         return Err(locked_out(&user));
