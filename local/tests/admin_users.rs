@@ -486,6 +486,7 @@ fn probe(method: &str, template: &str, ids: &[(&str, &str)]) -> (String, Option<
         ("POST", "/api/v1/credits/gifts") => json!({"to_username": "bob", "amount": 1}),
         ("POST", "/api/v1/credits/purchases") => json!({"package_id": "pkg_starter"}),
         ("PATCH", "/api/v1/me") => json!({"display_name": "Ann"}),
+        ("DELETE", "/api/v1/me") => json!({"confirm": "ann@example.com"}),
         _ => json!({}),
     };
     (path, Some(body))
@@ -589,9 +590,12 @@ async fn a_banned_users_token_is_refused_on_every_authenticated_route() {
             );
             reply.assert_problem(403);
             // Refused for the ban, not for anything else a 403 can mean.
-            assert_eq!(
-                reply.body["detail"], "this account has been banned",
-                "{method} {path}"
+            assert!(
+                reply.body["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("this account has been banned")),
+                "{method} {path}: {}",
+                reply.body
             );
             probed += 1;
         }

@@ -102,7 +102,8 @@ pub async fn erase(
     let user = User::from_row(&row)?;
     if user.account_status.as_deref() == Some("banned") {
         return Err(ApiError::Forbidden(
-            "a banned account is kept for the moderation record; ask support to erase it".into(),
+            "this account has been banned; it is kept for the moderation record, ask support to erase it"
+                .into(),
         ));
     }
     if !confirm.trim().eq_ignore_ascii_case(user.email.trim()) {
