@@ -57,7 +57,7 @@ pub async fn run_schedules(state: AppState, mut stop: watch::Receiver<bool>) {
     loop {
         let tasks: &[&str] = tokio::select! {
             _ = stop.changed() => return,
-            _ = minute.tick() => &["job-timeouts", "outbox-sweep", "daily-reset"],
+            _ = minute.tick() => &["job-timeouts", "outbox-sweep", "daily-reset", "subscription-expiry"],
             _ = hour.tick() => &["partition-upkeep", "idempotency-purge"],
         };
         for task in tasks {

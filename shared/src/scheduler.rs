@@ -8,6 +8,7 @@
 //! | `outbox-sweep` | sends queued jobs whose message was never sent |
 //! | `partition-upkeep` | creates the next months' partitions of the ledger and the activity log, drops activity-log months past retention |
 //! | `idempotency-purge` | forgets idempotency keys older than 24 hours |
+//! | `subscription-expiry` | subscriptions past `subscription_end_date` fall back to `FREE` and its daily entitlements |
 //!
 //! One more task runs on demand, never on a schedule: `migrate` applies the
 //! embedded migrations not yet applied (the README's deploy steps invoke it
@@ -18,18 +19,21 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use tokio_postgres::GenericClient;
+
 use crate::config::RetentionConfig;
 use crate::credits::{holds, ledger};
 use crate::db::DbPool;
 use crate::error::ApiError;
 use crate::queue::JobQueue;
 
-pub const TASKS: [&str; 5] = [
+pub const TASKS: [&str; 6] = [
     "daily-reset",
     "job-timeouts",
     "outbox-sweep",
     "partition-upkeep",
     "idempotency-purge",
+    "subscription-expiry",
 ];
 
 /// Tasks run only when invoked by hand (no schedule names them).
@@ -117,6 +121,7 @@ pub async fn run(
             None => json!({"resent": 0, "skipped": "no queue configured"}),
         },
         "partition-upkeep" => partition_upkeep(&*client, retention).await?,
+        "subscription-expiry" => json!({"expired": expire_subscriptions(&*client).await?}),
         "idempotency-purge" => {
             json!({"purged": crate::idempotency::purge_expired(&*client).await?})
         }
@@ -201,4 +206,44 @@ pub async fn partition_upkeep(
         .await?
         .try_get(0)?;
     Ok(json!({"created": created, "activity_partitions_dropped": dropped}))
+}
+
+/// Subscriptions whose `subscription_end_date` has passed fall back to `FREE`:
+/// the tier, `users.daily_quota` and `user_credits.daily_allowance` take the
+/// `FREE` row of [`crate::moderation::tiers::TIER_ALLOWANCES`], and each
+/// user gets a `subscription_expired` activity row, in one statement. Pricing
+/// already treats a lapsed subscription as `FREE`
+/// ([`crate::credits::engine::tier_of`]); this ends the paid tier's free
+/// generations and allowance too. The dates stay, as the subscription's
+/// history. Rows locked by a request are left to the next run.
+pub async fn expire_subscriptions(client: &impl GenericClient) -> Result<i64, TaskError> {
+    let free = crate::moderation::tiers::allowance_of("FREE")
+        .ok_or_else(|| TaskError::Failed("the tier table has no FREE row".into()))?;
+    let expired = client
+        .query_one(
+            "WITH lapsed AS ( \
+               SELECT id, subscription_tier FROM users \
+               WHERE subscription_tier IS DISTINCT FROM 'FREE' \
+                 AND subscription_end_date <= now() \
+                 AND account_status IS DISTINCT FROM 'deleted' \
+               FOR UPDATE SKIP LOCKED \
+             ), downgraded AS ( \
+               UPDATE users u SET subscription_tier = 'FREE', daily_quota = $1 \
+               FROM lapsed l WHERE u.id = l.id \
+               RETURNING u.id, l.subscription_tier AS from_tier, u.subscription_end_date \
+             ), allowance AS ( \
+               UPDATE user_credits c SET daily_allowance = $2 \
+               FROM downgraded d WHERE c.user_id = d.id \
+             ), logged AS ( \
+               INSERT INTO user_activity_logs (user_id, activity_type, entity_type, entity_id, metadata) \
+               SELECT id, 'subscription_expired', 'user', id, \
+                      jsonb_build_object('from_tier', from_tier, 'subscription_end_date', subscription_end_date) \
+               FROM downgraded \
+             ) \
+             SELECT count(*) FROM downgraded",
+            &[&free.daily_quota, &free.daily_allowance],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(expired)
 }

@@ -205,3 +205,92 @@ async fn the_migrate_task_brings_an_empty_database_to_the_current_schema_once() 
     let second = report(api.invoke(&sample("migrate")).await);
     assert_eq!(second["applied"], json!([]));
 }
+
+#[tokio::test]
+async fn lapsed_subscriptions_fall_back_to_free_once() {
+    let url = testkit::fresh_database().await;
+    let client = testkit::connect(&url).await;
+    let api = RuntimeApi::start().await;
+    let _function = start(&api, &url).await;
+
+    // Pro until yesterday, Pro until next month, and a free account.
+    let mut ids = Vec::new();
+    for (email, tier, end) in [
+        ("lapsed@example.com", "PRO", "now() - interval '1 day'"),
+        ("current@example.com", "PRO", "now() + interval '30 days'"),
+        ("free@example.com", "FREE", "NULL"),
+    ] {
+        let id: String = client
+            .query_one(
+                &format!(
+                    "INSERT INTO users (email, subscription_tier, subscription_end_date, daily_quota) \
+                     VALUES ($1, $2, {end}, CASE WHEN $2 = 'PRO' THEN 25 ELSE 3 END) RETURNING id"
+                ),
+                &[&email, &tier],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        client
+            .execute(
+                "INSERT INTO user_credits (user_id, daily_allowance) \
+                 VALUES ($1, CASE WHEN $2 = 'PRO' THEN 200 ELSE 0 END)",
+                &[&id, &tier],
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    shared::credits::ledger::post(
+        &client,
+        &ids[0],
+        shared::credits::ledger::Entry::new("purchase", 40, "pack"),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        report(api.invoke(&sample("subscription-expiry")).await)["expired"],
+        1
+    );
+    assert_eq!(
+        report(api.invoke(&sample("subscription-expiry")).await)["expired"],
+        0,
+        "once"
+    );
+
+    let state = |id: String| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT u.subscription_tier, u.daily_quota, c.daily_allowance, c.current_balance \
+                     FROM users u JOIN user_credits c ON c.user_id = u.id WHERE u.id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (
+                row.get::<_, String>(0),
+                row.get::<_, i32>(1),
+                row.get::<_, i32>(2),
+                row.get::<_, i32>(3),
+            )
+        }
+    };
+    // The lapsed one is FREE with FREE's entitlements; purchased credits are untouched.
+    assert_eq!(state(ids[0].clone()).await, ("FREE".into(), 3, 0, 40));
+    assert_eq!(state(ids[1].clone()).await, ("PRO".into(), 25, 200, 0));
+    assert_eq!(state(ids[2].clone()).await, ("FREE".into(), 3, 0, 0));
+    let logged: String = client
+        .query_one(
+            "SELECT metadata->>'from_tier' FROM user_activity_logs \
+             WHERE user_id = $1 AND activity_type = 'subscription_expired'",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, "PRO");
+    testkit::ledger::assert_invariants(&client).await;
+}
