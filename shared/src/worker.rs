@@ -360,6 +360,15 @@ async fn complete(
         tx.rollback().await?;
         return Ok(false);
     }
+    // The user's row before the character's: the order dispatch, cancel and
+    // erasure take them in (job, user, character), so a completion cannot
+    // deadlock with a cancel of another job of the same character.
+    let generated = i32::try_from(keys.images.len()).unwrap_or(i32::MAX);
+    tx.execute(
+        "UPDATE users SET total_images_generated = total_images_generated + $2 WHERE id = $1",
+        &[&job.user_id, &generated],
+    )
+    .await?;
     if let Some(character_id) = &job.character_id {
         let primary = keys.images.first();
         let thumb = keys.thumbnails.first();
@@ -379,12 +388,6 @@ async fn complete(
         )
         .await?;
     }
-    let generated = i32::try_from(keys.images.len()).unwrap_or(i32::MAX);
-    tx.execute(
-        "UPDATE users SET total_images_generated = total_images_generated + $2 WHERE id = $1",
-        &[&job.user_id, &generated],
-    )
-    .await?;
     holds::settle(&tx, &job.id).await?;
     log_activity(
         &tx,
