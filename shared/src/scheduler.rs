@@ -7,7 +7,7 @@
 //! | `job-timeouts` | jobs processing past `timeout_at` become `timeout`, their holds released exactly once |
 //! | `outbox-sweep` | sends queued jobs whose message was never sent |
 //! | `partition-upkeep` | creates the next months' partitions of the ledger and the activity log, drops activity-log months past retention |
-//! | `idempotency-purge` | forgets idempotency keys older than 24 hours |
+//! | `idempotency-purge` | forgets idempotency keys older than 24 hours and expired erasure receipts |
 //! | `subscription-expiry` | subscriptions past `subscription_end_date` fall back to `FREE` and its daily entitlements |
 //!
 //! One more task runs on demand, never on a schedule: `migrate` applies the
@@ -122,9 +122,10 @@ pub async fn run(
         },
         "partition-upkeep" => partition_upkeep(&*client, retention).await?,
         "subscription-expiry" => json!({"expired": expire_subscriptions(&*client).await?}),
-        "idempotency-purge" => {
-            json!({"purged": crate::idempotency::purge_expired(&*client).await?})
-        }
+        "idempotency-purge" => json!({
+            "purged": crate::idempotency::purge_expired(&*client).await?,
+            "erasure_receipts_purged": crate::gdpr::purge_expired_receipts(&*client).await?,
+        }),
         other => return Err(TaskError::Unknown(other.to_string())),
     };
     tracing::info!(task, %outcome, "scheduler task done");

@@ -153,10 +153,28 @@ async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        report(api.invoke(&sample("idempotency-purge")).await)["purged"],
-        1
-    );
+    // An erasure receipt past its expiry goes too; a live one stays.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO account_erasures (subject_digest, erased_at, expires_at) VALUES \
+             ('{}', now() - interval '40 days', now() - interval '10 days'), \
+             ('{}', now(), now() + interval '30 days')",
+            "a".repeat(64),
+            "b".repeat(64)
+        ))
+        .await
+        .unwrap();
+    let purge = report(api.invoke(&sample("idempotency-purge")).await);
+    assert_eq!(purge["purged"], 1);
+    assert_eq!(purge["erasure_receipts_purged"], 1);
+    let left: Vec<String> = client
+        .query("SELECT subject_digest FROM account_erasures", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec!["b".repeat(64)]);
     // Lambda has no queue until the SQS adapter is configured: the sweep says so.
     let sweep = report(api.invoke(&sample("outbox-sweep")).await);
     assert_eq!(sweep["resent"], 0);

@@ -402,11 +402,7 @@ async fn tombstone(
         &[&user_id, &email],
     )
     .await?;
-    tx.execute(
-        "DELETE FROM account_erasures WHERE expires_at <= now()",
-        &[],
-    )
-    .await?;
+    crate::gdpr::purge_expired_receipts(tx).await?;
     tx.execute(
         "INSERT INTO account_erasures (subject_digest, erased_at, expires_at) \
          VALUES ($1, now(), now() + make_interval(days => $2)) \

@@ -34,6 +34,20 @@ pub fn subject_digest(subject: &str) -> String {
         .collect()
 }
 
+/// Forgets erasure receipts past their expiry (the scheduler's
+/// `idempotency-purge` task): after it no token issued before the erasure can
+/// still be valid, and the receipt is one less trace of the identity.
+pub async fn purge_expired_receipts(
+    client: &impl GenericClient,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM account_erasures WHERE expires_at <= now()",
+            &[],
+        )
+        .await
+}
+
 /// When this identity's account was erased, if it was recently enough that a
 /// token issued before the erasure may still be valid.
 pub async fn erased_at(
