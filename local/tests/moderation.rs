@@ -950,3 +950,26 @@ async fn generation_checks_the_prompt_against_the_owners_current_filter_level() 
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(jobs(&stack).await, 1);
 }
+
+#[tokio::test]
+async fn an_owner_making_a_featured_character_private_ends_its_featuring() {
+    let stack = spawn_stack().await;
+    let (token, _) = admin(&stack).await;
+    let ann = artist(&stack, "ann@example.com", "ann").await;
+    let a = create(&stack, &ann, "Aria", true).await;
+    let reply = call(
+        &stack,
+        Method::PUT,
+        &format!("/api/v1/admin/characters/{a}/feature"),
+        &token,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(featured(&stack).await, vec![a.clone()]);
+
+    set_public(&stack, &ann, &a, false).await;
+    set_public(&stack, &ann, &a, true).await;
+    // Back in the gallery, but no moderator chose to feature it again.
+    assert_eq!(gallery(&stack).await, vec![a.clone()]);
+    assert_eq!(featured(&stack).await, Vec::<String>::new());
+}
