@@ -153,23 +153,8 @@ pub mod routes {
         ApiQuery(query): ApiQuery<ActivityQuery>,
     ) -> Result<Json<Page<ActivityEntry>>, ApiError> {
         let mut errors = Vec::new();
-        let limit = pagination::limit(query.limit)
-            .map_err(|_| {
-                errors.push(FieldError::new(
-                    "limit",
-                    format!("must be between 1 and {}", pagination::MAX_LIMIT),
-                ))
-            })
-            .unwrap_or(pagination::DEFAULT_LIMIT);
-        let after = pagination::decode_time_key(query.cursor.as_deref())
-            .map_err(|_| {
-                errors.push(FieldError::new(
-                    "cursor",
-                    "is not a cursor this endpoint returned",
-                ))
-            })
-            .ok()
-            .flatten();
+        let (limit, after) =
+            pagination::time_page(&mut errors, query.limit, query.cursor.as_deref());
         let kind = match query.activity_type {
             Some(kind)
                 if !(1..=64).contains(&kind.len())

@@ -870,6 +870,23 @@ mod tests {
     }
 
     #[test]
+    fn activity_log_retention_defaults_to_180_days_and_is_bounded() {
+        assert_eq!(config(&MINIMAL).unwrap().retention.activity_log_days, 180);
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("ACTIVITY_LOG_RETENTION_DAYS", "30"));
+        assert_eq!(config(&pairs).unwrap().retention.activity_log_days, 30);
+        for value in ["0", "3651", "six months"] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push(("ACTIVITY_LOG_RETENTION_DAYS", value));
+            let err = config(&pairs).unwrap_err().to_string();
+            assert!(
+                err.contains("ACTIVITY_LOG_RETENTION_DAYS"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn lambda_environment_selects_json_logs() {
         let mut pairs = MINIMAL.to_vec();
         pairs.push(("AWS_LAMBDA_FUNCTION_NAME", "auth"));

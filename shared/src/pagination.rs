@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 
 pub const DEFAULT_LIMIT: i64 = 24;
 pub const MAX_LIMIT: i64 = 100;
@@ -25,14 +25,36 @@ pub struct Page<T> {
 
 /// `limit` (1..=100, default 24), validated.
 pub fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
+    limit_field(raw).map_err(|e| ApiError::from_field_errors(vec![e]))
+}
+
+fn limit_field(raw: Option<i64>) -> Result<i64, FieldError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::validation(
+        Some(_) => Err(FieldError::new(
             "limit",
             format!("must be between 1 and {MAX_LIMIT}"),
         )),
     }
+}
+
+/// `limit` and a [`TimeKey`] `cursor` for a list that validates other
+/// parameters too: their problems are added to `errors`, so one 422 names
+/// every invalid parameter (the defaults stand in meanwhile).
+pub fn time_page(
+    errors: &mut Vec<FieldError>,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> (i64, Option<TimeKey>) {
+    let limit = limit_field(limit)
+        .map_err(|e| errors.push(e))
+        .unwrap_or(DEFAULT_LIMIT);
+    let after = time_key_field(cursor)
+        .map_err(|e| errors.push(e))
+        .ok()
+        .flatten();
+    (limit, after)
 }
 
 pub fn encode<K: Serialize>(key: &K) -> String {
@@ -77,17 +99,19 @@ pub struct TimeKey {
 /// outside PostgreSQL's range) is refused like garbage, with a 422, rather
 /// than failing in the database.
 pub fn decode_time_key(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
+    time_key_field(raw).map_err(|e| ApiError::from_field_errors(vec![e]))
+}
+
+fn time_key_field(raw: Option<&str>) -> Result<Option<TimeKey>, FieldError> {
     use chrono::Datelike;
-    match decode::<TimeKey>(raw)? {
+    let invalid = || FieldError::new("cursor", "is not a cursor this endpoint returned");
+    match decode::<TimeKey>(raw).map_err(|_| invalid())? {
         Some(k)
             if !(1..=200).contains(&k.id.len())
                 || k.id.chars().any(char::is_control)
                 || !(1..=9999).contains(&k.at.year()) =>
         {
-            Err(ApiError::validation(
-                "cursor",
-                "is not a cursor this endpoint returned",
-            ))
+            Err(invalid())
         }
         key => Ok(key),
     }
@@ -119,12 +143,34 @@ mod tests {
         });
         assert!(decode_time_key(Some(&good)).unwrap().is_some());
         assert!(decode_time_key(None).unwrap().is_none());
+        assert!(decode_time_key(Some("garbage!")).is_err());
         for id in ["", "a\0b", &"x".repeat(201)] {
             let crafted = encode(&TimeKey { at, id: id.into() });
             assert!(decode_time_key(Some(&crafted)).is_err(), "{id:?}");
         }
         let far = encode(&serde_json::json!({"at": "+10000-01-01T00:00:00Z", "id": "a"}));
         assert!(decode_time_key(Some(&far)).is_err());
+    }
+
+    #[test]
+    fn a_time_page_reports_every_invalid_parameter() {
+        let mut errors = Vec::new();
+        let (limit, after) = time_page(&mut errors, Some(0), Some("garbage!"));
+        assert_eq!((limit, after), (DEFAULT_LIMIT, None));
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["limit", "cursor"]);
+
+        let mut errors = Vec::new();
+        let key = TimeKey {
+            at: chrono::Utc::now(),
+            id: "abc".into(),
+        };
+        let cursor = encode(&key);
+        assert_eq!(
+            time_page(&mut errors, Some(5), Some(&cursor)),
+            (5, Some(key))
+        );
+        assert!(errors.is_empty());
     }
 
     #[test]

@@ -149,22 +149,7 @@ pub(crate) async fn list(
         None => "open".to_string(),
         Some(s) => check(&mut errors, one_of("status", &s, &REPORT_STATUSES)).unwrap_or_default(),
     };
-    let limit = check(
-        &mut errors,
-        pagination::limit(query.limit).map_err(|_| {
-            FieldError::new(
-                "limit",
-                format!("must be between 1 and {}", pagination::MAX_LIMIT),
-            )
-        }),
-    )
-    .unwrap_or(pagination::DEFAULT_LIMIT);
-    let after = check(
-        &mut errors,
-        pagination::decode_time_key(query.cursor.as_deref())
-            .map_err(|_| FieldError::new("cursor", "is not a cursor this endpoint returned")),
-    )
-    .flatten();
+    let (limit, after) = pagination::time_page(&mut errors, query.limit, query.cursor.as_deref());
     finish((), errors)?;
     let client = state.db.get().await?;
     users::repo::current_user(&**client, &identity).await?;

@@ -98,13 +98,6 @@ fn transaction_type_param() -> utoipa::openapi::Object {
     )
 }
 
-/// A cursor, validated by [`pagination::decode_time_key`]; collected with
-/// the other field errors.
-fn cursor(raw: Option<&str>) -> Result<Option<TimeKey>, FieldError> {
-    pagination::decode_time_key(raw)
-        .map_err(|_| FieldError::new("cursor", "is not a cursor this endpoint returned"))
-}
-
 /// The caller's credit ledger, newest first.
 ///
 /// Every column of each entry. Pages are keyset-paginated on `(created_at, id)`, so a client
@@ -132,18 +125,7 @@ pub(crate) async fn list(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Page<LedgerEntry>>, ApiError> {
     let mut errors = Vec::new();
-    let limit = pagination::limit(query.limit)
-        .map_err(|_| {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be between 1 and {}", pagination::MAX_LIMIT),
-            ))
-        })
-        .unwrap_or(pagination::DEFAULT_LIMIT);
-    let after = cursor(query.cursor.as_deref())
-        .map_err(|e| errors.push(e))
-        .ok()
-        .flatten();
+    let (limit, after) = pagination::time_page(&mut errors, query.limit, query.cursor.as_deref());
     let kind = match query.transaction_type {
         Some(kind) if !TRANSACTION_TYPES.contains(&kind.as_str()) => {
             errors.push(FieldError::new(
@@ -189,30 +171,4 @@ pub(crate) async fn list(
         at: e.created_at,
         id: e.id.clone(),
     })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crafted_cursors_are_refused() {
-        let good = pagination::encode(&TimeKey {
-            at: Utc::now(),
-            id: "4f0c".into(),
-        });
-        assert!(cursor(Some(&good)).unwrap().is_some());
-        assert!(cursor(None).unwrap().is_none());
-        assert!(cursor(Some("garbage!")).is_err());
-        for id in ["", "a\0b", &"x".repeat(201)] {
-            let crafted = pagination::encode(&TimeKey {
-                at: Utc::now(),
-                id: id.to_string(),
-            });
-            assert!(cursor(Some(&crafted)).is_err(), "{id:?}");
-        }
-        let far =
-            pagination::encode(&serde_json::json!({"at": "+12000-01-01T00:00:00Z", "id": "a"}));
-        assert!(cursor(Some(&far)).is_err());
-    }
 }
