@@ -11,12 +11,12 @@ use shared::queue::memory::MemoryQueue;
 use shared::worker::Worker;
 use tokio::sync::watch;
 
-/// How often the consumer polls, and how long a message to retry stays away.
+/// How often the consumer polls.
 const POLL: Duration = Duration::from_millis(250);
-const RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Receives batches like Lambda's SQS event source: messages the worker
-/// reports in `batchItemFailures` come back later, the rest are deleted.
+/// reports in `batchItemFailures` stay on the queue (the worker has set when
+/// they come back), the rest are deleted.
 pub async fn consume_jobs(
     queue: Arc<MemoryQueue>,
     worker: Worker,
@@ -41,9 +41,7 @@ pub async fn consume_jobs(
             let (Some(id), Some(receipt)) = (record.message_id, record.receipt_handle) else {
                 continue;
             };
-            if failed.contains(&id) {
-                queue.change_visibility(&receipt, RETRY_BACKOFF);
-            } else {
+            if !failed.contains(&id) {
                 queue.delete(&receipt);
             }
         }
@@ -61,13 +59,8 @@ pub async fn run_schedules(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = hour.tick() => &["partition-upkeep", "idempotency-purge"],
         };
         for task in tasks {
-            if let Err(e) = shared::scheduler::run(
-                task,
-                &state.db,
-                state.queue.as_deref(),
-                &state.config.retention,
-            )
-            .await
+            if let Err(e) =
+                shared::scheduler::run(task, &state.db, state.queue.as_deref(), &state.config).await
             {
                 tracing::warn!(task, error = %e, "scheduled task failed");
             }

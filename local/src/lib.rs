@@ -38,6 +38,12 @@ pub const JOB_MAX_RECEIVES: u32 = 5;
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// Attempts before a transient generation failure becomes final.
 pub const JOB_MAX_ATTEMPTS: i32 = 3;
+/// A retried job's message comes back after 5 s × the attempt, at most 30 s.
+pub const JOB_RETRY_BASE: Duration = Duration::from_secs(5);
+pub const JOB_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A job still queued this long after its message was sent has lost it (its
+/// receive window is `JOB_MAX_RECEIVES` × `JOB_VISIBILITY_TIMEOUT`).
+pub const JOB_REDELIVERY_AFTER: Duration = Duration::from_secs(900);
 
 /// The audience the local issuer writes into its tokens.
 pub const LOCAL_AUDIENCE: &str = "https://api.characters.local";
@@ -148,8 +154,8 @@ impl LocalStack {
             db: state.db.clone(),
             storage: store.clone(),
             generator,
-            job_timeout: JOB_TIMEOUT,
-            max_attempts: JOB_MAX_ATTEMPTS,
+            queue: Some(queue.clone()),
+            settings: state.config.worker,
         };
         let router = router(state.clone(), issuer.clone(), store);
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
@@ -256,10 +262,16 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
         generator: GeneratorConfig::from_lookup(|name| std::env::var(name).ok())?,
         // Files and the in-process queue, set up by `LocalStack::start`; never AWS.
         storage: shared::config::StorageConfig::default(),
-        queue: shared::config::QueueConfig::default(),
+        queue: shared::config::QueueConfig {
+            job_queue_url: None,
+            redelivery_after: JOB_REDELIVERY_AFTER,
+            max_redeliveries: shared::config::QueueConfig::default().max_redeliveries,
+        },
         worker: shared::config::WorkerConfig {
             job_timeout: JOB_TIMEOUT,
             max_attempts: JOB_MAX_ATTEMPTS,
+            retry_base: JOB_RETRY_BASE,
+            retry_max: JOB_RETRY_MAX,
         },
         retention: shared::config::RetentionConfig::from_lookup(|name| std::env::var(name).ok())?,
         log_format: LogFormat::Text,

@@ -202,6 +202,7 @@ async fn hold(db: &tokio_postgres::Client, user: &str, price: i32) {
     let quote = Quote {
         config_id: "cfg_generate".into(),
         price,
+        fallback_price: 0,
         calculation: json!({"price": price}),
     };
     holds::hold(db, user, &job, &quote).await.unwrap();

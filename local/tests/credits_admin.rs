@@ -202,6 +202,7 @@ async fn completed_job(client: &tokio_postgres::Client, user: &str, price: i32) 
     let quote = Quote {
         config_id: "cfg_generate".into(),
         price,
+        fallback_price: 0,
         calculation: json!({"price": price}),
     };
     holds::hold(client, user, &job, &quote).await.unwrap();
@@ -1210,6 +1211,7 @@ async fn adjustments_credit_and_debit_but_never_below_available() {
     let quote = Quote {
         config_id: "cfg_generate".into(),
         price: 50,
+        fallback_price: 0,
         calculation: json!({}),
     };
     holds::hold(&client, &ann, &job, &quote).await.unwrap();

@@ -1132,10 +1132,11 @@ impl ImageGenerator for GatedGenerator {
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
+        progress: &'a shared::generator::ProgressReporter,
     ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
         async move {
             let _permit = self.gate.acquire().await;
-            ProceduralGenerator.generate(request).await
+            ProceduralGenerator.generate(request, progress).await
         }
         .boxed()
     }

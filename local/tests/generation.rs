@@ -11,6 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use shared::generator::{A1111Generator, GeneratorChain, ImageGenerator, ProceduralGenerator};
 use shared::worker::Worker;
+use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
 use testkit::{TestStack, spawn_stack};
 
@@ -89,6 +90,14 @@ fn worker_with(stack: &TestStack, providers: Vec<Arc<dyn ImageGenerator>>) -> Wo
     }
 }
 
+/// A worker whose primary image server is a stand-in A1111 (then the fallback).
+fn ai_worker(stack: &TestStack, server: &StandIn) -> Worker {
+    Worker {
+        generator: Arc::new(server.chain()),
+        ..stack.stack.worker.clone()
+    }
+}
+
 /// A generator server that is not there (connection refused: transient).
 fn unreachable(name: &'static str) -> Arc<dyn ImageGenerator> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -134,9 +143,10 @@ async fn generate_complete_download_and_pay_exactly_the_quote() {
     assert_eq!(quoted, 10);
     assert_eq!(balance(&stack).await.reserved_balance, 10);
 
+    let server = StandIn::start().await;
     let batch = stack.stack.queue.receive(10);
     assert_eq!(batch.records.len(), 1);
-    let response = stack.stack.worker.handle_batch(batch).await;
+    let response = ai_worker(&stack, &server).handle_batch(batch).await;
     assert!(response.batch_item_failures.is_empty());
 
     let job_id = job["id"].as_str().unwrap();
@@ -145,11 +155,14 @@ async fn generate_complete_download_and_pay_exactly_the_quote() {
         .await
         .body;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["generation_provider"], "fallback");
+    assert_eq!(done["generation_provider"], "primary");
     assert_eq!(
         done["processing_metadata"]["generation"]["provider"],
-        "fallback"
+        "primary"
     );
+    assert_eq!(done["cost_credits"], 10);
+    assert_eq!(done["processing_metadata"]["charge"]["charged"], 10);
+    assert_eq!(done["processing_metadata"]["progress"]["fraction"], 1.0);
     assert!(done["memory_used_mb"].as_i64().unwrap() > 0);
 
     let shown = stack
@@ -244,10 +257,11 @@ async fn a_message_delivered_three_times_at_once_makes_one_image_and_one_settlem
     let stack = spawn_stack().await;
     let (token, character) = setup(&stack, 100).await;
     let job = generate(&stack, &token, &character, json!({})).await;
+    let server = StandIn::start().await;
     let batch = stack.stack.queue.receive(1);
     let record = batch.records[0].clone();
     let deliveries = join_all((0..3).map(|_| {
-        let worker = stack.stack.worker.clone();
+        let worker = ai_worker(&stack, &server);
         let mut event = batch.clone();
         event.records = vec![record.clone()];
         async move { worker.handle_batch(event).await }
@@ -255,7 +269,7 @@ async fn a_message_delivered_three_times_at_once_makes_one_image_and_one_settlem
     .await;
     assert!(deliveries.iter().all(|r| r.batch_item_failures.is_empty()));
     // A fourth, late redelivery is acknowledged without effect too.
-    let late = stack.stack.worker.handle_batch(batch).await;
+    let late = ai_worker(&stack, &server).handle_batch(batch).await;
     assert!(late.batch_item_failures.is_empty());
     assert_eq!(
         job_status(&stack, job["id"].as_str().unwrap()).await,
@@ -425,9 +439,10 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
                 .to_string(),
         );
     }
+    let server = StandIn::start().await;
     let batch = stack.stack.queue.receive(10);
     let races = jobs.iter().map(|job_id| {
-        let worker = stack.stack.worker.clone();
+        let worker = ai_worker(&stack, &server);
         let mut event = batch.clone();
         event.records.retain(|r| {
             r.body

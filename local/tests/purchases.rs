@@ -863,6 +863,7 @@ async fn a_full_refund_claws_back_what_it_can_and_records_the_rest_as_debt() {
     let quote = Quote {
         config_id: "cfg_generate".into(),
         price: 20,
+        fallback_price: 0,
         calculation: json!({"price": 20}),
     };
     holds::hold(&db, &ann_id, &job, &quote).await.unwrap();

@@ -294,12 +294,33 @@ impl GdprConfig {
 }
 
 /// The generation job queue (`shared::queue`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     /// `JOB_QUEUE_URL`: the SQS queue generation jobs are sent to
     /// (`https://sqs.eu-west-1.amazonaws.com/123456789012/generation-jobs`);
     /// unset: no queue, and dispatch answers 503 before taking any credits.
     pub job_queue_url: Option<String>,
+    /// `JOB_REDELIVERY_AFTER_SECONDS` (default 10800, 60..=1209600): a job
+    /// still queued this long after its message was last sent has lost its
+    /// message (dead-lettered, or dropped): the scheduler's `outbox-sweep`
+    /// sends it again. Keep it above the queue's receive window
+    /// (maxReceiveCount × visibility timeout) plus the longest backlog you
+    /// expect: a message merely waiting would be sent twice (harmless: the
+    /// worker claims a job once).
+    pub redelivery_after: Duration,
+    /// `JOB_MAX_REDELIVERIES` (default 2, 0..=10): after this many, a job
+    /// whose message is lost again fails and its credits are released.
+    pub max_redeliveries: i32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            job_queue_url: None,
+            redelivery_after: Duration::from_secs(3 * 3600),
+            max_redeliveries: 2,
+        }
+    }
 }
 
 /// The generation worker (`shared::worker`).
@@ -313,6 +334,11 @@ pub struct WorkerConfig {
     /// provider failure becomes final (the job fails and its hold is released).
     /// Keep the DLQ's maxReceiveCount above it.
     pub max_attempts: i32,
+    /// `WORKER_RETRY_BASE_SECONDS` (default 30, 1..=900): a message to retry
+    /// comes back after this × the attempt number (ChangeMessageVisibility)...
+    pub retry_base: Duration,
+    /// `WORKER_RETRY_MAX_SECONDS` (default 300, 1..=43200): ...but never later than this.
+    pub retry_max: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -320,7 +346,18 @@ impl Default for WorkerConfig {
         Self {
             job_timeout: Duration::from_secs(600),
             max_attempts: 3,
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(300),
         }
+    }
+}
+
+impl WorkerConfig {
+    /// How long a message waits before its `attempt`-th retry (1-based).
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        self.retry_base
+            .saturating_mul(attempt.max(1))
+            .min(self.retry_max)
     }
 }
 
@@ -361,7 +398,24 @@ impl QueueConfig {
         if let Some(raw) = &job_queue_url {
             parse_server_url("JOB_QUEUE_URL", raw)?;
         }
-        Ok(Self { job_queue_url })
+        let defaults = Self::default();
+        Ok(Self {
+            job_queue_url,
+            redelivery_after: Duration::from_secs(parse_number(
+                get,
+                "JOB_REDELIVERY_AFTER_SECONDS",
+                defaults.redelivery_after.as_secs(),
+                60,
+                1_209_600,
+            )?),
+            max_redeliveries: parse_number(
+                get,
+                "JOB_MAX_REDELIVERIES",
+                defaults.max_redeliveries as u64,
+                0,
+                10,
+            )? as i32,
+        })
     }
 }
 
@@ -383,6 +437,20 @@ impl WorkerConfig {
                 1,
                 20,
             )? as i32,
+            retry_base: Duration::from_secs(parse_number(
+                get,
+                "WORKER_RETRY_BASE_SECONDS",
+                defaults.retry_base.as_secs(),
+                1,
+                900,
+            )?),
+            retry_max: Duration::from_secs(parse_number(
+                get,
+                "WORKER_RETRY_MAX_SECONDS",
+                defaults.retry_max.as_secs(),
+                1,
+                43_200,
+            )?),
         })
     }
 }
@@ -825,6 +893,10 @@ mod tests {
             ),
             ("WORKER_JOB_TIMEOUT_SECONDS", "300"),
             ("WORKER_MAX_ATTEMPTS", "5"),
+            ("WORKER_RETRY_BASE_SECONDS", "10"),
+            ("WORKER_RETRY_MAX_SECONDS", "25"),
+            ("JOB_REDELIVERY_AFTER_SECONDS", "7200"),
+            ("JOB_MAX_REDELIVERIES", "0"),
         ]);
         let cfg = config(&pairs).unwrap();
         assert_eq!(
@@ -835,6 +907,13 @@ mod tests {
         assert!(cfg.queue.job_queue_url.is_some());
         assert_eq!(cfg.worker.job_timeout, Duration::from_secs(300));
         assert_eq!(cfg.worker.max_attempts, 5);
+        assert_eq!(
+            [1, 2, 3, 9].map(|attempt| cfg.worker.retry_delay(attempt).as_secs()),
+            [10, 20, 25, 25],
+            "30 s x attempt by default, here 10 s, capped at the maximum"
+        );
+        assert_eq!(cfg.queue.redelivery_after, Duration::from_secs(7200));
+        assert_eq!(cfg.queue.max_redeliveries, 0);
 
         for (name, value) in [
             ("STORAGE_BUCKET", "Images_Bucket"),
@@ -844,6 +923,10 @@ mod tests {
             ("JOB_QUEUE_URL", "generation-jobs"),
             ("WORKER_JOB_TIMEOUT_SECONDS", "5"),
             ("WORKER_MAX_ATTEMPTS", "0"),
+            ("WORKER_RETRY_BASE_SECONDS", "0"),
+            ("WORKER_RETRY_MAX_SECONDS", "43201"),
+            ("JOB_REDELIVERY_AFTER_SECONDS", "59"),
+            ("JOB_MAX_REDELIVERIES", "11"),
         ] {
             let mut pairs = MINIMAL.to_vec();
             pairs.push((name, value));

@@ -31,13 +31,9 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
             let state = state.clone();
             async move {
                 let task = event.payload.detail_type.clone();
-                let report = crate::scheduler::run(
-                    &task,
-                    &state.db,
-                    state.queue.as_deref(),
-                    &state.config.retention,
-                )
-                .await?;
+                let report =
+                    crate::scheduler::run(&task, &state.db, state.queue.as_deref(), &state.config)
+                        .await?;
                 Ok::<_, lambda_runtime::Error>(report)
             }
         },
@@ -65,8 +61,8 @@ pub fn build_worker(state: &AppState) -> Result<crate::worker::Worker, WorkerIni
         db: state.db.clone(),
         storage,
         generator: std::sync::Arc::new(generator),
-        job_timeout: state.config.worker.job_timeout,
-        max_attempts: state.config.worker.max_attempts,
+        queue: state.queue.clone(),
+        settings: state.config.worker,
     })
 }
 

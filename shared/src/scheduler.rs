@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `daily-reset` | resets free-generation and allowance counters of every user whose local day turned |
 //! | `job-timeouts` | jobs processing past `timeout_at` become `timeout`, their holds released exactly once |
-//! | `outbox-sweep` | sends queued jobs whose message was never sent |
+//! | `outbox-sweep` | sends queued jobs whose message was never sent, sends again those whose message was lost (dead-lettered or dropped), and fails those lost too often |
 //! | `partition-upkeep` | creates the next months' partitions of the ledger and the activity log, drops activity-log months past retention |
 //! | `idempotency-purge` | forgets idempotency keys older than 24 hours and expired erasure receipts |
 //! | `subscription-expiry` | subscriptions past `subscription_end_date` fall back to `FREE` and its daily entitlements |
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use tokio_postgres::GenericClient;
 
-use crate::config::RetentionConfig;
+use crate::config::{Config, RetentionConfig};
 use crate::credits::{holds, ledger};
 use crate::db::DbPool;
 use crate::error::ApiError;
@@ -93,7 +93,7 @@ pub async fn run(
     task: &str,
     db: &DbPool,
     queue: Option<&dyn JobQueue>,
-    retention: &RetentionConfig,
+    config: &Config,
 ) -> Result<TaskReport, TaskError> {
     if task == "migrate" {
         let report = crate::db::migrate(db).await?;
@@ -114,13 +114,19 @@ pub async fn run(
         "job-timeouts" => json!({"timed_out": time_out_jobs(client).await?}),
         "outbox-sweep" => match queue {
             Some(queue) => {
+                let recovered = crate::jobs::dispatch::recover_lost_messages(
+                    client,
+                    config.queue.redelivery_after,
+                    config.queue.max_redeliveries,
+                )
+                .await?;
                 let sent =
                     crate::jobs::dispatch::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
-                json!({"resent": sent})
+                json!({"resent": sent, "redelivered": recovered.redelivered, "failed": recovered.failed})
             }
             None => json!({"resent": 0, "skipped": "no queue configured"}),
         },
-        "partition-upkeep" => partition_upkeep(&*client, retention).await?,
+        "partition-upkeep" => partition_upkeep(&*client, &config.retention).await?,
         "subscription-expiry" => json!({"expired": expire_subscriptions(&*client).await?}),
         "idempotency-purge" => json!({
             "purged": crate::idempotency::purge_expired(&*client).await?,
@@ -154,7 +160,7 @@ pub async fn time_out_jobs(client: &mut tokio_postgres::Client) -> Result<usize,
         let tx = client.transaction().await?;
         let changed = tx
             .query_opt(
-                "UPDATE generation_jobs SET status = 'timeout', completed_at = now(), \
+                "UPDATE generation_jobs SET status = 'timeout', completed_at = now(), cost_credits = 0, \
                    error_details = coalesce(error_details, '{}'::jsonb) || '{\"error\": \"timed out\"}'::jsonb \
                  WHERE id = $1 AND status = 'processing' AND timeout_at < now() RETURNING character_id",
                 &[&job_id],

@@ -1,41 +1,57 @@
 //! The generation worker: for each SQS message, claim the job (queued →
-//! processing, a conditional update), run the provider chain, store the
-//! images and thumbnails, then in one transaction mark the job and the
-//! character completed and settle the credits. Failures retry while
-//! transient and attempts remain (the message comes back after the
-//! visibility timeout), then fail the job and release its hold.
+//! processing, one short transaction), render with the provider chain and
+//! store the images holding no database connection, then complete in a
+//! second short transaction: record the images, create the variant a
+//! variation or style transfer asked for, settle the credits for what was
+//! delivered. Failures retry while transient and attempts remain, the message
+//! coming back after a backoff (ChangeMessageVisibility), then fail the job
+//! and release its hold.
 //!
 //! Exactly once, whatever SQS redelivers: a message for a job that is not
 //! queued (already claimed, finished, cancelled or timed out) is acknowledged
 //! without side effects, and completion and failure are conditional on the
 //! job still being `processing`, so a job the sweeper timed out meanwhile
 //! neither settles nor keeps its images.
+//!
+//! Holding nothing while waiting: a render takes tens of seconds on a GPU
+//! server. Keeping a pooled connection through it would starve the pool (the
+//! local stack's API would answer 503s) and spend RDS Proxy connections on
+//! GPU time, so the worker takes a connection only for the claim, for each
+//! progress write (at most one a second) and for the completion.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::{Value, json};
-use tokio_postgres::Client;
+use tokio_postgres::GenericClient;
 
-use crate::credits::holds;
+use crate::config::WorkerConfig;
+use crate::credits::holds::{self, Delivery};
 use crate::db::DbPool;
-use crate::generator::{GenerationRequest, GeneratorChain, JobType, thumbnail};
+use crate::generator::{ChainOutcome, GeneratorChain, JobType, thumbnail};
+use crate::jobs::input::GenerationInput;
 use crate::jobs::{JOB_COLUMNS, Job, JobMessage};
-use crate::storage::ObjectStore;
+use crate::queue::JobQueue;
+use crate::storage::{ObjectStore, StorageError};
 
 /// Longest side of a thumbnail.
 pub const THUMBNAIL_SIDE: u32 = 256;
+
+/// At most one progress write per job per this interval.
+pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Worker {
     pub db: DbPool,
     pub storage: Arc<dyn ObjectStore>,
     pub generator: Arc<GeneratorChain>,
-    /// A claimed job not finished by then is timed out by the scheduler.
-    pub job_timeout: Duration,
-    /// Attempts before a transient failure becomes final.
-    pub max_attempts: i32,
+    /// Where retried messages get their backoff (ChangeMessageVisibility);
+    /// without one, a retried message comes back after the queue's
+    /// visibility timeout.
+    pub queue: Option<Arc<dyn JobQueue>>,
+    /// Timeout, attempts and retry backoff.
+    pub settings: WorkerConfig,
 }
 
 /// What became of one message.
@@ -43,8 +59,8 @@ pub struct Worker {
 pub enum Processed {
     /// Done with this message (completed, failed for good, or nothing to do).
     Acknowledge(&'static str),
-    /// Put it back: SQS redelivers it after the visibility timeout.
-    Retry(String),
+    /// Put it back: it comes back after `after` (or the visibility timeout).
+    Retry { reason: String, after: Duration },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,20 +72,39 @@ enum WorkerError {
     #[error("ledger: {0}")]
     Ledger(#[from] crate::credits::ledger::LedgerError),
     #[error("storage: {0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] StorageError),
+}
+
+/// A claimed job and what it renders.
+struct Claimed {
+    job: Job,
+    attempts: i32,
+    input: Result<GenerationInput, String>,
+}
+
+/// One stored image: its keys, size and place in the batch.
+#[derive(Debug, Clone)]
+struct StoredImage {
+    key: String,
+    thumbnail_key: Option<String>,
+    width: Option<i32>,
+    height: Option<i32>,
+    bytes: i64,
 }
 
 impl Worker {
     /// Handles an SQS batch; the messages to retry are reported as
     /// `batchItemFailures` (the function's event source has
-    /// `ReportBatchItemFailures`), the rest are deleted by Lambda.
+    /// `ReportBatchItemFailures`) after their visibility is set to the
+    /// backoff, the rest are deleted by Lambda.
     pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
         let mut failures = Vec::new();
         for record in &event.records {
             match self.handle_message(record).await {
                 Processed::Acknowledge(_) => {}
-                Processed::Retry(reason) => {
-                    tracing::warn!(message_id = ?record.message_id, %reason, "job will be retried");
+                Processed::Retry { reason, after } => {
+                    tracing::warn!(message_id = ?record.message_id, %reason, retry_in_s = after.as_secs(), "job will be retried");
+                    self.back_off(record, after).await;
                     let mut failure = BatchItemFailure::default();
                     failure.item_identifier = record.message_id.clone().unwrap_or_default();
                     failures.push(failure);
@@ -79,6 +114,17 @@ impl Worker {
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failures;
         response
+    }
+
+    /// Makes a message to retry visible again after `after`. A failure only
+    /// means the retry waits for the visibility timeout instead.
+    async fn back_off(&self, record: &SqsMessage, after: Duration) {
+        let (Some(queue), Some(receipt)) = (&self.queue, record.receipt_handle.as_deref()) else {
+            return;
+        };
+        if let Err(e) = queue.change_visibility(receipt, after).await {
+            tracing::warn!(message_id = ?record.message_id, error = %e, "retry backoff not set; the message returns after the visibility timeout");
+        }
     }
 
     pub async fn handle_message(&self, record: &SqsMessage) -> Processed {
@@ -91,128 +137,202 @@ impl Worker {
             tracing::error!(message_id = ?record.message_id, "unreadable job message dropped");
             return Processed::Acknowledge("unreadable message");
         };
+        let receives = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|count| count.parse::<u32>().ok())
+            .unwrap_or(1);
         match self.process(&message.job_id).await {
             Ok(processed) => processed,
-            Err(e) => Processed::Retry(e.to_string()),
+            // The database or storage failed us: the message comes back later.
+            Err(e) => Processed::Retry {
+                reason: e.to_string(),
+                after: self.settings.retry_delay(receives),
+            },
         }
     }
 
     async fn process(&self, job_id: &str) -> Result<Processed, WorkerError> {
-        let mut conn = self.db.get().await?;
-        let client: &mut Client = &mut conn;
-        let Some(job) = claim(client, job_id, self.job_timeout).await? else {
+        let Some(claimed) = self.claim(job_id).await? else {
             return Ok(Processed::Acknowledge("job not queued"));
         };
         let started = Instant::now();
-        let request = match self.request_for(&job).await {
+        let input = match &claimed.input {
+            Ok(input) => input.clone(),
+            Err(reason) => {
+                let details = json!({"error": reason, "stage": "prepare"});
+                self.fail(&claimed, details).await?;
+                return Ok(Processed::Acknowledge("failed"));
+            }
+        };
+        let init_image = match self.source_bytes(&claimed.job, &input).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::Backend(e)) => {
+                let details = json!({"error": format!("the source image cannot be read now: {e}"), "stage": "prepare"});
+                return self.retry_or_fail(&claimed, details, "storage").await;
+            }
+            Err(e) => {
+                let details = json!({"error": format!("the source image cannot be read: {e}"), "stage": "prepare"});
+                self.fail(&claimed, details).await?;
+                return Ok(Processed::Acknowledge("failed"));
+            }
+        };
+        let job_type = JobType::parse(&claimed.job.job_type);
+        let request = match job_type
+            .ok_or_else(|| format!("unknown job type {}", claimed.job.job_type))
+            .and_then(|t| input.to_request(t, init_image))
+        {
             Ok(request) => request,
             Err(reason) => {
-                self.fail(client, &job, json!({"error": reason, "stage": "prepare"}))
+                self.fail(&claimed, json!({"error": reason, "stage": "prepare"}))
                     .await?;
                 return Ok(Processed::Acknowledge("failed"));
             }
         };
-        let generated =
-            tokio::time::timeout(self.job_timeout, self.generator.generate(&request)).await;
+        let (progress, updates) = crate::generator::ProgressReporter::channel();
+        let tracker = tokio::spawn(track_progress(
+            self.db.clone(),
+            claimed.job.id.clone(),
+            updates,
+        ));
+        let generated = tokio::time::timeout(
+            self.settings.job_timeout,
+            self.generator.generate(&request, &progress),
+        )
+        .await;
+        drop(progress);
+        tracker.abort();
         let outcome = match generated {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(error)) => {
-                let details = error.details();
-                if error.is_transient() && job.attempts < self.max_attempts {
-                    requeue(client, &job.job.id, &details).await?;
-                    return Ok(Processed::Retry(error.to_string()));
+                let details = json!({"error": error.to_string(), "details": error.details()});
+                if error.is_transient() {
+                    return self.retry_or_fail(&claimed, details, "provider").await;
                 }
-                self.fail(
-                    client,
-                    &job,
-                    json!({"error": error.to_string(), "details": details}),
-                )
-                .await?;
+                self.fail(&claimed, details).await?;
                 return Ok(Processed::Acknowledge("failed"));
             }
             Err(_) => {
                 let details = json!({"error": "generation took longer than the job timeout"});
-                if job.attempts < self.max_attempts {
-                    requeue(client, &job.job.id, &details).await?;
-                    return Ok(Processed::Retry("generation timed out".into()));
-                }
-                self.fail(client, &job, details).await?;
-                return Ok(Processed::Acknowledge("failed"));
+                return self.retry_or_fail(&claimed, details, "timeout").await;
             }
         };
-        let keys = self.store(&job.job, &outcome.images.images).await?;
-        let completed = complete(client, &job.job, &keys, &outcome, started.elapsed()).await?;
-        if !completed {
-            // Cancelled or timed out while rendering: keep nothing.
-            for key in keys.images.iter().chain(&keys.thumbnails) {
-                let _ = self.storage.delete(key).await;
+        let target = input
+            .target_character(claimed.job.character_id.as_deref())
+            .map(str::to_string);
+        let stored = self
+            .store(&claimed.job, target.as_deref(), &outcome.images.images)
+            .await;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err((stored, e)) => {
+                self.delete_objects(&stored).await;
+                let details =
+                    json!({"error": format!("the images cannot be stored: {e}"), "stage": "store"});
+                return self.retry_or_fail(&claimed, details, "storage").await;
             }
-            return Ok(Processed::Acknowledge("job no longer processing"));
+        };
+        let completed = self
+            .complete(&claimed, &input, &stored, &outcome, started.elapsed())
+            .await;
+        match completed {
+            Ok(Completion::Completed) => Ok(Processed::Acknowledge("completed")),
+            Ok(Completion::Abandoned(why)) => {
+                // Cancelled, timed out or its character deleted while rendering: keep nothing.
+                self.delete_objects(&stored).await;
+                Ok(Processed::Acknowledge(why))
+            }
+            Err(e) => {
+                // Nothing of the completion was committed: the images go, and the
+                // job goes back to the queue while attempts remain.
+                self.delete_objects(&stored).await;
+                let details =
+                    json!({"error": format!("the completion failed: {e}"), "stage": "complete"});
+                self.retry_or_fail(&claimed, details, "complete").await
+            }
         }
-        Ok(Processed::Acknowledge("completed"))
     }
 
-    async fn request_for(&self, claimed: &Claimed) -> Result<GenerationRequest, String> {
-        let job = &claimed.job;
-        let input = &job.input_parameters;
-        let text = |name: &str| input.get(name).and_then(Value::as_str).map(str::to_string);
-        let number = |name: &str| input.get(name).and_then(Value::as_i64);
-        let job_type = JobType::parse(&job.job_type)
-            .ok_or_else(|| format!("unknown job type {}", job.job_type))?;
-        let init_image = match text("init_image_key") {
-            Some(key) if crate::jobs::dispatch::needs_image(&job.job_type) => Some(
-                self.storage
-                    .get(&key)
-                    .await
-                    .map_err(|e| format!("the character's image cannot be read: {e}"))?,
-            ),
-            _ => None,
+    /// queued → processing, once, in one short transaction: `None` for a job
+    /// that is not queued.
+    async fn claim(&self, job_id: &str) -> Result<Option<Claimed>, WorkerError> {
+        let mut conn = self.db.get().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE generation_jobs SET status = 'processing', started_at = now(), attempts = attempts + 1, \
+                       timeout_at = now() + make_interval(secs => $2) \
+                     WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}, attempts"
+                ),
+                &[&job_id, &self.settings.job_timeout.as_secs_f64()],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
         };
-        let to_u32 = |value: Option<i64>, default: u32| {
-            value.and_then(|v| u32::try_from(v).ok()).unwrap_or(default)
-        };
-        let request = GenerationRequest {
-            job_type,
-            prompt: text("prompt").unwrap_or_default(),
-            negative_prompt: text("negative_prompt").unwrap_or_default(),
-            style_type: text("style_type").unwrap_or_else(|| "artistic".into()),
-            steps: to_u32(number("steps"), 20),
-            cfg_scale: input
-                .get("cfg_scale")
-                .and_then(Value::as_f64)
-                .unwrap_or(7.5),
-            sampler: text("sampler").unwrap_or_else(|| "DPM++ 2M Karras".into()),
-            seed: number("seed").unwrap_or(0),
-            width: to_u32(number("width"), 512),
-            height: to_u32(number("height"), 512),
-            batch_size: to_u32(number("batch_size"), 1),
-            init_image,
-            denoising_strength: input
-                .get("denoising_strength")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.6),
-            upscale_factor: input
-                .get("upscale_factor")
-                .and_then(Value::as_f64)
-                .unwrap_or(2.0),
-        };
-        request.validate().map_err(|e| e.to_string())?;
-        Ok(request)
+        let job = Job::from_row(&row)?;
+        let attempts: i32 = row.try_get("attempts")?;
+        if let Some(character_id) = &job.character_id {
+            tx.execute(
+                "UPDATE characters SET generation_status = 'processing', processing_started_at = now() WHERE id = $1",
+                &[character_id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let input = GenerationInput::from_value(&job.input_parameters);
+        Ok(Some(Claimed {
+            job,
+            attempts,
+            input,
+        }))
     }
 
-    /// Stores each image and its thumbnail under the job's prefix.
-    async fn store(&self, job: &Job, images: &[Vec<u8>]) -> Result<StoredKeys, WorkerError> {
+    /// The bytes of the image the job starts from, if it has one.
+    async fn source_bytes(
+        &self,
+        job: &Job,
+        input: &GenerationInput,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let needs =
+            JobType::parse(&job.job_type).is_some_and(|t| t != JobType::CharacterGeneration);
+        match (&input.source, needs) {
+            (Some(source), true) => self.storage.get(&source.key).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores each image and its thumbnail under
+    /// `users/{user}/characters/{target}/{job}/`. On failure, the objects
+    /// already stored come back with the error, for the caller to delete.
+    async fn store(
+        &self,
+        job: &Job,
+        target: Option<&str>,
+        images: &[Vec<u8>],
+    ) -> Result<Vec<StoredImage>, (Vec<StoredImage>, StorageError)> {
         let prefix = format!(
             "users/{}/characters/{}/{}",
             job.user_id,
-            job.character_id.as_deref().unwrap_or("none"),
+            target.unwrap_or("none"),
             job.id
         );
-        let mut keys = StoredKeys::default();
+        let mut stored = Vec::with_capacity(images.len());
         for (i, image) in images.iter().enumerate() {
             let key = format!("{prefix}/image-{i}.png");
-            self.storage.put(&key, image.clone(), "image/png").await?;
-            keys.images.push(key);
+            let size = crate::generator::png_dimensions(image).ok();
+            if let Err(e) = self.storage.put(&key, image.clone(), "image/png").await {
+                return Err((stored, e));
+            }
+            let mut record = StoredImage {
+                key,
+                thumbnail_key: None,
+                width: size.and_then(|(w, _)| i32::try_from(w).ok()),
+                height: size.and_then(|(_, h)| i32::try_from(h).ok()),
+                bytes: i64::try_from(image.len()).unwrap_or(i64::MAX),
+            };
             // PNG encoding is CPU work: off the async threads.
             let source = image.clone();
             let made =
@@ -222,27 +342,75 @@ impl Worker {
             match made.and_then(|result| result) {
                 Ok(thumb) => {
                     let key = format!("{prefix}/thumb-{i}.png");
-                    self.storage.put(&key, thumb, "image/png").await?;
-                    keys.thumbnails.push(key);
+                    if let Err(e) = self.storage.put(&key, thumb, "image/png").await {
+                        stored.push(record);
+                        return Err((stored, e));
+                    }
+                    record.thumbnail_key = Some(key);
                 }
                 Err(e) => tracing::warn!(job_id = %job.id, error = %e, "no thumbnail"),
             }
+            stored.push(record);
         }
-        Ok(keys)
+        Ok(stored)
     }
 
-    async fn fail(
+    async fn delete_objects(&self, stored: &[StoredImage]) {
+        for image in stored {
+            for key in std::iter::once(&image.key).chain(&image.thumbnail_key) {
+                if let Err(e) = self.storage.delete(key).await {
+                    tracing::warn!(%key, error = %e, "orphaned object of an abandoned job");
+                }
+            }
+        }
+    }
+
+    /// Another attempt while attempts remain (the job back to `queued`, the
+    /// message back after the backoff), else the job fails.
+    async fn retry_or_fail(
         &self,
-        client: &mut Client,
         claimed: &Claimed,
         details: Value,
-    ) -> Result<(), WorkerError> {
+        why: &'static str,
+    ) -> Result<Processed, WorkerError> {
+        if claimed.attempts < self.settings.max_attempts {
+            self.requeue(&claimed.job.id, &details).await?;
+            let after = self
+                .settings
+                .retry_delay(u32::try_from(claimed.attempts).unwrap_or(1));
+            return Ok(Processed::Retry {
+                reason: format!("{why}: {}", details["error"].as_str().unwrap_or("failed")),
+                after,
+            });
+        }
+        self.fail(claimed, details).await?;
+        Ok(Processed::Acknowledge("failed"))
+    }
+
+    /// Puts a claimed job back in the queue for another attempt. Its message,
+    /// reported as a batch failure, comes back after the backoff, so its send
+    /// time is now as far as the scheduler's lost-message check goes.
+    async fn requeue(&self, job_id: &str, details: &Value) -> Result<(), WorkerError> {
+        let conn = self.db.get().await?;
+        conn.execute(
+            "UPDATE generation_jobs SET status = 'queued', started_at = NULL, timeout_at = NULL, \
+               error_details = $2, enqueued_at = now() WHERE id = $1 AND status = 'processing'",
+            &[&job_id, details],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// processing → failed, the hold released, in one transaction.
+    async fn fail(&self, claimed: &Claimed, details: Value) -> Result<(), WorkerError> {
         let job = &claimed.job;
+        let mut conn = self.db.get().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
         let tx = client.transaction().await?;
         let failed = tx
             .execute(
-                "UPDATE generation_jobs SET status = 'failed', completed_at = now(), error_details = $2 \
-                 WHERE id = $1 AND status = 'processing'",
+                "UPDATE generation_jobs SET status = 'failed', completed_at = now(), error_details = $2, \
+                   cost_credits = 0 WHERE id = $1 AND status = 'processing'",
                 &[&job.id, &details],
             )
             .await?;
@@ -268,150 +436,317 @@ impl Worker {
         tx.commit().await?;
         Ok(())
     }
-}
 
-#[derive(Debug, Default)]
-struct StoredKeys {
-    images: Vec<String>,
-    thumbnails: Vec<String>,
-}
-
-struct Claimed {
-    job: Job,
-    attempts: i32,
-}
-
-/// queued → processing, once: `None` for a job that is not queued.
-async fn claim(
-    client: &Client,
-    job_id: &str,
-    timeout: Duration,
-) -> Result<Option<Claimed>, WorkerError> {
-    let row = client
-        .query_opt(
-            &format!(
-                "UPDATE generation_jobs SET status = 'processing', started_at = now(), attempts = attempts + 1, \
-                   timeout_at = now() + make_interval(secs => $2) \
-                 WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}, attempts"
-            ),
-            &[&job_id, &timeout.as_secs_f64()],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let job = Job::from_row(&row)?;
-    let attempts: i32 = row.try_get("attempts")?;
-    if let Some(character_id) = &job.character_id {
-        client
-            .execute(
-                "UPDATE characters SET generation_status = 'processing', processing_started_at = now() WHERE id = $1",
-                &[character_id],
+    /// In one transaction: the job completed, its images recorded on the
+    /// character they belong to (a variant is created first), the user's
+    /// image count, the character's status, and the hold settled for what
+    /// was delivered. Abandoned when the job is no longer processing or its
+    /// character was deleted meanwhile (then the hold is released).
+    async fn complete(
+        &self,
+        claimed: &Claimed,
+        input: &GenerationInput,
+        stored: &[StoredImage],
+        outcome: &ChainOutcome,
+        elapsed: Duration,
+    ) -> Result<Completion, WorkerError> {
+        let job = &claimed.job;
+        let mut conn = self.db.get().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        let tx = client.transaction().await?;
+        // Lock order everywhere: job, user, character.
+        let row = tx
+            .query_opt(
+                "SELECT character_id FROM generation_jobs WHERE id = $1 AND status = 'processing' FOR UPDATE",
+                &[&job.id],
             )
             .await?;
-    }
-    Ok(Some(Claimed { job, attempts }))
-}
-
-/// Puts a claimed job back in the queue for another attempt.
-async fn requeue(client: &Client, job_id: &str, details: &Value) -> Result<(), WorkerError> {
-    client
-        .execute(
-            "UPDATE generation_jobs SET status = 'queued', started_at = NULL, timeout_at = NULL, \
-               error_details = $2 WHERE id = $1 AND status = 'processing'",
-            &[&job_id, details],
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(Completion::Abandoned("job no longer processing"));
+        };
+        let character_id: Option<String> = row.try_get(0)?;
+        crate::credits::ledger::lock_user(&tx, &job.user_id).await?;
+        let Some(character_id) = character_id else {
+            abandon_for_deleted_character(&tx, job).await?;
+            tx.commit().await?;
+            return Ok(Completion::Abandoned("character deleted"));
+        };
+        let placeholder = outcome.provider() == "fallback";
+        let target = match &input.variant {
+            Some(plan) => {
+                create_variant(&tx, job, &character_id, input, plan).await?;
+                plan.character_id.clone()
+            }
+            None => character_id.clone(),
+        };
+        let image_ids = record_images(&tx, job, &target, input, stored, outcome).await?;
+        let generated = i32::try_from(stored.len()).unwrap_or(i32::MAX);
+        tx.execute(
+            "UPDATE users SET total_images_generated = total_images_generated + $2 WHERE id = $1",
+            &[&job.user_id, &generated],
         )
         .await?;
-    Ok(())
-}
-
-/// Marks the job and its character completed and settles the credits, in one
-/// transaction. `false` when the job is no longer processing.
-async fn complete(
-    client: &mut Client,
-    job: &Job,
-    keys: &StoredKeys,
-    outcome: &crate::generator::ChainOutcome,
-    elapsed: Duration,
-) -> Result<bool, WorkerError> {
-    let tx = client.transaction().await?;
-    let provider = match outcome.provider() {
-        p @ ("primary" | "secondary" | "fallback") => Some(p.to_string()),
-        _ => None,
-    };
-    let metadata = json!({
-        "generation": outcome.metadata(),
-        "elapsed_ms": elapsed.as_millis() as u64,
-        "images": keys.images.len(),
-    });
-    let gpu_seconds = outcome
-        .images
-        .gpu_time_ms
-        .map(|ms| i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX));
-    let memory_mb = peak_memory_mb();
-    let changed = tx
-        .execute(
+        let seconds = i32::try_from(elapsed.as_secs()).unwrap_or(i32::MAX);
+        for id in
+            std::iter::once(&character_id).chain(input.variant.iter().map(|p| &p.character_id))
+        {
+            tx.execute(
+                "UPDATE characters SET generation_status = 'completed', processing_completed_at = now(), \
+                   processing_time_seconds = $2, error_message = NULL WHERE id = $1",
+                &[id, &seconds],
+            )
+            .await?;
+        }
+        let delivery = if placeholder {
+            Delivery::Placeholder
+        } else {
+            Delivery::Generated
+        };
+        let settlement = holds::settle_for(&tx, &job.id, delivery).await?;
+        let charged = settlement.as_ref().map(|s| s.charged);
+        let provider = match outcome.provider() {
+            p @ ("primary" | "secondary" | "fallback") => Some(p.to_string()),
+            _ => None,
+        };
+        let metadata = json!({
+            "generation": outcome.metadata(),
+            "elapsed_ms": elapsed.as_millis() as u64,
+            "images": stored.len(),
+            "image_ids": image_ids,
+            "placeholder": placeholder,
+            "charge": settlement.as_ref().map(|s| json!({
+                "held": s.hold.price,
+                "charged": s.charged,
+                "delivery": if placeholder { "placeholder" } else { "generated" },
+                "transaction_id": s.transaction_id,
+            })),
+            "progress": {"fraction": 1.0, "eta_seconds": 0.0, "updated_at": chrono::Utc::now()},
+        });
+        let gpu_seconds = outcome
+            .images
+            .gpu_time_ms
+            .map(|ms| i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX));
+        let keys: Vec<&String> = stored.iter().map(|s| &s.key).collect();
+        tx.execute(
             "UPDATE generation_jobs SET status = 'completed', completed_at = now(), output_urls = $2, \
                processing_metadata = coalesce(processing_metadata, '{}'::jsonb) || $3, generation_provider = $4, \
-               gpu_time_seconds = $5, memory_used_mb = $6, error_details = NULL \
-             WHERE id = $1 AND status = 'processing'",
-            &[&job.id, &json!(keys.images), &metadata, &provider, &gpu_seconds, &memory_mb],
-        )
-        .await?;
-    if changed == 0 {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    // The user's row before the character's: the order dispatch, cancel and
-    // erasure take them in (job, user, character), so a completion cannot
-    // deadlock with a cancel of another job of the same character.
-    let generated = i32::try_from(keys.images.len()).unwrap_or(i32::MAX);
-    tx.execute(
-        "UPDATE users SET total_images_generated = total_images_generated + $2 WHERE id = $1",
-        &[&job.user_id, &generated],
-    )
-    .await?;
-    if let Some(character_id) = &job.character_id {
-        let primary = keys.images.first();
-        let thumb = keys.thumbnails.first();
-        let additional: Vec<&String> = keys.images.iter().skip(1).collect();
-        tx.execute(
-            "UPDATE characters SET primary_image_url = $2, thumbnail_url = $3, additional_images = $4, \
-               image_metadata = $5, generation_status = 'completed', processing_completed_at = now(), \
-               processing_time_seconds = $6, error_message = NULL WHERE id = $1",
+               gpu_time_seconds = $5, memory_used_mb = $6, error_details = NULL, \
+               cost_credits = coalesce($7, cost_credits), result_character_id = $8 \
+             WHERE id = $1",
             &[
-                character_id,
-                &primary,
-                &thumb,
-                &json!(additional),
-                &json!({"job_id": job.id, "provider": outcome.provider(), "images": keys.images.len()}),
-                &(i32::try_from(elapsed.as_secs()).unwrap_or(i32::MAX)),
+                &job.id,
+                &json!(keys),
+                &metadata,
+                &provider,
+                &gpu_seconds,
+                &peak_memory_mb(),
+                &charged,
+                &input.variant.as_ref().map(|p| p.character_id.clone()),
             ],
         )
         .await?;
+        log_activity(
+            &tx,
+            job,
+            "image_generated",
+            json!({
+                "images": generated,
+                "provider": outcome.provider(),
+                "placeholder": placeholder,
+                "character_id": target,
+                "charged": charged,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Completion::Completed)
     }
-    holds::settle(&tx, &job.id).await?;
-    log_activity(
-        &tx,
-        job,
-        "image_generated",
-        json!({"images": generated, "provider": outcome.provider()}),
+}
+
+enum Completion {
+    Completed,
+    Abandoned(&'static str),
+}
+
+/// The job's character was deleted while it rendered: nobody wants the
+/// images, so the job ends cancelled and its hold is released.
+async fn abandon_for_deleted_character(
+    tx: &tokio_postgres::Transaction<'_>,
+    job: &Job,
+) -> Result<(), WorkerError> {
+    tx.execute(
+        "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
+           error_details = '{\"error\": \"the character was deleted while the job ran\"}'::jsonb \
+         WHERE id = $1",
+        &[&job.id],
     )
     .await?;
-    tx.commit().await?;
-    Ok(true)
+    holds::release(tx, &job.id).await?;
+    Ok(())
+}
+
+/// Creates the variant character a job's plan describes: the source
+/// character's look with the requested changes (the job's input), its name
+/// and licence, private, a child of `parent_id` (its version is the next in
+/// the family, see V15's `characters_derive`).
+async fn create_variant(
+    tx: &tokio_postgres::Transaction<'_>,
+    job: &Job,
+    parent_id: &str,
+    input: &GenerationInput,
+    plan: &crate::jobs::input::VariantPlan,
+) -> Result<(), WorkerError> {
+    let seed = i32::try_from(input.seed).ok();
+    let steps = i32::try_from(input.steps).ok();
+    tx.execute(
+        "INSERT INTO characters (id, user_id, name, description, prompt, negative_prompt, style_type, art_style, \
+           mood, color_palette, model_version, generation_seed, cfg_scale, steps, sampler, tags, \
+           allow_commercial_use, license_type, parent_character_id, variant_type, is_public, generation_status, \
+           processing_started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, 'v1.0'), $12, $13::float8::numeric(3,1), $14, \
+           $15, $16, coalesce($17, false), coalesce($18, 'standard'), $19, $20, false, 'processing', $21)",
+        &[
+            &plan.character_id,
+            &job.user_id,
+            &plan.name,
+            &plan.description,
+            &input.prompt,
+            &input.negative_prompt,
+            &input.style_type,
+            &input.art_style,
+            &input.mood,
+            &(!input.color_palette.is_empty()).then_some(&input.color_palette),
+            &input.model_version,
+            &seed,
+            &input.cfg_scale,
+            &steps,
+            &input.sampler,
+            &input.tags,
+            &plan.allow_commercial_use,
+            &plan.license_type,
+            &parent_id,
+            &plan.variant_type,
+            &job.started_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One `character_images` row per stored image, on the target character
+/// (whose primary, thumbnail and additional images V15's triggers derive).
+async fn record_images(
+    tx: &tokio_postgres::Transaction<'_>,
+    job: &Job,
+    target: &str,
+    input: &GenerationInput,
+    stored: &[StoredImage],
+    outcome: &ChainOutcome,
+) -> Result<Vec<String>, WorkerError> {
+    let provider = outcome.provider();
+    let provider = matches!(provider, "primary" | "secondary" | "fallback").then_some(provider);
+    let parameters = json!({
+        "input": crate::jobs::input::public_view(&input.to_value()),
+        "provider_info": outcome.images.info,
+    });
+    let source_image = input
+        .source
+        .as_ref()
+        .map(|s| s.image_id.as_str())
+        .filter(|id| !id.is_empty());
+    let mut ids = Vec::with_capacity(stored.len());
+    for (i, image) in stored.iter().enumerate() {
+        let index = i32::try_from(i).unwrap_or(i32::MAX);
+        // A batch renders seeds seed, seed + 1, ... (as A1111 numbers them).
+        let seed = input.seed.saturating_add(i64::from(index));
+        let row = tx
+            .query_one(
+                "INSERT INTO character_images (character_id, user_id, job_id, job_type, batch_index, storage_key, \
+                   thumbnail_key, width, height, byte_size, seed, generation_provider, parameters, source_image_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                   (SELECT id FROM character_images WHERE id = $14)) \
+                 RETURNING id",
+                &[
+                    &target,
+                    &job.user_id,
+                    &job.id,
+                    &job.job_type,
+                    &index,
+                    &image.key,
+                    &image.thumbnail_key,
+                    &image.width,
+                    &image.height,
+                    &image.bytes,
+                    &seed,
+                    &provider,
+                    &parameters,
+                    &source_image,
+                ],
+            )
+            .await?;
+        ids.push(row.try_get::<_, String>(0)?);
+    }
+    Ok(ids)
+}
+
+/// Writes the render's progress to the job's `processing_metadata.progress`
+/// (`{fraction, eta_seconds, updated_at}`), at most once per
+/// [`PROGRESS_WRITE_INTERVAL`], each write on a connection taken and given
+/// back at once. Ends when the reporter is dropped.
+async fn track_progress(
+    db: DbPool,
+    job_id: String,
+    mut updates: tokio::sync::watch::Receiver<Option<crate::generator::Progress>>,
+) {
+    let mut last_write: Option<Instant> = None;
+    while updates.changed().await.is_ok() {
+        if let Some(at) = last_write {
+            let wait = PROGRESS_WRITE_INTERVAL.saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let Some(progress) = *updates.borrow_and_update() else {
+            continue;
+        };
+        let value = json!({
+            "fraction": progress.fraction,
+            "eta_seconds": progress.eta_seconds,
+            "updated_at": chrono::Utc::now(),
+        });
+        let written = async {
+            let conn = db.get().await.map_err(|e| e.to_string())?;
+            conn.execute(
+                "UPDATE generation_jobs SET processing_metadata = \
+                   jsonb_set(coalesce(processing_metadata, '{}'::jsonb), '{progress}', $2) \
+                 WHERE id = $1 AND status = 'processing'",
+                &[&job_id, &value],
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::debug!(%job_id, error = %e, "progress not written");
+        }
+        last_write = Some(Instant::now());
+    }
 }
 
 async fn log_activity(
-    tx: &tokio_postgres::Transaction<'_>,
+    client: &impl GenericClient,
     job: &Job,
     activity_type: &str,
     metadata: Value,
 ) -> Result<(), WorkerError> {
-    tx.execute(
-        "INSERT INTO user_activity_logs (user_id, activity_type, entity_type, entity_id, metadata) \
-         VALUES ($1, $2, 'generation_job', $3, $4)",
-        &[&job.user_id, &activity_type, &job.id, &metadata],
-    )
-    .await?;
+    client
+        .execute(
+            "INSERT INTO user_activity_logs (user_id, activity_type, entity_type, entity_id, metadata) \
+             VALUES ($1, $2, 'generation_job', $3, $4)",
+            &[&job.user_id, &activity_type, &job.id, &metadata],
+        )
+        .await?;
     Ok(())
 }
 

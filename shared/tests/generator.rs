@@ -195,7 +195,10 @@ async fn txt2img_sends_every_parameter_and_decodes_the_images() {
     // A trailing slash on the configured URL is fine.
     let generator = a1111("primary", &format!("{}/", stub.url), Duration::from_secs(5));
     let out = generator
-        .generate(&request(JobType::CharacterGeneration))
+        .generate(
+            &request(JobType::CharacterGeneration),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap();
 
@@ -232,11 +235,14 @@ async fn style_transfer_and_variation_send_the_source_to_img2img() {
     let source = png(32, 32, 200);
     for job_type in [JobType::StyleTransfer, JobType::Variation] {
         let out = generator
-            .generate(&GenerationRequest {
-                init_image: Some(source.clone()),
-                batch_size: 1,
-                ..request(job_type)
-            })
+            .generate(
+                &GenerationRequest {
+                    init_image: Some(source.clone()),
+                    batch_size: 1,
+                    ..request(job_type)
+                },
+                &shared::generator::ProgressReporter::none(),
+            )
             .await
             .unwrap();
         assert_eq!(out.images.len(), 1);
@@ -258,7 +264,10 @@ async fn style_transfer_and_variation_send_the_source_to_img2img() {
 
     // Without a source image, img2img is not even asked.
     let err = generator
-        .generate(&request(JobType::StyleTransfer))
+        .generate(
+            &request(JobType::StyleTransfer),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, GeneratorError::InvalidRequest(_)), "{err}");
@@ -271,11 +280,14 @@ async fn upscale_goes_to_extra_single_image() {
     let generator = a1111("secondary", &stub.url, Duration::from_secs(5));
     let source = png(40, 30, 90);
     let out = generator
-        .generate(&GenerationRequest {
-            init_image: Some(source.clone()),
-            upscale_factor: 2.5,
-            ..request(JobType::Upscale)
-        })
+        .generate(
+            &GenerationRequest {
+                init_image: Some(source.clone()),
+                upscale_factor: 2.5,
+                ..request(JobType::Upscale)
+            },
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap();
     let received = stub.received();
@@ -297,11 +309,14 @@ async fn upscale_goes_to_extra_single_image() {
 
     // An answer over 8192 px a side would be refused: the GPU is not asked.
     let err = generator
-        .generate(&GenerationRequest {
-            init_image: Some(png(2100, 8, 1)),
-            upscale_factor: 4.0,
-            ..request(JobType::Upscale)
-        })
+        .generate(
+            &GenerationRequest {
+                init_image: Some(png(2100, 8, 1)),
+                upscale_factor: 4.0,
+                ..request(JobType::Upscale)
+            },
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, GeneratorError::InvalidRequest(_)), "{err}");
@@ -316,7 +331,10 @@ async fn a_primary_answering_500_hands_over_to_the_secondary_and_is_recorded() {
     assert_eq!(chain.provider_names(), ["primary", "secondary", "fallback"]);
 
     let outcome = chain
-        .generate(&request(JobType::CharacterGeneration))
+        .generate(
+            &request(JobType::CharacterGeneration),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap();
     assert_eq!(outcome.provider(), "secondary");
@@ -352,7 +370,10 @@ async fn a_primary_that_times_out_is_abandoned_for_the_next() {
     ]);
     let started = Instant::now();
     let outcome = chain
-        .generate(&request(JobType::CharacterGeneration))
+        .generate(
+            &request(JobType::CharacterGeneration),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap();
     assert!(
@@ -376,7 +397,10 @@ async fn when_both_servers_fail_the_fallback_serves() {
     })
     .unwrap();
     let outcome = chain
-        .generate(&request(JobType::CharacterGeneration))
+        .generate(
+            &request(JobType::CharacterGeneration),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap();
     assert_eq!(outcome.provider(), "fallback");
@@ -409,10 +433,13 @@ async fn unusable_images_are_permanent_errors_and_the_chain_moves_on() {
     for behaviour in [Behaviour::GarbageBase64, Behaviour::NotPng] {
         let stub = StubServer::start(behaviour).await;
         let direct = a1111("primary", &stub.url, Duration::from_secs(5))
-            .generate(&GenerationRequest {
-                batch_size: 1,
-                ..request(JobType::CharacterGeneration)
-            })
+            .generate(
+                &GenerationRequest {
+                    batch_size: 1,
+                    ..request(JobType::CharacterGeneration)
+                },
+                &shared::generator::ProgressReporter::none(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -423,10 +450,13 @@ async fn unusable_images_are_permanent_errors_and_the_chain_moves_on() {
 
         let chain = build_chain(&config(Some(&stub), None)).unwrap();
         let outcome = chain
-            .generate(&GenerationRequest {
-                batch_size: 1,
-                ..request(JobType::CharacterGeneration)
-            })
+            .generate(
+                &GenerationRequest {
+                    batch_size: 1,
+                    ..request(JobType::CharacterGeneration)
+                },
+                &shared::generator::ProgressReporter::none(),
+            )
             .await
             .unwrap();
         assert_eq!(outcome.provider(), "fallback");
@@ -439,7 +469,10 @@ async fn unusable_images_are_permanent_errors_and_the_chain_moves_on() {
 async fn client_errors_are_permanent() {
     let stub = StubServer::start(Behaviour::Fail(422)).await;
     let err = a1111("primary", &stub.url, Duration::from_secs(5))
-        .generate(&request(JobType::CharacterGeneration))
+        .generate(
+            &request(JobType::CharacterGeneration),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -457,10 +490,13 @@ async fn background_removal_skips_a1111_for_the_fallback() {
     let primary = StubServer::start(Behaviour::Render).await;
     let chain = build_chain(&config(Some(&primary), None)).unwrap();
     let outcome = chain
-        .generate(&GenerationRequest {
-            init_image: Some(png(64, 48, 10)),
-            ..request(JobType::BackgroundRemoval)
-        })
+        .generate(
+            &GenerationRequest {
+                init_image: Some(png(64, 48, 10)),
+                ..request(JobType::BackgroundRemoval)
+            },
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap();
     assert_eq!(outcome.provider(), "fallback");
@@ -482,7 +518,10 @@ async fn when_every_provider_fails_each_error_is_reported() {
         a1111("secondary", &garbage.url, Duration::from_secs(5)),
     ]);
     let err = chain
-        .generate(&request(JobType::CharacterGeneration))
+        .generate(
+            &request(JobType::CharacterGeneration),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.failures.len(), 2);
@@ -503,7 +542,10 @@ async fn when_every_provider_fails_each_error_is_reported() {
     // Only permanent failures: a retry would fail the same way.
     let chain = GeneratorChain::new(vec![a1111("primary", &garbage.url, Duration::from_secs(5))]);
     let err = chain
-        .generate(&request(JobType::CharacterGeneration))
+        .generate(
+            &request(JobType::CharacterGeneration),
+            &shared::generator::ProgressReporter::none(),
+        )
         .await
         .unwrap_err();
     assert!(!err.is_transient());

@@ -100,6 +100,7 @@ fn quote(price: i32) -> Quote {
     Quote {
         config_id: "cfg_generate".into(),
         price,
+        fallback_price: 0,
         calculation: json!({"price": price}),
     }
 }

@@ -4,6 +4,7 @@
 //! function binaries. Nothing here is mocked: tests talk to real PostgreSQL
 //! over real HTTP.
 
+pub mod a1111;
 pub mod lambda;
 pub mod ledger;
 pub mod moto;

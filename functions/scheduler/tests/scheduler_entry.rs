@@ -76,6 +76,7 @@ async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
         &shared::credits::pricing::Quote {
             config_id: "cfg_generate".into(),
             price: 20,
+            fallback_price: 0,
             calculation: json!({}),
         },
     )

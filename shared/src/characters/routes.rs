@@ -196,7 +196,7 @@ pub(crate) async fn delete_character(
     // character that no longer exists. Then the deletion itself, under RLS.
     let queued = tx
         .query(
-            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), \
+            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
                error_details = '{\"error\": \"the character was deleted\"}'::jsonb \
              WHERE character_id = $1 AND user_id = $2 AND status = 'queued' RETURNING id",
             &[&id, &user.id],

@@ -6,6 +6,11 @@
 //! covers the whole price; otherwise the subscription's daily allowance
 //! (`user_credits.daily_allowance − daily_used`), then purchased credits, moved
 //! into `reserved_balance` until the job settles.
+//!
+//! What settling charges depends on what was delivered: the full price for
+//! images from an image server, the hold's `fallback_price` (0 unless the
+//! pricing says otherwise) for the procedural placeholder. A charge of 0 is a
+//! release: everything goes back and nothing is posted.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -22,6 +27,8 @@ pub struct Hold {
     pub free_generation: bool,
     pub allowance_credits: i32,
     pub reserved_credits: i32,
+    /// What a placeholder from the procedural fallback would be charged.
+    pub fallback_price: i32,
 }
 
 /// Places the hold for `job_id` (a `generation_jobs` row of `user_id` made in
@@ -81,7 +88,8 @@ pub async fn hold(
     client
         .execute(
             "INSERT INTO credit_holds (job_id, user_id, config_id, price, free_generation, allowance_credits, \
-               reserved_credits, quota_day, cost_calculation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+               reserved_credits, quota_day, cost_calculation, fallback_price) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &job_id,
                 &user_id,
@@ -92,6 +100,7 @@ pub async fn hold(
                 &reserved,
                 &quota_day,
                 &calculation,
+                &quote.fallback_price,
             ],
         )
         .await?;
@@ -101,6 +110,7 @@ pub async fn hold(
         free_generation: free,
         allowance_credits: allowance,
         reserved_credits: reserved,
+        fallback_price: quote.fallback_price,
     })
 }
 
@@ -132,27 +142,53 @@ async fn lock_holder(client: &impl GenericClient, job_id: &str) -> Result<(), Le
     Ok(())
 }
 
-/// What settling posted.
+/// What a job delivered, which decides what its hold is charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Images from an image server: the full price.
+    Generated,
+    /// A placeholder from the procedural fallback: the hold's `fallback_price`.
+    Placeholder,
+}
+
+/// What settling did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settlement {
     pub hold: Hold,
-    pub transaction_id: String,
+    /// Credits charged from the buckets (0 when the hold was released instead).
+    pub charged: i32,
+    /// The `usage` entry; `None` when nothing was charged (the hold was released).
+    pub transaction_id: Option<String>,
     pub balance_after: i32,
 }
 
-/// Settles a job's hold: one `usage` transaction for the purchased part (zero
-/// when a free generation or the allowance paid), the hold released from
-/// `reserved_balance`, in the caller's transaction. `None` when the hold was
-/// already settled or released: a redelivered completion has no effect.
+/// Settles a job's hold with the price of the full delivery (see
+/// [`settle_for`]).
 pub async fn settle(
     client: &impl GenericClient,
     job_id: &str,
 ) -> Result<Option<Settlement>, LedgerError> {
+    settle_for(client, job_id, Delivery::Generated).await
+}
+
+/// Settles a job's hold for what it delivered, in the caller's transaction:
+/// the charge (the price, or the fallback price for a placeholder) is taken
+/// from the buckets in the order they were held — the free generation covers
+/// any non-zero charge, else the allowance first, then purchased credits —
+/// and one `usage` transaction posts the purchased part; what the charge did
+/// not use goes back as a release would give it. A charge of 0 releases the
+/// hold (nothing posted). `None` when the hold was already settled or
+/// released: a redelivered completion has no effect.
+pub async fn settle_for(
+    client: &impl GenericClient,
+    job_id: &str,
+    delivery: Delivery,
+) -> Result<Option<Settlement>, LedgerError> {
+    lock_holder(client, job_id).await?;
     let Some(row) = client
         .query_opt(
-            "UPDATE credit_holds SET status = 'settled', resolved_at = now() \
-             WHERE job_id = $1 AND status = 'held' \
-             RETURNING user_id, price, free_generation, allowance_credits, reserved_credits, cost_calculation",
+            "SELECT user_id, price, free_generation, allowance_credits, reserved_credits, fallback_price, \
+               cost_calculation FROM credit_holds WHERE job_id = $1 AND status = 'held' FOR UPDATE",
             &[&job_id],
         )
         .await?
@@ -166,17 +202,58 @@ pub async fn settle(
         free_generation: row.try_get(2)?,
         allowance_credits: row.try_get(3)?,
         reserved_credits: row.try_get(4)?,
+        fallback_price: row.try_get(5)?,
     };
-    let calculation: Value = row.try_get(5)?;
+    let charge = match delivery {
+        Delivery::Generated => hold.price,
+        Delivery::Placeholder => hold.fallback_price.min(hold.price),
+    };
+    if delivery == Delivery::Placeholder && charge == 0 {
+        // Nothing delivered is worth charging: a release, with its own bookkeeping.
+        release(client, job_id).await?;
+        let balance_after: i32 = client
+            .query_one(
+                "SELECT current_balance FROM user_credits WHERE user_id = $1",
+                &[&user_id],
+            )
+            .await?
+            .try_get(0)?;
+        return Ok(Some(Settlement {
+            hold,
+            charged: 0,
+            transaction_id: None,
+            balance_after,
+        }));
+    }
+    let split = Charge::split(&hold, charge);
+    let mut calculation: Value = row.try_get(6)?;
+    if let Some(object) = calculation.as_object_mut() {
+        object.insert(
+            "charged".into(),
+            json!({"delivery": match delivery { Delivery::Generated => "generated", Delivery::Placeholder => "placeholder" },
+                   "credits": charge, "daily_allowance": split.allowance, "purchased_credits": split.purchased}),
+        );
+    }
     client
         .execute(
-            "UPDATE user_credits SET reserved_balance = reserved_balance - $2 WHERE user_id = $1",
-            &[&user_id, &hold.reserved_credits],
+            "UPDATE credit_holds SET status = 'settled', resolved_at = now(), charged = $2 WHERE job_id = $1",
+            &[&job_id, &charge],
         )
         .await?;
+    // The hold's purchased credits leave the reserve; the allowance the charge
+    // did not use goes back to the day it was taken from.
+    ledger::reset_daily(client, &user_id).await?;
+    give_back(
+        client,
+        &user_id,
+        hold.reserved_credits,
+        hold.allowance_credits - split.allowance,
+        job_id,
+    )
+    .await?;
     let mut entry = Entry::new(
         "usage",
-        -hold.reserved_credits,
+        -split.purchased,
         format!("Generation job {job_id}"),
     )
     .related("generation_job", job_id);
@@ -185,9 +262,58 @@ pub async fn settle(
     let posted = ledger::post(client, &user_id, entry).await?;
     Ok(Some(Settlement {
         hold,
-        transaction_id: posted.transaction_id,
+        charged: charge,
+        transaction_id: Some(posted.transaction_id),
         balance_after: posted.balance_after,
     }))
+}
+
+/// How a charge of at most the hold's price is taken from what the hold
+/// took: the free generation covers it whole; else the allowance first,
+/// then purchased credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Charge {
+    allowance: i32,
+    purchased: i32,
+}
+
+impl Charge {
+    fn split(hold: &Hold, charge: i32) -> Self {
+        if hold.free_generation {
+            return Self {
+                allowance: 0,
+                purchased: 0,
+            };
+        }
+        let charge = charge.clamp(0, hold.allowance_credits + hold.reserved_credits);
+        let allowance = charge.min(hold.allowance_credits);
+        Self {
+            allowance,
+            purchased: charge - allowance,
+        }
+    }
+}
+
+/// Returns `reserved` purchased credits from the reserve and `allowance`
+/// credits to the allowance of the day the hold was taken (nothing if the
+/// user's day has turned since: the caller has run the lazy daily reset).
+async fn give_back(
+    client: &impl GenericClient,
+    user_id: &str,
+    reserved: i32,
+    allowance: i32,
+    job_id: &str,
+) -> Result<(), LedgerError> {
+    client
+        .execute(
+            "UPDATE user_credits uc SET reserved_balance = reserved_balance - $2, \
+               daily_used = CASE WHEN daily_reset_date = h.quota_day THEN greatest(daily_used - $3, 0) ELSE daily_used END, \
+               updated_at = now() \
+             FROM credit_holds h WHERE uc.user_id = $1 AND h.job_id = $4",
+            &[&user_id, &reserved, &allowance, &job_id],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Releases a job's hold: purchased credits back to available, and the free
@@ -198,7 +324,7 @@ pub async fn release(client: &impl GenericClient, job_id: &str) -> Result<bool, 
     lock_holder(client, job_id).await?;
     let Some(row) = client
         .query_opt(
-            "UPDATE credit_holds SET status = 'released', resolved_at = now() \
+            "UPDATE credit_holds SET status = 'released', resolved_at = now(), charged = 0 \
              WHERE job_id = $1 AND status = 'held' \
              RETURNING user_id, free_generation, allowance_credits, reserved_credits, quota_day",
             &[&job_id],
@@ -223,14 +349,6 @@ pub async fn release(client: &impl GenericClient, job_id: &str) -> Result<bool, 
             )
             .await?;
     }
-    client
-        .execute(
-            "UPDATE user_credits SET reserved_balance = reserved_balance - $2, \
-               daily_used = CASE WHEN daily_reset_date = $4 THEN greatest(daily_used - $3, 0) ELSE daily_used END, \
-               updated_at = now() \
-             WHERE user_id = $1",
-            &[&user_id, &reserved, &allowance, &quota_day],
-        )
-        .await?;
+    give_back(client, &user_id, reserved, allowance, job_id).await?;
     Ok(true)
 }

@@ -8,11 +8,19 @@
 //! {"job_type": {"character_generation": 0, "style_transfer": 2, "upscale": 1},
 //!  "steps":      {"over": 30,     "every": 10,     "cost": 1},
 //!  "pixels":     {"over": 262144, "every": 262144, "cost": 4},
-//!  "batch_size": {"over": 1,      "every": 1,      "cost": 10}}
+//!  "batch_size": {"over": 1,      "every": 1,      "cost": 10},
+//!  "fallback_cost": 0}
 //! ```
 //! `job_type` adds a fixed amount per job type (absent types add 0). Each
 //! threshold term adds `cost × ceil(max(0, value − over) / every)` for the
-//! request's `steps`, `width × height` and `batch_size`.
+//! request's `steps`, `width × height` and `batch_size` (for jobs that start
+//! from an image, the pixels are the output's: the source's size, times the
+//! factor for an upscale).
+//!
+//! `fallback_cost` is what a job costs when no image server could serve it
+//! and the built-in procedural renderer drew a placeholder instead (default
+//! 0: nothing is charged). It is multiplied by the tier's multiplier like the
+//! rest and never exceeds the job's price.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +60,10 @@ pub struct CostFormula {
     pub pixels: Option<Threshold>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<Threshold>,
+    /// The price of a placeholder from the procedural fallback, before the
+    /// tier multiplier (absent: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_cost: Option<i32>,
 }
 
 /// Job types a formula may price.
@@ -81,6 +93,14 @@ impl CostFormula {
                     "must be 0 to 100000",
                 ));
             }
+        }
+        if let Some(cost) = formula.fallback_cost
+            && !(0..=100_000).contains(&cost)
+        {
+            return Err(FieldError::new(
+                "cost_formula.fallback_cost",
+                "must be 0 to 100000",
+            ));
         }
         for (name, term) in [
             ("steps", &formula.steps),
@@ -181,6 +201,9 @@ pub struct PriceInputs {
 pub struct Quote {
     pub config_id: String,
     pub price: i32,
+    /// What the job costs if only the procedural placeholder can serve it
+    /// (at most `price`).
+    pub fallback_price: i32,
     /// `cost_calculation`: base, each term, subtotal, tier, multiplier, price.
     pub calculation: Value,
 }
@@ -217,16 +240,22 @@ impl PriceConfig {
             }
         }
         let multiplier = self.tier_multipliers.for_tier(tier);
-        // ceil(subtotal × multiplier / 1000) in integers.
-        let price = subtotal
-            .max(0)
-            .saturating_mul(multiplier)
-            .saturating_add(999)
-            / 1000;
-        let price = i32::try_from(price).unwrap_or(i32::MAX);
+        // ceil(amount × multiplier / 1000) in integers.
+        let apply = |amount: i64| {
+            let price = amount.max(0).saturating_mul(multiplier).saturating_add(999) / 1000;
+            i32::try_from(price).unwrap_or(i32::MAX)
+        };
+        let price = apply(subtotal);
+        let fallback_cost = self
+            .cost_formula
+            .as_ref()
+            .and_then(|f| f.fallback_cost)
+            .unwrap_or(0);
+        let fallback_price = apply(i64::from(fallback_cost)).min(price);
         Quote {
             config_id: self.id.clone(),
             price,
+            fallback_price,
             calculation: json!({
                 "config_id": self.id,
                 "base_cost": self.base_cost,
@@ -235,6 +264,7 @@ impl PriceConfig {
                 "tier": tier,
                 "tier_multiplier": multiplier as f64 / 1000.0,
                 "price": price,
+                "fallback_price": fallback_price,
             }),
         }
     }
@@ -369,6 +399,25 @@ mod tests {
         let quote = c15.quote("PRO", &fifteen);
         assert_eq!(quote.calculation["tier_multiplier"], 0.6);
         assert_eq!(quote.calculation["subtotal"], 11);
+    }
+
+    #[test]
+    fn a_placeholder_costs_the_fallback_price_never_more_than_the_price() {
+        let c = config(seed_formula());
+        let base = inputs("character_generation", 20, 512, 512, 1);
+        assert_eq!(c.quote("FREE", &base).fallback_price, 0);
+        let mut formula = seed_formula();
+        formula["fallback_cost"] = json!(3);
+        let c = config(formula.clone());
+        assert_eq!(c.quote("FREE", &base).fallback_price, 3);
+        // ceil(3 × 0.6) = 2
+        assert_eq!(c.quote("PRO", &base).fallback_price, 2);
+        assert_eq!(c.quote("PRO", &base).calculation["fallback_price"], 2);
+        formula["fallback_cost"] = json!(500);
+        let c = config(formula);
+        assert_eq!(c.quote("FREE", &base).fallback_price, 10);
+        assert!(CostFormula::parse(&json!({"fallback_cost": -1})).is_err());
+        assert!(CostFormula::parse(&json!({"fallback_cost": 100001})).is_err());
     }
 
     #[test]

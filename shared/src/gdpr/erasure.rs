@@ -176,7 +176,7 @@ pub async fn erase(
 async fn cancel_jobs(tx: &Transaction<'_>, user_id: &str) -> Result<usize, ApiError> {
     let cancelled = tx
         .query(
-            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), \
+            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
                error_details = '{\"error\": \"the account was erased\"}'::jsonb \
              WHERE user_id = $1 AND status IN ('queued', 'processing') RETURNING id",
             &[&user_id],

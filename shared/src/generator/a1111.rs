@@ -173,6 +173,7 @@ impl ImageGenerator for A1111Generator {
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
+        _progress: &'a super::ProgressReporter,
     ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
         self.run(request).boxed()
     }

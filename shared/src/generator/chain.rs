@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{GeneratedImages, GenerationRequest, GeneratorError, ImageGenerator};
+use super::{GeneratedImages, GenerationRequest, GeneratorError, ImageGenerator, ProgressReporter};
 
 /// A provider that failed before another served (or before all failed), as
 /// recorded in `processing_metadata` / `error_details`.
@@ -111,11 +111,15 @@ impl GeneratorChain {
     /// Asks each provider in turn, moving on after any error, transient or
     /// permanent: a server that cannot do this job (or answers garbage) is no
     /// reason to fail a job the next provider can do.
-    pub async fn generate(&self, request: &GenerationRequest) -> Result<ChainOutcome, ChainError> {
+    pub async fn generate(
+        &self,
+        request: &GenerationRequest,
+        progress: &ProgressReporter,
+    ) -> Result<ChainOutcome, ChainError> {
         let mut failures = Vec::new();
         for provider in &self.providers {
             let started = Instant::now();
-            match provider.generate(request).await {
+            match provider.generate(request, progress).await {
                 Ok(images) => {
                     tracing::info!(
                         provider = provider.name(),

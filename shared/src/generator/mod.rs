@@ -277,11 +277,47 @@ impl GeneratorError {
     }
 }
 
+/// How far a render is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Progress {
+    /// 0..=1
+    pub fraction: f64,
+    pub eta_seconds: Option<f64>,
+}
+
+/// Where a provider reports progress; the worker reads the other end.
+#[derive(Clone, Default)]
+pub struct ProgressReporter(Option<Arc<tokio::sync::watch::Sender<Option<Progress>>>>);
+
+impl ProgressReporter {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn channel() -> (Self, tokio::sync::watch::Receiver<Option<Progress>>) {
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        (Self(Some(Arc::new(sender))), receiver)
+    }
+
+    pub fn report(&self, progress: Progress) {
+        if progress.fraction.is_nan() {
+            return;
+        }
+        if let Some(sender) = &self.0 {
+            sender.send_replace(Some(Progress {
+                fraction: progress.fraction.clamp(0.0, 1.0),
+                ..progress
+            }));
+        }
+    }
+}
+
 /// A provider of images.
 pub trait ImageGenerator: Send + Sync {
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
+        progress: &'a ProgressReporter,
     ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>>;
 
     /// `primary`, `secondary` or `fallback`.

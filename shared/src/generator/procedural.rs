@@ -38,6 +38,7 @@ impl ImageGenerator for ProceduralGenerator {
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
+        _progress: &'a super::ProgressReporter,
     ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
         // Rendering and PNG encoding are CPU work: keep them off the async
         // threads that serve the worker's other messages.

@@ -1,7 +1,9 @@
 //! Generation jobs: dispatch (price, hold, record, enqueue), reading them, and
-//! cancelling queued ones.
+//! cancelling queued ones. [`input::GenerationInput`] is what a job renders,
+//! shared by dispatch and the worker.
 
 pub mod dispatch;
+pub mod input;
 pub mod routes;
 
 use chrono::{DateTime, Utc};
@@ -30,21 +32,32 @@ pub struct Job {
     pub error_details: Option<Value>,
     pub gpu_time_seconds: Option<i32>,
     pub memory_used_mb: Option<i32>,
+    /// What the job costs: the price held at dispatch, then what completion
+    /// charged (the fallback price, 0 by default, for a procedural placeholder).
     pub cost_credits: Option<i32>,
+    /// The variant character a `variation` or `style_transfer` job created.
+    pub result_character_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 pub const JOB_COLUMNS: &str = "id, user_id, character_id, job_type, input_parameters, generation_provider, status, \
     priority, queued_at, started_at, completed_at, timeout_at, output_urls, processing_metadata, error_details, \
-    gpu_time_seconds, memory_used_mb, cost_credits, created_at, updated_at";
+    gpu_time_seconds, memory_used_mb, cost_credits, result_character_id, created_at, updated_at";
 
 impl Job {
-    /// Stored output keys become time-limited links (see [`crate::storage::image_link`]).
+    /// Stored output keys become time-limited links (see
+    /// [`crate::storage::image_link`]); the source image's key leaves the input.
     pub async fn present(&mut self, storage: Option<&dyn crate::storage::ObjectStore>) {
         if let Some(outputs) = &self.output_urls {
             self.output_urls = Some(crate::storage::image_links(storage, outputs).await);
         }
+        self.hide_keys();
+    }
+
+    /// Removes storage keys a client must not see from `input_parameters`.
+    pub fn hide_keys(&mut self) {
+        self.input_parameters = input::public_view(&self.input_parameters);
     }
 
     pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
@@ -67,6 +80,7 @@ impl Job {
             gpu_time_seconds: row.try_get("gpu_time_seconds")?,
             memory_used_mb: row.try_get("memory_used_mb")?,
             cost_credits: row.try_get("cost_credits")?,
+            result_character_id: row.try_get("result_character_id")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::IntoParams;
 
@@ -45,11 +45,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
 }
 
-/// Start a generation job for one of the caller's characters.
+/// Start a generation job for one of the caller's characters, or preview its cost.
 ///
 /// Prices the request from `api_credit_configs`, holds the credits (a free
 /// daily generation, then the daily allowance, then purchased credits),
 /// records the job and queues it: 202 with the job. Accepts `Idempotency-Key`.
+/// `variation` and `style_transfer` create a variant character when they
+/// complete (`result_character_id`); `upscale` and `background_removal` add an
+/// image to the same character. With `"dry_run": true` the same request is
+/// priced and its buckets chosen exactly as a real one, then undone: 200 with
+/// the preview, nothing held, recorded or counted against limits.
 #[utoipa::path(
     post,
     path = "/api/v1/characters/{id}/generate",
@@ -61,13 +66,14 @@ pub fn router() -> Router<AppState> {
     ),
     request_body = GenerateBody,
     responses(
+        (status = 200, description = "`dry_run`: what the job would cost and which buckets would pay.", body = CostPreview),
         (status = 202, description = "The queued job.", body = Job),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 402, description = "Not enough credits: `needed` and `available` in the problem.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's character, an account that may not generate, or a tier or subscription the pricing requires.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character (or no account yet).", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The job type needs the character's image and it has none, or a request with this Idempotency-Key is in progress.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job type starts from the character's image and it has none, or a request with this Idempotency-Key is in progress.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -103,6 +109,20 @@ pub(crate) async fn generate(
     let (tier, _) = engine::tier_of(&user);
     let client: &mut tokio_postgres::Client = &mut conn;
     let tx = client.transaction().await?;
+    let default_steps: Option<i32> = tx
+        .query_opt("SELECT steps FROM characters WHERE id = $1", &[&id])
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?
+        .flatten();
+    let params = parsed.validate(&tier, i64::from(default_steps.unwrap_or(20)))?;
+    if params.dry_run {
+        // Exactly what the request would do, then undone: the preview and the
+        // charge cannot disagree, and nothing is held, recorded or counted.
+        let (job, hold) = dispatch::record(&tx, &state.pricing, &user, id, &params).await?;
+        tx.rollback().await?;
+        return Ok(Json(preview(job, hold)).into_response());
+    }
     let route = "/api/v1/characters/{id}/generate";
     if let Some(key) = &key {
         let body_with_target = json!({"character_id": id, "body": request_body});
@@ -112,14 +132,7 @@ pub(crate) async fn generate(
             return Ok(Claim::replay(status, body));
         }
     }
-    let default_steps: Option<i32> = tx
-        .query_opt("SELECT steps FROM characters WHERE id = $1", &[&id])
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?
-        .flatten();
-    let params = parsed.validate(&tier, i64::from(default_steps.unwrap_or(20)))?;
-    let job = dispatch::record(&tx, &state.pricing, &user, id, &params).await?;
+    let (mut job, _) = dispatch::record(&tx, &state.pricing, &user, id, &params).await?;
     activity::record(
         &tx,
         Activity {
@@ -132,6 +145,7 @@ pub(crate) async fn generate(
         &meta,
     )
     .await?;
+    job.hide_keys();
     let response = serde_json::to_value(&job).map_err(ApiError::internal)?;
     if let Some(key) = &key {
         idempotency::complete(&tx, &user.id, key, StatusCode::ACCEPTED, &response).await?;
@@ -139,6 +153,47 @@ pub(crate) async fn generate(
     tx.commit().await?;
     dispatch::enqueue(&**conn, queue.as_ref(), &job).await;
     Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+}
+
+/// What `dry_run: true` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CostPreview {
+    /// Always `true`.
+    pub dry_run: bool,
+    pub job_type: String,
+    /// What the job would hold and, delivered by an image server, charge.
+    pub price: i32,
+    /// What it would charge if only the procedural placeholder could serve it.
+    pub fallback_price: i32,
+    /// Which buckets would pay: `{free_generation, daily_allowance, purchased_credits}`.
+    #[schema(value_type = Object)]
+    pub paid_with: Value,
+    /// How the price came out (base, terms, tier multiplier), as the job would record it.
+    #[schema(value_type = Object)]
+    pub cost_calculation: Value,
+    /// The parameters the job would render with (its size is what it is priced on).
+    #[schema(value_type = Object)]
+    pub input_parameters: Value,
+}
+
+fn preview(job: Job, hold: holds::Hold) -> CostPreview {
+    let metadata = job.processing_metadata.unwrap_or_default();
+    CostPreview {
+        dry_run: true,
+        job_type: job.job_type,
+        price: hold.price,
+        fallback_price: hold.fallback_price,
+        paid_with: json!({
+            "free_generation": hold.free_generation,
+            "daily_allowance": hold.allowance_credits,
+            "purchased_credits": hold.reserved_credits,
+        }),
+        cost_calculation: metadata
+            .get("cost_calculation")
+            .cloned()
+            .unwrap_or_default(),
+        input_parameters: super::input::public_view(&job.input_parameters),
+    }
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -216,10 +271,13 @@ pub(crate) async fn list_jobs(
         )
         .await?;
     tx.commit().await?;
-    let jobs = rows
+    let mut jobs = rows
         .iter()
         .map(Job::from_row)
         .collect::<Result<Vec<_>, _>>()?;
+    for job in &mut jobs {
+        job.present(state.storage.as_deref()).await;
+    }
     Ok(Json(pagination::page(jobs, limit, |j| TimeKey {
         at: j.created_at,
         id: j.id.clone(),
@@ -298,7 +356,7 @@ pub(crate) async fn cancel_job(
     let cancelled = tx
         .query_opt(
             &format!(
-                "UPDATE generation_jobs SET status = 'cancelled', completed_at = now() \
+                "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0 \
                  WHERE id = $1 AND user_id = $2 AND status = 'queued' RETURNING {JOB_COLUMNS}"
             ),
             &[&id, &user.id],
@@ -321,7 +379,7 @@ pub(crate) async fn cancel_job(
             )),
         });
     };
-    let job = Job::from_row(&row)?;
+    let mut job = Job::from_row(&row)?;
     holds::release(&tx, &job.id).await?;
     if let Some(character_id) = &job.character_id {
         tx.execute(
@@ -344,5 +402,6 @@ pub(crate) async fn cancel_job(
     )
     .await?;
     tx.commit().await?;
+    job.present(state.storage.as_deref()).await;
     Ok(Json(job))
 }

@@ -226,6 +226,21 @@ impl JobQueue for MemoryQueue {
         }
         .boxed()
     }
+
+    fn change_visibility<'a>(
+        &'a self,
+        receipt_handle: &'a str,
+        visible_in: Duration,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        async move {
+            if MemoryQueue::change_visibility(self, receipt_handle, visible_in) {
+                Ok(())
+            } else {
+                Err(QueueError::Rejected("stale receipt handle".into()))
+            }
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]

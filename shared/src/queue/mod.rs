@@ -42,4 +42,11 @@ pub trait JobQueue: Send + Sync {
         &'a self,
         message: &'a OutgoingMessage,
     ) -> BoxFuture<'a, Result<String, QueueError>>;
+
+    /// Makes a received message visible again after `visible_in`.
+    fn change_visibility<'a>(
+        &'a self,
+        receipt_handle: &'a str,
+        visible_in: Duration,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
 }

@@ -99,6 +99,26 @@ impl JobQueue for SqsJobQueue {
         }
         .boxed()
     }
+
+    fn change_visibility<'a>(
+        &'a self,
+        receipt_handle: &'a str,
+        visible_in: Duration,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        async move {
+            let seconds = i32::try_from(visible_in.as_secs().min(43_200)).unwrap_or(43_200);
+            self.client
+                .change_message_visibility()
+                .queue_url(&self.queue_url)
+                .receipt_handle(receipt_handle)
+                .visibility_timeout(seconds)
+                .send()
+                .await
+                .map_err(|e| QueueError::Backend(DisplayErrorContext(e).to_string()))?;
+            Ok(())
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]
