@@ -220,9 +220,16 @@ async fn generate(stack: &TestStack, token: &str, character: &str) -> String {
     reply.body["id"].as_str().unwrap().to_string()
 }
 
+/// Runs the queued jobs through a worker whose image server is a stand-in
+/// A1111 (so the jobs are charged, as real generations are).
 async fn run_worker(stack: &TestStack) {
+    let server = testkit::a1111::StandIn::start().await;
+    let worker = shared::worker::Worker {
+        generator: Arc::new(server.chain()),
+        ..stack.stack.worker.clone()
+    };
     let batch = stack.stack.queue.receive(10);
-    let response = stack.stack.worker.handle_batch(batch).await;
+    let response = worker.handle_batch(batch).await;
     assert!(response.batch_item_failures.is_empty());
 }
 

@@ -35,6 +35,7 @@ fn start_worker(
     api: &RuntimeApi,
     database_url: &str,
     bucket: Option<&str>,
+    image_server: Option<&str>,
 ) -> tokio::process::Child {
     let mut env = vec![
         ("DATABASE_URL", database_url.to_string()),
@@ -48,6 +49,9 @@ fn start_worker(
     env.extend(moto::function_env());
     if let Some(bucket) = bucket {
         env.push(("STORAGE_BUCKET", bucket.to_string()));
+    }
+    if let Some(url) = image_server {
+        env.push(("GENERATOR_PRIMARY_URL", url.to_string()));
     }
     api.spawn_function(Path::new(env!("CARGO_BIN_EXE_worker")), "worker", &env)
 }
@@ -117,7 +121,9 @@ async fn the_worker_binary_completes_a_job_from_the_sample_sqs_batch() {
     let stack = spawn_stack().await;
     let bucket = moto::create_bucket("worker-images").await;
     let api = RuntimeApi::start().await;
-    let _worker = start_worker(&api, &stack.database_url, Some(&bucket));
+    // The image server the function is configured with: a stand-in A1111.
+    let server = testkit::a1111::StandIn::start().await;
+    let _worker = start_worker(&api, &stack.database_url, Some(&bucket), Some(&server.url));
     let (user, job, quoted) = queued_job(&stack).await;
     let client = stack.sql().await;
 
@@ -188,7 +194,7 @@ async fn the_worker_binary_completes_a_job_from_the_sample_sqs_batch() {
 async fn the_worker_refuses_to_start_without_a_bucket() {
     let database_url = testkit::fresh_database().await;
     let api = RuntimeApi::start().await;
-    let mut worker = start_worker(&api, &database_url, None);
+    let mut worker = start_worker(&api, &database_url, None, None);
     let status = tokio::time::timeout(std::time::Duration::from_secs(30), worker.wait())
         .await
         .expect("the worker exits")
