@@ -476,6 +476,29 @@ async fn variants_take_their_lineage_from_the_parent() {
 }
 
 #[tokio::test]
+async fn variants_made_at_once_never_share_a_version_number() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let original = create(&stack, &ann, minimal("Original")).await;
+    let made = join_all((0..6).map(|i| {
+        let mut variant = minimal(&format!("Variant {i}"));
+        variant["parent_character_id"] = original["id"].clone();
+        variant["variant_type"] = json!("pose_change");
+        let stack = &stack;
+        let ann = &ann;
+        async move {
+            create(stack, ann, variant).await["version_number"]
+                .as_i64()
+                .unwrap()
+        }
+    }))
+    .await;
+    let mut versions = made;
+    versions.sort_unstable();
+    assert_eq!(versions, vec![2, 3, 4, 5, 6, 7]);
+}
+
+#[tokio::test]
 async fn the_content_filter_follows_the_users_level() {
     let stack = spawn_stack().await;
     let ann = stack.user("ann@example.com", "ann").await;
