@@ -36,11 +36,25 @@ async fn the_jobs_binary_dispatches_to_sqs_and_lists_jobs() {
     let api = RuntimeApi::start().await;
     let _function = api.spawn_function(Path::new(env!("CARGO_BIN_EXE_jobs")), "jobs", &env);
 
-    let mut event = with_token(sample_event("jobs-generate.json"), &token);
     let path = format!("/api/v1/characters/{character}/generate");
-    event["rawPath"] = serde_json::Value::String(path.clone());
-    event["requestContext"]["http"]["path"] = serde_json::Value::String(path);
-    let (status, _, job) = http_reply(api.invoke(&event).await);
+    let for_character = |name: &str| {
+        let mut event = with_token(sample_event(name), &token);
+        event["rawPath"] = serde_json::Value::String(path.clone());
+        event["requestContext"]["http"]["path"] = serde_json::Value::String(path.clone());
+        event
+    };
+    // A cost preview: priced (a new account's free generation pays), nothing sent.
+    let (status, _, preview) = http_reply(
+        api.invoke(&for_character("jobs-generate-dry-run.json"))
+            .await,
+    );
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["dry_run"], true);
+    assert_eq!(preview["paid_with"]["free_generation"], true, "{preview}");
+    assert!(preview["price"].as_i64().unwrap() > 0);
+    assert_eq!(preview["input_parameters"]["width"], 768);
+
+    let (status, _, job) = http_reply(api.invoke(&for_character("jobs-generate.json")).await);
     assert_eq!(status, 202, "{job}");
     assert_eq!(job["status"], "queued");
 
