@@ -1,7 +1,10 @@
 //! The generation pipeline through the local stack: dispatch requests per
 //! second and their latency (POST /api/v1/characters/{id}/generate over real
-//! HTTP: price, hold, record, enqueue), then worker jobs per second with the
-//! procedural renderer at 512×512 (claim, render, thumbnail, store, settle).
+//! HTTP: price, hold, record, enqueue), then worker jobs per second and per
+//! job type against testkit's stand-in A1111 server (claim, fetch the source,
+//! render, thumbnail, store, record the images, settle). Round 1 gives every
+//! user a first image; round 2 is the mix: generations, variations and style
+//! transfers (new variant characters), upscales and background removals.
 //!
 //! `cargo run --release -p bench --bin pipeline [-- USERS JOBS_PER_USER CLIENTS]`
 //!
@@ -75,83 +78,56 @@ async fn main() -> anyhow::Result<()> {
     setup.batch_execute("ANALYZE").await?;
 
     let http = reqwest::Client::new();
-    let queue = Arc::new(Mutex::new(work));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (queue, latencies, http, base) = (
-            queue.clone(),
-            latencies.clone(),
-            http.clone(),
-            stack.base_url.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Some((token, character)) = queue.lock().await.pop() else {
-                    break;
-                };
-                let sent = Instant::now();
-                let response = http
-                    .post(format!("{base}/api/v1/characters/{character}/generate"))
-                    .bearer_auth(&token)
-                    .json(&json!({"width": 512, "height": 512}))
-                    .send()
-                    .await?;
-                let status = response.status();
-                response.bytes().await?;
-                anyhow::ensure!(status.as_u16() == 202, "dispatch answered {status}");
-                latencies.lock().await.push(sent.elapsed());
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let dispatch_time = started.elapsed();
-    let mut samples = latencies.lock().await.clone();
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    println!("dispatch: {} requests, {clients} clients", samples.len());
-    println!(
-        "  {:.0} requests/s, median {:.2?}, p99 {:.2?}",
-        samples.len() as f64 / dispatch_time.as_secs_f64(),
-        at(0.5),
-        at(0.99)
-    );
+    // The worker's image server: testkit's stand-in A1111 over real HTTP (flat
+    // images, no GPU time), so every job takes the charged path of a real server.
+    let server = testkit::a1111::StandIn::start().await;
+    let worker = shared::worker::Worker {
+        generator: Arc::new(server.chain()),
+        ..stack.worker.clone()
+    };
 
-    // The worker drains the queue, batches of 10 as SQS would deliver them.
-    let jobs = stack.queue.len();
-    let started = Instant::now();
-    let mut processed = 0;
-    loop {
-        let batch = stack.queue.receive(10);
-        if batch.records.is_empty() {
-            break;
-        }
-        let receipts: Vec<String> = batch
-            .records
-            .iter()
-            .filter_map(|r| r.receipt_handle.clone())
-            .collect();
-        let response = stack.worker.handle_batch(batch).await;
-        anyhow::ensure!(
-            response.batch_item_failures.is_empty(),
-            "the worker asked for retries"
-        );
-        for receipt in receipts {
-            stack.queue.delete(&receipt);
-        }
-        processed += 10.min(jobs - processed);
-    }
-    let worker_time = started.elapsed();
-    println!("worker: {jobs} jobs at 512x512 with the procedural renderer, one worker");
-    println!(
-        "  {:.1} jobs/s, {:.1} ms per job (claim, render, thumbnail, store, settle)",
-        jobs as f64 / worker_time.as_secs_f64(),
-        worker_time.as_secs_f64() * 1000.0 / jobs as f64
-    );
+    // Round 1: each user's first image (jobs that start from an image need one).
+    let firsts: Vec<(String, String, &'static str)> = work
+        .iter()
+        .step_by(per_user.max(1))
+        .map(|(token, character)| (token.clone(), character.clone(), "character_generation"))
+        .collect();
+    let (samples, time) = dispatch(&http, &stack.base_url, firsts, clients).await?;
+    report("dispatch, round 1 (first images)", &samples, time, clients);
+    drain(&stack, &worker).await?;
+
+    // Round 2: the mix: half new generations, the rest variations (new variant
+    // characters), style transfers, 2× upscales and background removals.
+    let mix: Vec<(String, String, &'static str)> = work
+        .iter()
+        .enumerate()
+        .map(|(i, (token, character))| {
+            let job_type = match i % 10 {
+                0..=4 => "character_generation",
+                5 => "variation",
+                6 => "style_transfer",
+                7 | 8 => "upscale",
+                _ => "background_removal",
+            };
+            (token.clone(), character.clone(), job_type)
+        })
+        .collect();
+    let (samples, time) = dispatch(&http, &stack.base_url, mix, clients).await?;
+    report("dispatch, round 2 (the mix)", &samples, time, clients);
+    drain(&stack, &worker).await?;
+
+    let variants: i64 = setup
+        .query_one(
+            "SELECT count(*) FROM characters WHERE parent_character_id IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let images: i64 = setup
+        .query_one("SELECT count(*) FROM character_images", &[])
+        .await?
+        .get(0);
+    println!("  {variants} variant characters, {images} image records");
     let completed: i64 = setup
         .query_one(
             "SELECT count(*) FROM generation_jobs WHERE status = 'completed'",
@@ -163,5 +139,122 @@ async fn main() -> anyhow::Result<()> {
     testkit::ledger::assert_invariants(&setup).await;
     println!("ledger invariants hold");
     stack.stop().await?;
+    Ok(())
+}
+
+type Work = Vec<(String, String, &'static str)>;
+
+/// Sends every request of `work` from `clients` concurrent clients; the
+/// latency of each and the wall time of all.
+async fn dispatch(
+    http: &reqwest::Client,
+    base: &str,
+    work: Work,
+    clients: usize,
+) -> anyhow::Result<(Vec<(&'static str, Duration)>, Duration)> {
+    let queue = Arc::new(Mutex::new(work));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (queue, latencies, http, base) = (
+            queue.clone(),
+            latencies.clone(),
+            http.clone(),
+            base.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some((token, character, job_type)) = queue.lock().await.pop() else {
+                    break;
+                };
+                let body = match job_type {
+                    "character_generation" => json!({"width": 512, "height": 512}),
+                    "upscale" => json!({"job_type": "upscale", "upscale_factor": 2}),
+                    "style_transfer" => {
+                        json!({"job_type": "style_transfer", "style_type": "anime"})
+                    }
+                    "variation" => json!({"job_type": "variation", "variant_type": "pose_change",
+                                          "changes": {"prompt": "a bench hero, sitting"}}),
+                    other => json!({"job_type": other}),
+                };
+                let sent = Instant::now();
+                let response = http
+                    .post(format!("{base}/api/v1/characters/{character}/generate"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                let text = response.text().await?;
+                anyhow::ensure!(status.as_u16() == 202, "dispatch answered {status}: {text}");
+                latencies.lock().await.push((job_type, sent.elapsed()));
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let time = started.elapsed();
+    let samples = latencies.lock().await.clone();
+    Ok((samples, time))
+}
+
+fn report(what: &str, samples: &[(&'static str, Duration)], time: Duration, clients: usize) {
+    let mut all: Vec<Duration> = samples.iter().map(|(_, d)| *d).collect();
+    all.sort();
+    if all.is_empty() {
+        return;
+    }
+    let at = |q: f64| all[((all.len() as f64 - 1.0) * q).round() as usize];
+    println!("{what}: {} requests, {clients} clients", all.len());
+    println!(
+        "  {:.0} requests/s, median {:.2?}, p99 {:.2?}",
+        all.len() as f64 / time.as_secs_f64(),
+        at(0.5),
+        at(0.99)
+    );
+}
+
+/// One worker drains the queue one message at a time (as the template's
+/// BatchSize 1 delivers them), timing each job by type.
+async fn drain(stack: &LocalStack, worker: &shared::worker::Worker) -> anyhow::Result<()> {
+    let mut by_type: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
+    let started = Instant::now();
+    loop {
+        let batch = stack.queue.receive(1);
+        let Some(record) = batch.records.first() else {
+            break;
+        };
+        let job_type = record
+            .message_attributes
+            .get("job_type")
+            .and_then(|a| a.string_value.clone())
+            .unwrap_or_default();
+        let receipt = record.receipt_handle.clone().unwrap_or_default();
+        let one = Instant::now();
+        let response = worker.handle_batch(batch).await;
+        anyhow::ensure!(
+            response.batch_item_failures.is_empty(),
+            "the worker asked for retries"
+        );
+        by_type.entry(job_type).or_default().push(one.elapsed());
+        stack.queue.delete(&receipt);
+    }
+    let total: usize = by_type.values().map(Vec::len).sum();
+    let time = started.elapsed();
+    println!(
+        "worker: {total} jobs, one worker, {:.1} jobs/s (claim, fetch source, render on the stand-in server, thumbnail, store, record, settle)",
+        total as f64 / time.as_secs_f64()
+    );
+    for (job_type, times) in &by_type {
+        let mean = times.iter().sum::<Duration>() / times.len() as u32;
+        println!(
+            "  {job_type:<22} {:>4} jobs, {:>7.1} ms per job",
+            times.len(),
+            mean.as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }
