@@ -16,34 +16,14 @@ use testkit::ledger::assert_invariants;
 use testkit::{TestStack, spawn_stack};
 
 async fn setup(stack: &TestStack, credits: i32) -> (String, String) {
-    let token = stack.user("ann@example.com", "ann").await;
-    let client = stack.sql().await;
-    client
-        .execute("UPDATE users SET daily_quota = 0", &[])
-        .await
-        .unwrap();
-    let id: String = client
-        .query_one("SELECT id FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
-    shared::credits::ledger::post(
-        &client,
-        &id,
-        shared::credits::ledger::Entry::new("purchase", credits, "pack"),
-    )
-    .await
-    .unwrap();
+    let (token, _) = stack.buyer("ann@example.com", "ann", credits).await;
     let character = stack
-        .call(
-            Method::POST,
-            "/api/v1/characters",
-            Some(&token),
-            Some(json!({"name": "Aria", "prompt": "an elf archer at dawn", "style_type": "fantasy", "generation_seed": 7})),
+        .character(
+            &token,
+            json!({"name": "Aria", "prompt": "an elf archer at dawn", "style_type": "fantasy", "generation_seed": 7}),
         )
         .await;
-    assert_eq!(character.status.as_u16(), 201, "{}", character.body);
-    (token, character.body["id"].as_str().unwrap().to_string())
+    (token, character)
 }
 
 async fn generate(stack: &TestStack, token: &str, character: &str, body: Value) -> Value {
@@ -92,10 +72,7 @@ fn worker_with(stack: &TestStack, providers: Vec<Arc<dyn ImageGenerator>>) -> Wo
 
 /// A worker whose primary image server is a stand-in A1111 (then the fallback).
 fn ai_worker(stack: &TestStack, server: &StandIn) -> Worker {
-    Worker {
-        generator: Arc::new(server.chain()),
-        ..stack.stack.worker.clone()
-    }
+    stack.worker_with(server.chain())
 }
 
 /// A generator server that is not there (connection refused: transient).

@@ -4,8 +4,6 @@
 //! answers exactly what dispatch charges, and variants become characters
 //! while upscales and background removals add images to the same one.
 
-use std::sync::Arc;
-
 use reqwest::Method;
 use serde_json::{Value, json};
 use shared::worker::Worker;
@@ -15,44 +13,18 @@ use testkit::{Reply, TestStack, spawn_stack};
 
 /// Ann, with `credits` purchased credits, no free generations, and a character.
 async fn setup(stack: &TestStack, credits: i32) -> (String, String, String) {
-    let token = stack.user("ann@example.com", "ann").await;
-    let client = stack.sql().await;
-    client
-        .execute("UPDATE users SET daily_quota = 0", &[])
-        .await
-        .unwrap();
-    let id: String = client
-        .query_one("SELECT id FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
-    if credits > 0 {
-        shared::credits::ledger::post(
-            &client,
-            &id,
-            shared::credits::ledger::Entry::new("purchase", credits, "pack"),
-        )
-        .await
-        .unwrap();
-    }
+    let (token, id) = stack.buyer("ann@example.com", "ann", credits).await;
     let character = stack
-        .call(
-            Method::POST,
-            "/api/v1/characters",
-            Some(&token),
-            Some(json!({
+        .character(
+            &token,
+            json!({
                 "name": "Aria", "prompt": "an elf archer at dawn", "style_type": "fantasy",
                 "art_style": "watercolor", "mood": "serene", "color_palette": ["#112233"],
                 "tags": ["elf"], "generation_seed": 7, "description": "A ranger of the north."
-            })),
+            }),
         )
         .await;
-    assert_eq!(character.status.as_u16(), 201, "{}", character.body);
-    (
-        token,
-        id,
-        character.body["id"].as_str().unwrap().to_string(),
-    )
+    (token, id, character)
 }
 
 async fn generate(stack: &TestStack, token: &str, character: &str, body: Value) -> Reply {
@@ -73,10 +45,7 @@ async fn started(stack: &TestStack, token: &str, character: &str, body: Value) -
 }
 
 fn ai_worker(stack: &TestStack, server: &StandIn) -> Worker {
-    Worker {
-        generator: Arc::new(server.chain()),
-        ..stack.stack.worker.clone()
-    }
+    stack.worker_with(server.chain())
 }
 
 /// Runs every queued message through `worker` once; all must be acknowledged.

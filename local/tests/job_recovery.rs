@@ -22,38 +22,14 @@ use testkit::ledger::assert_invariants;
 use testkit::{TestStack, spawn_stack};
 
 async fn setup(stack: &TestStack) -> (String, String, String) {
-    let token = stack.user("ann@example.com", "ann").await;
-    let client = stack.sql().await;
-    client
-        .execute("UPDATE users SET daily_quota = 0", &[])
-        .await
-        .unwrap();
-    let id: String = client
-        .query_one("SELECT id FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
-    shared::credits::ledger::post(
-        &client,
-        &id,
-        shared::credits::ledger::Entry::new("purchase", 100, "pack"),
-    )
-    .await
-    .unwrap();
+    let (token, id) = stack.buyer("ann@example.com", "ann", 100).await;
     let character = stack
-        .call(
-            Method::POST,
-            "/api/v1/characters",
-            Some(&token),
-            Some(json!({"name": "Aria", "prompt": "an elf archer", "style_type": "fantasy"})),
+        .character(
+            &token,
+            json!({"name": "Aria", "prompt": "an elf archer", "style_type": "fantasy"}),
         )
         .await;
-    assert_eq!(character.status.as_u16(), 201, "{}", character.body);
-    (
-        token,
-        id,
-        character.body["id"].as_str().unwrap().to_string(),
-    )
+    (token, id, character)
 }
 
 async fn generate(stack: &TestStack, token: &str, character: &str) -> String {
@@ -153,10 +129,7 @@ async fn a_message_dropped_after_send_is_recovered() {
     );
 
     let server = StandIn::start().await;
-    let worker = Worker {
-        generator: Arc::new(server.chain()),
-        ..stack.stack.worker.clone()
-    };
+    let worker = stack.worker_with(server.chain());
     let response = worker.handle_batch(stack.stack.queue.receive(10)).await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(job_row(&stack, &job_id).await.0, "completed");

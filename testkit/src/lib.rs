@@ -332,6 +332,53 @@ impl TestStack {
         token
     }
 
+    /// Signs in `email` as `username` with `credits` purchased credits and no
+    /// free daily generations, so every generation is paid from the balance.
+    /// Returns the token and the user's id.
+    pub async fn buyer(&self, email: &str, username: &str, credits: i32) -> (String, String) {
+        let token = self.user(email, username).await;
+        let client = self.sql().await;
+        let id: String = client
+            .query_one(
+                "UPDATE users SET daily_quota = 0 WHERE lower(email) = lower($1) RETURNING id",
+                &[&email],
+            )
+            .await
+            .expect("the signed-in user")
+            .get(0);
+        if credits > 0 {
+            shared::credits::ledger::post(
+                &client,
+                &id,
+                shared::credits::ledger::Entry::new("purchase", credits, "test credits"),
+            )
+            .await
+            .expect("post the credits");
+        }
+        (token, id)
+    }
+
+    /// Creates a character over HTTP (it must answer 201) and returns its id.
+    pub async fn character(&self, token: &str, body: Value) -> String {
+        let reply = self
+            .call(Method::POST, "/api/v1/characters", Some(token), Some(body))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body["id"]
+            .as_str()
+            .expect("the character's id")
+            .to_string()
+    }
+
+    /// The stack's worker with another image provider chain (the stack's own
+    /// has only the procedural fallback).
+    pub fn worker_with(&self, chain: shared::generator::GeneratorChain) -> shared::worker::Worker {
+        shared::worker::Worker {
+            generator: std::sync::Arc::new(chain),
+            ..self.stack.worker.clone()
+        }
+    }
+
     pub async fn call(
         &self,
         method: Method,
