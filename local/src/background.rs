@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::app::AppState;
+use shared::queue::JobQueue;
 use shared::queue::memory::MemoryQueue;
 use shared::worker::Worker;
 use tokio::sync::watch;
@@ -42,7 +43,10 @@ pub async fn consume_jobs(
                 continue;
             };
             if failed.contains(&id) {
-                queue.change_visibility(&receipt, RETRY_BACKOFF);
+                if let Err(e) = queue.change_visibility(&receipt, RETRY_BACKOFF).await {
+                    // It comes back when its visibility timeout runs out instead.
+                    tracing::warn!(message_id = %id, error = %e, "could not schedule the retry");
+                }
             } else {
                 queue.delete(&receipt);
             }
