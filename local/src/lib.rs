@@ -6,6 +6,7 @@ mod background;
 mod checkout;
 pub mod database;
 mod dev_routes;
+mod job_events;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -157,8 +158,13 @@ impl LocalStack {
             queue: Some(queue.clone()),
             settings: state.config.worker,
         };
-        let router = router(state.clone(), issuer.clone(), store);
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let router = router(
+            state.clone(),
+            issuer.clone(),
+            store,
+            background_stopped.clone(),
+        );
         let background = if options.background_tasks {
             vec![
                 tokio::spawn(background::consume_jobs(
@@ -199,6 +205,7 @@ impl LocalStack {
 
     /// Stops serving, finishing requests in flight.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // Stops the worker and the schedules, and ends job event streams.
         let _ = self.stop_background.send(true);
         for task in self.background.drain(..) {
             let _ = task.await;
@@ -211,12 +218,21 @@ impl LocalStack {
     }
 }
 
-/// Every function's routes, plus the local identity provider's.
-pub fn router(state: AppState, issuer: DevIssuer, store: Arc<LocalObjectStore>) -> Router {
+/// Every function's routes, plus what only the local stack serves: the
+/// identity provider, signed file links, the checkout page, and job events as
+/// Server-Sent Events (which end when `stopping` turns true, so that a
+/// graceful shutdown does not wait on open streams).
+pub fn router(
+    state: AppState,
+    issuer: DevIssuer,
+    store: Arc<LocalObjectStore>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Router {
     let routes = app::auth_routes()
         .merge(app::characters_routes())
         .merge(app::credits_routes())
         .merge(app::jobs_routes())
+        .merge(job_events::routes(stopping))
         .merge(dev_routes::routes(issuer))
         .merge(dev_routes::files(store))
         .merge(checkout::routes());

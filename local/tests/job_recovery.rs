@@ -16,6 +16,7 @@ use shared::generator::{
     GeneratedImages, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
     ProceduralGenerator, Progress, ProgressReporter,
 };
+use shared::queue::JobQueue;
 use shared::worker::Worker;
 use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
@@ -155,9 +156,10 @@ async fn a_dead_lettered_job_is_sent_again_then_failed_with_its_credits_released
                 break;
             };
             // Back at once, as if its visibility timeout had passed.
-            assert!(
-                queue.change_visibility(record.receipt_handle.as_deref().unwrap(), Duration::ZERO)
-            );
+            queue
+                .change_visibility(record.receipt_handle.as_deref().unwrap(), Duration::ZERO)
+                .await
+                .unwrap();
         }
         lost += 1;
         assert_eq!(queue.dead_letters().len(), lost);
@@ -232,10 +234,15 @@ async fn retries_back_off_through_the_visibility_and_the_last_failure_releases_e
                 sent_back.elapsed()
             );
             // Put it back for the loop's own receive.
-            assert!(stack.stack.queue.change_visibility(
-                back.records[0].receipt_handle.as_deref().unwrap(),
-                Duration::ZERO
-            ));
+            stack
+                .stack
+                .queue
+                .change_visibility(
+                    back.records[0].receipt_handle.as_deref().unwrap(),
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap();
         } else {
             assert!(
                 response.batch_item_failures.is_empty(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use shared::queue::sqs::SqsJobQueue;
-use shared::queue::{JobQueue, OutgoingMessage};
+use shared::queue::{JobQueue, OutgoingMessage, QueueError};
 use shared::storage::s3::S3ObjectStore;
 use shared::storage::{ObjectStore, StorageError};
 use testkit::moto;
@@ -248,4 +248,107 @@ async fn sqs_redrives_to_the_dead_letter_queue_after_max_receive_count() {
     let dead = receive(&sqs, &dlq_url, None).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].body(), Some(r#"{"job_id":"poison"}"#));
+}
+
+#[tokio::test]
+async fn sqs_visibility_changes_bring_a_message_back_or_keep_it_away() {
+    let sqs = moto::sqs_client().await;
+    // In flight for ten minutes after a receive, unless told otherwise.
+    let queue_url = create_queue(
+        &sqs,
+        &[(QueueAttributeName::VisibilityTimeout, "600".into())],
+    )
+    .await;
+    let queue = SqsJobQueue::new(&moto::sdk_config().await, &queue_url);
+    let mut message = OutgoingMessage {
+        body: r#"{"job_id":"retry-me"}"#.into(),
+        ..OutgoingMessage::default()
+    };
+    message.attributes.insert("priority".into(), "10".into());
+    queue.send(&message).await.unwrap();
+
+    // Zero: receivable again at once.
+    let first = receive(&sqs, &queue_url, None).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        receive(&sqs, &queue_url, None).await.is_empty(),
+        "in flight"
+    );
+    queue
+        .change_visibility(first[0].receipt_handle().unwrap(), Duration::ZERO)
+        .await
+        .unwrap();
+    let again = receive(&sqs, &queue_url, Some(1)).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].body(), Some(r#"{"job_id":"retry-me"}"#));
+    assert_eq!(receive_count(&again[0]), "2");
+
+    // Received for one second, then pushed out to a minute: a receive that
+    // waits past that second still finds nothing.
+    queue
+        .change_visibility(again[0].receipt_handle().unwrap(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let waited = sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(3)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert!(waited.is_empty(), "{waited:?}");
+}
+
+#[tokio::test]
+async fn sqs_visibility_change_errors_say_who_is_at_fault() {
+    let sqs = moto::sqs_client().await;
+    let queue_url = create_queue(&sqs, &[]).await;
+    let queue = SqsJobQueue::new(&moto::sdk_config().await, &queue_url);
+    match queue
+        .change_visibility("not-a-receipt-handle", Duration::ZERO)
+        .await
+    {
+        Err(QueueError::Rejected(reason)) => {
+            assert!(reason.contains("ReceiptHandleIsInvalid"), "{reason}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+
+    // SQS counts its 12 hours from the receive (moto: from the send), so the
+    // clamped maximum asked for a message received a moment ago is refused too.
+    let mut message = OutgoingMessage {
+        body: "{}".into(),
+        ..OutgoingMessage::default()
+    };
+    message.attributes.insert("priority".into(), "10".into());
+    queue.send(&message).await.unwrap();
+    let received = receive(&sqs, &queue_url, Some(60)).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    match queue
+        .change_visibility(received[0].receipt_handle().unwrap(), Duration::MAX)
+        .await
+    {
+        Err(QueueError::Rejected(reason)) => {
+            assert!(reason.contains("InvalidParameterValue"), "{reason}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+
+    // A queue that is not there is the backend's failure, not the handle's.
+    let gone = SqsJobQueue::new(
+        &moto::sdk_config().await,
+        format!(
+            "{}/000000000000/{}",
+            moto::endpoint(),
+            moto::unique_name("absent")
+        ),
+    );
+    match gone.change_visibility("any", Duration::ZERO).await {
+        Err(QueueError::Backend(reason)) => {
+            assert!(reason.contains("QueueDoesNotExist"), "{reason}")
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
 }

@@ -22,9 +22,15 @@ use serde_json::Value;
 const REGENERATE: &str = "cargo run -p local -- openapi > openapi.json";
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
-/// Routes only the local stack serves (its identity provider and signed file links): the
-/// document describes the deployed API, where these do not exist.
-const LOCAL_ONLY: [&str; 3] = ["/.well-known/jwks.json", "/dev/token", "/files/{*key}"];
+/// Routes only the local stack serves (its identity provider, signed file links, and job
+/// events as Server-Sent Events, which API Gateway's HTTP API cannot stream): the document
+/// describes the deployed API, where these do not exist.
+const LOCAL_ONLY: [&str; 4] = [
+    "/.well-known/jwks.json",
+    "/dev/token",
+    "/files/{*key}",
+    "/api/v1/jobs/{id}/events",
+];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

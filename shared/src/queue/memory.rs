@@ -4,6 +4,8 @@
 //! - every receive increments `ApproximateReceiveCount`; a message received
 //!   more than `max_receive_count` times moves to the dead-letter list instead;
 //! - a receipt handle is valid only for the latest receive of its message;
+//!   changing a message's visibility also needs it still in flight (not yet
+//!   visible again), as SQS's `MessageNotInflight` does;
 //! - visible messages are received highest `priority` attribute first (1 to 10,
 //!   default 5), then oldest first.
 
@@ -15,7 +17,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{JobQueue, OutgoingMessage, QueueError};
+use super::{JobQueue, MAX_VISIBILITY_TIMEOUT, OutgoingMessage, QueueError};
 
 #[derive(Debug, Clone)]
 struct Stored {
@@ -166,21 +168,6 @@ impl MemoryQueue {
         state.messages.len() < before
     }
 
-    /// Makes a received message visible again after `delay` (0 = now).
-    pub fn change_visibility(&self, receipt_handle: &str, delay: Duration) -> bool {
-        let mut state = self.lock();
-        let Some(id) = state.by_receipt.get(receipt_handle).cloned() else {
-            return false;
-        };
-        match state.messages.iter_mut().find(|m| m.id == id) {
-            Some(message) => {
-                message.visible_at = Instant::now() + delay;
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Messages waiting or in flight.
     pub fn len(&self) -> usize {
         self.lock().messages.len()
@@ -233,11 +220,26 @@ impl JobQueue for MemoryQueue {
         visible_in: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         async move {
-            if MemoryQueue::change_visibility(self, receipt_handle, visible_in) {
-                Ok(())
-            } else {
-                Err(QueueError::Rejected("stale receipt handle".into()))
+            let now = Instant::now();
+            let mut state = self.lock();
+            let Some(id) = state.by_receipt.get(receipt_handle).cloned() else {
+                return Err(QueueError::Rejected(
+                    "unknown or stale receipt handle: the message was deleted or received again since"
+                        .into(),
+                ));
+            };
+            let Some(message) = state.messages.iter_mut().find(|m| m.id == id) else {
+                return Err(QueueError::Rejected(
+                    "unknown or stale receipt handle: the message is gone".into(),
+                ));
+            };
+            if message.visible_at <= now {
+                return Err(QueueError::Rejected(
+                    "the message is not in flight: its visibility timeout has run out".into(),
+                ));
             }
+            message.visible_at = now + visible_in.min(MAX_VISIBILITY_TIMEOUT);
+            Ok(())
         }
         .boxed()
     }
@@ -338,7 +340,97 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let batch = queue.receive(1);
         let receipt = batch.records[0].receipt_handle.clone().unwrap();
-        assert!(queue.change_visibility(&receipt, Duration::ZERO));
+        queue
+            .change_visibility(&receipt, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(queue.receive(1).records.len(), 1, "visible again at once");
+    }
+
+    fn receipt_of(batch: &SqsEvent) -> String {
+        assert_eq!(batch.records.len(), 1, "{batch:?}");
+        batch.records[0].receipt_handle.clone().unwrap()
+    }
+
+    fn visible_at(queue: &MemoryQueue) -> Instant {
+        queue.lock().messages[0].visible_at
+    }
+
+    /// Sets the visibility and returns the window the new deadline must be in.
+    async fn change(
+        queue: &MemoryQueue,
+        receipt: &str,
+        visible_in: Duration,
+    ) -> (Instant, Instant) {
+        let before = Instant::now();
+        queue.change_visibility(receipt, visible_in).await.unwrap();
+        (before, Instant::now())
+    }
+
+    #[tokio::test]
+    async fn visibility_changes_bring_a_message_back_or_keep_it_away() {
+        let queue = MemoryQueue::new("jobs", Duration::from_secs(60), 5);
+        queue.send(&message("retry")).await.unwrap();
+        let first = receipt_of(&queue.receive(1));
+        assert!(queue.receive(1).records.is_empty(), "in flight");
+
+        // Zero: receivable again at once, as a new receive.
+        change(&queue, &first, Duration::ZERO).await;
+        let again = queue.receive(1);
+        assert_eq!(again.records[0].attributes["ApproximateReceiveCount"], "2");
+        let second = receipt_of(&again);
+
+        // Thirty minutes: still in the queue, not receivable, due then.
+        let backoff = Duration::from_secs(30 * 60);
+        let (before, after) = change(&queue, &second, backoff).await;
+        assert!(queue.receive(1).records.is_empty());
+        assert_eq!(queue.len(), 1);
+        let due = visible_at(&queue);
+        assert!(before + backoff <= due && due <= after + backoff);
+
+        // Beyond SQS's 12 hours: clamped to them (and no overflow).
+        let (before, after) = change(&queue, &second, Duration::MAX).await;
+        let due = visible_at(&queue);
+        assert!(before + MAX_VISIBILITY_TIMEOUT <= due && due <= after + MAX_VISIBILITY_TIMEOUT);
+        assert!(queue.receive(1).records.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_stale_and_settled_receipt_handles_are_refused() {
+        let queue = MemoryQueue::new("jobs", Duration::from_secs(60), 5);
+        queue.send(&message("a")).await.unwrap();
+        let refused = |result: Result<(), QueueError>| match result {
+            Err(QueueError::Rejected(reason)) => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+
+        let reason = refused(queue.change_visibility("bogus", Duration::ZERO).await);
+        assert!(reason.contains("receipt handle"), "{reason}");
+
+        // Received again since: the first handle is stale, the second works.
+        let first = receipt_of(&queue.receive(1));
+        change(&queue, &first, Duration::ZERO).await;
+        let second = receipt_of(&queue.receive(1));
+        let reason = refused(
+            queue
+                .change_visibility(&first, Duration::from_secs(5))
+                .await,
+        );
+        assert!(reason.contains("stale"), "{reason}");
+        change(&queue, &second, Duration::ZERO).await;
+
+        // Visible again and not received since: no longer in flight.
+        let reason = refused(
+            queue
+                .change_visibility(&second, Duration::from_secs(5))
+                .await,
+        );
+        assert!(reason.contains("not in flight"), "{reason}");
+
+        // Deleted: its handle names nothing.
+        let third = receipt_of(&queue.receive(1));
+        assert!(queue.delete(&third));
+        refused(queue.change_visibility(&third, Duration::ZERO).await);
+        assert!(queue.is_empty());
     }
 }

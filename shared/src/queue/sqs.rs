@@ -6,17 +6,22 @@
 //! overtake low-priority ones sent just before them without a second queue;
 //! it does not reorder messages already visible. A message that sets its own
 //! `delay` keeps it.
+//!
+//! [`JobQueue::change_visibility`] is `ChangeMessageVisibility` on the same
+//! queue: the receipt handles SQS hands the worker in its batch events work
+//! here as they are.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::operation::change_message_visibility::ChangeMessageVisibilityError;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{JobQueue, OutgoingMessage, QueueError};
+use super::{JobQueue, MAX_VISIBILITY_TIMEOUT, OutgoingMessage, QueueError};
 
 /// SQS's longest delivery delay.
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
@@ -106,7 +111,7 @@ impl JobQueue for SqsJobQueue {
         visible_in: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         async move {
-            let seconds = i32::try_from(visible_in.as_secs().min(43_200)).unwrap_or(43_200);
+            let seconds = visibility_seconds(visible_in);
             self.client
                 .change_message_visibility()
                 .queue_url(&self.queue_url)
@@ -114,10 +119,33 @@ impl JobQueue for SqsJobQueue {
                 .visibility_timeout(seconds)
                 .send()
                 .await
-                .map_err(|e| QueueError::Backend(DisplayErrorContext(e).to_string()))?;
+                .map_err(visibility_error)?;
             Ok(())
         }
         .boxed()
+    }
+}
+
+/// `visible_in` as SQS's `VisibilityTimeout`: whole seconds, at most 12 hours.
+fn visibility_seconds(visible_in: Duration) -> i32 {
+    let seconds = visible_in.min(MAX_VISIBILITY_TIMEOUT).as_secs();
+    // At most 43 200, so it always fits.
+    i32::try_from(seconds).unwrap_or(i32::MAX)
+}
+
+/// What SQS refuses about the request itself (the handle, the message's
+/// state, the timeout) is `Rejected`; anything else is `Backend`.
+fn visibility_error(error: SdkError<ChangeMessageVisibilityError>) -> QueueError {
+    let refused = error.as_service_error().is_some_and(|e| {
+        e.is_receipt_handle_is_invalid()
+            || e.is_message_not_inflight()
+            || e.code() == Some("InvalidParameterValue")
+    });
+    let detail = DisplayErrorContext(&error).to_string();
+    if refused {
+        QueueError::Rejected(format!("SQS refused the visibility change: {detail}"))
+    } else {
+        QueueError::Backend(detail)
     }
 }
 
@@ -144,6 +172,15 @@ mod tests {
         assert_eq!(delivery_delay(&with_priority("99")), Duration::ZERO);
         assert_eq!(delivery_delay(&with_priority("high")), Duration::ZERO);
         assert_eq!(delivery_delay(&OutgoingMessage::default()), Duration::ZERO);
+    }
+
+    #[test]
+    fn visibility_is_whole_seconds_up_to_twelve_hours() {
+        assert_eq!(visibility_seconds(Duration::ZERO), 0);
+        assert_eq!(visibility_seconds(Duration::from_millis(30_900)), 30);
+        assert_eq!(visibility_seconds(Duration::from_secs(43_200)), 43_200);
+        assert_eq!(visibility_seconds(Duration::from_secs(86_400)), 43_200);
+        assert_eq!(visibility_seconds(Duration::MAX), 43_200);
     }
 
     #[test]
