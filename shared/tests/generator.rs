@@ -178,6 +178,7 @@ fn config(primary: Option<&StubServer>, secondary: Option<&StubServer>) -> Gener
         primary_url: primary.map(|s| s.url.clone()),
         secondary_url: secondary.map(|s| s.url.clone()),
         timeout: Duration::from_secs(5),
+        ..GeneratorConfig::default()
     }
 }
 
