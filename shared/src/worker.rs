@@ -176,6 +176,11 @@ impl Worker {
             prompt: text("prompt").unwrap_or_default(),
             negative_prompt: text("negative_prompt").unwrap_or_default(),
             style_type: text("style_type").unwrap_or_else(|| "artistic".into()),
+            art_style: None,
+            mood: None,
+            color_palette: Vec::new(),
+            tags: Vec::new(),
+            model_version: None,
             steps: to_u32(number("steps"), 20),
             cfg_scale: input
                 .get("cfg_scale")

@@ -15,6 +15,7 @@
 pub mod a1111;
 pub mod chain;
 pub mod procedural;
+pub mod prompt;
 pub mod thumbnail;
 
 use std::fmt;
@@ -29,6 +30,7 @@ use crate::config::GeneratorConfig;
 pub use a1111::A1111Generator;
 pub use chain::{ChainError, ChainOutcome, GeneratorChain, ProviderFailure};
 pub use procedural::ProceduralGenerator;
+pub use prompt::{ComposedPrompt, compose};
 pub use thumbnail::{
     THUMBNAIL_CONTENT_TYPE, THUMBNAIL_EXTENSION, THUMBNAIL_MAX_SIDE, ThumbnailError, thumbnail,
 };
@@ -90,12 +92,27 @@ impl fmt::Display for JobType {
 #[derive(Clone, PartialEq)]
 pub struct GenerationRequest {
     pub job_type: JobType,
+    /// The character's prompt, as the user wrote it. [`prompt::compose`]
+    /// puts it first in the prompt it makes of this request.
     pub prompt: String,
     pub negative_prompt: String,
     /// One of the character style types (`anime`, `cyberpunk`, ...); picks
-    /// the procedural renderer's palette. A1111 does not receive it: the
-    /// dispatcher writes the style into the prompt if it wants it there.
+    /// the procedural renderer's palette and, in [`prompt::compose`], a short
+    /// style phrase (and a few negative terms).
     pub style_type: String,
+    /// The character's free-text art style (`watercolor`), added to the
+    /// composed prompt.
+    pub art_style: Option<String>,
+    /// The character's mood (`melancholic`), added as "`melancholic mood`".
+    pub mood: Option<String>,
+    /// The character's colours as `#rrggbb` or `#rgb`; the composed prompt
+    /// names them ("`blue and orange color palette`").
+    pub color_palette: Vec<String>,
+    /// The character's tags, each added to the composed prompt.
+    pub tags: Vec<String>,
+    /// The character's `model_version` (`v1.0`), for the provider to pick a
+    /// model by.
+    pub model_version: Option<String>,
     pub steps: u32,
     pub cfg_scale: f64,
     /// An AUTOMATIC1111 sampler name (`Euler a`, `DPM++ 2M Karras`, ...).
@@ -122,6 +139,11 @@ impl Default for GenerationRequest {
             prompt: String::new(),
             negative_prompt: String::new(),
             style_type: "artistic".into(),
+            art_style: None,
+            mood: None,
+            color_palette: Vec::new(),
+            tags: Vec::new(),
+            model_version: None,
             steps: 20,
             cfg_scale: 7.0,
             sampler: "Euler a".into(),
@@ -144,6 +166,11 @@ impl fmt::Debug for GenerationRequest {
             .field("prompt", &self.prompt)
             .field("negative_prompt", &self.negative_prompt)
             .field("style_type", &self.style_type)
+            .field("art_style", &self.art_style)
+            .field("mood", &self.mood)
+            .field("color_palette", &self.color_palette)
+            .field("tags", &self.tags)
+            .field("model_version", &self.model_version)
             .field("steps", &self.steps)
             .field("cfg_scale", &self.cfg_scale)
             .field("sampler", &self.sampler)
@@ -433,6 +460,25 @@ mod tests {
         let text = format!("{request:?}");
         assert!(text.contains("1234 bytes"), "{text}");
         assert!(!text.contains("7, 7"), "{text}");
+    }
+
+    #[test]
+    fn debug_output_lists_the_characters_attributes() {
+        let request = GenerationRequest {
+            art_style: Some("ink wash".into()),
+            mood: Some("serene".into()),
+            color_palette: vec!["#1e90ff".into()],
+            tags: vec!["mist".into()],
+            model_version: Some("v1.0".into()),
+            ..Default::default()
+        };
+        let text = format!("{request:?}");
+        for part in ["ink wash", "serene", "#1e90ff", "mist", "v1.0"] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        let empty = GenerationRequest::default();
+        assert!(empty.color_palette.is_empty() && empty.tags.is_empty());
+        assert_eq!(empty.model_version, None);
     }
 
     #[test]
