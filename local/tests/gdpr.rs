@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use shared::generator::{
     GeneratedImages, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
-    ProceduralGenerator,
+    ProceduralGenerator, ProgressReporter,
 };
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
@@ -1132,10 +1132,11 @@ impl ImageGenerator for GatedGenerator {
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
+        progress: &'a ProgressReporter,
     ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
         async move {
             let _permit = self.gate.acquire().await;
-            ProceduralGenerator.generate(request).await
+            ProceduralGenerator.generate(request, progress).await
         }
         .boxed()
     }

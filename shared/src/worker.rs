@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::credits::holds;
 use crate::db::DbPool;
-use crate::generator::{GenerationRequest, GeneratorChain, JobType, thumbnail};
+use crate::generator::{GenerationRequest, GeneratorChain, JobType, ProgressReporter, thumbnail};
 use crate::jobs::{JOB_COLUMNS, Job, JobMessage};
 use crate::storage::ObjectStore;
 
@@ -112,8 +112,11 @@ impl Worker {
                 return Ok(Processed::Acknowledge("failed"));
             }
         };
-        let generated =
-            tokio::time::timeout(self.job_timeout, self.generator.generate(&request)).await;
+        let generated = tokio::time::timeout(
+            self.job_timeout,
+            self.generator.generate(&request, &ProgressReporter::none()),
+        )
+        .await;
         let outcome = match generated {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(error)) => {
