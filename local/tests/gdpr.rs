@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use shared::generator::{
     GeneratedImages, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
-    ProceduralGenerator,
+    ProceduralGenerator, ProgressReporter,
 };
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
@@ -224,12 +224,8 @@ async fn generate(stack: &TestStack, token: &str, character: &str) -> String {
 /// A1111 (so the jobs are charged, as real generations are).
 async fn run_worker(stack: &TestStack) {
     let server = testkit::a1111::StandIn::start().await;
-    let worker = shared::worker::Worker {
-        generator: Arc::new(server.chain()),
-        ..stack.stack.worker.clone()
-    };
     let batch = stack.stack.queue.receive(10);
-    let response = worker.handle_batch(batch).await;
+    let response = stack.worker_with(server.chain()).handle_batch(batch).await;
     assert!(response.batch_item_failures.is_empty());
 }
 
@@ -1139,7 +1135,7 @@ impl ImageGenerator for GatedGenerator {
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
-        progress: &'a shared::generator::ProgressReporter,
+        progress: &'a ProgressReporter,
     ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
         async move {
             let _permit = self.gate.acquire().await;

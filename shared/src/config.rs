@@ -4,6 +4,7 @@
 //! `template.yaml`. Values are validated here so that a misconfigured function
 //! fails at start-up with a message naming the variable, not on the first request.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -145,6 +146,16 @@ pub struct GeneratorConfig {
     /// call to a server may take, rendering included, before the next
     /// provider is tried.
     pub timeout: Duration,
+    /// `GENERATOR_MODELS`: the allow-list of checkpoints, from a character's
+    /// `model_version` to the A1111 checkpoint title the servers switch to for
+    /// it, as comma-separated `version=title` pairs
+    /// (`v1.0=sd_xl_base_1.0.safetensors,anime-v3=animagine-xl-3.1.safetensors [1449e5b0b9]`).
+    /// An unmapped `model_version` renders with the server's loaded model.
+    /// Default: empty.
+    pub models: BTreeMap<String, String>,
+    /// `GENERATOR_PROGRESS_INTERVAL_MS` (default 1000, 100..=60000): how often
+    /// a server is asked how far a render is while it works.
+    pub progress_interval: Duration,
 }
 
 impl Default for GeneratorConfig {
@@ -153,6 +164,8 @@ impl Default for GeneratorConfig {
             primary_url: None,
             secondary_url: None,
             timeout: Duration::from_secs(120),
+            models: BTreeMap::new(),
+            progress_interval: Duration::from_millis(1000),
         }
     }
 }
@@ -170,9 +183,16 @@ impl std::fmt::Debug for GeneratorConfig {
                 &self.secondary_url.as_deref().map(redact_password),
             )
             .field("timeout", &self.timeout)
+            .field("models", &self.models)
+            .field("progress_interval", &self.progress_interval)
             .finish()
     }
 }
+
+/// Longest `model_version`, as the character field allows.
+const MAX_MODEL_VERSION_LEN: usize = 32;
+/// Longest checkpoint title in `GENERATOR_MODELS`.
+const MAX_CHECKPOINT_TITLE_LEN: usize = 255;
 
 impl GeneratorConfig {
     /// Reads the `GENERATOR_*` variables through `lookup` (the local stack
@@ -198,8 +218,62 @@ impl GeneratorConfig {
                 1,
                 900,
             )?),
+            models: get("GENERATOR_MODELS")
+                .map(|raw| parse_models("GENERATOR_MODELS", &raw))
+                .transpose()?
+                .unwrap_or_default(),
+            progress_interval: Duration::from_millis(parse_number(
+                &get,
+                "GENERATOR_PROGRESS_INTERVAL_MS",
+                defaults.progress_interval.as_millis() as u64,
+                100,
+                60_000,
+            )?),
         })
     }
+}
+
+/// `version=title` pairs, comma separated (empty items are skipped). A version
+/// is what a character's `model_version` may be (1 to 32 of `A-Z a-z 0-9 . _ -`),
+/// each at most once; a title is what A1111 lists in `/sdapi/v1/sd-models`
+/// (1 to 255 characters, no control characters). A title cannot contain `,`
+/// (it separates pairs); it may contain `=` (only the first one separates).
+fn parse_models(name: &'static str, raw: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { name, reason };
+    let mut models = BTreeMap::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((version, title)) = item.split_once('=') else {
+            return Err(invalid(format!(
+                "`{item}` is not a model_version=checkpoint pair"
+            )));
+        };
+        let (version, title) = (version.trim(), title.trim());
+        let version_ok = (1..=MAX_MODEL_VERSION_LEN).contains(&version.len())
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !version_ok {
+            return Err(invalid(format!(
+                "model version `{version}` is not 1 to {MAX_MODEL_VERSION_LEN} letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let title_ok = (1..=MAX_CHECKPOINT_TITLE_LEN).contains(&title.chars().count())
+            && !title.chars().any(char::is_control);
+        if !title_ok {
+            return Err(invalid(format!(
+                "the checkpoint for `{version}` must be 1 to {MAX_CHECKPOINT_TITLE_LEN} characters without control characters"
+            )));
+        }
+        if models
+            .insert(version.to_string(), title.to_string())
+            .is_some()
+        {
+            return Err(invalid(format!(
+                "model version `{version}` is mapped twice"
+            )));
+        }
+    }
+    Ok(models)
 }
 
 /// An http(s) base URL with a host and no query or fragment, kept without a
@@ -870,6 +944,68 @@ mod tests {
             pairs.push((name, value));
             let err = config(&pairs).unwrap_err().to_string();
             assert!(err.contains(name), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn generator_models_are_an_allow_list_of_version_checkpoint_pairs() {
+        let cfg = config(&MINIMAL).unwrap().generator;
+        assert!(cfg.models.is_empty());
+        assert_eq!(cfg.progress_interval, Duration::from_millis(1000));
+
+        let mut pairs = MINIMAL.to_vec();
+        pairs.extend([
+            (
+                "GENERATOR_MODELS",
+                " v1.0=sd_xl_base_1.0.safetensors, anime-v3 = animagine-xl-3.1.safetensors [1449e5b0b9],,odd_one=a=b ",
+            ),
+            ("GENERATOR_PROGRESS_INTERVAL_MS", "250"),
+        ]);
+        let cfg = config(&pairs).unwrap().generator;
+        let expected: BTreeMap<String, String> = [
+            ("v1.0", "sd_xl_base_1.0.safetensors"),
+            ("anime-v3", "animagine-xl-3.1.safetensors [1449e5b0b9]"),
+            ("odd_one", "a=b"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(cfg.models, expected);
+        assert_eq!(cfg.progress_interval, Duration::from_millis(250));
+        assert!(format!("{cfg:?}").contains("animagine"));
+
+        // The longest version a character may have is accepted.
+        let longest = format!("{}=x.safetensors", "v".repeat(32));
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("GENERATOR_MODELS", &longest));
+        assert_eq!(config(&pairs).unwrap().generator.models.len(), 1);
+
+        let too_long = format!("{}=x.safetensors", "v".repeat(33));
+        let long_title = format!("v1={}", "t".repeat(256));
+        for (name, value) in [
+            ("GENERATOR_MODELS", "sd_xl_base_1.0.safetensors"),
+            ("GENERATOR_MODELS", "=sd_xl_base_1.0.safetensors"),
+            ("GENERATOR_MODELS", "v1.0="),
+            ("GENERATOR_MODELS", "v 1=x.safetensors"),
+            ("GENERATOR_MODELS", "v1/2=x.safetensors"),
+            ("GENERATOR_MODELS", too_long.as_str()),
+            ("GENERATOR_MODELS", long_title.as_str()),
+            ("GENERATOR_MODELS", "v1=a\tb"),
+            ("GENERATOR_MODELS", "v1=a.safetensors,v1=b.safetensors"),
+            ("GENERATOR_PROGRESS_INTERVAL_MS", "99"),
+            ("GENERATOR_PROGRESS_INTERVAL_MS", "60001"),
+            ("GENERATOR_PROGRESS_INTERVAL_MS", "1s"),
+        ] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push((name, value));
+            let err = config(&pairs).unwrap_err().to_string();
+            assert!(err.contains(name), "{value}: {err}");
+        }
+        // Bounds are inclusive.
+        for value in ["100", "60000"] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push(("GENERATOR_PROGRESS_INTERVAL_MS", value));
+            assert!(config(&pairs).is_ok(), "{value}");
         }
     }
 

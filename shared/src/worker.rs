@@ -394,7 +394,8 @@ impl Worker {
         let conn = self.db.get().await?;
         conn.execute(
             "UPDATE generation_jobs SET status = 'queued', started_at = NULL, timeout_at = NULL, \
-               error_details = $2, enqueued_at = now() WHERE id = $1 AND status = 'processing'",
+               error_details = $2, enqueued_at = now(), processing_metadata = processing_metadata - 'progress' \
+             WHERE id = $1 AND status = 'processing'",
             &[&job_id, details],
         )
         .await?;
@@ -410,7 +411,8 @@ impl Worker {
         let failed = tx
             .execute(
                 "UPDATE generation_jobs SET status = 'failed', completed_at = now(), error_details = $2, \
-                   cost_credits = 0 WHERE id = $1 AND status = 'processing'",
+                   cost_credits = 0, processing_metadata = processing_metadata - 'progress' \
+                 WHERE id = $1 AND status = 'processing'",
                 &[&job.id, &details],
             )
             .await?;

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{GeneratedImages, GenerationRequest, GeneratorError, ImageGenerator, ProgressReporter};
+use super::{
+    GeneratedImages, GenerationRequest, GeneratorError, ImageGenerator, Progress, ProgressReporter,
+};
 
 /// A provider that failed before another served (or before all failed), as
 /// recorded in `processing_metadata` / `error_details`.
@@ -110,14 +112,16 @@ impl GeneratorChain {
 
     /// Asks each provider in turn, moving on after any error, transient or
     /// permanent: a server that cannot do this job (or answers garbage) is no
-    /// reason to fail a job the next provider can do.
+    /// reason to fail a job the next provider can do. Each provider reports
+    /// its progress through `progress`; moving on to the next reports 0
+    /// again (the next starts over).
     pub async fn generate(
         &self,
         request: &GenerationRequest,
         progress: &ProgressReporter,
     ) -> Result<ChainOutcome, ChainError> {
         let mut failures = Vec::new();
-        for provider in &self.providers {
+        for (index, provider) in self.providers.iter().enumerate() {
             let started = Instant::now();
             match provider.generate(request, progress).await {
                 Ok(images) => {
@@ -141,9 +145,107 @@ impl GeneratorChain {
                         "image provider failed; trying the next"
                     );
                     failures.push(ProviderFailure::new(provider.name(), &error, elapsed_ms));
+                    if index + 1 < self.providers.len() {
+                        progress.report(Progress::START);
+                    }
                 }
             }
         }
         Err(ChainError { failures })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::generator::{ProceduralGenerator, Progress};
+
+    /// Reports half-way, then fails.
+    struct HalfWayThenFails;
+
+    impl ImageGenerator for HalfWayThenFails {
+        fn generate<'a>(
+            &'a self,
+            _request: &'a GenerationRequest,
+            progress: &'a ProgressReporter,
+        ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
+            async move {
+                progress.report(Progress {
+                    fraction: 0.5,
+                    eta_seconds: Some(3.0),
+                });
+                Err(GeneratorError::Connection("reset".into()))
+            }
+            .boxed()
+        }
+
+        fn name(&self) -> &'static str {
+            "primary"
+        }
+    }
+
+    /// Records the progress it finds when asked, then lets the procedural
+    /// renderer serve.
+    struct Observer {
+        seen: std::sync::Mutex<Option<Option<Progress>>>,
+        receiver: watch::Receiver<Option<Progress>>,
+    }
+
+    impl ImageGenerator for Observer {
+        fn generate<'a>(
+            &'a self,
+            request: &'a GenerationRequest,
+            progress: &'a ProgressReporter,
+        ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
+            async move {
+                let now = *self.receiver.borrow();
+                *self.seen.lock().unwrap() = Some(now);
+                ProceduralGenerator.generate(request, progress).await
+            }
+            .boxed()
+        }
+
+        fn name(&self) -> &'static str {
+            "secondary"
+        }
+    }
+
+    #[tokio::test]
+    async fn moving_to_the_next_provider_reports_zero_and_the_last_reports_done() {
+        let (reporter, receiver) = ProgressReporter::channel();
+        let observer = Arc::new(Observer {
+            seen: std::sync::Mutex::new(None),
+            receiver: receiver.clone(),
+        });
+        let chain = GeneratorChain::new(vec![Arc::new(HalfWayThenFails), observer.clone()]);
+        let outcome = chain
+            .generate(&GenerationRequest::default(), &reporter)
+            .await
+            .unwrap();
+        assert_eq!(outcome.failures.len(), 1);
+        assert_eq!(outcome.failures[0].provider, "primary");
+        assert_eq!(
+            *observer.seen.lock().unwrap(),
+            Some(Some(Progress::START)),
+            "the second provider starts from 0"
+        );
+        assert_eq!(*receiver.borrow(), Some(Progress::DONE));
+    }
+
+    #[tokio::test]
+    async fn when_the_last_provider_fails_its_progress_stays() {
+        let (reporter, receiver) = ProgressReporter::channel();
+        let chain = GeneratorChain::new(vec![Arc::new(HalfWayThenFails)]);
+        let err = chain
+            .generate(&GenerationRequest::default(), &reporter)
+            .await
+            .unwrap_err();
+        assert_eq!(err.failures.len(), 1);
+        // No provider follows: nothing starts over.
+        assert_eq!(receiver.borrow().map(|p| p.fraction), Some(0.5));
     }
 }

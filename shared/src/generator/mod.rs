@@ -3,7 +3,9 @@
 //! Adapters, chosen by configuration ([`build_chain`]), never by `cfg(test)`:
 //!
 //! - [`A1111Generator`]: an HTTP server speaking the AUTOMATIC1111 web-UI API
-//!   (`GENERATOR_PRIMARY_URL`, `GENERATOR_SECONDARY_URL`);
+//!   (`GENERATOR_PRIMARY_URL`, `GENERATOR_SECONDARY_URL`), which receives the
+//!   prompt [`prompt::compose`] makes of the character, and the checkpoint
+//!   `GENERATOR_MODELS` maps its `model_version` to;
 //! - [`ProceduralGenerator`]: the built-in renderer, always last. It draws a
 //!   deterministic abstract "character card" from prompt, seed and style. It is
 //!   an offline fallback and says so (`"procedural": true` in its info), it
@@ -11,10 +13,18 @@
 //!
 //! [`GeneratorChain`] tries them in order and records who served and who
 //! failed; [`thumbnail`] makes the gallery's small images.
+//!
+//! **Progress.** The caller hands [`ImageGenerator::generate`] a
+//! [`ProgressReporter`]; providers report a [`Progress`] through it while they
+//! work (A1111 from its `/sdapi/v1/progress`, the fallback once, when done),
+//! and whoever holds the receiver of [`ProgressReporter::channel`] reads the
+//! latest one. [`ProgressReporter::none`] reports nowhere (and spares A1111
+//! the polling).
 
 pub mod a1111;
 pub mod chain;
 pub mod procedural;
+pub mod prompt;
 pub mod thumbnail;
 
 use std::fmt;
@@ -23,12 +33,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::config::GeneratorConfig;
 
 pub use a1111::A1111Generator;
 pub use chain::{ChainError, ChainOutcome, GeneratorChain, ProviderFailure};
 pub use procedural::ProceduralGenerator;
+pub use prompt::{ComposedPrompt, compose};
 pub use thumbnail::{
     THUMBNAIL_CONTENT_TYPE, THUMBNAIL_EXTENSION, THUMBNAIL_MAX_SIDE, ThumbnailError, thumbnail,
 };
@@ -90,12 +102,28 @@ impl fmt::Display for JobType {
 #[derive(Clone, PartialEq)]
 pub struct GenerationRequest {
     pub job_type: JobType,
+    /// The character's prompt, as the user wrote it. A1111 receives it
+    /// first in the prompt [`prompt::compose`] makes of this request.
     pub prompt: String,
     pub negative_prompt: String,
     /// One of the character style types (`anime`, `cyberpunk`, ...); picks
-    /// the procedural renderer's palette. A1111 does not receive it: the
-    /// dispatcher writes the style into the prompt if it wants it there.
+    /// the procedural renderer's palette and, for A1111, a short style phrase
+    /// (and a few negative terms) in the composed prompt.
     pub style_type: String,
+    /// The character's free-text art style (`watercolor`), added to A1111's
+    /// prompt.
+    pub art_style: Option<String>,
+    /// The character's mood (`melancholic`), added as "`melancholic mood`".
+    pub mood: Option<String>,
+    /// The character's colours as `#rrggbb` or `#rgb`; A1111's prompt names
+    /// them ("`blue and orange color palette`").
+    pub color_palette: Vec<String>,
+    /// The character's tags, each added to A1111's prompt.
+    pub tags: Vec<String>,
+    /// The character's `model_version` (`v1.0`): A1111 switches to the
+    /// checkpoint `GENERATOR_MODELS` maps it to, or keeps its loaded model
+    /// when it is unmapped or absent.
+    pub model_version: Option<String>,
     pub steps: u32,
     pub cfg_scale: f64,
     /// An AUTOMATIC1111 sampler name (`Euler a`, `DPM++ 2M Karras`, ...).
@@ -122,6 +150,11 @@ impl Default for GenerationRequest {
             prompt: String::new(),
             negative_prompt: String::new(),
             style_type: "artistic".into(),
+            art_style: None,
+            mood: None,
+            color_palette: Vec::new(),
+            tags: Vec::new(),
+            model_version: None,
             steps: 20,
             cfg_scale: 7.0,
             sampler: "Euler a".into(),
@@ -144,6 +177,11 @@ impl fmt::Debug for GenerationRequest {
             .field("prompt", &self.prompt)
             .field("negative_prompt", &self.negative_prompt)
             .field("style_type", &self.style_type)
+            .field("art_style", &self.art_style)
+            .field("mood", &self.mood)
+            .field("color_palette", &self.color_palette)
+            .field("tags", &self.tags)
+            .field("model_version", &self.model_version)
             .field("steps", &self.steps)
             .field("cfg_scale", &self.cfg_scale)
             .field("sampler", &self.sampler)
@@ -277,43 +315,92 @@ impl GeneratorError {
     }
 }
 
-/// How far a render is.
+/// How far a generation is.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Progress {
-    /// 0..=1
+    /// 0.0 (started) to 1.0 (done).
     pub fraction: f64,
+    /// The provider's estimate of the seconds left, when it has one.
     pub eta_seconds: Option<f64>,
 }
 
-/// Where a provider reports progress; the worker reads the other end.
+impl Progress {
+    /// A provider that starts over (the chain moved to the next one).
+    pub const START: Progress = Progress {
+        fraction: 0.0,
+        eta_seconds: None,
+    };
+    /// A provider that has served.
+    pub const DONE: Progress = Progress {
+        fraction: 1.0,
+        eta_seconds: Some(0.0),
+    };
+}
+
+/// Where a provider reports its [`Progress`]: the sending half of a
+/// `tokio::sync::watch` channel (the receiver always holds the latest report),
+/// or nowhere ([`Self::none`], the default). Cloning shares the channel.
 #[derive(Clone, Default)]
-pub struct ProgressReporter(Option<Arc<tokio::sync::watch::Sender<Option<Progress>>>>);
+pub struct ProgressReporter(Option<Arc<watch::Sender<Option<Progress>>>>);
 
 impl ProgressReporter {
+    /// Reports nowhere.
     pub fn none() -> Self {
         Self(None)
     }
 
-    pub fn channel() -> (Self, tokio::sync::watch::Receiver<Option<Progress>>) {
-        let (sender, receiver) = tokio::sync::watch::channel(None);
+    /// A reporter and the receiver that sees its reports (`None` until the
+    /// first).
+    pub fn channel() -> (Self, watch::Receiver<Option<Progress>>) {
+        let (sender, receiver) = watch::channel(None);
         (Self(Some(Arc::new(sender))), receiver)
     }
 
+    /// Publishes `progress`, its fraction clamped to 0..=1; a NaN fraction is
+    /// ignored, and an estimate that is not a finite, non-negative number of
+    /// seconds becomes `None`. Repeating the latest report wakes no receiver.
     pub fn report(&self, progress: Progress) {
+        let Some(sender) = &self.0 else { return };
         if progress.fraction.is_nan() {
             return;
         }
-        if let Some(sender) = &self.0 {
-            sender.send_replace(Some(Progress {
-                fraction: progress.fraction.clamp(0.0, 1.0),
-                ..progress
-            }));
+        let progress = Progress {
+            fraction: progress.fraction.clamp(0.0, 1.0),
+            eta_seconds: progress
+                .eta_seconds
+                .filter(|eta| eta.is_finite() && *eta >= 0.0),
+        };
+        sender.send_if_modified(|latest| {
+            if *latest == Some(progress) {
+                false
+            } else {
+                *latest = Some(progress);
+                true
+            }
+        });
+    }
+
+    /// Whether anyone can see a report: a channel whose receivers are not all
+    /// dropped. Providers skip work done only to report (A1111's polling)
+    /// when nobody listens.
+    pub fn is_listened(&self) -> bool {
+        self.0.as_ref().is_some_and(|sender| !sender.is_closed())
+    }
+}
+
+impl fmt::Debug for ProgressReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("ProgressReporter(none)"),
+            Some(sender) => write!(f, "ProgressReporter({:?})", *sender.borrow()),
         }
     }
 }
 
 /// A provider of images.
 pub trait ImageGenerator: Send + Sync {
+    /// Makes the images, reporting through `progress` while it works (a
+    /// provider that cannot tell how far it is reports nothing until done).
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
@@ -324,8 +411,9 @@ pub trait ImageGenerator: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
-/// The configured A1111 servers in order (primary, then secondary), then the
-/// procedural fallback. Fails only if the HTTP client cannot be built.
+/// The configured A1111 servers in order (primary, then secondary), each with
+/// the model allow-list and the progress interval, then the procedural
+/// fallback. Fails only if the HTTP client cannot be built.
 pub fn build_chain(config: &GeneratorConfig) -> Result<GeneratorChain, GeneratorError> {
     let mut providers: Vec<Arc<dyn ImageGenerator>> = Vec::new();
     let servers = [
@@ -336,12 +424,11 @@ pub fn build_chain(config: &GeneratorConfig) -> Result<GeneratorChain, Generator
         let client = a1111::client()?;
         for (name, url) in servers {
             if let Some(url) = url {
-                providers.push(Arc::new(A1111Generator::new(
-                    name,
-                    url,
-                    config.timeout,
-                    client.clone(),
-                )));
+                providers.push(Arc::new(
+                    A1111Generator::new(name, url, config.timeout, client.clone())
+                        .with_models(config.models.clone())
+                        .with_progress_interval(config.progress_interval),
+                ));
             }
         }
     }
@@ -472,6 +559,92 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_lists_the_characters_attributes() {
+        let request = GenerationRequest {
+            art_style: Some("ink wash".into()),
+            mood: Some("serene".into()),
+            color_palette: vec!["#1e90ff".into()],
+            tags: vec!["mist".into()],
+            model_version: Some("v1.0".into()),
+            ..Default::default()
+        };
+        let text = format!("{request:?}");
+        for part in ["ink wash", "serene", "#1e90ff", "mist", "v1.0"] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        let empty = GenerationRequest::default();
+        assert!(empty.color_palette.is_empty() && empty.tags.is_empty());
+        assert_eq!(empty.model_version, None);
+    }
+
+    #[test]
+    fn progress_reports_are_clamped_and_nan_is_ignored() {
+        let (reporter, mut receiver) = ProgressReporter::channel();
+        assert!(reporter.is_listened());
+        assert_eq!(*receiver.borrow(), None);
+
+        let report = |fraction: f64, eta_seconds: Option<f64>| {
+            reporter.report(Progress {
+                fraction,
+                eta_seconds,
+            });
+        };
+        report(0.25, Some(12.5));
+        assert!(receiver.has_changed().unwrap());
+        assert_eq!(
+            *receiver.borrow_and_update(),
+            Some(Progress {
+                fraction: 0.25,
+                eta_seconds: Some(12.5)
+            })
+        );
+        report(1.7, Some(-3.0));
+        assert_eq!(
+            *receiver.borrow_and_update(),
+            Some(Progress {
+                fraction: 1.0,
+                eta_seconds: None
+            })
+        );
+        report(-0.5, Some(f64::INFINITY));
+        assert_eq!(
+            *receiver.borrow_and_update(),
+            Some(Progress {
+                fraction: 0.0,
+                eta_seconds: None
+            })
+        );
+        report(f64::NAN, Some(1.0));
+        assert!(!receiver.has_changed().unwrap(), "NaN is ignored");
+        report(0.0, Some(f64::NAN));
+        assert!(!receiver.has_changed().unwrap(), "the same report again");
+        report(0.5, None);
+        assert!(receiver.has_changed().unwrap());
+
+        // Clones share the channel.
+        reporter.clone().report(Progress::DONE);
+        assert_eq!(*receiver.borrow(), Some(Progress::DONE));
+        assert!(format!("{reporter:?}").contains("1.0"));
+
+        drop(receiver);
+        assert!(!reporter.is_listened());
+        reporter.report(Progress::START); // nobody listens: no error
+
+        let none = ProgressReporter::none();
+        assert!(!none.is_listened());
+        none.report(Progress::DONE);
+        assert!(!ProgressReporter::default().is_listened());
+        assert_eq!(
+            serde_json::to_value(Progress {
+                fraction: 0.5,
+                eta_seconds: None
+            })
+            .unwrap(),
+            serde_json::json!({"fraction": 0.5, "eta_seconds": null})
+        );
+    }
+
+    #[test]
     fn the_chain_is_the_configured_servers_then_the_fallback() {
         let names = |config: &GeneratorConfig| build_chain(config).unwrap().provider_names();
         assert_eq!(names(&GeneratorConfig::default()), vec!["fallback"]);
@@ -486,5 +659,25 @@ mod tests {
             ..GeneratorConfig::default()
         };
         assert_eq!(names(&secondary_only), vec!["secondary", "fallback"]);
+    }
+
+    #[tokio::test]
+    async fn the_fallback_reports_done_when_it_has_rendered() {
+        let (reporter, receiver) = ProgressReporter::channel();
+        let out = ProceduralGenerator
+            .generate(&GenerationRequest::default(), &reporter)
+            .await
+            .unwrap();
+        assert_eq!(out.provider, "fallback");
+        assert_eq!(*receiver.borrow(), Some(Progress::DONE));
+
+        // A request it refuses reports nothing.
+        let (reporter, receiver) = ProgressReporter::channel();
+        let bad = GenerationRequest {
+            width: 0,
+            ..Default::default()
+        };
+        assert!(ProceduralGenerator.generate(&bad, &reporter).await.is_err());
+        assert_eq!(*receiver.borrow(), None);
     }
 }

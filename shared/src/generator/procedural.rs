@@ -24,8 +24,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{
-    GeneratedImages, GenerationRequest, GeneratorError, ImageGenerator, JobType, decode_png,
-    upscaled_size,
+    GeneratedImages, GenerationRequest, GeneratorError, ImageGenerator, JobType, Progress,
+    ProgressReporter, decode_png, upscaled_size,
 };
 
 /// Part of the hash and of the info: a change to the drawing bumps it.
@@ -35,18 +35,22 @@ pub const RENDERER_VERSION: &str = "procedural-v1";
 pub struct ProceduralGenerator;
 
 impl ImageGenerator for ProceduralGenerator {
+    /// Reports progress once, 1.0 when the images are made: a render takes
+    /// well under a second.
     fn generate<'a>(
         &'a self,
         request: &'a GenerationRequest,
-        _progress: &'a super::ProgressReporter,
+        progress: &'a ProgressReporter,
     ) -> BoxFuture<'a, Result<GeneratedImages, GeneratorError>> {
         // Rendering and PNG encoding are CPU work: keep them off the async
         // threads that serve the worker's other messages.
         let request = request.clone();
         async move {
-            tokio::task::spawn_blocking(move || render(&request))
+            let images = tokio::task::spawn_blocking(move || render(&request))
                 .await
-                .map_err(|e| GeneratorError::Render(e.to_string()))?
+                .map_err(|e| GeneratorError::Render(e.to_string()))??;
+            progress.report(Progress::DONE);
+            Ok(images)
         }
         .boxed()
     }

@@ -146,6 +146,11 @@ impl GenerationInput {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             style_type: self.style_type.clone(),
+            art_style: self.art_style.clone(),
+            mood: self.mood.clone(),
+            color_palette: self.color_palette.clone(),
+            tags: self.tags.clone(),
+            model_version: self.model_version.clone(),
             steps: side(self.steps, "steps")?,
             cfg_scale: self.cfg_scale,
             sampler: self.sampler.clone(),
@@ -246,6 +251,10 @@ mod tests {
         assert_eq!((request.width, request.height, request.seed), (512, 384, 7));
         assert_eq!(request.init_image, Some(vec![1, 2]));
         assert_eq!(request.upscale_factor, 2.0);
+        assert_eq!(request.art_style.as_deref(), Some("watercolor"));
+        assert_eq!(request.color_palette, vec!["#112233".to_string()]);
+        assert_eq!(request.tags, vec!["elf".to_string()]);
+        assert_eq!(request.model_version.as_deref(), Some("v1.0"));
         let mut bad = input();
         bad.width = -1;
         assert!(bad.to_request(JobType::CharacterGeneration, None).is_err());
