@@ -894,6 +894,49 @@ async fn jobs(stack: &TestStack) -> i64 {
 }
 
 #[tokio::test]
+async fn every_part_that_reaches_the_image_server_is_filtered() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    set_level(&stack, &ann, "moderate").await;
+    // At creation: art style, mood and tags are checked like the prompt.
+    for (field, value) in [
+        ("art_style", json!("hentai")),
+        ("mood", json!("nude")),
+        ("tags", json!(["elf", "gore"])),
+    ] {
+        let mut body = json!({"name": "Nyx", "prompt": "an elf", "style_type": "fantasy"});
+        body[field] = value;
+        let reply = stack
+            .call(Method::POST, "/api/v1/characters", Some(&ann), Some(body))
+            .await;
+        reply.assert_problem(422);
+        assert_eq!(reply.body["errors"][0]["field"], field, "{}", reply.body);
+    }
+    // At generation: against the level of the moment.
+    set_level(&stack, &ann, "relaxed").await;
+    let reply = stack
+        .call(
+            Method::POST,
+            "/api/v1/characters",
+            Some(&ann),
+            Some(json!({"name": "Nyx", "prompt": "an elf", "style_type": "fantasy", "mood": "seductive"})),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let generate = format!(
+        "/api/v1/characters/{}/generate",
+        reply.body["id"].as_str().unwrap()
+    );
+    set_level(&stack, &ann, "strict").await;
+    let reply = stack
+        .call(Method::POST, &generate, Some(&ann), Some(json!({})))
+        .await;
+    reply.assert_problem(422);
+    assert_eq!(reply.body["errors"][0]["field"], "character.mood");
+    assert_eq!(jobs(&stack).await, 0);
+}
+
+#[tokio::test]
 async fn generation_checks_the_prompt_against_the_owners_current_filter_level() {
     let stack = spawn_stack().await;
     let ann = stack.user("ann@example.com", "ann").await;

@@ -112,8 +112,13 @@ impl Assignments {
 }
 
 /// Checks the text fields being written against the owner's content filter.
-fn filter_content(user: &User, fields: &CharacterFields) -> Result<(), ApiError> {
+/// Checks the free text of `fields` against the user's content filter level:
+/// name, description and every part that reaches the image server (prompt,
+/// art style, mood, tags; negative prompts list what to keep out, so they are
+/// not filtered). Errors name the field with `prefix` before it.
+pub fn filter_content(user: &User, fields: &CharacterFields, prefix: &str) -> Result<(), ApiError> {
     let level = content_filter::level_of(user);
+    let tags = fields.tags.as_ref().map(|tags| tags.join(", "));
     let texts = [
         ("name", fields.name.as_deref()),
         (
@@ -121,10 +126,16 @@ fn filter_content(user: &User, fields: &CharacterFields) -> Result<(), ApiError>
             fields.description.as_ref().and_then(|d| d.as_deref()),
         ),
         ("prompt", fields.prompt.as_deref()),
+        (
+            "art_style",
+            fields.art_style.as_ref().and_then(|a| a.as_deref()),
+        ),
+        ("mood", fields.mood.as_ref().and_then(|m| m.as_deref())),
+        ("tags", tags.as_deref()),
     ];
     for (field, text) in texts {
         if let Some(text) = text {
-            content_filter::check(level, field, text)?;
+            content_filter::check(level, &format!("{prefix}{field}"), text)?;
         }
     }
     Ok(())
@@ -186,7 +197,7 @@ pub async fn create(
     fields: &CharacterFields,
     meta: &RequestMeta,
 ) -> Result<Character, ApiError> {
-    filter_content(user, fields)?;
+    filter_content(user, fields, "")?;
     check_may_publish(user, fields)?;
     check_collection(tx, user, fields).await?;
     let mut assignments = Assignments::from_fields(fields);
@@ -281,7 +292,7 @@ pub async fn update(
     meta: &RequestMeta,
 ) -> Result<Character, ApiError> {
     let existing = owned(tx, user, id).await?;
-    filter_content(user, fields)?;
+    filter_content(user, fields, "")?;
     check_may_publish(user, fields)?;
     check_collection(tx, user, fields).await?;
     let mut assignments = Assignments::from_fields(fields);

@@ -371,30 +371,25 @@ pub async fn record(
         });
     }
     let mut input = input_of(&character, params)?;
-    // The prompt was checked against the owner's filter level when it was written; the owner
-    // may have made the level stricter since, so it is checked again against today's. The
-    // request itself carries no free text but a variant's `changes` (checked the same way),
-    // and negative prompts are not filtered, at creation or here: they list what to keep
-    // out of the image ("nsfw, gore" there makes the image safer).
-    let level = content_filter::level_of(user);
-    content_filter::check(
-        level,
-        "character.prompt",
-        &character.try_get::<_, String>("prompt")?,
-    )?;
+    // What reaches the image server was checked against the owner's filter level when it
+    // was written; the owner may have made the level stricter since, so it is checked
+    // again against today's: the character's prompt, art style, mood and tags, and a
+    // variant's `changes`. The request carries no other free text, and negative prompts
+    // are not filtered, at creation or here: they list what to keep out of the image
+    // ("nsfw, gore" there makes the image safer).
     if let Some(variant) = &params.variant {
-        let changes = &variant.changes;
-        for (field, text) in [
-            ("changes.name", changes.name.as_deref()),
-            (
-                "changes.description",
-                changes.description.as_ref().and_then(|d| d.as_deref()),
-            ),
-            ("changes.prompt", changes.prompt.as_deref()),
-        ] {
-            if let Some(text) = text {
-                content_filter::check(level, field, text)?;
-            }
+        crate::characters::repo::filter_content(user, &variant.changes, "changes.")?;
+    }
+    let level = content_filter::level_of(user);
+    let tags = input.tags.join(", ");
+    for (field, text) in [
+        ("character.prompt", Some(input.prompt.as_str())),
+        ("character.art_style", input.art_style.as_deref()),
+        ("character.mood", input.mood.as_deref()),
+        ("character.tags", Some(tags.as_str())),
+    ] {
+        if let Some(text) = text {
+            content_filter::check(level, field, text)?;
         }
     }
     if needs_image(&params.job_type) {
