@@ -18,6 +18,7 @@ use shared::generator::{
     GeneratedImages, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
     ProceduralGenerator,
 };
+use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
 
@@ -226,6 +227,18 @@ async fn run_worker(stack: &TestStack) {
     assert!(response.batch_item_failures.is_empty());
 }
 
+/// Runs the queued jobs on an AI image server (a stand-in A1111): they deliver
+/// real output and are charged for it, unlike the stack's procedural placeholders.
+async fn run_ai_worker(stack: &TestStack) {
+    let server = StandIn::start().await;
+    let worker = shared::worker::Worker {
+        generator: Arc::new(server.chain()),
+        ..stack.stack.worker.clone()
+    };
+    let response = worker.handle_batch(stack.stack.queue.receive(10)).await;
+    assert!(response.batch_item_failures.is_empty());
+}
+
 async fn gift(stack: &TestStack, token: &str, to: &str, amount: i32, message: &str) -> Value {
     let reply = post_keyed(
         stack,
@@ -239,7 +252,8 @@ async fn gift(stack: &TestStack, token: &str, to: &str, amount: i32, message: &s
 }
 
 /// Ann and Bob, each with every kind of row, and interacting: Ann bought
-/// credits, has a completed job with images, gave and received a gift, rated,
+/// credits, has a completed job with images (from an AI server, so it was
+/// charged: a usage entry), gave and received a gift, rated,
 /// liked and reported Bob's public character and filed it in her collection;
 /// Bob rated and liked Ann's public character.
 async fn seed_both(stack: &TestStack) -> (Seeded, Seeded) {
@@ -254,7 +268,7 @@ async fn seed_both(stack: &TestStack) -> (Seeded, Seeded) {
     .await
     .unwrap();
     generate(stack, &ann.token, &ann.characters[0]).await;
-    run_worker(stack).await;
+    run_ai_worker(stack).await;
 
     let bobs_public = &bob.characters[1];
     expect(
