@@ -12,7 +12,7 @@ use super::{CHARACTER_COLUMNS, Character, content_filter};
 use crate::activity::{self, Activity};
 use crate::error::ApiError;
 use crate::http::RequestMeta;
-use crate::pagination::{self, Page, TimeKey};
+use crate::pagination::{self, Page, TimeKey, VersionKey};
 use crate::users::User;
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -394,6 +394,41 @@ pub async fn list_own(
         .map(Character::from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(pagination::page(characters, limit, |c| TimeKey {
+        at: c.created_at,
+        id: c.id.clone(),
+    }))
+}
+
+/// The family of a character the caller can see: its root and every
+/// descendant (`character_family`), those the caller may see (RLS: their own
+/// and public ones), ordered by version number, then creation, then id,
+/// keyset-paginated on that order.
+pub async fn family(
+    tx: &Transaction<'_>,
+    id: &str,
+    limit: i64,
+    after: Option<VersionKey>,
+) -> Result<Page<Character>, ApiError> {
+    let (after_version, after_at, after_id) = after
+        .map(|k| (Some(k.version), Some(k.at), Some(k.id)))
+        .unwrap_or((None, None, None));
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {CHARACTER_COLUMNS} FROM characters c \
+                 WHERE c.id IN (SELECT character_family($1)) \
+                   AND ($2::int4 IS NULL OR (coalesce(c.version_number, 1), c.created_at, c.id) > ($2, $3::timestamptz, $4::text)) \
+                 ORDER BY coalesce(c.version_number, 1), c.created_at, c.id LIMIT $5"
+            ),
+            &[&id, &after_version, &after_at, &after_id, &(limit + 1)],
+        )
+        .await?;
+    let characters = rows
+        .iter()
+        .map(Character::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(pagination::page(characters, limit, |c| VersionKey {
+        version: c.version_number.unwrap_or(1),
         at: c.created_at,
         id: c.id.clone(),
     }))
