@@ -18,6 +18,7 @@ use shared::generator::{
     GeneratedImages, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
     ProceduralGenerator, ProgressReporter,
 };
+use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
 
@@ -220,12 +221,21 @@ async fn generate(stack: &TestStack, token: &str, character: &str) -> String {
     reply.body["id"].as_str().unwrap().to_string()
 }
 
-/// Runs the queued jobs through a worker whose image server is a stand-in
-/// A1111 (so the jobs are charged, as real generations are).
+/// Runs the queued jobs on the stack's own worker: procedural placeholders, not charged.
 async fn run_worker(stack: &TestStack) {
-    let server = testkit::a1111::StandIn::start().await;
     let batch = stack.stack.queue.receive(10);
-    let response = stack.worker_with(server.chain()).handle_batch(batch).await;
+    let response = stack.stack.worker.handle_batch(batch).await;
+    assert!(response.batch_item_failures.is_empty());
+}
+
+/// Runs the queued jobs on an AI image server (a stand-in A1111): they deliver
+/// real output and are charged for it, unlike the stack's procedural placeholders.
+async fn run_ai_worker(stack: &TestStack) {
+    let server = StandIn::start().await;
+    let response = stack
+        .worker_with(server.chain())
+        .handle_batch(stack.stack.queue.receive(10))
+        .await;
     assert!(response.batch_item_failures.is_empty());
 }
 
@@ -242,7 +252,8 @@ async fn gift(stack: &TestStack, token: &str, to: &str, amount: i32, message: &s
 }
 
 /// Ann and Bob, each with every kind of row, and interacting: Ann bought
-/// credits, has a completed job with images, gave and received a gift, rated,
+/// credits, has a completed job with images (from an AI server, so it was
+/// charged: a usage entry), gave and received a gift, rated,
 /// liked and reported Bob's public character and filed it in her collection;
 /// Bob rated and liked Ann's public character.
 async fn seed_both(stack: &TestStack) -> (Seeded, Seeded) {
@@ -257,7 +268,7 @@ async fn seed_both(stack: &TestStack) -> (Seeded, Seeded) {
     .await
     .unwrap();
     generate(stack, &ann.token, &ann.characters[0]).await;
-    run_worker(stack).await;
+    run_ai_worker(stack).await;
 
     let bobs_public = &bob.characters[1];
     expect(
@@ -453,6 +464,9 @@ fn ids(list: &Value) -> Vec<String> {
 async fn the_export_holds_every_kind_of_row_the_user_owns_and_nothing_of_anyone_elses() {
     let stack = spawn_stack().await;
     let (ann, bob) = seed_both(&stack).await;
+    // A second image, on her public character.
+    generate(&stack, &ann.token, &ann.characters[1]).await;
+    run_worker(&stack).await;
 
     let reply = stack.get("/api/v1/me/export", Some(&ann.token)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -493,6 +507,69 @@ async fn the_export_holds_every_kind_of_row_the_user_owns_and_nothing_of_anyone_
             .contains("signature=")
     );
 
+    // Her images, oldest first: every column but the storage keys, with links to the image
+    // and its thumbnail.
+    let recorded: Vec<(String, String, Option<String>)> = stack
+        .sql()
+        .await
+        .query(
+            "SELECT id, character_id, job_id FROM character_images WHERE user_id = $1 \
+             ORDER BY created_at, id",
+            &[&ann.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded[0].1, ann.characters[0]);
+    assert_eq!(recorded[1].1, ann.characters[1]);
+    let images = doc["images"].as_array().unwrap();
+    let exported: Vec<(String, String, Option<String>)> = images
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["character_id"].as_str().unwrap().to_string(),
+                i["job_id"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(exported, recorded);
+    // The first from the AI server, the second a procedural placeholder.
+    assert_eq!(images[0]["generation_provider"], "primary");
+    assert_eq!(images[0]["placeholder"], false);
+    assert_eq!(images[1]["generation_provider"], "fallback");
+    assert_eq!(images[1]["placeholder"], true);
+    for image in images {
+        assert_eq!(image["user_id"], ann.id.as_str());
+        assert_eq!(image["is_primary"], true);
+        assert_eq!(
+            (image["width"].clone(), image["height"].clone()),
+            (json!(512), json!(512))
+        );
+        assert!(
+            image["parameters"]["input"]["prompt"].is_string(),
+            "{image}"
+        );
+        assert!(image.get("storage_key").is_none() && image.get("thumbnail_key").is_none());
+        for link in ["url", "thumbnail_url"] {
+            let link = image[link].as_str().unwrap();
+            assert!(
+                link.starts_with(&format!("{}/files/users/{}/", stack.base_url, ann.id))
+                    && link.contains("signature="),
+                "{link}"
+            );
+            assert_eq!(stack.http.get(link).send().await.unwrap().status(), 200);
+        }
+    }
+    assert!(
+        !doc["images"].to_string().contains("\"users/"),
+        "a raw key: {}",
+        doc["images"]
+    );
+
     // The collection, with its members' ids (Bob's public character among them).
     let collections = doc["collections"].as_array().unwrap();
     assert_eq!(collections.len(), 1);
@@ -514,8 +591,12 @@ async fn the_export_holds_every_kind_of_row_the_user_owns_and_nothing_of_anyone_
 
     // Jobs, the credit account, the whole ledger, holds, the purchase and the gifts.
     let jobs = doc["generation_jobs"].as_array().unwrap();
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0]["status"], "completed");
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j["status"] == "completed"), "{jobs:?}");
+    assert_eq!(
+        jobs.iter().map(|j| j["id"].as_str()).collect::<Vec<_>>(),
+        recorded.iter().map(|r| r.2.as_deref()).collect::<Vec<_>>()
+    );
     assert!(
         jobs[0]["output_urls"][0]
             .as_str()
@@ -544,7 +625,7 @@ async fn the_export_holds_every_kind_of_row_the_user_owns_and_nothing_of_anyone_
         .await
         .body;
     assert_eq!(ids(&doc["credit_transactions"]), ids(&history["items"]));
-    assert_eq!(doc["credit_holds"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["credit_holds"].as_array().unwrap().len(), 2);
     let orders = doc["purchase_orders"].as_array().unwrap();
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0]["status"], "paid");
@@ -788,9 +869,72 @@ async fn bobs_view(stack: &TestStack, bob: &Seeded) -> Value {
 async fn erasure_leaves_no_trace_of_the_person_and_keeps_the_books() {
     let stack = spawn_stack().await;
     let (ann, bob) = seed_both(&stack).await;
+    // A variant of her drawn character, with an image of its own.
+    let variation = stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{}/generate", ann.characters[0]),
+            Some(&ann.token),
+            Some(json!({"job_type": "variation"})),
+        )
+        .await;
+    assert_eq!(variation.status, 202, "{}", variation.body);
+    run_worker(&stack).await;
+    let client = stack.sql().await;
+    let variant: String = client
+        .query_one(
+            "SELECT result_character_id FROM generation_jobs WHERE id = $1",
+            &[&variation.body["id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // An image recorded by no job's outputs, with a thumbnail not named after it (as the
+    // V15 backfill may record an older image).
+    let legacy = format!(
+        "users/{}/characters/{}/legacy/portrait.png",
+        ann.id, ann.characters[1]
+    );
+    let legacy_thumb = format!(
+        "users/{}/characters/{}/legacy/small.png",
+        ann.id, ann.characters[1]
+    );
+    let storage = stack.stack.state.storage.clone().unwrap();
+    for key in [&legacy, &legacy_thumb] {
+        storage.put(key, vec![1, 2, 3], "image/png").await.unwrap();
+    }
+    client
+        .execute(
+            "INSERT INTO character_images (character_id, user_id, storage_key, thumbnail_key) \
+             VALUES ($1, $2, $3, $4)",
+            &[&ann.characters[1], &ann.id, &legacy, &legacy_thumb],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<String> = client
+        .query(
+            "SELECT k FROM character_images i, LATERAL (VALUES (i.storage_key), (i.thumbnail_key)) v(k) \
+             WHERE i.user_id = $1 AND k IS NOT NULL",
+            &[&ann.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    // Her drawn character's image, the variant's and the legacy one, each with a thumbnail.
+    assert_eq!(recorded.len(), 6, "{recorded:?}");
+    assert!(
+        recorded
+            .iter()
+            .any(|k| k.contains(&format!("/characters/{variant}/"))),
+        "{recorded:?}"
+    );
+    for key in &recorded {
+        assert!(objects_root().join(key).is_file(), "{key} is not stored");
+    }
     // A job still queued, holding purchased credits, and an export left in storage.
     let queued = generate(&stack, &ann.token, &ann.characters[1]).await;
-    let client = stack.sql().await;
     let reserved: i32 = client
         .query_one(
             "SELECT reserved_balance FROM user_credits WHERE user_id = $1",
@@ -940,7 +1084,14 @@ async fn erasure_leaves_no_trace_of_the_person_and_keeps_the_books() {
     assert_eq!(logged.get::<_, Option<String>>(2), None);
     assert_eq!(logged.get::<_, Value>(3)["jobs_cancelled"], 1);
 
-    // Storage holds none of her images, thumbnails or exports.
+    // Storage holds none of her images (her variant's and those no job lists included),
+    // thumbnails or exports.
+    for key in &recorded {
+        assert!(
+            !objects_root().join(key).exists(),
+            "{key} outlived the erasure"
+        );
+    }
     assert_eq!(files_under(&anns_images), Vec::<PathBuf>::new());
     assert_eq!(files_under(&anns_exports), Vec::<PathBuf>::new());
 

@@ -112,8 +112,9 @@ pub fn auth_router(state: AppState) -> Router {
     finish(auth_routes(), state)
 }
 
-/// The characters function's routes: characters, the gallery, collections,
-/// likes, ratings, downloads and reports; the report queue and moderation.
+/// The characters function's routes: characters, their images and variants,
+/// the gallery, collections, likes, ratings, downloads and reports; the
+/// report queue and moderation.
 pub fn characters_routes() -> Router<AppState> {
     crate::characters::routes::router()
         .merge(crate::collections::routes::router())

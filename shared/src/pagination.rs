@@ -103,16 +103,39 @@ pub fn decode_time_key(raw: Option<&str>) -> Result<Option<TimeKey>, ApiError> {
 }
 
 fn time_key_field(raw: Option<&str>) -> Result<Option<TimeKey>, FieldError> {
-    use chrono::Datelike;
     let invalid = || FieldError::new("cursor", "is not a cursor this endpoint returned");
     match decode::<TimeKey>(raw).map_err(|_| invalid())? {
-        Some(k)
-            if !(1..=200).contains(&k.id.len())
-                || k.id.chars().any(char::is_control)
-                || !(1..=9999).contains(&k.at.year()) =>
-        {
-            Err(invalid())
-        }
+        Some(k) if !plausible_position(&k.at, &k.id) => Err(invalid()),
+        key => Ok(key),
+    }
+}
+
+/// A time and id some row could have: an id of 1 to 200 characters without
+/// control characters, a time within PostgreSQL's range.
+fn plausible_position(at: &chrono::DateTime<chrono::Utc>, id: &str) -> bool {
+    use chrono::Datelike;
+    (1..=200).contains(&id.len())
+        && !id.chars().any(char::is_control)
+        && (1..=9999).contains(&at.year())
+}
+
+/// The keyset position of a list ordered by version number, then time and id
+/// (a character's family, see `GET /api/v1/characters/{id}/variants`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionKey {
+    pub version: i32,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub id: String,
+}
+
+/// Decodes a [`VersionKey`] cursor, refusing crafted ones as
+/// [`decode_time_key`] does.
+pub fn decode_version_key(raw: Option<&str>) -> Result<Option<VersionKey>, ApiError> {
+    match decode::<VersionKey>(raw)? {
+        Some(k) if !plausible_position(&k.at, &k.id) => Err(ApiError::validation(
+            "cursor",
+            "is not a cursor this endpoint returned",
+        )),
         key => Ok(key),
     }
 }
@@ -171,6 +194,36 @@ mod tests {
             (5, Some(key))
         );
         assert!(errors.is_empty());
+    }
+
+    #[test]
+    fn version_keys_round_trip_and_crafted_ones_are_refused() {
+        let key = VersionKey {
+            version: 3,
+            at: chrono::Utc::now(),
+            id: "abc".into(),
+        };
+        assert_eq!(
+            decode_version_key(Some(&encode(&key))).unwrap(),
+            Some(key.clone())
+        );
+        assert!(decode_version_key(None).unwrap().is_none());
+        assert!(decode_version_key(Some("garbage!")).is_err());
+        let time_key = TimeKey {
+            at: key.at,
+            id: "abc".into(),
+        };
+        assert!(decode_version_key(Some(&encode(&time_key))).is_err());
+        for id in ["", "a\0b"] {
+            let crafted = encode(&VersionKey {
+                id: id.into(),
+                ..key.clone()
+            });
+            assert!(decode_version_key(Some(&crafted)).is_err(), "{id:?}");
+        }
+        let far =
+            encode(&serde_json::json!({"version": 1, "at": "+10000-01-01T00:00:00Z", "id": "a"}));
+        assert!(decode_version_key(Some(&far)).is_err());
     }
 
     #[test]

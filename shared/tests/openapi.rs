@@ -305,6 +305,7 @@ fn probe_path(template: &str) -> String {
     template
         .replace("{id}", "openapi-probe-id")
         .replace("{character_id}", "openapi-probe-character")
+        .replace("{image_id}", "openapi-probe-image")
         .replace("{username}", "openapi_probe")
 }
 

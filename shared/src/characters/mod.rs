@@ -4,6 +4,7 @@
 pub mod content_filter;
 pub mod fields;
 pub mod gallery;
+pub mod images;
 pub mod repo;
 pub mod routes;
 
@@ -65,7 +66,8 @@ pub struct Character {
     pub share_count: Option<i32>,
     pub parent_character_id: Option<String>,
     pub version_number: Option<i32>,
-    /// `original`, `style_transfer`, `pose_change`, `outfit_change` or `expression_change`.
+    /// `original`, `variation`, `style_transfer`, `pose_change`, `outfit_change` or
+    /// `expression_change`.
     pub variant_type: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -12,7 +12,7 @@ use super::{CHARACTER_COLUMNS, Character, content_filter};
 use crate::activity::{self, Activity};
 use crate::error::ApiError;
 use crate::http::RequestMeta;
-use crate::pagination::{self, Page, TimeKey};
+use crate::pagination::{self, Page, TimeKey, VersionKey};
 use crate::users::User;
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -410,44 +410,72 @@ pub async fn list_own(
     }))
 }
 
-/// Every stored object of a character: its images, thumbnails and the outputs
-/// of its generation jobs (keys only; images hosted elsewhere are not ours).
+/// The family of a character the caller can see: its root and every
+/// descendant (`character_family`), those the caller may see (RLS: their own
+/// and public ones), ordered by version number, then creation, then id,
+/// keyset-paginated on that order.
+pub async fn family(
+    tx: &Transaction<'_>,
+    id: &str,
+    limit: i64,
+    after: Option<VersionKey>,
+) -> Result<Page<Character>, ApiError> {
+    let (after_version, after_at, after_id) = after
+        .map(|k| (Some(k.version), Some(k.at), Some(k.id)))
+        .unwrap_or((None, None, None));
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {CHARACTER_COLUMNS} FROM characters c \
+                 WHERE c.id IN (SELECT character_family($1)) \
+                   AND ($2::int4 IS NULL OR (coalesce(c.version_number, 1), c.created_at, c.id) > ($2, $3::timestamptz, $4::text)) \
+                 ORDER BY coalesce(c.version_number, 1), c.created_at, c.id LIMIT $5"
+            ),
+            &[&id, &after_version, &after_at, &after_id, &(limit + 1)],
+        )
+        .await?;
+    let characters = rows
+        .iter()
+        .map(Character::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(pagination::page(characters, limit, |c| VersionKey {
+        version: c.version_number.unwrap_or(1),
+        at: c.created_at,
+        id: c.id.clone(),
+    }))
+}
+
+/// Every stored object of a character: the image and thumbnail of each of
+/// its `character_images` rows, plus the outputs of its generation jobs that
+/// are not recorded as images of another character (a variation's images
+/// belong to the variant it made, stored under the variant's id, and outlive
+/// their source), each with the thumbnail the worker stores beside an output
+/// no image row describes. Keys only: images hosted elsewhere are not ours.
 pub async fn stored_objects(tx: &Transaction<'_>, id: &str) -> Result<Vec<String>, ApiError> {
-    let row = tx
-        .query_opt(
-            "SELECT c.primary_image_url, c.thumbnail_url, coalesce(c.additional_images, '[]'::jsonb), \
-               coalesce((SELECT jsonb_agg(o) FROM generation_jobs j, \
-                           jsonb_array_elements_text(coalesce(j.output_urls, '[]'::jsonb)) o \
-                         WHERE j.character_id = c.id), '[]'::jsonb) \
-             FROM characters c WHERE c.id = $1",
+    let rows = tx
+        .query(
+            "SELECT i.storage_key, i.thumbnail_key, false FROM character_images i WHERE i.character_id = $1 \
+             UNION ALL \
+             SELECT o, NULL, true FROM generation_jobs j, jsonb_array_elements_text( \
+               CASE WHEN jsonb_typeof(j.output_urls) = 'array' THEN j.output_urls ELSE '[]'::jsonb END) o \
+             WHERE j.character_id = $1 \
+               AND NOT EXISTS (SELECT 1 FROM character_images i WHERE i.storage_key = o)",
             &[&id],
         )
         .await?;
-    let Some(row) = row else {
-        return Ok(Vec::new());
-    };
     let mut keys: Vec<String> = Vec::new();
-    for column in [0, 1] {
-        if let Some(key) = row.try_get::<_, Option<String>>(column)? {
-            keys.push(key);
+    for row in &rows {
+        let key: String = row.try_get(0)?;
+        let thumbnail: Option<String> = row.try_get(1)?;
+        let unrecorded: bool = row.try_get(2)?;
+        keys.extend(thumbnail);
+        // An output recorded by no image row (from before V15): its thumbnail
+        // is beside it (`image-N.png` → `thumb-N.png`).
+        if unrecorded && key.contains("/image-") {
+            keys.push(key.replace("/image-", "/thumb-"));
         }
+        keys.push(key);
     }
-    for column in [2, 3] {
-        let list: serde_json::Value = row.try_get(column)?;
-        keys.extend(
-            list.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string)),
-        );
-    }
-    // Each stored image has its thumbnail beside it (`image-N.png` → `thumb-N.png`).
-    let thumbnails: Vec<String> = keys
-        .iter()
-        .filter(|k| k.contains("/image-"))
-        .map(|k| k.replace("/image-", "/thumb-"))
-        .collect();
-    keys.extend(thumbnails);
     keys.retain(|k| crate::storage::validate_key(k).is_ok());
     keys.sort();
     keys.dedup();

@@ -5,13 +5,17 @@
 //! | `POST /api/v1/characters` | create (201) |
 //! | `GET /api/v1/characters` | the caller's characters, filtered, paginated |
 //! | `GET/PATCH/DELETE /api/v1/characters/{id}` | read (counts a view), edit, delete |
+//! | `GET /api/v1/characters/{id}/images` | the character's images, newest first |
+//! | `PUT /api/v1/characters/{id}/primary-image` | choose the primary image |
+//! | `DELETE /api/v1/characters/{id}/images/{image_id}` | delete an image |
+//! | `GET /api/v1/characters/{id}/variants` | the character's family of variants |
 //! | `GET /api/v1/gallery` | public gallery, filtered and sorted |
 //! | `GET /api/v1/gallery/featured` | featured gallery characters |
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -19,6 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::fields::{self, CharacterPatch, NewCharacter, Purpose};
 use super::gallery::{self, GalleryFilter, Sort};
+use super::images::{self, CharacterImage};
 use super::repo::{self, ListFilter};
 use super::{Character, GalleryItem};
 use crate::app::AppState;
@@ -51,6 +56,16 @@ pub fn router() -> Router<AppState> {
                 .delete(delete_character),
         )
         .route("/api/v1/characters/{id}/download", post(download_character))
+        .route("/api/v1/characters/{id}/images", get(list_images))
+        .route(
+            "/api/v1/characters/{id}/images/{image_id}",
+            delete(delete_image),
+        )
+        .route(
+            "/api/v1/characters/{id}/primary-image",
+            put(set_primary_image),
+        )
+        .route("/api/v1/characters/{id}/variants", get(list_variants))
         .route("/api/v1/gallery", get(list_gallery))
         .route("/api/v1/gallery/featured", get(list_featured))
 }
@@ -566,4 +581,246 @@ pub(crate) async fn download_character(
         download_count: count,
         ..link
     }))
+}
+
+/// `limit` and `cursor` only; unknown parameters are refused with a 422.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
+    cursor: Option<String>,
+}
+
+/// A character's images.
+///
+/// Every image generation made for the character, newest first, paginated: visible exactly
+/// when the character is (the caller's own, or a public one). Each carries time-limited links
+/// (an hour) to the image and its thumbnail, never a storage key.
+#[utoipa::path(
+    get,
+    path = "/api/v1/characters/{id}/images",
+    tag = "characters",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id."), PageQuery),
+    responses(
+        (status = 200, description = "A page of the character's images.", body = Page<CharacterImage>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_images(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<CharacterImage>>, ApiError> {
+    let id = resource_id(&id, "character")?;
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let viewer = users::repo::optional_user(&**client, identity.as_ref()).await?;
+    let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
+    repo::visible(&tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
+    let page = images::list(&tx, id, limit, after).await?;
+    tx.commit().await?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for image in page.items {
+        items.push(image.present(state.storage.as_deref()).await);
+    }
+    Ok(Json(Page {
+        items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// The body of `PUT /api/v1/characters/{id}/primary-image`. Unknown fields are refused with
+/// a 422.
+// It only documents the body: `primary_image_id` reads it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct PrimaryImageChoice {
+    /// One of the character's images (see `GET /api/v1/characters/{id}/images`).
+    #[schema(min_length = 1, max_length = 128)]
+    image_id: String,
+}
+
+/// The image id of a primary-image body: a 422 naming `image_id` for anything but a
+/// plausible id.
+fn primary_image_id(body: Map<String, Value>) -> Result<String, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        #[serde(default)]
+        image_id: Option<Value>,
+    }
+    let raw: Raw = crate::input::decode_strict(body, &[])?;
+    match raw.image_id {
+        None | Some(Value::Null) => Err(ApiError::validation("image_id", "is required")),
+        Some(Value::String(id)) => {
+            if (1..=128).contains(&id.len()) && !id.chars().any(char::is_control) {
+                Ok(id)
+            } else {
+                Err(ApiError::validation(
+                    "image_id",
+                    "is not an image of this character",
+                ))
+            }
+        }
+        Some(_) => Err(ApiError::validation("image_id", "must be a string")),
+    }
+}
+
+/// Choose a character's primary image.
+///
+/// The image becomes the character's `primary_image_url` and `thumbnail_url` (the others are
+/// its `additional_images`). Owner only; logged as `character_primary_image_set`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/characters/{id}/primary-image",
+    tag = "characters",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id.")),
+    request_body = PrimaryImageChoice,
+    responses(
+        (status = 200, description = "The character, with its new primary image.", body = Character),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public character, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "An invalid body, or `image_id` is not an image of this character (`errors` names `image_id`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn set_primary_image(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    meta: RequestMeta,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<Json<Character>, ApiError> {
+    let id = resource_id(&id, "character")?;
+    let image_id = primary_image_id(body)?;
+    let mut client = state.db.get().await?;
+    let user = users::repo::current_user(&**client, &identity).await?;
+    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    repo::owned(&tx, &user, id).await?;
+    let mut character = images::set_primary(&tx, &user, id, &image_id, &meta).await?;
+    tx.commit().await?;
+    character.present(state.storage.as_deref()).await;
+    Ok(Json(character))
+}
+
+/// Delete one of a character's images.
+///
+/// Owner only. When it was the primary image, the oldest remaining image becomes primary (none
+/// left: the character has no image). The image leaves its job's `output_urls`; the image and
+/// its thumbnail are deleted from storage once the deletion is committed. Logged as
+/// `character_image_deleted`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/characters/{id}/images/{image_id}",
+    tag = "characters",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The character's id."),
+        ("image_id" = String, Path, description = "The image's id."),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "Someone else's public character, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character (or not visible to the caller), no such image of it, or no account yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn delete_image(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    meta: RequestMeta,
+    ApiPath((id, image_id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = resource_id(&id, "character")?;
+    let image_id = resource_id(&image_id, "image of this character")?;
+    let mut client = state.db.get().await?;
+    let user = users::repo::current_user(&**client, &identity).await?;
+    let client: &mut tokio_postgres::Client = &mut client;
+    let tx = client.transaction().await?;
+    // As the system role, scoped to the caller's own image: its job stops listing it.
+    // Then the checks and the deletion, under RLS; a refusal rolls both back.
+    images::forget_job_output(&tx, &user, id, image_id).await?;
+    db::act_as(&tx, Some(&user.id)).await?;
+    repo::owned(&tx, &user, id).await?;
+    let objects = images::delete(&tx, &user, id, image_id, &meta).await?;
+    tx.commit().await?;
+    // The row is gone; now the files. A failure leaves an orphan for the
+    // bucket's lifecycle rule, never an image row pointing at nothing.
+    if let Some(storage) = state.storage.as_deref() {
+        for key in &objects {
+            if let Err(e) = storage.delete(key).await {
+                tracing::warn!(%key, error = %e, "orphaned image after its deletion");
+            }
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A character's family of variants.
+///
+/// The character's family: the first character of its lineage and every variant made from it
+/// or from its variants (`parent_character_id`, `version_number` and `variant_type` draw the
+/// tree), ordered by version number, then creation. The caller sees their own members and
+/// the public ones; 404 when the character itself is not visible.
+#[utoipa::path(
+    get,
+    path = "/api/v1/characters/{id}/variants",
+    tag = "characters",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The character's id."), PageQuery),
+    responses(
+        (status = 200, description = "A page of the family, by version number.", body = Page<Character>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+        (status = 500, response = InternalError),
+    )
+)]
+pub(crate) async fn list_variants(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Character>>, ApiError> {
+    let id = resource_id(&id, "character")?;
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode_version_key(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let viewer = users::repo::optional_user(&**client, identity.as_ref()).await?;
+    let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
+    repo::visible(&tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
+    let mut page = repo::family(&tx, id, limit, after).await?;
+    tx.commit().await?;
+    for character in &mut page.items {
+        character.present(state.storage.as_deref()).await;
+    }
+    Ok(Json(page))
 }

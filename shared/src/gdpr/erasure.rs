@@ -20,8 +20,9 @@
 //!    settings back to defaults) and an erasure receipt is written (see
 //!    [`crate::gdpr`]), with an `erasure` activity row carrying no address.
 //!
-//! The images, thumbnails, job outputs and stored exports are deleted after
-//! the commit, as a character deletion does; a failure leaves a logged orphan,
+//! The images and thumbnails recorded in `character_images` (variants'
+//! included), job outputs and stored exports are deleted after the commit,
+//! as a character deletion does; a failure leaves a logged orphan,
 //! never a row pointing at nothing.
 //!
 //! Concurrency: locks are taken in the order the rest of the platform uses
@@ -189,10 +190,22 @@ async fn cancel_jobs(tx: &Transaction<'_>, user_id: &str) -> Result<usize, ApiEr
     Ok(cancelled.len())
 }
 
-/// Every stored object of the user: each character's (as a character deletion
-/// finds them), every job output left from earlier deletions, stored exports.
+/// Every stored object of the user: every image and thumbnail recorded in
+/// `character_images` (variants' included), each character's (as a character
+/// deletion finds them), every job output left from earlier deletions, stored
+/// exports.
 async fn stored_objects(tx: &Transaction<'_>, user_id: &str) -> Result<Vec<String>, ApiError> {
     let mut keys = Vec::new();
+    let images = tx
+        .query(
+            "SELECT storage_key, thumbnail_key FROM character_images WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await?;
+    for row in &images {
+        keys.push(row.try_get::<_, String>(0)?);
+        keys.extend(row.try_get::<_, Option<String>>(1)?);
+    }
     let characters = tx
         .query("SELECT id FROM characters WHERE user_id = $1", &[&user_id])
         .await?;

@@ -19,6 +19,7 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel};
 use utoipa::ToSchema;
 
 use crate::activity::{self, Activity};
+use crate::characters::images::{self, CharacterImage};
 use crate::characters::{CHARACTER_COLUMNS, Character};
 use crate::collections::{COLLECTION_COLUMNS, Collection};
 use crate::credits::purchases::{ORDER_COLUMNS, PurchaseOrder};
@@ -56,6 +57,9 @@ pub struct ExportDocument {
     /// The caller's characters; image fields are time-limited links (one hour), never
     /// bucket keys.
     pub characters: Vec<Character>,
+    /// The caller's generated images (`character_images` rows, variants' included): every
+    /// column but the storage keys, with `url` and `thumbnail_url` links valid for an hour.
+    pub images: Vec<ExportImage>,
     /// The caller's collections, each with the ids of the characters it files (which may be
     /// other users' public characters: ids only).
     pub collections: Vec<ExportCollection>,
@@ -87,6 +91,15 @@ pub struct ExportDocument {
     /// and request id included), oldest first, as far back as the retention period keeps them.
     #[schema(value_type = Vec<Object>)]
     pub activity: Vec<Value>,
+}
+
+/// One of the caller's images: its record (as `GET /api/v1/characters/{id}/images` shows
+/// it) and whose it is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportImage {
+    pub user_id: String,
+    #[serde(flatten)]
+    pub image: CharacterImage,
 }
 
 /// A collection and the ids of the characters it files, in display order.
@@ -332,6 +345,13 @@ async fn read(
     for character in &mut characters {
         character.present(storage).await;
     }
+    let mut exported_images = Vec::new();
+    for record in images::of_user(tx, id).await? {
+        exported_images.push(ExportImage {
+            user_id: record.user_id.clone(),
+            image: record.present(storage).await,
+        });
+    }
     let collections = read_collections(tx, id).await?;
     let mut generation_jobs = tx
         .query(
@@ -373,6 +393,7 @@ async fn read(
         account,
         profile,
         characters,
+        images: exported_images,
         collections,
         generation_jobs,
         credit_account,
