@@ -37,8 +37,10 @@ pub const SAMPLERS: [&str; 22] = [
 pub const DEFAULT_SAMPLER: &str = "DPM++ 2M Karras";
 pub const DEFAULT_CFG_SCALE: f64 = 7.5;
 pub const LICENSE_TYPES: [&str; 3] = ["standard", "commercial", "creative_commons"];
-/// Variants a new character may declare towards its parent.
-pub const VARIANT_TYPES: [&str; 4] = [
+/// Variants a new character may declare towards its parent (the seed's, plus
+/// `variation`, the job type that had no variant type to record it by).
+pub const VARIANT_TYPES: [&str; 5] = [
+    "variation",
     "style_transfer",
     "pose_change",
     "outfit_change",

@@ -714,9 +714,10 @@ pub(crate) async fn set_primary_image(
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Character>, ApiError> {
     let id = resource_id(&id, "character")?;
-    let image_id = primary_image_id(body)?;
     let mut client = state.db.get().await?;
+    // The account first: a banned caller is refused whatever the body says.
     let user = users::repo::current_user(&**client, &identity).await?;
+    let image_id = primary_image_id(body)?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
     repo::owned(&tx, &user, id).await?;
     let mut character = images::set_primary(&tx, &user, id, &image_id, &meta).await?;
