@@ -54,8 +54,10 @@ pub struct AuthConfig {
     pub email_claim: String,
     /// `AUTH_LEEWAY_SECONDS` (default 30): clock skew allowed on `exp`/`nbf`.
     pub leeway_seconds: u64,
-    /// `AUTH_JWKS_MIN_REFRESH_SECONDS` (default 60): an unknown `kid` triggers a
-    /// JWKS refetch at most this often, so forged kids cannot hammer the issuer.
+    /// `AUTH_JWKS_MIN_REFRESH_SECONDS` (default 60, 5..=86400): an unknown `kid`
+    /// triggers a JWKS refetch at most this often, so forged kids cannot hammer
+    /// the issuer; while fetches fail the wait doubles after each failure, up
+    /// to 5 minutes.
     pub jwks_min_refresh: Duration,
     /// `AUTH_TRUST_GATEWAY_CLAIMS` (default false): accept the claims that API
     /// Gateway's JWT authorizer already verified (`requestContext.authorizer.jwt`).
@@ -666,7 +668,7 @@ impl Config {
                 &get,
                 "AUTH_JWKS_MIN_REFRESH_SECONDS",
                 60,
-                0,
+                5,
                 86_400,
             )?),
             trust_gateway_claims: parse_bool(&get, "AUTH_TRUST_GATEWAY_CLAIMS", false)?,

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
 use shared::auth::dev_issuer::{DevIssuer, SigningKey};
@@ -30,7 +31,12 @@ async fn start_issuer(initial: Value) -> Issuer {
             let published = published.clone();
             move || async move {
                 hits.fetch_add(1, Ordering::SeqCst);
-                axum::Json(published.read().await.clone())
+                // `null` published: the issuer is down and answers 500.
+                let document = published.read().await.clone();
+                if document.is_null() {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                axum::Json(document).into_response()
             }
         }),
     );
@@ -61,12 +67,25 @@ async fn keys_are_cached_rotation_is_picked_up_and_unknown_kids_are_rate_limited
     let old_key = testkit::signing_key();
     let issuer = start_issuer(json!({"keys": [old_key.jwk()]})).await;
     let dev = DevIssuer::new(old_key.clone(), issuer.url.clone(), "api");
-    let verifier = verifier(&issuer, Duration::from_millis(400));
+    let min_refresh = Duration::from_secs(2);
+    let verifier = verifier(&issuer, min_refresh);
+    // Signing is the slow part: the forged tokens are made before the clock matters.
+    let forged: Vec<String> = (0..50)
+        .map(|i| {
+            old_key
+                .sign(
+                    &format!("invented-{i}"),
+                    &dev.claims_for("x@example.com", &[], Duration::from_secs(60)),
+                )
+                .unwrap()
+        })
+        .collect();
 
     // Many verifications, one fetch.
     let token = dev
         .mint("ann@example.com", &[], Duration::from_secs(60))
         .unwrap();
+    let started = Instant::now();
     for _ in 0..20 {
         let identity = verifier.verify(&token).await.unwrap();
         assert_eq!(identity.email.as_deref(), Some("ann@example.com"));
@@ -74,37 +93,45 @@ async fn keys_are_cached_rotation_is_picked_up_and_unknown_kids_are_rate_limited
     assert_eq!(issuer.hits.load(Ordering::SeqCst), 1);
 
     // A flood of invented kids right after a fetch costs the issuer nothing.
-    for i in 0..50 {
-        let forged = old_key
-            .sign(
-                &format!("invented-{i}"),
-                &dev.claims_for("x@example.com", &[], Duration::from_secs(60)),
-            )
-            .unwrap();
+    for forged in &forged {
         assert!(matches!(
-            verifier.verify(&forged).await,
+            verifier.verify(forged).await,
             Err(AuthError::UnknownKey)
         ));
     }
-    assert_eq!(
-        issuer.hits.load(Ordering::SeqCst),
-        1,
-        "unknown kids must not refetch within the interval"
-    );
+    // (Only a machine stalled past the interval could have let one through.)
+    if started.elapsed() < min_refresh {
+        assert_eq!(
+            issuer.hits.load(Ordering::SeqCst),
+            1,
+            "unknown kids must not refetch within the interval"
+        );
+    }
 
     // The issuer rotates in a new key; once the interval has passed, its first
     // token triggers one refetch and is accepted.
     let new_key = SigningKey::generate().unwrap();
     *issuer.published.write().await = json!({"keys": [old_key.jwk(), new_key.jwk()]});
-    tokio::time::sleep(Duration::from_millis(450)).await;
     let rotated = DevIssuer::new(new_key, issuer.url.clone(), "api")
         .mint("ann@example.com", &[], Duration::from_secs(60))
         .unwrap();
-    verifier.verify(&rotated).await.unwrap();
-    assert_eq!(issuer.hits.load(Ordering::SeqCst), 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(err) = verifier.verify(&rotated).await {
+        assert!(matches!(err, AuthError::UnknownKey), "{err:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the rotated key was never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fetched = issuer.hits.load(Ordering::SeqCst);
     verifier.verify(&rotated).await.unwrap();
     verifier.verify(&token).await.unwrap();
-    assert_eq!(issuer.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        issuer.hits.load(Ordering::SeqCst),
+        fetched,
+        "both keys are cached now"
+    );
 }
 
 #[tokio::test]
@@ -149,4 +176,83 @@ async fn an_unreachable_issuer_is_a_service_problem_not_a_client_one() {
     assert!(matches!(err, AuthError::KeysUnavailable), "{err:?}");
     let api: shared::ApiError = err.into();
     assert_eq!(api.status().as_u16(), 503);
+}
+
+#[tokio::test]
+async fn an_issuer_answering_500_is_asked_at_most_once_per_backoff_interval() {
+    let key = testkit::signing_key();
+    let issuer = start_issuer(Value::Null).await;
+    let dev = DevIssuer::new(key.clone(), issuer.url.clone(), "api");
+    let min_refresh = Duration::from_secs(1);
+    let verifier = Arc::new(verifier(&issuer, min_refresh));
+    let token = dev
+        .mint("ann@example.com", &[], Duration::from_secs(60))
+        .unwrap();
+    let hits = || issuer.hits.load(Ordering::SeqCst);
+
+    // A burst of tokens, half of them concurrent: one fetch, every answer a 503.
+    let started = Instant::now();
+    let concurrent: Vec<_> = (0..25)
+        .map(|_| {
+            let (verifier, token) = (verifier.clone(), token.clone());
+            tokio::spawn(async move { verifier.verify(&token).await })
+        })
+        .collect();
+    for task in concurrent {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(err, AuthError::KeysUnavailable), "{err:?}");
+    }
+    for _ in 0..25 {
+        let err = verifier.verify(&token).await.unwrap_err();
+        assert!(matches!(err, AuthError::KeysUnavailable), "{err:?}");
+    }
+    // Only a machine stalled past the first interval could have made a second.
+    let expected = if started.elapsed() < min_refresh {
+        1
+    } else {
+        2
+    };
+    assert!(hits() <= expected, "{} fetches for 50 tokens", hits());
+    assert_eq!(hits().min(1), 1);
+
+    // After the interval, the next token tries once more; the wait then doubles.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = hits();
+    while hits() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the issuer was never asked again"
+        );
+        let err = verifier.verify(&token).await.unwrap_err();
+        assert!(matches!(err, AuthError::KeysUnavailable), "{err:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = Instant::now();
+    let after_second = hits();
+    for _ in 0..20 {
+        verifier.verify(&token).await.unwrap_err();
+    }
+    if second.elapsed() < 2 * min_refresh {
+        assert_eq!(hits(), after_second, "asked again within the doubled wait");
+    }
+
+    // The issuer recovers: once the wait is over, its keys are fetched and used.
+    *issuer.published.write().await = json!({"keys": [key.jwk()]});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match verifier.verify(&token).await {
+            Ok(identity) => {
+                assert_eq!(identity.email.as_deref(), Some("ann@example.com"));
+                break;
+            }
+            Err(AuthError::KeysUnavailable) => {
+                assert!(Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    let recovered = hits();
+    verifier.verify(&token).await.unwrap();
+    assert_eq!(hits(), recovered, "a trusted key needs no fetch");
 }

@@ -4,6 +4,12 @@
 //! at most once per `min_refresh`, so a flood of tokens with invented kids cannot
 //! turn this service into a load generator against the issuer. The whole set is
 //! also refreshed when older than `max_age`, so a revoked key stops working.
+//!
+//! While the issuer fails (an outage, a 500), failed fetches count as fetches:
+//! the next one waits `min_refresh`, then twice as long after each further
+//! failure, up to [`MAX_BACKOFF`]. Meanwhile keys already trusted keep working
+//! and unknown ones are a 503 without any request to the issuer, so an outage
+//! of the identity provider never becomes a fetch storm from every instance.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,10 +36,32 @@ struct Jwk {
     e: Option<String>,
 }
 
+/// The longest wait between fetches while the issuer keeps failing.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
 #[derive(Default)]
 struct Cached {
     keys: HashMap<String, DecodingKey>,
+    /// The last successful fetch.
     fetched_at: Option<Instant>,
+    /// The last fetch, successful or not.
+    attempted_at: Option<Instant>,
+    /// Fetches failed in a row since the last success.
+    failures: u32,
+}
+
+impl Cached {
+    /// How long after the last attempt the next fetch may be made.
+    fn wait(&self, min_refresh: Duration) -> Duration {
+        if self.failures == 0 {
+            return min_refresh;
+        }
+        let doublings = (self.failures - 1).min(16);
+        min_refresh
+            .saturating_mul(1 << doublings)
+            .min(MAX_BACKOFF)
+            .max(min_refresh)
+    }
 }
 
 pub struct JwksCache {
@@ -72,29 +100,40 @@ impl JwksCache {
         if let Some(key) = self.lookup_fresh(kid).await {
             return Ok(key);
         }
-        let (recently_fetched, stale_key) = {
+        let (too_soon, failing, stale_key) = {
             let cached = self.cached.read().await;
             (
                 cached
-                    .fetched_at
-                    .is_some_and(|at| at.elapsed() < self.min_refresh),
+                    .attempted_at
+                    .is_some_and(|at| at.elapsed() < cached.wait(self.min_refresh)),
+                cached.failures > 0,
                 cached.keys.get(kid).cloned(),
             )
         };
-        if recently_fetched {
-            return stale_key.ok_or(AuthError::UnknownKey);
+        if too_soon {
+            // Keep serving a key we already trusted; an unknown one is the issuer's
+            // problem while it fails, the token's otherwise.
+            return stale_key.ok_or(if failing {
+                AuthError::KeysUnavailable
+            } else {
+                AuthError::UnknownKey
+            });
         }
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        let mut cached = self.cached.write().await;
+        cached.attempted_at = Some(Instant::now());
+        match fetched {
             Ok(keys) => {
                 let found = keys.get(kid).cloned();
-                *self.cached.write().await = Cached {
-                    keys,
-                    fetched_at: Some(Instant::now()),
-                };
+                cached.keys = keys;
+                cached.fetched_at = cached.attempted_at;
+                cached.failures = 0;
                 found.ok_or(AuthError::UnknownKey)
             }
             Err(reason) => {
-                tracing::warn!(%reason, url = %self.url, "JWKS fetch failed");
+                cached.failures = cached.failures.saturating_add(1);
+                tracing::warn!(%reason, url = %self.url, failures = cached.failures,
+                    next_attempt_in_s = cached.wait(self.min_refresh).as_secs(), "JWKS fetch failed");
                 // Keep serving a key we already trusted rather than failing every request
                 // while the issuer is briefly unreachable.
                 stale_key.ok_or(AuthError::KeysUnavailable)
@@ -147,6 +186,22 @@ fn parse_keys(set: JwkSet) -> HashMap<String, DecodingKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_double_the_wait_up_to_the_cap() {
+        let mut cached = Cached::default();
+        let min = Duration::from_secs(10);
+        assert_eq!(cached.wait(min), min);
+        let waits: Vec<u64> = (1..=8)
+            .map(|failures| {
+                cached.failures = failures;
+                cached.wait(min).as_secs()
+            })
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
+        cached.failures = u32::MAX;
+        assert_eq!(cached.wait(min), MAX_BACKOFF);
+    }
 
     #[test]
     fn keeps_only_rs256_signing_keys_with_kid() {
