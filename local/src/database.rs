@@ -190,12 +190,23 @@ impl PrivateCluster {
     }
 
     pub fn stop(&self) -> anyhow::Result<()> {
+        self.stop_with("fast")
+    }
+
+    /// Stops the server the way a crash would (`pg_ctl -m immediate`): every
+    /// connection is cut, nothing is shut down cleanly, and the next start
+    /// recovers from the write-ahead log. For outage tests.
+    pub fn crash(&self) -> anyhow::Result<()> {
+        self.stop_with("immediate")
+    }
+
+    fn stop_with(&self, mode: &str) -> anyhow::Result<()> {
         let bin = postgres_bin_dir().context("pg_ctl not found")?;
         run(self.as_cluster_owner(bin.join("pg_ctl")).args([
             "-D",
             &self.data_dir.to_string_lossy(),
             "-m",
-            "fast",
+            mode,
             "-w",
             "stop",
         ]))

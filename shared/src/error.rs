@@ -277,9 +277,66 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether a database error means the database is unreachable or going away
+/// (a broken or refused connection, a server shutting down, starting up or
+/// crashed): the request may succeed once it is back, so it is a 503 with
+/// `Retry-After`, and a worker retries the message rather than failing a job.
+pub fn database_unavailable(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(code) = err.code() {
+        return [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::CONNECTION_DOES_NOT_EXIST,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(code);
+    }
+    // No SQLSTATE: a transport failure (refused, reset, timed out, TLS) is one;
+    // a client-side fault (a parameter that cannot be serialized) is not.
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    // tokio-postgres's own words for the transport kinds without an io cause.
+    let text = err.to_string();
+    [
+        "error connecting to server",
+        "timeout waiting for server",
+        "connection closed",
+        "error communicating with the server",
+        "error performing TLS handshake",
+    ]
+    .iter()
+    .any(|kind| text.starts_with(kind))
+}
+
+/// The 503 a database outage answers.
+fn database_outage() -> ApiError {
+    ApiError::ServiceUnavailable {
+        detail: "the database is unavailable for a moment; retry shortly".into(),
+        retry_after: 2,
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
         use tokio_postgres::error::SqlState;
+        if database_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            return database_outage();
+        }
         match err.code() {
             Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE => {
                 Self::ServiceUnavailable {
@@ -337,6 +394,9 @@ impl From<deadpool_postgres::PoolError> for ApiError {
                 detail: "the database is busy; retry shortly".into(),
                 retry_after: 1,
             },
+            // Connecting (or checking a recycled connection) failed.
+            deadpool_postgres::PoolError::Backend(err) => Self::from(err),
+            deadpool_postgres::PoolError::Closed => database_outage(),
             other => Self::Internal(format!("database pool: {other}")),
         }
     }

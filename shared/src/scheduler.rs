@@ -56,23 +56,43 @@ pub enum TaskError {
     Unknown(String),
     #[error("task failed: {0}")]
     Failed(String),
+    /// The database was unreachable: nothing is wrong with the task, and the
+    /// schedule's retry (or its next run) will do it.
+    #[error("task not run, retryable: the database is unavailable ({0})")]
+    Retryable(String),
+}
+
+impl TaskError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
 }
 
 impl From<ApiError> for TaskError {
     fn from(err: ApiError) -> Self {
-        Self::Failed(err.to_string())
+        match err {
+            ApiError::ServiceUnavailable { detail, .. } => Self::Retryable(detail),
+            other => Self::Failed(other.to_string()),
+        }
     }
 }
 
 impl From<tokio_postgres::Error> for TaskError {
     fn from(err: tokio_postgres::Error) -> Self {
-        Self::Failed(err.to_string())
+        if crate::error::database_unavailable(&err) {
+            Self::Retryable(err.to_string())
+        } else {
+            Self::Failed(err.to_string())
+        }
     }
 }
 
 impl From<ledger::LedgerError> for TaskError {
     fn from(err: ledger::LedgerError) -> Self {
-        Self::Failed(err.to_string())
+        match err {
+            ledger::LedgerError::Database(e) => e.into(),
+            other => Self::Failed(other.to_string()),
+        }
     }
 }
 
@@ -84,7 +104,7 @@ impl From<crate::db::DbSetupError> for TaskError {
 
 impl From<deadpool_postgres::PoolError> for TaskError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self::Failed(err.to_string())
+        ApiError::from(err).into()
     }
 }
 
@@ -253,4 +273,24 @@ pub async fn expire_subscriptions(client: &impl GenericClient) -> Result<i64, Ta
         .await?
         .try_get(0)?;
     Ok(expired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_database_is_a_retryable_task_error() {
+        let unavailable = TaskError::from(ApiError::ServiceUnavailable {
+            detail: "the database is unavailable for a moment; retry shortly".into(),
+            retry_after: 2,
+        });
+        assert!(unavailable.is_retryable());
+        assert!(
+            unavailable.to_string().contains("retryable"),
+            "{unavailable}"
+        );
+        assert!(!TaskError::from(ApiError::internal("a bug")).is_retryable());
+        assert!(!TaskError::Unknown("x".into()).is_retryable());
+    }
 }
