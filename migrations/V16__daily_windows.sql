@@ -16,6 +16,11 @@
 --   sets before using anything is the one their first window follows.
 -- * user_credits.daily_reset_date (seed column): the label the allowance counter belongs to,
 --   always users.quota_day once a window is open (both are written by the same statements).
+-- * user_credits.last_daily_bonus_date (seed column): the label of the last claim's window;
+--   user_credits.last_daily_bonus_window_end: when that window ended. A daily bonus streak
+--   counts windows: it grows when the last claim's label is this window's minus one, or its
+--   window ended when this one started (labels skip a date when a zone change at the turn of a
+--   window puts the next date already behind, crossing the date line eastward).
 -- * users.daily_used / user_credits.daily_used (seed columns): what the window has used.
 --
 -- A time zone change never touches the open window; it takes effect from the next one.
@@ -44,6 +49,8 @@ ALTER TABLE users
   ADD COLUMN quota_day DATE,
   ADD COLUMN quota_resets_at TIMESTAMP WITH TIME ZONE;
 
+ALTER TABLE user_credits ADD COLUMN last_daily_bonus_window_end TIMESTAMP WITH TIME ZONE;
+
 CREATE INDEX idx_users_quota_resets_at ON users (quota_resets_at);
 
 COMMENT ON COLUMN users.quota_day IS
@@ -60,6 +67,8 @@ COMMENT ON COLUMN user_credits.daily_reset_date IS
   'Label of the daily window the allowance counter belongs to: users.quota_day once a window is open.';
 COMMENT ON COLUMN user_credits.last_daily_bonus_date IS
   'Label (users.quota_day) of the daily window in which the last daily bonus was claimed.';
+COMMENT ON COLUMN user_credits.last_daily_bonus_window_end IS
+  'When the window of the last daily bonus claim ended (NULL for claims before V16).';
 COMMENT ON COLUMN credit_holds.quota_day IS
   'Label (users.quota_day) of the daily window the free generation or allowance was taken from.';
 

@@ -104,11 +104,20 @@ pub(crate) async fn get_balance(
     let tx = client.transaction().await?;
     let balance = super::balance(&tx, &user.id).await?;
     let local_date = local_today(&tx, user.timezone.as_deref()).await?;
+    // Whether the last claim's window is the one right before this window.
+    let follows_last_claim: bool = tx
+        .query_one(
+            "SELECT coalesce(last_daily_bonus_window_end = $2, false) FROM user_credits WHERE user_id = $1",
+            &[&user.id, &balance.daily_window_started_at],
+        )
+        .await?
+        .try_get(0)?;
     tx.commit().await?;
     let next_streak = bonus::next_streak(
         balance.last_daily_bonus_date,
         balance.daily_login_streak,
         balance.daily_reset_date,
+        follows_last_claim,
     );
     Ok(Json(BalanceView {
         daily_bonus_available: next_streak.is_some(),

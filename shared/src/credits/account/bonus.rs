@@ -1,13 +1,13 @@
 //! `POST /api/v1/credits/daily-bonus`: once per daily window of the user
 //! ([`ledger::daily_window`]: it ends at the local midnight computed when it
 //! started, so changing `timezone` cannot open another claim). Claiming in
-//! the window that follows the last claim's one (consecutive labels) grows the
-//! streak; any later window starts it again at 1. The amount is
+//! the window right after the last claim's window grows the streak; any later
+//! window starts it again at 1. The amount is
 //! `daily_bonus_base + daily_bonus_step × (min(streak, daily_bonus_max_streak) − 1)`.
 //!
 //! One transaction: lock the user, open the next window if the stored one
-//! ended, move the streak and `last_daily_bonus_date` (the window's label)
-//! with a conditional update (only when the last claim's label is below this
+//! ended, move the streak, `last_daily_bonus_date` (the window's label) and
+//! `last_daily_bonus_window_end` with a conditional update (only when the last claim's label is below this
 //! window's), post one `bonus` entry, log `daily_bonus`. Concurrent claims
 //! serialise on the row lock and the losers' conditional update finds
 //! nothing: credited once.
@@ -38,11 +38,22 @@ const ROUTE: &str = "/api/v1/credits/daily-bonus";
 /// The streak a claim in the window labelled `today` would reach, or `None`
 /// when that window's bonus is taken. Window labels grow by at least one per
 /// window, so a last claim labelled `today` or later is this window's (or, for
-/// accounts migrated from per-date counting, a later date's): taken.
-pub(super) fn next_streak(last: Option<NaiveDate>, streak: i32, today: NaiveDate) -> Option<i32> {
+/// accounts migrated from per-date counting, a later date's): taken. The
+/// streak grows when the last claim was in the window right before this one:
+/// its label is `today − 1`, or (`follows_last_claim`) it ended when this one
+/// started — labels skip a date when a zone change at the turn of a window
+/// puts the next local date already behind (crossing the date line eastward).
+pub(super) fn next_streak(
+    last: Option<NaiveDate>,
+    streak: i32,
+    today: NaiveDate,
+    follows_last_claim: bool,
+) -> Option<i32> {
     match last {
         Some(last) if last >= today => None,
-        Some(last) if last.succ_opt() == Some(today) => Some(streak.max(0).saturating_add(1)),
+        Some(last) if last.succ_opt() == Some(today) || follows_last_claim => {
+            Some(streak.max(0).saturating_add(1))
+        }
         _ => Some(1),
     }
 }
@@ -163,15 +174,18 @@ pub(crate) async fn claim(
     // `< today` rather than `IS DISTINCT FROM today`: a last claim labelled
     // after this window (a per-date claim migrated from before V16) must not
     // open a second claim.
+    // The streak grows when the last claim was in the window right before this
+    // one (see `next_streak`).
     let claimed = tx
         .query_opt(
             "UPDATE user_credits SET \
                daily_login_streak = CASE WHEN last_daily_bonus_date = $2::date - 1 \
+                                           OR last_daily_bonus_window_end = $3 \
                                          THEN greatest(daily_login_streak, 0) + 1 ELSE 1 END, \
-               last_daily_bonus_date = $2, updated_at = now() \
+               last_daily_bonus_date = $2, last_daily_bonus_window_end = $4, updated_at = now() \
              WHERE user_id = $1 AND (last_daily_bonus_date IS NULL OR last_daily_bonus_date < $2) \
              RETURNING daily_login_streak",
-            &[&user.id, &today],
+            &[&user.id, &today, &window.starts_at, &window.ends_at],
         )
         .await?;
     let Some(claimed) = claimed else {
@@ -280,21 +294,33 @@ mod tests {
     }
 
     #[test]
-    fn streaks_grow_on_consecutive_days_only() {
+    fn streaks_grow_on_consecutive_windows_only() {
         let today = date("2025-03-10");
-        assert_eq!(next_streak(None, 0, today), Some(1));
-        assert_eq!(next_streak(Some(date("2025-03-09")), 4, today), Some(5));
-        assert_eq!(next_streak(Some(date("2025-03-08")), 4, today), Some(1));
-        assert_eq!(next_streak(Some(today), 4, today), None);
-        // A zone moved west: the last claim is "tomorrow"; today stays taken.
-        assert_eq!(next_streak(Some(date("2025-03-11")), 4, today), None);
+        assert_eq!(next_streak(None, 0, today, false), Some(1));
+        assert_eq!(
+            next_streak(Some(date("2025-03-09")), 4, today, false),
+            Some(5)
+        );
+        assert_eq!(
+            next_streak(Some(date("2025-03-08")), 4, today, false),
+            Some(1)
+        );
+        // The label skipped a date, but the window follows the claim's.
+        assert_eq!(
+            next_streak(Some(date("2025-03-08")), 4, today, true),
+            Some(5)
+        );
+        assert_eq!(next_streak(Some(today), 4, today, false), None);
+        assert_eq!(next_streak(Some(today), 4, today, true), None);
+        // A claim labelled after this window (migrated per-date data): taken.
+        assert_eq!(next_streak(Some(date("2025-03-11")), 4, today, false), None);
         // Month and year boundaries.
         assert_eq!(
-            next_streak(Some(date("2024-12-31")), 1, date("2025-01-01")),
+            next_streak(Some(date("2024-12-31")), 1, date("2025-01-01"), false),
             Some(2)
         );
         assert_eq!(
-            next_streak(Some(date("2024-02-28")), 1, date("2024-03-01")),
+            next_streak(Some(date("2024-02-28")), 1, date("2024-03-01"), false),
             Some(1)
         );
     }
