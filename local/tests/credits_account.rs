@@ -653,6 +653,15 @@ async fn pricing_shows_tier_multipliers_access_and_usage_without_consuming_limit
     // Tier multipliers, set as an admin would.
     let ann = stack.user("ann@example.com", "ann").await;
     let ann_id = user_id(&db, "ann@example.com").await;
+    // Ann lives in Tokyo from the start: her first daily window, opened by her
+    // first signed-in look below, is the Tokyo day (a later zone change would
+    // apply from the next window only).
+    db.execute(
+        "UPDATE users SET timezone = 'Asia/Tokyo' WHERE id = $1",
+        &[&ann_id],
+    )
+    .await
+    .unwrap();
     for (tier, price, multiplier, pro_allowed) in [
         ("FREE", 10, 1.0, false),
         ("PREMIUM", 8, 0.8, false),
@@ -717,11 +726,14 @@ async fn pricing_shows_tier_multipliers_access_and_usage_without_consuming_limit
     // Windows the engine counted (this minute and the next, so a minute turning
     // mid-test changes nothing; the user's Tokyo day) are reported, not bumped.
     db.execute(
-        "INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, request_count) VALUES \
-           ($1, 'cfg_generate', 'minute', date_trunc('minute', now()), 4), \
-           ($1, 'cfg_generate', 'minute', date_trunc('minute', now()) + interval '1 minute', 4), \
-           ($1, 'cfg_generate', 'day', local_midnight(user_local_date('Asia/Tokyo'), 'Asia/Tokyo'), 7), \
-           ($1, 'cfg_pro_only', 'day', local_midnight(user_local_date('UTC'), 'UTC'), 9)",
+        "INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, window_end, request_count) VALUES \
+           ($1, 'cfg_generate', 'minute', date_trunc('minute', now()), date_trunc('minute', now()) + interval '1 minute', 4), \
+           ($1, 'cfg_generate', 'minute', date_trunc('minute', now()) + interval '1 minute', \
+                date_trunc('minute', now()) + interval '2 minutes', 4), \
+           ($1, 'cfg_generate', 'day', local_midnight(user_local_date('Asia/Tokyo'), 'Asia/Tokyo'), \
+                local_midnight(user_local_date('Asia/Tokyo') + 1, 'Asia/Tokyo'), 7), \
+           ($1, 'cfg_pro_only', 'day', local_midnight(user_local_date('UTC'), 'UTC'), \
+                local_midnight(user_local_date('UTC') + 1, 'UTC'), 9)",
         &[&ann_id],
     )
     .await

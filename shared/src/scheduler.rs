@@ -3,7 +3,7 @@
 //!
 //! | task (`detail-type`) | what |
 //! |---|---|
-//! | `daily-reset` | resets free-generation and allowance counters of every user whose local day turned |
+//! | `daily-reset` | opens the next daily window (free generations, allowance and the other daily counters start over) of every user whose window has ended |
 //! | `job-timeouts` | jobs processing past `timeout_at` become `timeout`, their holds released exactly once |
 //! | `outbox-sweep` | sends queued jobs whose message was never sent, sends again those whose message was lost (dead-lettered or dropped), and fails those lost too often |
 //! | `partition-upkeep` | creates the next months' partitions of the ledger and the activity log, drops activity-log months past retention |

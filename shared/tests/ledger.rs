@@ -246,20 +246,42 @@ async fn daily_counters_reset_at_the_users_local_midnight() {
         )
         .await
         .unwrap();
-    // Both used everything "yesterday evening", as of a fixed instant: 2026-11-26 14:30 UTC,
-    // which is 23:30 in Tokyo. Simulate the counters' day by stamping the last reset.
+    // The first look opens each user's first daily window, in their zone: it resets nothing,
+    // and it ends at their next local midnight.
+    for (id, zone) in [(&ann, "Asia/Tokyo"), (&bob, "UTC")] {
+        assert!(!ledger::reset_daily(&client, id).await.unwrap());
+        let row = client
+            .query_one(
+                "SELECT quota_day = user_local_date($2), \
+                        quota_resets_at = local_midnight(user_local_date($2) + 1, $2), \
+                        last_reset_date = local_midnight(user_local_date($2), $2) \
+                 FROM users WHERE id = $1",
+                &[id, &zone],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                row.get::<_, bool>(0),
+                row.get::<_, bool>(1),
+                row.get::<_, bool>(2)
+            ),
+            (true, true, true),
+            "{zone}: the window is the local day"
+        );
+    }
+    // Both used everything in that window.
     for id in [&ann, &bob] {
         client
             .execute(
-                "UPDATE users SET daily_used = daily_quota, last_reset_date = now() - interval '1 minute' WHERE id = $1",
+                "UPDATE users SET daily_used = daily_quota WHERE id = $1",
                 &[id],
             )
             .await
             .unwrap();
         client
             .execute(
-                "UPDATE user_credits SET daily_allowance = 10, daily_used = 10, \
-                   daily_reset_date = user_local_date((SELECT timezone FROM users WHERE id = $1)) WHERE user_id = $1",
+                "UPDATE user_credits SET daily_allowance = 10, daily_used = 10 WHERE user_id = $1",
                 &[id],
             )
             .await
@@ -267,9 +289,10 @@ async fn daily_counters_reset_at_the_users_local_midnight() {
     }
     // Nothing is due yet for anyone.
     assert!(!ledger::reset_daily(&client, &ann).await.unwrap());
-    // The last Tokyo midnight (T) and the last UTC midnight (U) are 9 hours apart. Stamp both
-    // users' last reset one minute before the later of the two: exactly the user whose own
-    // midnight that was is due, whatever the time of day the test runs.
+    assert!(!ledger::reset_daily(&client, &bob).await.unwrap());
+    // The last Tokyo midnight (T) and the last UTC midnight (U) are 9 hours apart. Give both
+    // users the window they would have opened one minute before the later of the two: exactly
+    // the user whose midnight that was is due, whatever the time of day the test runs.
     let tokyo_midnight: chrono::DateTime<chrono::Utc> = client
         .query_one(
             "SELECT user_local_date('Asia/Tokyo')::timestamp AT TIME ZONE 'Asia/Tokyo'",
@@ -288,13 +311,17 @@ async fn daily_counters_reset_at_the_users_local_midnight() {
         .get(0);
     let stamp = tokyo_midnight.max(utc_midnight) - chrono::Duration::minutes(1);
     client
-        .execute("UPDATE users SET last_reset_date = $1", &[&stamp])
+        .execute(
+            "UPDATE users u SET (quota_day, last_reset_date, quota_resets_at) = \
+               (SELECT w.day, w.starts_at, w.ends_at FROM daily_window_next(NULL, NULL, u.timezone, $1) w)",
+            &[&stamp],
+        )
         .await
         .unwrap();
     client
         .execute(
-            "UPDATE user_credits c SET daily_reset_date = local_date_of($1, u.timezone) FROM users u WHERE u.id = c.user_id",
-            &[&stamp],
+            "UPDATE user_credits c SET daily_reset_date = u.quota_day FROM users u WHERE u.id = c.user_id",
+            &[],
         )
         .await
         .unwrap();
@@ -313,21 +340,37 @@ async fn daily_counters_reset_at_the_users_local_midnight() {
     let expected_left = if tokyo_is_later { 10 } else { 0 };
     assert_eq!(ann_balance.daily_allowance_left, expected_left);
     assert_eq!(ann_balance.free_generations_used == 0, tokyo_is_later);
+    // The window that opened ends at the next Tokyo midnight, and follows the last one.
+    if tokyo_is_later {
+        assert_eq!(ann_balance.daily_window_started_at, tokyo_midnight);
+        assert_eq!(
+            ann_balance.daily_resets_at,
+            tokyo_midnight + chrono::Duration::days(1)
+        );
+    }
 
-    // The bulk reset catches every user whose day turned, once.
+    // The bulk reset catches every user whose window has ended, once.
     client
-        .execute("UPDATE users SET daily_used = daily_quota, last_reset_date = now() - interval '3 days'", &[])
+        .execute("UPDATE users SET daily_used = daily_quota, quota_resets_at = now() - interval '3 days'", &[])
         .await
         .unwrap();
     client
-        .execute(
-            "UPDATE user_credits SET daily_used = 10, daily_reset_date = CURRENT_DATE - 3",
-            &[],
-        )
+        .execute("UPDATE user_credits SET daily_used = 10", &[])
         .await
         .unwrap();
     assert_eq!(ledger::reset_daily_all(&client).await.unwrap(), 2);
     assert_eq!(ledger::reset_daily_all(&client).await.unwrap(), 0);
+    let reset: bool = client
+        .query_one(
+            "SELECT bool_and(u.daily_used = 0 AND c.daily_used = 0 AND u.quota_resets_at > now() \
+                             AND c.daily_reset_date = u.quota_day) \
+             FROM users u JOIN user_credits c ON c.user_id = u.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reset);
 }
 
 #[tokio::test]

@@ -136,18 +136,14 @@ async fn gift(
     Ok(())
 }
 
-/// Moves the user's counters' day back and lets the lazy reset catch up.
+/// Ends the user's daily window now, as if its midnight had come: the stored
+/// end moves to the past (the first window is opened first if there is none
+/// yet), and the lazy reset opens the next window.
 async fn daily_reset(client: &impl GenericClient, user_id: &str) -> bool {
+    ledger::reset_daily(client, user_id).await.unwrap();
     client
         .execute(
-            "UPDATE users SET last_reset_date = last_reset_date - interval '1 day' WHERE id = $1",
-            &[&user_id],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "UPDATE user_credits SET daily_reset_date = daily_reset_date - 1 WHERE user_id = $1",
+            "UPDATE users SET quota_resets_at = now() - interval '1 second' WHERE id = $1",
             &[&user_id],
         )
         .await
@@ -201,6 +197,8 @@ struct UserModel {
     free_used: i32,
     allowance: i32,
     allowance_used: i32,
+    /// How many daily windows have ended in the run (holds are keyed to theirs).
+    window: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +217,8 @@ struct JobModel {
     allowance: i32,
     reserved: i32,
     refunded: bool,
+    /// The user's window when the hold was placed.
+    window: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +340,7 @@ impl Run {
                 free_used: 0,
                 allowance,
                 allowance_used: 0,
+                window: 0,
             });
         }
         Self {
@@ -401,6 +402,7 @@ impl Run {
                         allowance: 0,
                         reserved: 0,
                         refunded: false,
+                        window: u.window,
                     });
                     tx.commit().await.unwrap();
                 } else {
@@ -441,6 +443,7 @@ impl Run {
                             allowance: from_allowance,
                             reserved,
                             refunded: false,
+                            window: u.window,
                         });
                         tx.commit().await.unwrap();
                     }
@@ -480,12 +483,14 @@ impl Run {
                     (JobState::Held, true) => {
                         let u = &mut self.users[j.user];
                         u.reserved -= i64::from(j.reserved);
-                        // Same local day as the hold (the test's resets do not move the
-                        // date), so the free generation and the allowance come back.
-                        if j.free {
-                            u.free_used = (u.free_used - 1).max(0);
+                        // In the window of the hold, the free generation and the allowance
+                        // come back; once that window has ended, only purchased credits do.
+                        if j.window == u.window {
+                            if j.free {
+                                u.free_used = (u.free_used - 1).max(0);
+                            }
+                            u.allowance_used = (u.allowance_used - j.allowance).max(0);
                         }
-                        u.allowance_used = (u.allowance_used - j.allowance).max(0);
                         j.state = JobState::Released;
                         set_job_status(&tx, &j.id, "failed").await;
                     }
@@ -546,6 +551,7 @@ impl Run {
                 assert!(daily_reset(&tx, &u.id).await, "{ctx}: nothing was reset");
                 u.free_used = 0;
                 u.allowance_used = 0;
+                u.window += 1;
                 tx.commit().await.unwrap();
             }
             Op::Refund { job } => {

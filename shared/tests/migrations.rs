@@ -438,3 +438,218 @@ async fn partition_upkeep_moves_default_rows_and_drops_old_months() {
     assert!(remaining.contains(&"user_activity_logs_y2031m04".to_string()));
     assert!(!remaining.contains(&"user_activity_logs_y2031m03".to_string()));
 }
+
+/// The migration files from version `from` up to (not including) `to`, in
+/// order, applied by hand (not through refinery): the schema an existing
+/// database had before a migration, then that migration on it.
+async fn apply_files(client: &tokio_postgres::Client, from: u32, to: u32) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name()?.to_str()?.to_string();
+            let number: u32 = name.strip_prefix('V')?.split("__").next()?.parse().ok()?;
+            Some((number, path))
+        })
+        .filter(|(number, _)| (from..to).contains(number))
+        .collect();
+    files.sort();
+    for (_, path) in files {
+        let sql = std::fs::read_to_string(&path).unwrap();
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// V16 on a database that V15 was counting days in: the local date each user's
+/// counters belonged to becomes their open daily window; a counter of an older
+/// date than the other is reset, as V15's next read would have done; a day that
+/// is over is due at once; the current per-endpoint day rows keep counting.
+#[tokio::test]
+async fn v16_turns_the_day_each_user_was_counting_into_their_open_window() {
+    let url = testkit::empty_database().await;
+    let client = testkit::connect(&url).await;
+    apply_files(&client, 1, 16).await;
+    let user = |email: &'static str, zone: &'static str, last_reset: &'static str| {
+        let client = &client;
+        async move {
+            let sql = format!(
+                "INSERT INTO users (email, timezone, daily_quota, daily_used, last_reset_date, updated_at) \
+                 VALUES ($1, $2, 3, 2, {last_reset}, now() - interval '7 days') RETURNING id"
+            );
+            let id: String = client
+                .query_one(&sql, &[&email, &zone])
+                .await
+                .unwrap()
+                .get(0);
+            id
+        }
+    };
+    // Counting today in Tokyo, both counters.
+    let today = user("tokyo@example.com", "Asia/Tokyo", "now()").await;
+    // Last counted three days ago: over, due at once.
+    let stale = user("stale@example.com", "UTC", "now() - interval '3 days'").await;
+    // Free generations counted yesterday, the allowance today (only the allowance is today's).
+    let mixed = user("mixed@example.com", "UTC", "now() - interval '1 day'").await;
+    // No credit account.
+    let bare = user("bare@example.com", "America/New_York", "now()").await;
+    client
+        .execute(
+            "INSERT INTO user_credits (user_id, daily_allowance, daily_used, daily_reset_date) VALUES \
+               ($1, 10, 5, user_local_date('Asia/Tokyo')), \
+               ($2, 10, 5, user_local_date('UTC') - 3), \
+               ($3, 10, 5, user_local_date('UTC'))",
+            &[&today, &stale, &mixed],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, request_count) VALUES \
+               ($1, 'cfg_generate', 'day', local_midnight(user_local_date('Asia/Tokyo'), 'Asia/Tokyo'), 4), \
+               ($1, 'cfg_generate', 'minute', date_trunc('minute', now()), 2)",
+            &[&today],
+        )
+        .await
+        .unwrap();
+
+    apply_files(&client, 16, 17).await;
+
+    let row = |id: String| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT u.quota_day, u.last_reset_date, u.quota_resets_at, u.daily_used, \
+                            c.daily_used, c.daily_reset_date, u.updated_at < now() - interval '6 days' \
+                     FROM users u LEFT JOIN user_credits c ON c.user_id = u.id WHERE u.id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let date = |sql: &str| {
+        let client = &client;
+        let sql = sql.to_string();
+        async move {
+            client
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, chrono::NaiveDate>(0)
+        }
+    };
+    let instant = |sql: &str| {
+        let client = &client;
+        let sql = sql.to_string();
+        async move {
+            client
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, chrono::DateTime<chrono::Utc>>(0)
+        }
+    };
+    type Window = (
+        chrono::NaiveDate,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let window = |r: &tokio_postgres::Row| -> Window { (r.get(0), r.get(1), r.get(2)) };
+
+    let tokyo = row(today.clone()).await;
+    assert_eq!(
+        window(&tokyo),
+        (
+            date("SELECT user_local_date('Asia/Tokyo')").await,
+            instant("SELECT local_midnight(user_local_date('Asia/Tokyo'), 'Asia/Tokyo')").await,
+            instant("SELECT local_midnight(user_local_date('Asia/Tokyo') + 1, 'Asia/Tokyo')").await,
+        ),
+        "today in Tokyo is the open window"
+    );
+    assert_eq!(
+        (
+            tokyo.get::<_, i32>(3),
+            tokyo.get::<_, Option<i32>>(4),
+            tokyo.get::<_, bool>(6)
+        ),
+        (2, Some(5), true),
+        "counters kept, updated_at untouched"
+    );
+    assert_eq!(
+        tokyo.get::<_, Option<chrono::NaiveDate>>(5),
+        Some(window(&tokyo).0)
+    );
+    // The day row V15 was counting is the open window's row, with its end.
+    let rows = client
+        .query(
+            "SELECT window_kind, window_start, window_end, request_count FROM rate_limit_windows ORDER BY window_kind",
+            &[],
+        )
+        .await
+        .unwrap();
+    let day = &rows[0];
+    assert_eq!(day.get::<_, String>(0), "day");
+    assert_eq!(
+        (
+            day.get::<_, chrono::DateTime<chrono::Utc>>(1),
+            day.get::<_, chrono::DateTime<chrono::Utc>>(2)
+        ),
+        (window(&tokyo).1, window(&tokyo).2)
+    );
+    let minute = &rows[1];
+    assert_eq!(
+        minute.get::<_, chrono::DateTime<chrono::Utc>>(2)
+            - minute.get::<_, chrono::DateTime<chrono::Utc>>(1),
+        chrono::Duration::minutes(1)
+    );
+
+    let over = row(stale.clone()).await;
+    assert_eq!(
+        over.get::<_, chrono::NaiveDate>(0),
+        date("SELECT user_local_date('UTC') - 3").await
+    );
+    assert!(over.get::<_, chrono::DateTime<chrono::Utc>>(2) < chrono::Utc::now());
+    assert_eq!(
+        (over.get::<_, i32>(3), over.get::<_, Option<i32>>(4)),
+        (2, Some(5)),
+        "kept until the first reset"
+    );
+    let reset: bool = client
+        .query_one("SELECT credits_reset_daily($1)", &[&stale])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reset, "a day that is over is due at once");
+    let after = row(stale).await;
+    assert_eq!(
+        (
+            after.get::<_, chrono::NaiveDate>(0),
+            after.get::<_, i32>(3),
+            after.get::<_, Option<i32>>(4)
+        ),
+        (date("SELECT user_local_date('UTC')").await, 0, Some(0))
+    );
+
+    let both = row(mixed).await;
+    assert_eq!(
+        both.get::<_, chrono::NaiveDate>(0),
+        date("SELECT user_local_date('UTC')").await
+    );
+    assert_eq!(
+        (both.get::<_, i32>(3), both.get::<_, Option<i32>>(4)),
+        (0, Some(5)),
+        "yesterday's free generations reset, today's allowance kept"
+    );
+
+    let alone = row(bare).await;
+    assert_eq!(
+        window(&alone).0,
+        date("SELECT user_local_date('America/New_York')").await
+    );
+    assert_eq!(alone.get::<_, Option<i32>>(4), None);
+}

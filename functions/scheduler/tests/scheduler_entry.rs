@@ -134,10 +134,10 @@ async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
         .get(0);
     assert!(exists);
 
-    // Daily reset and key purge.
+    // Daily reset (of the window the hold above opened, ended three days ago) and key purge.
     client
         .execute(
-            "UPDATE users SET daily_used = 3, daily_quota = 3, last_reset_date = now() - interval '3 days'",
+            "UPDATE users SET daily_used = 3, daily_quota = 3, quota_resets_at = now() - interval '3 days'",
             &[],
         )
         .await

@@ -2,11 +2,11 @@
 //!
 //! | route | auth | what |
 //! |---|---|---|
-//! | `GET /api/v1/credits` | token | balance, held, available, debt, today's allowances, streak, totals |
+//! | `GET /api/v1/credits` | token | balance, held, available, debt, the daily window's allowances and when it ends, streak, totals |
 //! | `GET /api/v1/credits/transactions` | token | the caller's ledger, newest first, keyset-paginated, `?transaction_type=` |
 //! | `GET /api/v1/credits/packages` | optional | packages on sale now for the caller's tier |
 //! | `GET /api/v1/pricing` | optional | what each priced endpoint costs the caller now, their limits and usage |
-//! | `POST /api/v1/credits/daily-bonus` | token | once per local day; streaks; optional `Idempotency-Key` |
+//! | `POST /api/v1/credits/daily-bonus` | token | once per daily window; streaks; optional `Idempotency-Key` |
 //! | `POST /api/v1/credits/gifts` | token | credits to another user; `Idempotency-Key` required |
 //!
 //! Credit-moving work runs as the system role in one transaction that takes
@@ -59,19 +59,23 @@ pub(crate) struct NoQuery {}
 pub(crate) struct BalanceView {
     #[serde(flatten)]
     balance: super::Balance,
-    /// The caller's local date (their `timezone`), which the daily counters and bonus follow.
+    /// The caller's local date now, in their current `timezone`. The daily counters and bonus
+    /// follow the daily window (`daily_reset_date`, `daily_resets_at`), which a time zone
+    /// change does not move: the new zone applies from the next window.
     local_date: NaiveDate,
     /// Whether `POST /api/v1/credits/daily-bonus` would credit something now.
     daily_bonus_available: bool,
-    /// What claiming the daily bonus now would credit (`null` once claimed today).
+    /// What claiming the daily bonus now would credit (`null` once claimed in this window).
     daily_bonus_amount: Option<i32>,
 }
 
 /// The caller's balance.
 ///
-/// Balances, what jobs hold and what is available, debt, today's free generations and
-/// allowance (after the lazy reset at the caller's local midnight), the daily bonus streak
-/// and whether today's bonus is open, and lifetime totals. Takes no query parameters.
+/// Balances, what jobs hold and what is available, debt, the free generations and allowance
+/// of the caller's daily window (after the lazy reset), when that window ends
+/// (`daily_resets_at`: the local midnight computed when it started; a time zone change applies
+/// from the next window), the daily bonus streak and whether this window's bonus is open, and
+/// lifetime totals. Takes no query parameters.
 #[utoipa::path(
     get,
     path = "/api/v1/credits",
@@ -100,11 +104,20 @@ pub(crate) async fn get_balance(
     let tx = client.transaction().await?;
     let balance = super::balance(&tx, &user.id).await?;
     let local_date = local_today(&tx, user.timezone.as_deref()).await?;
+    // Whether the last claim's window is the one right before this window.
+    let follows_last_claim: bool = tx
+        .query_one(
+            "SELECT coalesce(last_daily_bonus_window_end = $2, false) FROM user_credits WHERE user_id = $1",
+            &[&user.id, &balance.daily_window_started_at],
+        )
+        .await?
+        .try_get(0)?;
     tx.commit().await?;
     let next_streak = bonus::next_streak(
         balance.last_daily_bonus_date,
         balance.daily_login_streak,
-        local_date,
+        balance.daily_reset_date,
+        follows_last_claim,
     );
     Ok(Json(BalanceView {
         daily_bonus_available: next_streak.is_some(),

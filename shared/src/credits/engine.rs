@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 use tokio_postgres::GenericClient;
 
+use super::ledger;
 use super::pricing::{CostFormula, PriceConfig, PriceInputs, Quote, TierMultipliers};
 use crate::error::ApiError;
 use crate::users::User;
@@ -159,8 +160,8 @@ pub async fn quote_generation(
 }
 
 /// Counts the request in its per-minute (UTC minute) and daily (the user's
-/// local day) windows; over a limit is a 429 with the seconds until the
-/// window ends.
+/// daily window, [`ledger::daily_window`]) windows; over a limit is a 429
+/// with the seconds until the window ends.
 async fn enforce_limits(
     client: &impl GenericClient,
     user: &User,
@@ -169,12 +170,12 @@ async fn enforce_limits(
     if let Some(limit) = config.rate_limit_per_minute {
         let row = client
             .query_one(
-                "INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, request_count) \
-                 VALUES ($1, $2, 'minute', date_trunc('minute', now()), 1) \
+                "INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, window_end, request_count) \
+                 VALUES ($1, $2, 'minute', date_trunc('minute', now()), date_trunc('minute', now()) + interval '1 minute', 1) \
                  ON CONFLICT (user_id, config_id, window_kind, window_start) \
                  DO UPDATE SET request_count = rate_limit_windows.request_count + 1 \
                  RETURNING request_count, \
-                   ceil(extract(epoch FROM date_trunc('minute', now()) + interval '1 minute' - now()))::int8",
+                   ceil(extract(epoch FROM rate_limit_windows.window_end - now()))::int8",
                 &[&user.id, &config.id],
             )
             .await?;
@@ -188,26 +189,28 @@ async fn enforce_limits(
         }
     }
     if let Some(limit) = config.daily_limit {
+        // The users row first (the engine's lock order), then the window it holds:
+        // keyed by its start, so a time zone change cannot open another one.
+        ledger::lock_user(client, &user.id).await?;
+        let window = ledger::daily_window(client, &user.id).await?;
         let row = client
             .query_one(
-                "WITH day AS ( \
-                   SELECT local_midnight(local_date_of(now(), $3), $3) AS start, \
-                          local_midnight(local_date_of(now(), $3) + 1, $3) AS next \
-                 ) \
-                 INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, request_count) \
-                 SELECT $1, $2, 'day', day.start, 1 FROM day \
+                "INSERT INTO rate_limit_windows (user_id, config_id, window_kind, window_start, window_end, request_count) \
+                 VALUES ($1, $2, 'day', $3, $4, 1) \
                  ON CONFLICT (user_id, config_id, window_kind, window_start) \
                  DO UPDATE SET request_count = rate_limit_windows.request_count + 1 \
-                 RETURNING request_count, \
-                   (SELECT ceil(extract(epoch FROM day.next - now()))::int8 FROM day)",
-                &[&user.id, &config.id, &user.timezone],
+                 RETURNING request_count, ceil(extract(epoch FROM $4::timestamptz - now()))::int8",
+                &[&user.id, &config.id, &window.starts_at, &window.ends_at],
             )
             .await?;
         let count: i32 = row.try_get(0)?;
         let retry_after: i64 = row.try_get(1)?;
         if count > limit {
             return Err(ApiError::TooManyRequests {
-                detail: format!("at most {limit} of these per day"),
+                detail: format!(
+                    "at most {limit} of these per day; your daily window ends at {}",
+                    window.ends_at.to_rfc3339()
+                ),
                 retry_after: retry_after.max(1) as u64,
             });
         }

@@ -5,7 +5,9 @@
 //! Spending order: one free daily generation (`users.daily_quota − daily_used`)
 //! covers the whole price; otherwise the subscription's daily allowance
 //! (`user_credits.daily_allowance − daily_used`), then purchased credits, moved
-//! into `reserved_balance` until the job settles.
+//! into `reserved_balance` until the job settles. Both daily counters belong to
+//! the user's daily window ([`ledger::daily_window`]); a hold records the
+//! window's label in `quota_day`.
 //!
 //! What settling charges depends on what was delivered: the full price for
 //! images from an image server, the hold's `fallback_price` (0 unless the
@@ -42,8 +44,10 @@ pub async fn hold(
 ) -> Result<Hold, LedgerError> {
     // Lock order everywhere: users, then user_credits (see ledger::lock_user).
     ledger::lock_user(client, user_id).await?;
-    ledger::reset_daily(client, user_id).await?;
-    // A free daily generation, if one is left today.
+    // The free generation and the allowance come from the user's open daily
+    // window; the hold is keyed to it by its label.
+    let quota_day = ledger::daily_window(client, user_id).await?.day;
+    // A free daily generation, if one is left in this window.
     let free = client
         .query_opt(
             "UPDATE users SET daily_used = daily_used + 1 WHERE id = $1 AND daily_used < daily_quota RETURNING 1",
@@ -53,7 +57,7 @@ pub async fn hold(
         .is_some();
     let row = client
         .query_opt(
-            "SELECT daily_allowance - daily_used, current_balance - reserved_balance, daily_reset_date \
+            "SELECT daily_allowance - daily_used, current_balance - reserved_balance \
              FROM user_credits WHERE user_id = $1 FOR UPDATE",
             &[&user_id],
         )
@@ -61,7 +65,6 @@ pub async fn hold(
         .ok_or(LedgerError::NoAccount)?;
     let allowance_left: i32 = row.try_get::<_, i32>(0)?.max(0);
     let purchased_left: i32 = row.try_get::<_, i32>(1)?.max(0);
-    let quota_day: chrono::NaiveDate = row.try_get(2)?;
     let (allowance, reserved) = if free {
         (0, 0)
     } else {
@@ -241,7 +244,7 @@ pub async fn settle_for(
         )
         .await?;
     // The hold's purchased credits leave the reserve; the allowance the charge
-    // did not use goes back to the day it was taken from.
+    // did not use goes back to the window it was taken from, if still open.
     ledger::reset_daily(client, &user_id).await?;
     give_back(
         client,
@@ -295,8 +298,9 @@ impl Charge {
 }
 
 /// Returns `reserved` purchased credits from the reserve and `allowance`
-/// credits to the allowance of the day the hold was taken (nothing if the
-/// user's day has turned since: the caller has run the lazy daily reset).
+/// credits to the allowance of the daily window the hold was taken from
+/// (nothing if that window has ended since: the caller has run the lazy
+/// daily reset, so the user's open window has another label).
 async fn give_back(
     client: &impl GenericClient,
     user_id: &str,
@@ -307,9 +311,10 @@ async fn give_back(
     client
         .execute(
             "UPDATE user_credits uc SET reserved_balance = reserved_balance - $2, \
-               daily_used = CASE WHEN daily_reset_date = h.quota_day THEN greatest(daily_used - $3, 0) ELSE daily_used END, \
+               daily_used = CASE WHEN u.quota_day = h.quota_day THEN greatest(uc.daily_used - $3, 0) \
+                                 ELSE uc.daily_used END, \
                updated_at = now() \
-             FROM credit_holds h WHERE uc.user_id = $1 AND h.job_id = $4",
+             FROM credit_holds h, users u WHERE uc.user_id = $1 AND h.job_id = $4 AND u.id = uc.user_id",
             &[&user_id, &reserved, &allowance, &job_id],
         )
         .await?;
@@ -317,9 +322,10 @@ async fn give_back(
 }
 
 /// Releases a job's hold: purchased credits back to available, and the free
-/// generation and allowance back to today's counters (unless the user's day
-/// has turned since, when the counters already started over). Posts nothing.
-/// `false` when the hold was already settled or released.
+/// generation and allowance back to the counters of the daily window they
+/// were taken from, if it is still open (once it has ended, the counters
+/// already started over: yesterday's free generation is not today's). Posts
+/// nothing. `false` when the hold was already settled or released.
 pub async fn release(client: &impl GenericClient, job_id: &str) -> Result<bool, LedgerError> {
     lock_holder(client, job_id).await?;
     let Some(row) = client
@@ -343,8 +349,7 @@ pub async fn release(client: &impl GenericClient, job_id: &str) -> Result<bool, 
         client
             .execute(
                 "UPDATE users SET daily_used = greatest(daily_used - 1, 0) \
-                 WHERE id = $1 AND local_date_of(last_reset_date, timezone) <= $2 \
-                   AND user_local_date(timezone) = $2",
+                 WHERE id = $1 AND quota_day = $2",
                 &[&user_id, &quota_day],
             )
             .await?;

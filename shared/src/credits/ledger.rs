@@ -12,6 +12,7 @@
 //! invariants hold under any concurrency. Balance changes are single
 //! conditional `UPDATE`s: there is no read-modify-write in Rust.
 
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
@@ -258,8 +259,12 @@ async fn repay_debt(client: &impl GenericClient, user_id: &str) -> Result<(), Le
     Ok(())
 }
 
-/// Resets the user's daily counters if their local day has turned. Called
-/// lazily by every transaction that reads the counters.
+/// Opens the user's next daily window if the stored one has ended (or none
+/// is open yet), resetting the free-generation and allowance counters; `true`
+/// when counters were reset. Called lazily by every transaction that reads
+/// the counters. A window ends at the instant stored when it started
+/// (`users.quota_resets_at`): changing the time zone never moves it, the new
+/// zone takes effect from the next window (see `migrations/V16__daily_windows.sql`).
 pub async fn reset_daily(client: &impl GenericClient, user_id: &str) -> Result<bool, LedgerError> {
     Ok(client
         .query_one("SELECT credits_reset_daily($1)", &[&user_id])
@@ -267,10 +272,52 @@ pub async fn reset_daily(client: &impl GenericClient, user_id: &str) -> Result<b
         .try_get(0)?)
 }
 
-/// The scheduler's bulk reset; returns how many users were reset.
+/// The scheduler's bulk reset (the same function for every user whose window
+/// has ended); returns how many users were reset.
 pub async fn reset_daily_all(client: &impl GenericClient) -> Result<i32, LedgerError> {
     Ok(client
         .query_one("SELECT credits_reset_daily_all()", &[])
         .await?
         .try_get(0)?)
+}
+
+/// A user's daily window: every daily counter (free generations, allowance,
+/// daily bonus, gift cap, endpoints' `daily_limit`) counts within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DailyWindow {
+    /// The window's label (`users.quota_day`): a local date, growing by at
+    /// least one per window, so it names one window of the user.
+    pub day: NaiveDate,
+    /// When it started (`users.last_reset_date`).
+    pub starts_at: DateTime<Utc>,
+    /// When it ends (`users.quota_resets_at`), fixed when it started.
+    pub ends_at: DateTime<Utc>,
+}
+
+/// The user's open daily window, after the lazy reset (which opens one if
+/// the stored one has ended). `NoAccount` for an unknown user.
+pub async fn daily_window(
+    client: &impl GenericClient,
+    user_id: &str,
+) -> Result<DailyWindow, LedgerError> {
+    reset_daily(client, user_id).await?;
+    let row = client
+        .query_opt(
+            "SELECT quota_day, last_reset_date, quota_resets_at FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await?
+        .ok_or(LedgerError::NoAccount)?;
+    let day: Option<NaiveDate> = row.try_get(0)?;
+    let starts_at: DateTime<Utc> = row.try_get(1)?;
+    let ends_at: Option<DateTime<Utc>> = row.try_get(2)?;
+    // The reset above always leaves a window open; without one there is no account to speak of.
+    match (day, ends_at) {
+        (Some(day), Some(ends_at)) => Ok(DailyWindow {
+            day,
+            starts_at,
+            ends_at,
+        }),
+        _ => Err(LedgerError::NoAccount),
+    }
 }

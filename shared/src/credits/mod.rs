@@ -10,7 +10,7 @@ pub mod pricing;
 pub mod purchases;
 pub mod routes;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
@@ -27,16 +27,23 @@ pub struct Balance {
     pub available: i32,
     /// Credits owed after a refund the balance could not cover; later credits repay it first.
     pub debt_balance: i32,
-    /// Credits per local day that pay for generations before purchased ones.
+    /// Credits per daily window that pay for generations before purchased ones.
     pub daily_allowance: i32,
     pub daily_allowance_used: i32,
     pub daily_allowance_left: i32,
-    /// Free generations per local day (each covers a generation's whole price).
+    /// Free generations per daily window (each covers a generation's whole price).
     pub free_generations_quota: i32,
     pub free_generations_used: i32,
     pub free_generations_left: i32,
-    /// The user's local date the daily counters belong to.
+    /// The label of the daily window the counters belong to: the local date, in the time
+    /// zone in force when the window started, that it stands for.
     pub daily_reset_date: NaiveDate,
+    /// When the daily window started.
+    pub daily_window_started_at: DateTime<Utc>,
+    /// When the daily counters (free generations, allowance, daily bonus, gift cap,
+    /// endpoints' daily limits) start over: the local midnight computed when the window
+    /// started. A time zone change does not move it; the new zone applies from the next window.
+    pub daily_resets_at: DateTime<Utc>,
     pub total_earned: i32,
     pub total_spent: i32,
     pub total_purchased: i32,
@@ -50,11 +57,11 @@ pub struct Balance {
 
 /// The balance, after the lazy daily reset (in the caller's transaction).
 pub async fn balance(client: &impl GenericClient, user_id: &str) -> Result<Balance, ApiError> {
-    ledger::reset_daily(client, user_id).await?;
+    let window = ledger::daily_window(client, user_id).await?;
     let row = client
         .query_opt(
             "SELECT c.current_balance, c.reserved_balance, c.debt_balance, c.daily_allowance, c.daily_used, \
-                    c.daily_reset_date, c.total_earned, c.total_spent, c.total_purchased, c.total_gifted_received, \
+                    c.total_earned, c.total_spent, c.total_purchased, c.total_gifted_received, \
                     c.total_gifted_sent, c.referral_bonus, c.achievement_bonus, c.daily_login_streak, \
                     c.last_daily_bonus_date, u.daily_quota, u.daily_used AS free_used \
              FROM user_credits c JOIN users u ON u.id = c.user_id WHERE c.user_id = $1",
@@ -79,7 +86,9 @@ pub async fn balance(client: &impl GenericClient, user_id: &str) -> Result<Balan
         free_generations_quota: quota,
         free_generations_used: free_used,
         free_generations_left: (quota - free_used).max(0),
-        daily_reset_date: row.try_get("daily_reset_date")?,
+        daily_reset_date: window.day,
+        daily_window_started_at: window.starts_at,
+        daily_resets_at: window.ends_at,
         total_earned: row.try_get("total_earned")?,
         total_spent: row.try_get("total_spent")?,
         total_purchased: row.try_get("total_purchased")?,

@@ -62,9 +62,10 @@ pub async fn sign_in(
         &[&user_id],
     )
     .await?;
+    // The allowance counter belongs to the user's open daily window, if any.
     tx.execute(
         "INSERT INTO user_credits (user_id, daily_reset_date) \
-         SELECT id, user_local_date(timezone) FROM users WHERE id = $1 \
+         SELECT id, coalesce(quota_day, user_local_date(timezone)) FROM users WHERE id = $1 \
          ON CONFLICT (user_id) DO NOTHING",
         &[&user_id],
     )

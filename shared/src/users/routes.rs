@@ -140,7 +140,9 @@ struct MePatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(schema_with = preferred_language_schema)]
     preferred_language: Option<Option<String>>,
-    /// An IANA time zone name such as `Europe/Paris`.
+    /// An IANA time zone name such as `Europe/Paris`. Daily counters (free generations,
+    /// allowance, daily bonus, gift cap, daily limits) follow it from the next daily window:
+    /// the open one still ends at `daily_resets_at` of `GET /api/v1/credits`.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = String, example = "Asia/Tokyo")]
     timezone: Option<Option<String>>,

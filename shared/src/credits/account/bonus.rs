@@ -1,12 +1,16 @@
-//! `POST /api/v1/credits/daily-bonus`: once per local day (the user's
-//! `timezone`). Claiming the day after the last claim grows the streak; any
-//! other day starts it again at 1. The amount is
+//! `POST /api/v1/credits/daily-bonus`: once per daily window of the user
+//! ([`ledger::daily_window`]: it ends at the local midnight computed when it
+//! started, so changing `timezone` cannot open another claim). Claiming in
+//! the window right after the last claim's window grows the streak; any later
+//! window starts it again at 1. The amount is
 //! `daily_bonus_base + daily_bonus_step × (min(streak, daily_bonus_max_streak) − 1)`.
 //!
-//! One transaction: lock the user, move the streak and date with a
-//! conditional update (only when the last claim is before today), post one
-//! `bonus` entry, log `daily_bonus`. Concurrent claims serialise on the row
-//! lock and the losers' conditional update finds nothing: credited once.
+//! One transaction: lock the user, open the next window if the stored one
+//! ended, move the streak, `last_daily_bonus_date` (the window's label) and
+//! `last_daily_bonus_window_end` with a conditional update (only when the last claim's label is below this
+//! window's), post one `bonus` entry, log `daily_bonus`. Concurrent claims
+//! serialise on the row lock and the losers' conditional update finds
+//! nothing: credited once.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -22,7 +26,7 @@ use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::CreditsConfig;
-use crate::credits::ledger::{self, Entry};
+use crate::credits::ledger::{self, DailyWindow, Entry};
 use crate::error::{ApiError, Problem};
 use crate::http::{RawBody, RequestMeta};
 use crate::idempotency::{self, Claim, IdempotencyKey};
@@ -31,13 +35,25 @@ use crate::users::repo::current_user;
 
 const ROUTE: &str = "/api/v1/credits/daily-bonus";
 
-/// The streak a claim on `today` would reach, or `None` when today's bonus is
-/// taken. A last claim after today (the user moved their time zone west) also
-/// counts as taken, so changing zones cannot claim one day twice.
-pub(super) fn next_streak(last: Option<NaiveDate>, streak: i32, today: NaiveDate) -> Option<i32> {
+/// The streak a claim in the window labelled `today` would reach, or `None`
+/// when that window's bonus is taken. Window labels grow by at least one per
+/// window, so a last claim labelled `today` or later is this window's (or, for
+/// accounts migrated from per-date counting, a later date's): taken. The
+/// streak grows when the last claim was in the window right before this one:
+/// its label is `today − 1`, or (`follows_last_claim`) it ended when this one
+/// started — labels skip a date when a zone change at the turn of a window
+/// puts the next local date already behind (crossing the date line eastward).
+pub(super) fn next_streak(
+    last: Option<NaiveDate>,
+    streak: i32,
+    today: NaiveDate,
+    follows_last_claim: bool,
+) -> Option<i32> {
     match last {
         Some(last) if last >= today => None,
-        Some(last) if last.succ_opt() == Some(today) => Some(streak.max(0).saturating_add(1)),
+        Some(last) if last.succ_opt() == Some(today) || follows_last_claim => {
+            Some(streak.max(0).saturating_add(1))
+        }
         _ => Some(1),
     }
 }
@@ -76,22 +92,25 @@ pub(crate) struct DailyBonus {
     transaction_id: String,
     /// Credits added.
     amount: i32,
-    /// Consecutive local days claimed, this one included.
+    /// Consecutive daily windows claimed, this one included.
     daily_login_streak: i32,
-    /// The caller's local date the bonus was claimed for.
+    /// The label of the daily window the bonus was claimed in (its local date).
     bonus_date: NaiveDate,
     /// `current_balance` after the bonus.
     balance_after: i32,
-    /// The caller's next local midnight, when the next bonus opens.
+    /// When the daily window ends and the next bonus opens (`daily_resets_at` of
+    /// `GET /api/v1/credits`).
     next_available_at: DateTime<Utc>,
     /// What tomorrow's bonus will be if the streak continues.
     next_amount: Option<i32>,
 }
 
-/// Claim today's daily bonus.
+/// Claim this daily window's bonus.
 ///
-/// Once per local day of the caller (their `timezone`). Claiming on the day after the last
-/// claim grows the streak, any other day starts it again at 1; the amount is
+/// Once per daily window of the caller: the window ends at the local midnight (in their
+/// `timezone` of that moment) computed when it started, and a time zone change applies from the
+/// next window, so it cannot open another claim. Claiming in the window right after the last
+/// claim's window grows the streak, any later one starts it again at 1; the amount is
 /// `DAILY_BONUS_BASE + DAILY_BONUS_STEP × (min(streak, DAILY_BONUS_MAX_STREAK) − 1)`. The
 /// route takes no fields: send no body or `{}` (any `Content-Type`). Accepts
 /// `Idempotency-Key`.
@@ -111,7 +130,7 @@ pub(crate) struct DailyBonus {
         (status = 413, response = PayloadTooLarge),
         (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Today's bonus is already claimed: the problem carries `next_available_at` (the caller's next local midnight, also as `Retry-After`), `last_daily_bonus_date` and `daily_login_streak`. Or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
+        (status = 409, description = "This window's bonus is already claimed: the problem carries `next_available_at` (when the daily window ends, also as `Retry-After`), `last_daily_bonus_date` and `daily_login_streak`. Or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the next bonus opens (when already claimed)."))),
         (status = 422, description = "The body is JSON other than `{}` (this route takes no fields), or the Idempotency-Key was already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
@@ -138,35 +157,39 @@ pub(crate) async fn claim(
         return Ok(Claim::replay(status, body));
     }
 
-    // Lock order everywhere: users, then user_credits. The local date is read
-    // under the lock, so a concurrent time zone change cannot split the day.
-    let row = tx
+    // Lock order everywhere: users, then user_credits. The daily window is
+    // read under the lock; it ends where it ended before any time zone change.
+    let zone: Option<String> = tx
         .query_opt(
-            "SELECT timezone, user_local_date(timezone), local_midnight(user_local_date(timezone) + 1, timezone) \
-             FROM users WHERE id = $1 FOR NO KEY UPDATE",
+            "SELECT timezone FROM users WHERE id = $1 FOR NO KEY UPDATE",
             &[&user.id],
         )
         .await?
-        .ok_or_else(|| ApiError::NotFound("no account; sign in first".into()))?;
-    let zone: Option<String> = row.try_get(0)?;
-    let today: NaiveDate = row.try_get(1)?;
-    let next_at: DateTime<Utc> = row.try_get(2)?;
+        .ok_or_else(|| ApiError::NotFound("no account; sign in first".into()))?
+        .try_get(0)?;
+    let window = ledger::daily_window(&tx, &user.id).await?;
+    let today = window.day;
+    let next_at = window.ends_at;
 
-    // `< today` rather than `IS DISTINCT FROM today`: a last claim dated after
-    // today (a time zone moved west) must not open a second claim.
+    // `< today` rather than `IS DISTINCT FROM today`: a last claim labelled
+    // after this window (a per-date claim migrated from before V16) must not
+    // open a second claim.
+    // The streak grows when the last claim was in the window right before this
+    // one (see `next_streak`).
     let claimed = tx
         .query_opt(
             "UPDATE user_credits SET \
                daily_login_streak = CASE WHEN last_daily_bonus_date = $2::date - 1 \
+                                           OR last_daily_bonus_window_end = $3 \
                                          THEN greatest(daily_login_streak, 0) + 1 ELSE 1 END, \
-               last_daily_bonus_date = $2, updated_at = now() \
+               last_daily_bonus_date = $2, last_daily_bonus_window_end = $4, updated_at = now() \
              WHERE user_id = $1 AND (last_daily_bonus_date IS NULL OR last_daily_bonus_date < $2) \
              RETURNING daily_login_streak",
-            &[&user.id, &today],
+            &[&user.id, &today, &window.starts_at, &window.ends_at],
         )
         .await?;
     let Some(claimed) = claimed else {
-        return Err(already_claimed(&tx, &user.id, today, zone.as_deref()).await?);
+        return Err(already_claimed(&tx, &user.id, &window, zone.as_deref()).await?);
     };
     let streak: i32 = claimed.try_get(0)?;
     let amount = amount(&state.config.credits, streak)
@@ -221,19 +244,23 @@ fn amount_after(config: &CreditsConfig, streak: i32) -> Option<i32> {
 }
 
 /// 409 saying when the next claim opens (also as `Retry-After`), or 404
-/// without a credit account.
+/// without a credit account: when the daily window ends, or, for a last claim
+/// labelled after this window, when that label's date ends in the caller's
+/// zone (the first window after it is the first that can be claimed).
 async fn already_claimed(
     tx: &tokio_postgres::Transaction<'_>,
     user_id: &str,
-    today: NaiveDate,
+    window: &DailyWindow,
     zone: Option<&str>,
 ) -> Result<Refusal, ApiError> {
     let row = tx
         .query_opt(
             "SELECT last_daily_bonus_date, daily_login_streak, \
-                    local_midnight(greatest(last_daily_bonus_date, $2::date) + 1, $3) AS next_at \
+                    CASE WHEN last_daily_bonus_date > $4 \
+                         THEN greatest($2::timestamptz, local_midnight(last_daily_bonus_date + 1, $3)) \
+                         ELSE $2::timestamptz END AS next_at \
              FROM user_credits WHERE user_id = $1",
-            &[&user_id, &today, &zone],
+            &[&user_id, &window.ends_at, &zone, &window.day],
         )
         .await?
         .ok_or_else(|| ApiError::NotFound("no credit account; sign in first".into()))?;
@@ -242,7 +269,7 @@ async fn already_claimed(
     let next_at: DateTime<Utc> = row.try_get(2)?;
     let wait = (next_at - Utc::now()).num_seconds().max(1) as u64;
     let detail = format!(
-        "today's daily bonus is already claimed; the next one opens at {} (your local midnight)",
+        "this daily window's bonus is already claimed; the next one opens at {} (when your daily window ends)",
         next_at.to_rfc3339()
     );
     Ok(DetailedProblem::new(
@@ -267,21 +294,33 @@ mod tests {
     }
 
     #[test]
-    fn streaks_grow_on_consecutive_days_only() {
+    fn streaks_grow_on_consecutive_windows_only() {
         let today = date("2025-03-10");
-        assert_eq!(next_streak(None, 0, today), Some(1));
-        assert_eq!(next_streak(Some(date("2025-03-09")), 4, today), Some(5));
-        assert_eq!(next_streak(Some(date("2025-03-08")), 4, today), Some(1));
-        assert_eq!(next_streak(Some(today), 4, today), None);
-        // A zone moved west: the last claim is "tomorrow"; today stays taken.
-        assert_eq!(next_streak(Some(date("2025-03-11")), 4, today), None);
+        assert_eq!(next_streak(None, 0, today, false), Some(1));
+        assert_eq!(
+            next_streak(Some(date("2025-03-09")), 4, today, false),
+            Some(5)
+        );
+        assert_eq!(
+            next_streak(Some(date("2025-03-08")), 4, today, false),
+            Some(1)
+        );
+        // The label skipped a date, but the window follows the claim's.
+        assert_eq!(
+            next_streak(Some(date("2025-03-08")), 4, today, true),
+            Some(5)
+        );
+        assert_eq!(next_streak(Some(today), 4, today, false), None);
+        assert_eq!(next_streak(Some(today), 4, today, true), None);
+        // A claim labelled after this window (migrated per-date data): taken.
+        assert_eq!(next_streak(Some(date("2025-03-11")), 4, today, false), None);
         // Month and year boundaries.
         assert_eq!(
-            next_streak(Some(date("2024-12-31")), 1, date("2025-01-01")),
+            next_streak(Some(date("2024-12-31")), 1, date("2025-01-01"), false),
             Some(2)
         );
         assert_eq!(
-            next_streak(Some(date("2024-02-28")), 1, date("2024-03-01")),
+            next_streak(Some(date("2024-02-28")), 1, date("2024-03-01"), false),
             Some(1)
         );
     }

@@ -5,7 +5,7 @@
 //! One transaction: claim the key; find the recipient (case-insensitively);
 //! lock both `users` rows, then both `user_credits` rows, each pair in user id
 //! order (two users gifting each other at once queue instead of deadlocking);
-//! check the sender's local-day cap; post `gift_sent` (−amount) and
+//! check the sender's daily-window cap; post `gift_sent` (−amount) and
 //! `gift_received` (+amount) sharing one `gift_transfer` id; log both sides;
 //! store the response under the key.
 
@@ -163,8 +163,9 @@ pub(crate) struct Gift {
 ///
 /// Moves `amount` of the caller's available credits (not held by jobs) to an active user, as
 /// a `gift_sent` entry for the caller and a `gift_received` entry for the recipient, in one
-/// transaction. A sender may give at most `GIFT_DAILY_CAP` credits (default 2000) per local
-/// day. Requires `Idempotency-Key`.
+/// transaction. A sender may give at most `GIFT_DAILY_CAP` credits (default 2000) per daily
+/// window (it ends at the local midnight computed when it started; a time zone change applies
+/// from the next window). Requires `Idempotency-Key`.
 #[utoipa::path(
     post,
     path = "/api/v1/credits/gifts",
@@ -186,8 +187,8 @@ pub(crate) struct Gift {
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "Invalid input, every invalid field named in `errors` (a gift to oneself included), or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the daily gift cap: the problem carries `daily_cap`, `sent_today` and `remaining_today`; `Retry-After` is the time to the sender's local midnight.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds until the sender's local midnight."))),
+        (status = 429, description = "Over the daily gift cap: the problem carries `daily_cap`, `sent_today` and `remaining_today` (in the sender's daily window) and `resets_at` (when the window ends); `Retry-After` is the time until then.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the sender's daily window ends."))),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
     )
@@ -261,7 +262,7 @@ async fn transfer(
     for id in ids {
         let row = tx
             .query_opt(
-                "SELECT username, account_status, timezone FROM users WHERE id = $1 FOR NO KEY UPDATE",
+                "SELECT username, account_status FROM users WHERE id = $1 FOR NO KEY UPDATE",
                 &[&id],
             )
             .await?;
@@ -291,7 +292,6 @@ async fn transfer(
         sender_row.ok_or_else(|| ApiError::NotFound("no account; sign in first".into()))?;
     let from_username: Option<String> = sender_row.try_get(0)?;
     let sender_status: Option<String> = sender_row.try_get(1)?;
-    let sender_zone: Option<String> = sender_row.try_get(2)?;
     if !is_active(sender_status.as_deref()) {
         return Err(ApiError::Forbidden("a suspended account cannot send gifts".into()).into());
     }
@@ -315,7 +315,7 @@ async fn transfer(
         _ => return Err(no_such_recipient(&gift.to_username).into()),
     };
 
-    enforce_daily_cap(tx, config, &sender.id, sender_zone.as_deref(), gift.amount).await?;
+    enforce_daily_cap(tx, config, &sender.id, gift.amount).await?;
 
     let gift_id = uuid::Uuid::new_v4().to_string();
     let sent = ledger::post(
@@ -387,45 +387,49 @@ async fn transfer(
     }))
 }
 
-/// At most `gift_daily_cap` credits sent per local day of the sender: the sum
-/// of their `gift_sent` entries since their local midnight. Over it: 429 with
-/// what is left today and `Retry-After` until local midnight. The sender's row
-/// lock serialises their gifts, so the sum cannot be raced past the cap.
+/// At most `gift_daily_cap` credits sent per daily window of the sender
+/// ([`ledger::daily_window`]): the sum of their `gift_sent` entries since the
+/// window started. Over it: 429 with what is left in the window, when it ends
+/// (`resets_at`) and `Retry-After` until then. The window ends where it was
+/// set to end when it started, so a time zone change cannot start a new
+/// allowance of gifts. The sender's row lock serialises their gifts, so the
+/// sum cannot be raced past the cap.
 async fn enforce_daily_cap(
     tx: &Transaction<'_>,
     config: &CreditsConfig,
     sender_id: &str,
-    zone: Option<&str>,
     amount: i32,
 ) -> Result<(), Refusal> {
+    let window = ledger::daily_window(tx, sender_id).await?;
     let row = tx
         .query_one(
-            "SELECT coalesce(sum(-amount), 0)::int8, \
-                    ceil(extract(epoch FROM local_midnight(local_date_of(now(), $2) + 1, $2) - now()))::int8 \
+            "SELECT coalesce(sum(-amount), 0)::int8, ceil(extract(epoch FROM $3::timestamptz - now()))::int8 \
              FROM credit_transactions \
              WHERE user_id = $1 AND transaction_type = 'gift_sent' AND status = 'completed' \
-               AND created_at >= local_midnight(local_date_of(now(), $2), $2)",
-            &[&sender_id, &zone],
+               AND created_at >= $2",
+            &[&sender_id, &window.starts_at, &window.ends_at],
         )
         .await?;
     let sent_today: i64 = row.try_get(0)?;
-    let until_midnight: i64 = row.try_get(1)?;
+    let until_reset: i64 = row.try_get(1)?;
     let cap = i64::from(config.gift_daily_cap);
     let remaining = (cap - sent_today).max(0);
     if i64::from(amount) <= remaining {
         return Ok(());
     }
     let detail = format!(
-        "gifts are capped at {cap} credits per day; you have sent {sent_today} today and can send \
-         {remaining} more until your local midnight"
+        "gifts are capped at {cap} credits per day; you have sent {sent_today} in your daily window and can \
+         send {remaining} more until it ends at {}",
+        window.ends_at.to_rfc3339()
     );
     Err(DetailedProblem::new(
         ApiError::TooManyRequests {
             detail: detail.clone(),
-            retry_after: until_midnight.max(1) as u64,
+            retry_after: until_reset.max(1) as u64,
         },
         detail,
-        json!({"daily_cap": cap, "sent_today": sent_today, "remaining_today": remaining}),
+        json!({"daily_cap": cap, "sent_today": sent_today, "remaining_today": remaining,
+               "resets_at": window.ends_at}),
     )
     .into())
 }

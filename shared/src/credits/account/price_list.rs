@@ -18,6 +18,7 @@ use crate::app::AppState;
 use crate::auth::OptionalCaller;
 
 use crate::credits::engine::tier_of;
+use crate::credits::ledger;
 use crate::credits::pricing::{CostFormula, PriceConfig, PriceInputs};
 use crate::error::{ApiError, Problem};
 use crate::http::ApiQuery;
@@ -64,7 +65,7 @@ pub(crate) struct Buckets {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = PricingLimits)]
 struct Limits {
-    /// Calls per local day of the user (`null`: unlimited).
+    /// Calls per daily window of the user (`null`: unlimited).
     daily_limit: Option<i32>,
     /// Calls per UTC minute (`null`: unlimited).
     rate_limit_per_minute: Option<i32>,
@@ -93,7 +94,7 @@ struct Window {
 struct Usage {
     /// This UTC minute.
     minute: Window,
-    /// The caller's local day.
+    /// The caller's daily window (it ends at the local midnight computed when it started).
     day: Window,
 }
 
@@ -156,7 +157,7 @@ struct PricedEndpoint {
     /// Why not, when not `allowed`.
     denied_reason: Option<String>,
     limits: Limits,
-    /// Signed in only: this minute's and this local day's counts.
+    /// Signed in only: this minute's and this daily window's counts.
     usage: Option<Usage>,
     /// Signed in only: allowed and under both limits right now.
     can_call_now: Option<bool>,
@@ -165,7 +166,7 @@ struct PricedEndpoint {
 }
 
 /// The caller's current rate-limit windows, as the engine keys them: the UTC
-/// minute and the user's local day.
+/// minute and the user's daily window (by its start).
 struct Windows {
     minute_start: DateTime<Utc>,
     day_end: DateTime<Utc>,
@@ -183,21 +184,18 @@ impl Windows {
 }
 
 async fn windows(client: &impl GenericClient, user: &User) -> Result<Windows, ApiError> {
-    let bounds = client
-        .query_one(
-            "SELECT date_trunc('minute', now()), local_midnight(local_date_of(now(), $1), $1), \
-                    local_midnight(local_date_of(now(), $1) + 1, $1)",
-            &[&user.timezone],
-        )
-        .await?;
-    let minute_start: DateTime<Utc> = bounds.try_get(0)?;
-    let day_start: DateTime<Utc> = bounds.try_get(1)?;
+    // After the lazy reset of `balance`: the open window.
+    let day = ledger::daily_window(client, &user.id).await?;
+    let minute_start: DateTime<Utc> = client
+        .query_one("SELECT date_trunc('minute', now())", &[])
+        .await?
+        .try_get(0)?;
     let rows = client
         .query(
             "SELECT config_id, window_kind, request_count FROM rate_limit_windows \
              WHERE user_id = $1 AND ((window_kind = 'minute' AND window_start = $2) \
                                   OR (window_kind = 'day' AND window_start = $3))",
-            &[&user.id, &minute_start, &day_start],
+            &[&user.id, &minute_start, &day.starts_at],
         )
         .await?;
     let counts = rows
@@ -206,7 +204,7 @@ async fn windows(client: &impl GenericClient, user: &User) -> Result<Windows, Ap
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     Ok(Windows {
         minute_start,
-        day_end: bounds.try_get(2)?,
+        day_end: day.ends_at,
         counts,
     })
 }
@@ -224,7 +222,7 @@ fn window(used: i32, limit: Option<i32>, resets_at: DateTime<Utc>) -> Window {
 ///
 /// For every enabled pricing config: the price of a default request (`character_generation`,
 /// 20 steps, 512×512, batch 1) for the caller's tier, whether the tier and subscription allow
-/// the call, and its limits. Signed in, also this minute's and this local day's usage (read,
+/// the call, and its limits. Signed in, also this minute's and this daily window's usage (read,
 /// never counted: looking does not use up a limit), whether a call would go through now,
 /// the caller's buckets and how they would pay. Takes no query parameters.
 #[utoipa::path(
