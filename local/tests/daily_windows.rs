@@ -119,12 +119,14 @@ async fn window(
     (row.get(0), row.get(1), row.get(2))
 }
 
-/// Time passes: the stored end of the user's open window moves one second
-/// into the past, as if its midnight had just come.
+/// Time passes: the stored end of the user's open window moves to this very
+/// moment, as if its midnight had just come. Not earlier: whatever the test
+/// did before (gifts, generations) happened in the window that ends, as it
+/// would in real time; an end moved before them would put them in the next.
 async fn end_window(db: &tokio_postgres::Client, user: &str) {
     let moved = db
         .execute(
-            "UPDATE users SET quota_resets_at = now() - interval '1 second' \
+            "UPDATE users SET quota_resets_at = now() \
              WHERE id = $1 AND quota_resets_at IS NOT NULL",
             &[&user],
         )
