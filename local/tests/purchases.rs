@@ -71,8 +71,30 @@ async fn count(
         .get(0)
 }
 
+/// The ledger invariants, and the disputes' own: an order's `disputed_credits`
+/// is the sum of its applied open and lost disputes' credits, and no order has
+/// taken back more than it credited.
 async fn check_ledger(stack: &TestStack) {
-    assert_invariants(&stack.sql().await).await;
+    let db = stack.sql().await;
+    assert_invariants(&db).await;
+    let broken: Vec<String> = db
+        .query(
+            "SELECT o.id FROM purchase_orders o \
+             WHERE o.disputed_credits <> coalesce((SELECT sum(d.credits) FROM payment_disputes d \
+                     WHERE d.purchase_order_id = o.id AND d.applied_at IS NOT NULL \
+                       AND d.status IN ('open', 'lost')), 0) \
+                OR o.refunded_credits > o.credit_amount + o.bonus_credits",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "orders whose disputed credits do not add up: {broken:?}"
+    );
 }
 
 async fn order_status(stack: &TestStack, order_id: &str) -> String {
@@ -1293,4 +1315,131 @@ async fn bad_purchase_requests_are_refused_and_change_nothing() {
     // The webhook route is POST only.
     let reply = stack.call(Method::GET, WEBHOOK, None, None).await;
     reply.assert_problem(405);
+}
+
+// ------------------------------------------------------------------------------------------
+// Credits that cannot be gifted while young
+// ------------------------------------------------------------------------------------------
+
+/// `POST /api/v1/credits/gifts` on `base` under a fresh Idempotency-Key.
+async fn gift_on(stack: &TestStack, base: &str, token: &str, to: &str, amount: i64) -> Reply {
+    let reply = stack
+        .http
+        .post(format!("{base}/api/v1/credits/gifts"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"to_username": to, "amount": amount}))
+        .send()
+        .await
+        .unwrap();
+    testkit::read(reply).await
+}
+
+/// `GET /api/v1/credits` on `base` (it must answer 200).
+async fn credits_on(stack: &TestStack, base: &str, token: &str) -> Value {
+    let reply = testkit::read(
+        stack
+            .http
+            .get(format!("{base}/api/v1/credits"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+async fn credits(stack: &TestStack, token: &str) -> Value {
+    credits_on(stack, &stack.base_url, token).await
+}
+
+/// Ages an order's payment by `days`, as if it had been paid that long ago.
+async fn age(stack: &TestStack, order_id: &str, days: i32) {
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE purchase_orders SET paid_at = paid_at - make_interval(days => $2) WHERE id = $1",
+            &[&order_id, &days],
+        )
+        .await
+        .unwrap();
+}
+
+/// Buys `pkg_creator` (500 credits + 50 bonus, 19.99) and has Stripe confirm it.
+async fn paid_order(stack: &TestStack, token: &str, event_id: &str) -> String {
+    let order = pending_order(stack, token, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(stack, &completed(event_id, &order)).await,
+        "credited"
+    );
+    check_ledger(stack).await;
+    order
+}
+
+/// The credits function's routes with another `GIFT_HOLD_DAYS`, beside the
+/// local stack (same database).
+async fn credits_function_holding(stack: &TestStack, days: i32) -> String {
+    let mut state = stack.stack.state.clone();
+    let mut config = (*state.config).clone();
+    config.credits.gift_hold_days = days;
+    state.config = Arc::new(config);
+    let app = shared::app::finish(shared::app::credits_routes(), state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn gift_hold_days_is_configurable() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    stack.user("bob@example.com", "bob").await;
+    let order = paid_order(&stack, &ann, "evt_paid").await;
+    let at_once = credits_function_holding(&stack, 0).await;
+    let month = credits_function_holding(&stack, 30).await;
+
+    // GIFT_HOLD_DAYS=0: purchases are giftable at once.
+    let view = credits_on(&stack, &at_once, &ann).await;
+    assert_eq!(
+        (&view["giftable"], &view["not_giftable_yet"]),
+        (&json!(550), &json!(0))
+    );
+    let sent = gift_on(&stack, &at_once, &ann, "bob", 100).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    check_ledger(&stack).await;
+
+    // GIFT_HOLD_DAYS=30: a week is not enough; thirty days are.
+    age(&stack, &order, 8).await;
+    let view = credits_on(&stack, &month, &ann).await;
+    assert_eq!(
+        (&view["giftable"], &view["not_giftable_yet"]),
+        (&json!(0), &json!(550))
+    );
+    gift_on(&stack, &month, &ann, "bob", 1)
+        .await
+        .assert_problem(402);
+    assert_eq!(
+        credits(&stack, &ann).await["giftable"],
+        450,
+        "the default 7 days are over"
+    );
+    age(&stack, &order, 22).await;
+    let view = credits_on(&stack, &month, &ann).await;
+    assert_eq!(
+        (&view["giftable"], &view["not_giftable_yet"]),
+        (&json!(450), &json!(0))
+    );
+    let sent = gift_on(&stack, &month, &ann, "bob", 450).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    check_ledger(&stack).await;
 }

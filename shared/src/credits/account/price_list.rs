@@ -264,7 +264,8 @@ pub(crate) async fn show(
     let configs = state.pricing.configs(&tx).await?;
     let (buckets, windows) = match &user {
         Some(user) => {
-            let balance = crate::credits::balance(&tx, &user.id).await?;
+            let balance =
+                crate::credits::balance(&tx, &user.id, state.config.credits.gift_hold_days).await?;
             let buckets = Buckets {
                 free_generations_left: balance.free_generations_left,
                 daily_allowance_left: balance.daily_allowance_left,
