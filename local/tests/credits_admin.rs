@@ -180,10 +180,23 @@ fn generation_inputs() -> PriceInputs {
     }
 }
 
-/// Creates a pricing config through the admin route; returns its id.
-async fn create_config(stack: &TestStack, token: &str, body: Value) -> String {
-    let reply = post(stack, token, "/api/v1/admin/pricing", body).await;
-    assert_eq!(reply.status, 201, "{}", reply.body);
+/// A path of the one route that is charged.
+const GENERATE_PATH: &str = "/api/v1/characters/abc/generate";
+
+/// Sets the generation route's config (the seed's `cfg_generate`) through the
+/// admin route to `changes` over a plain price: no formula, no limits, no
+/// access rules, default multipliers. Returns its id.
+async fn priced_generation(stack: &TestStack, token: &str, changes: Value) -> String {
+    let mut body = json!({
+        "cost_formula": null, "daily_limit": null, "rate_limit_per_minute": null,
+        "minimum_tier": null, "requires_subscription": false,
+        "tier_multipliers": {"FREE": 1.0, "PREMIUM": 0.8, "PRO": 0.6, "ENTERPRISE": 0.4}
+    });
+    for (key, value) in changes.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    let reply = patch(stack, token, "/api/v1/admin/pricing/cfg_generate", body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
     reply.body["id"].as_str().unwrap().to_string()
 }
 
@@ -346,8 +359,17 @@ async fn pricing_crud_validates_every_field_and_names_it() {
     assert_eq!(list.body["items"][0]["id"], "cfg_generate");
     assert_eq!(list.body["items"][0]["base_cost"], 10);
 
+    // Only a route that is charged can be priced, and the seed prices the only one: without
+    // the seed's row, a new config for it can be created.
+    client
+        .execute(
+            "DELETE FROM api_credit_configs WHERE id = 'cfg_generate'",
+            &[],
+        )
+        .await
+        .unwrap();
     let valid = json!({
-        "endpoint_pattern": "/api/v1/characters/:id/upscale",
+        "endpoint_pattern": "/api/v1/characters/:character_id/generate",
         "http_method": "POST",
         "base_cost": 100000,
         "cost_formula": {"steps": {"over": 30, "every": 10, "cost": 1}},
@@ -357,7 +379,7 @@ async fn pricing_crud_validates_every_field_and_names_it() {
         "requires_subscription": true,
         "minimum_tier": "PREMIUM",
         "is_enabled": true,
-        "description": "Upscale an image.",
+        "description": "Generate, priced anew.",
         "category": "generation"
     });
     let created = post(&stack, &token, "/api/v1/admin/pricing", valid.clone()).await;
@@ -374,8 +396,10 @@ async fn pricing_crud_validates_every_field_and_names_it() {
     // Each invalid field is refused by name, and nothing is stored.
     let configs_before = count(&client, "SELECT count(*) FROM api_credit_configs").await;
     let other = |field: &str, value: Value| {
-        let mut body =
-            json!({"endpoint_pattern": "/api/v1/other", "http_method": "GET", "base_cost": 1});
+        let mut body = json!({
+            "endpoint_pattern": "/api/v1/characters/:id/generate", "http_method": "POST",
+            "base_cost": 1
+        });
         body[field] = value;
         body
     };
@@ -399,6 +423,12 @@ async fn pricing_crud_validates_every_field_and_names_it() {
         (other("endpoint_pattern", json!(42)), "endpoint_pattern"),
         (other("http_method", json!("post")), "http_method"),
         (other("http_method", json!("TRACE")), "http_method"),
+        // Well-formed, but not a route that is charged.
+        (
+            other("endpoint_pattern", json!("/api/v1/characters/:id/upscale")),
+            "endpoint_pattern",
+        ),
+        (other("http_method", json!("GET")), "endpoint_pattern"),
         (other("base_cost", json!(-1)), "base_cost"),
         (other("base_cost", json!(100001)), "base_cost"),
         (other("base_cost", json!(1.5)), "base_cost"),
@@ -470,15 +500,15 @@ async fn pricing_crud_validates_every_field_and_names_it() {
         ),
         (other("price", json!(5)), "price"),
         (
-            json!({"http_method": "GET", "base_cost": 1}),
+            json!({"http_method": "POST", "base_cost": 1}),
             "endpoint_pattern",
         ),
         (
-            json!({"endpoint_pattern": "/api/v1/other", "base_cost": 1}),
+            json!({"endpoint_pattern": "/api/v1/characters/:id/generate", "base_cost": 1}),
             "http_method",
         ),
         (
-            json!({"endpoint_pattern": "/api/v1/other", "http_method": "GET"}),
+            json!({"endpoint_pattern": "/api/v1/characters/:id/generate", "http_method": "POST"}),
             "base_cost",
         ),
     ];
@@ -491,23 +521,35 @@ async fn pricing_crud_validates_every_field_and_names_it() {
         configs_before
     );
 
-    // Same pattern and method: 409; an overlapping pattern too; another method is fine.
+    // Same pattern and method: 409; an overlapping pattern too (the placeholder's name does
+    // not matter); another method or a literal segment is not a route that is charged (422).
     post(&stack, &token, "/api/v1/admin/pricing", valid.clone())
         .await
         .assert_problem(409);
     let mut overlapping = valid.clone();
-    overlapping["endpoint_pattern"] = json!("/api/v1/characters/:character_id/upscale");
+    overlapping["endpoint_pattern"] = json!("/api/v1/characters/:id/generate");
     post(&stack, &token, "/api/v1/admin/pricing", overlapping)
         .await
         .assert_problem(409);
     let mut literal = valid.clone();
-    literal["endpoint_pattern"] = json!("/api/v1/characters/featured/upscale");
-    post(&stack, &token, "/api/v1/admin/pricing", literal)
-        .await
-        .assert_problem(409);
+    literal["endpoint_pattern"] = json!("/api/v1/characters/featured/generate");
+    let reply = post(&stack, &token, "/api/v1/admin/pricing", literal).await;
+    assert_refused(&reply, "endpoint_pattern");
     let mut other_method = valid.clone();
     other_method["http_method"] = json!("PUT");
-    let put_id = create_config(&stack, &token, other_method).await;
+    let reply = post(&stack, &token, "/api/v1/admin/pricing", other_method).await;
+    assert_refused(&reply, "endpoint_pattern");
+    // A config left over from before that rule (V17 disabled them): listed, but it cannot be
+    // changed until it names a route that is charged.
+    client
+        .execute(
+            "INSERT INTO api_credit_configs (id, endpoint_pattern, http_method, base_cost, is_enabled) \
+             VALUES ('cfg_leftover', '/api/v1/characters/:id/upscale', 'POST', 3, false)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let put_id = "cfg_leftover".to_string();
 
     // Partial update: what is not mentioned stays; null clears a nullable field.
     let updated = patch(
@@ -526,15 +568,33 @@ async fn pricing_crud_validates_every_field_and_names_it() {
         updated.body["tier_multipliers"],
         json!({"FREE": 1, "PRO": 0.5})
     );
-    // Moving a config onto another's path is the same conflict.
+    // The left-over config cannot be changed in place, nor moved onto the charged route, which
+    // another config prices (409).
+    let reply = patch(
+        &stack,
+        &token,
+        &format!("/api/v1/admin/pricing/{put_id}"),
+        json!({"base_cost": 4}),
+    )
+    .await;
+    assert_refused(&reply, "endpoint_pattern");
     patch(
         &stack,
         &token,
         &format!("/api/v1/admin/pricing/{put_id}"),
-        json!({"http_method": "POST"}),
+        json!({"endpoint_pattern": "/api/v1/characters/:id/generate"}),
     )
     .await
     .assert_problem(409);
+    // Nor can a charged config be moved off its route.
+    let reply = patch(
+        &stack,
+        &token,
+        &format!("/api/v1/admin/pricing/{id}"),
+        json!({"http_method": "PUT"}),
+    )
+    .await;
+    assert_refused(&reply, "endpoint_pattern");
     for (body, field) in [
         (json!({"created_at": "2026-01-01T00:00:00Z"}), "created_at"),
         (json!({"id": "x"}), "id"),
@@ -577,20 +637,20 @@ async fn pricing_crud_validates_every_field_and_names_it() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 3, "two creations and one update");
+    assert_eq!(rows.len(), 2, "one creation and one update");
     for row in &rows {
         assert_eq!(row.get::<_, String>(0), admin_id);
         assert_eq!(row.get::<_, String>(2), "api_credit_config");
     }
-    assert_eq!(rows[2].get::<_, String>(1), "admin_pricing_updated");
-    assert_eq!(rows[2].get::<_, String>(3), id);
-    let metadata: Value = rows[2].get(4);
+    assert_eq!(rows[1].get::<_, String>(1), "admin_pricing_updated");
+    assert_eq!(rows[1].get::<_, String>(3), id);
+    let metadata: Value = rows[1].get(4);
     assert_eq!(
         metadata["changes"],
         json!({
             "base_cost": {"from": 100000, "to": 0},
             "daily_limit": {"from": 1, "to": null},
-            "description": {"from": "Upscale an image.", "to": null}
+            "description": {"from": "Generate, priced anew.", "to": null}
         })
     );
 
@@ -612,7 +672,7 @@ async fn pricing_crud_validates_every_field_and_names_it() {
             None => break,
         }
     }
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 2);
     assert!(seen.contains(&id) && seen.contains(&put_id));
     stack
         .get("/api/v1/admin/pricing?cursor=garbage", Some(&token))
@@ -685,6 +745,156 @@ async fn a_pricing_change_takes_effect_for_quotes_at_once() {
 }
 
 #[tokio::test]
+async fn a_config_for_a_route_nothing_charges_is_refused_and_one_for_generation_is_charged() {
+    let stack = spawn_stack().await;
+    let (token, _) = admin(&stack).await;
+    let client = stack.sql().await;
+    stack.sign_in("ann@example.com").await;
+    let configs = "SELECT count(*) FROM api_credit_configs";
+    let logs = "SELECT count(*) FROM user_activity_logs WHERE activity_type LIKE 'admin_pricing_%'";
+    let (configs_before, logs_before) = (count(&client, configs).await, count(&client, logs).await);
+
+    // Routes that exist but are not charged, and a method the generation route does not
+    // take: 422 naming endpoint_pattern, saying which routes are charged; nothing stored.
+    for (method, pattern) in [
+        ("POST", "/api/v1/characters/:id/upscale"),
+        ("GET", "/api/v1/characters/:id"),
+        ("POST", "/api/v1/credits/gifts"),
+        ("GET", "/api/v1/characters/:id/generate"),
+    ] {
+        let reply = post(
+            &stack,
+            &token,
+            "/api/v1/admin/pricing",
+            json!({"endpoint_pattern": pattern, "http_method": method, "base_cost": 5, "daily_limit": 1}),
+        )
+        .await;
+        assert_eq!(
+            error_fields(&reply),
+            ["endpoint_pattern"],
+            "{method} {pattern}"
+        );
+        let message = reply.body["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("POST /api/v1/characters/:id/generate"),
+            "{message}"
+        );
+    }
+    // Nor can the generation route's config be moved off it.
+    let reply = patch(
+        &stack,
+        &token,
+        "/api/v1/admin/pricing/cfg_generate",
+        json!({"endpoint_pattern": "/api/v1/characters/:id/upscale", "base_cost": 1}),
+    )
+    .await;
+    assert_eq!(error_fields(&reply), ["endpoint_pattern"]);
+    assert_eq!(count(&client, configs).await, configs_before);
+    assert_eq!(count(&client, logs).await, logs_before);
+    let (pattern, base): (String, i32) = {
+        let row = client
+            .query_one(
+                "SELECT endpoint_pattern, base_cost FROM api_credit_configs WHERE id = 'cfg_generate'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (pattern.as_str(), base),
+        ("/api/v1/characters/:id/generate", 10)
+    );
+
+    // A row written by hand for a route nothing charges, enabled (as V17 found them): neither
+    // listed nor quoted, so it cannot say something is priced that is not.
+    client
+        .execute(
+            "INSERT INTO api_credit_configs (id, endpoint_pattern, http_method, base_cost, is_enabled) \
+             VALUES ('cfg_by_hand', '/api/v1/characters/:id/animate', 'POST', 7, true)",
+            &[],
+        )
+        .await
+        .unwrap();
+    stack.stack.state.pricing.invalidate().await;
+    let list = stack.get("/api/v1/pricing", None).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let listed: Vec<&str> = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["cfg_generate"]);
+    let animate = quote(
+        &stack,
+        "ann@example.com",
+        "POST",
+        "/api/v1/characters/abc/animate",
+        &PriceInputs::default(),
+    )
+    .await
+    .unwrap();
+    assert!(animate.is_none(), "{animate:?}");
+
+    // The generation route priced anew (placeholder named differently): accepted, listed,
+    // and what a generation holds.
+    client
+        .execute(
+            "DELETE FROM api_credit_configs WHERE id = 'cfg_generate'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let created = post(
+        &stack,
+        &token,
+        "/api/v1/admin/pricing",
+        json!({"endpoint_pattern": "/api/v1/characters/:character_id/generate", "http_method": "POST",
+               "base_cost": 7, "category": "generation"}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let list = stack.get("/api/v1/pricing", None).await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list.body["items"][0]["id"], id.as_str());
+    assert_eq!(list.body["items"][0]["price"], 7);
+    let (buyer, buyer_id) = stack.buyer("bob@example.com", "bob", 100).await;
+    let character = stack
+        .character(
+            &buyer,
+            json!({"name": "Aria", "prompt": "an elf archer", "style_type": "fantasy"}),
+        )
+        .await;
+    let generate = format!("/api/v1/characters/{character}/generate");
+    let preview = stack
+        .call(
+            Method::POST,
+            &generate,
+            Some(&buyer),
+            Some(json!({"job_type": "character_generation", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert_eq!(preview.body["price"], 7);
+    assert_eq!(preview.body["cost_calculation"]["config_id"], id.as_str());
+    let job = stack
+        .call(
+            Method::POST,
+            &generate,
+            Some(&buyer),
+            Some(json!({"job_type": "character_generation"})),
+        )
+        .await;
+    assert_eq!(job.status, 202, "{}", job.body);
+    assert_eq!(job.body["cost_credits"], 7);
+    assert_eq!(balance(&client, &buyer_id).await, (100, 7));
+    assert_invariants(&client).await;
+}
+
+#[tokio::test]
 async fn tier_multipliers_round_up_at_thousandth_boundaries() {
     let stack = spawn_stack().await;
     let (token, _) = admin(&stack).await;
@@ -693,18 +903,17 @@ async fn tier_multipliers_round_up_at_thousandth_boundaries() {
     user_with_tier(&stack, "pro@example.com", "PRO", false).await;
     user_with_tier(&stack, "enterprise@example.com", "ENTERPRISE", false).await;
     user_with_tier(&stack, "lapsed@example.com", "ENTERPRISE", true).await;
-    let id = create_config(
+    // The generation route's config, as a plain base cost (no formula, no limits).
+    let id = priced_generation(
         &stack,
         &token,
         json!({
-            "endpoint_pattern": "/api/v1/things/:id/render",
-            "http_method": "POST",
             "base_cost": 1000,
             "tier_multipliers": {"FREE": 1, "PREMIUM": 0.999, "PRO": 0.001, "ENTERPRISE": 10}
         }),
     )
     .await;
-    let path = "/api/v1/things/t1/render";
+    let path = GENERATE_PATH;
     // (base cost, [FREE, PREMIUM, PRO, ENTERPRISE]) — the lapsed subscriber pays FREE prices.
     let table: [(i32, [i32; 4]); 6] = [
         (1000, [1000, 999, 1, 10000]),  // exact products
@@ -758,18 +967,13 @@ async fn minimum_tier_and_required_subscription_at_their_boundaries() {
     user_with_tier(&stack, "pro@example.com", "PRO", false).await;
     user_with_tier(&stack, "enterprise@example.com", "ENTERPRISE", false).await;
     user_with_tier(&stack, "lapsed@example.com", "PRO", true).await;
-    let id = create_config(
+    let id = priced_generation(
         &stack,
         &token,
-        json!({
-            "endpoint_pattern": "/api/v1/things/:id/render",
-            "http_method": "POST",
-            "base_cost": 5,
-            "minimum_tier": "PRO"
-        }),
+        json!({"base_cost": 5, "minimum_tier": "PRO"}),
     )
     .await;
-    let path = "/api/v1/things/t1/render";
+    let path = GENERATE_PATH;
     let status = |r: Result<Option<Quote>, ApiError>| match r {
         Ok(Some(_)) => 200,
         Ok(None) => 404,
@@ -857,18 +1061,13 @@ async fn per_minute_and_daily_limits_allow_exactly_the_limit() {
         )
         .await
         .unwrap();
-    let id = create_config(
+    let id = priced_generation(
         &stack,
         &token,
-        json!({
-            "endpoint_pattern": "/api/v1/things/:id/render",
-            "http_method": "POST",
-            "base_cost": 1,
-            "rate_limit_per_minute": 3
-        }),
+        json!({"base_cost": 1, "rate_limit_per_minute": 3}),
     )
     .await;
-    let path = "/api/v1/things/t1/render";
+    let path = GENERATE_PATH;
     let inputs = PriceInputs::default();
     // Keep the whole per-minute check inside one UTC minute.
     let client = stack.sql().await;

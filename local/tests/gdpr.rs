@@ -252,14 +252,24 @@ async fn gift(stack: &TestStack, token: &str, to: &str, amount: i32, message: &s
 }
 
 /// Ann and Bob, each with every kind of row, and interacting: Ann bought
-/// credits, has a completed job with images (from an AI server, so it was
+/// credits (over a week ago), has a completed job with images (from an AI server, so it was
 /// charged: a usage entry), gave and received a gift, rated,
 /// liked and reported Bob's public character and filed it in her collection;
 /// Bob rated and liked Ann's public character.
 async fn seed_both(stack: &TestStack) -> (Seeded, Seeded) {
     let ann = seed(stack, &ANN).await;
     let bob = seed(stack, &BOB).await;
-    buy_credits(stack, &ann.token).await;
+    let order = buy_credits(stack, &ann.token).await;
+    // Paid more than GIFT_HOLD_DAYS ago, so its credits may be gifted below.
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE purchase_orders SET paid_at = paid_at - interval '8 days' WHERE id = $1",
+            &[&order],
+        )
+        .await
+        .unwrap();
     shared::credits::ledger::post(
         &stack.sql().await,
         &bob.id,

@@ -46,7 +46,9 @@ async fn balance(stack: &TestStack) -> shared::credits::Balance {
         .await
         .unwrap()
         .get(0);
-    shared::credits::balance(&client, &id).await.unwrap()
+    shared::credits::balance(&client, &id, shared::config::DEFAULT_GIFT_HOLD_DAYS)
+        .await
+        .unwrap()
 }
 
 async fn job_status(stack: &TestStack, job_id: &str) -> String {

@@ -67,9 +67,13 @@ async fn job(stack: &TestStack, token: &str, id: &str) -> Value {
 }
 
 async fn balance(stack: &TestStack, user_id: &str) -> shared::credits::Balance {
-    shared::credits::balance(&stack.sql().await, user_id)
-        .await
-        .unwrap()
+    shared::credits::balance(
+        &stack.sql().await,
+        user_id,
+        shared::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap()
 }
 
 async fn scalar(

@@ -87,9 +87,13 @@ async fn age_message(stack: &TestStack, job_id: &str) {
 }
 
 async fn balance(stack: &TestStack, user: &str) -> shared::credits::Balance {
-    shared::credits::balance(&stack.sql().await, user)
-        .await
-        .unwrap()
+    shared::credits::balance(
+        &stack.sql().await,
+        user,
+        shared::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]

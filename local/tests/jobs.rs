@@ -44,7 +44,9 @@ async fn balance(stack: &TestStack, email: &str) -> shared::credits::Balance {
         .await
         .unwrap()
         .get(0);
-    shared::credits::balance(&client, &id).await.unwrap()
+    shared::credits::balance(&client, &id, shared::config::DEFAULT_GIFT_HOLD_DAYS)
+        .await
+        .unwrap()
 }
 
 async fn give_credits(stack: &TestStack, email: &str, amount: i32) {

@@ -71,8 +71,30 @@ async fn count(
         .get(0)
 }
 
+/// The ledger invariants, and the disputes' own: an order's `disputed_credits`
+/// is the sum of its applied open and lost disputes' credits, and no order has
+/// taken back more than it credited.
 async fn check_ledger(stack: &TestStack) {
-    assert_invariants(&stack.sql().await).await;
+    let db = stack.sql().await;
+    assert_invariants(&db).await;
+    let broken: Vec<String> = db
+        .query(
+            "SELECT o.id FROM purchase_orders o \
+             WHERE o.disputed_credits <> coalesce((SELECT sum(d.credits) FROM payment_disputes d \
+                     WHERE d.purchase_order_id = o.id AND d.applied_at IS NOT NULL \
+                       AND d.status IN ('open', 'lost')), 0) \
+                OR o.refunded_credits > o.credit_amount + o.bonus_credits",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "orders whose disputed credits do not add up: {broken:?}"
+    );
 }
 
 async fn order_status(stack: &TestStack, order_id: &str) -> String {
@@ -1293,4 +1315,858 @@ async fn bad_purchase_requests_are_refused_and_change_nothing() {
     // The webhook route is POST only.
     let reply = stack.call(Method::GET, WEBHOOK, None, None).await;
     reply.assert_problem(405);
+}
+
+// ------------------------------------------------------------------------------------------
+// Disputes, and credits that cannot be gifted while young
+// ------------------------------------------------------------------------------------------
+
+/// A `charge.dispute.*` event for `order_id`'s payment, as Stripe sends it.
+fn dispute(event_id: &str, kind: &str, order_id: &str, status: &str, amount: i64) -> String {
+    event(
+        event_id,
+        kind,
+        json!({
+            "id": format!("dp_{order_id}"),
+            "object": "dispute",
+            "amount": amount,
+            "currency": "usd",
+            "charge": format!("ch_{order_id}"),
+            "payment_intent": format!("pi_{order_id}"),
+            "reason": "fraudulent",
+            "status": status,
+            "is_charge_refundable": false,
+            "livemode": false,
+        }),
+    )
+}
+
+/// `POST /api/v1/credits/gifts` on `base` under a fresh Idempotency-Key.
+async fn gift_on(stack: &TestStack, base: &str, token: &str, to: &str, amount: i64) -> Reply {
+    let reply = stack
+        .http
+        .post(format!("{base}/api/v1/credits/gifts"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"to_username": to, "amount": amount}))
+        .send()
+        .await
+        .unwrap();
+    testkit::read(reply).await
+}
+
+async fn gift(stack: &TestStack, token: &str, to: &str, amount: i64) -> Reply {
+    gift_on(stack, &stack.base_url, token, to, amount).await
+}
+
+/// `GET /api/v1/credits` on `base` (it must answer 200).
+async fn credits_on(stack: &TestStack, base: &str, token: &str) -> Value {
+    let reply = testkit::read(
+        stack
+            .http
+            .get(format!("{base}/api/v1/credits"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+async fn credits(stack: &TestStack, token: &str) -> Value {
+    credits_on(stack, &stack.base_url, token).await
+}
+
+/// (giftable, not_giftable_yet, frozen) as `GET /api/v1/credits` shows them.
+async fn gifting(stack: &TestStack, token: &str) -> (i64, i64, bool) {
+    let view = credits(stack, token).await;
+    (
+        view["giftable"].as_i64().unwrap(),
+        view["not_giftable_yet"].as_i64().unwrap(),
+        view["frozen"].as_bool().unwrap(),
+    )
+}
+
+/// Ages an order's payment by `days`, as if it had been paid that long ago.
+async fn age(stack: &TestStack, order_id: &str, days: i32) {
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE purchase_orders SET paid_at = paid_at - make_interval(days => $2) WHERE id = $1",
+            &[&order_id, &days],
+        )
+        .await
+        .unwrap();
+}
+
+/// The metadata of the user's activity rows of this type, oldest first.
+async fn activity(stack: &TestStack, user: &str, kind: &str) -> Vec<Value> {
+    stack
+        .sql()
+        .await
+        .query(
+            "SELECT metadata FROM user_activity_logs WHERE user_id = $1 AND activity_type = $2 \
+             ORDER BY created_at, id",
+            &[&user, &kind],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn disputed_credits(stack: &TestStack, order_id: &str) -> i32 {
+    stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT disputed_credits FROM purchase_orders WHERE id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Buys `pkg_creator` (500 credits + 50 bonus, 19.99) and has Stripe confirm it.
+async fn paid_order(stack: &TestStack, token: &str, event_id: &str) -> String {
+    let order = pending_order(stack, token, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(stack, &completed(event_id, &order)).await,
+        "credited"
+    );
+    check_ledger(stack).await;
+    order
+}
+
+#[tokio::test]
+async fn buy_gift_dispute_win_young_purchases_stay_home_and_a_dispute_claws_back_and_freezes() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let bob = stack.user("bob@example.com", "bob").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let bob_id = user_id(&stack, "bob@example.com").await;
+    let gifts =
+        "SELECT count(*) FROM credit_transactions WHERE related_entity_type = 'gift_transfer'";
+
+    // Ann buys 500 credits and a 50 bonus.
+    let order = paid_order(&stack, &ann, "evt_paid").await;
+    let matures: chrono::DateTime<chrono::Utc> = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT paid_at + interval '7 days' FROM purchase_orders WHERE id = $1",
+            &[&order],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let view = credits(&stack, &ann).await;
+    assert_eq!(view["available"], 550);
+    assert_eq!(view["giftable"], 0);
+    assert_eq!(view["not_giftable_yet"], 550);
+    let next: chrono::DateTime<chrono::Utc> =
+        view["next_giftable_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next, matures);
+    assert_eq!(view["frozen"], false);
+
+    // Young purchased credits (the bonus with them) cannot be gifted: 402, nothing moves, and
+    // the Idempotency-Key stays unused.
+    let refused = gift(&stack, &ann, "bob", 100).await;
+    refused.assert_problem(402);
+    assert_eq!(refused.body["type"], "/problems/insufficient-credits");
+    assert_eq!(
+        (
+            refused.body["needed"].as_i64(),
+            refused.body["available"].as_i64(),
+            refused.body["giftable"].as_i64(),
+            refused.body["not_giftable_yet"].as_i64(),
+            refused.body["debt_balance"].as_i64()
+        ),
+        (Some(100), Some(0), Some(0), Some(550), Some(0))
+    );
+    let next: chrono::DateTime<chrono::Utc> = refused.body["next_giftable_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(next, matures);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("550 credits of purchases paid in the last 7 days")
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    assert_eq!(balances(&stack, &bob_id).await, (0, 0, 0));
+    assert_eq!(count(&stack, gifts, &[]).await, 0);
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM idempotency_keys WHERE request_path = '/api/v1/credits/gifts'",
+            &[]
+        )
+        .await,
+        0
+    );
+    check_ledger(&stack).await;
+
+    // Bonus credits are giftable at once; so are gifts received.
+    let bonus = stack
+        .call(
+            Method::POST,
+            "/api/v1/credits/daily-bonus",
+            Some(&ann),
+            None,
+        )
+        .await;
+    assert_eq!(bonus.status, 201, "{}", bonus.body);
+    assert_eq!(bonus.body["amount"], 5);
+    check_ledger(&stack).await;
+    assert_eq!(gifting(&stack, &ann).await, (5, 550, false));
+    gift(&stack, &ann, "bob", 6).await.assert_problem(402);
+    let sent = gift(&stack, &ann, "bob", 5).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    check_ledger(&stack).await;
+    assert_eq!(gifting(&stack, &ann).await, (0, 550, false));
+    assert_eq!(gifting(&stack, &bob).await, (5, 0, false));
+
+    // GIFT_HOLD_DAYS after the payment, the purchase is giftable.
+    age(&stack, &order, 7).await;
+    let view = credits(&stack, &ann).await;
+    assert_eq!(
+        (
+            &view["giftable"],
+            &view["not_giftable_yet"],
+            &view["next_giftable_at"]
+        ),
+        (&json!(550), &json!(0), &Value::Null)
+    );
+    let sent = gift(&stack, &ann, "bob", 300).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    assert_eq!(balances(&stack, &ann_id).await, (250, 0, 0));
+    assert_eq!(balances(&stack, &bob_id).await, (305, 0, 0));
+    check_ledger(&stack).await;
+
+    // Ann disputes the payment: its credits are taken back as far as the balance goes, the rest
+    // is owed, and her gifts and purchases are frozen.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_dp_created",
+                "charge.dispute.created",
+                &order,
+                "needs_response",
+                1999
+            )
+        )
+        .await,
+        "dispute_opened"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 300));
+    assert_eq!(disputed_credits(&stack, &order).await, 550);
+    check_ledger(&stack).await;
+    let view = credits(&stack, &ann).await;
+    assert_eq!(
+        (&view["frozen"], &view["giftable"]),
+        (&json!(true), &json!(0))
+    );
+    let opened = activity(&stack, &ann_id, "purchase_disputed").await;
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0]["dispute_id"], format!("dp_{order}"));
+    assert_eq!(opened[0]["event_id"], "evt_dp_created");
+    assert_eq!(
+        (
+            opened[0]["credits"].as_i64(),
+            opened[0]["credits_clawed_back"].as_i64(),
+            opened[0]["credits_owed"].as_i64(),
+            opened[0]["frozen"].as_bool()
+        ),
+        (Some(550), Some(250), Some(300), Some(true))
+    );
+
+    // Frozen: no gifts out, no purchases; a gift to her repays her debt first.
+    let frozen = gift(&stack, &ann, "bob", 1).await;
+    frozen.assert_problem(403);
+    assert_eq!(frozen.body["type"], "/problems/account-frozen");
+    let orders = "SELECT count(*) FROM purchase_orders";
+    let orders_before = count(&stack, orders, &[]).await;
+    let keys_before = count(&stack, "SELECT count(*) FROM idempotency_keys", &[]).await;
+    let refused = purchase(
+        &stack,
+        &stack.base_url,
+        Some(&ann),
+        Some("while-frozen"),
+        json!({"package_id": "pkg_starter"}),
+    )
+    .await;
+    refused.assert_problem(403);
+    assert_eq!(refused.body["type"], "/problems/account-frozen");
+    assert_eq!(count(&stack, orders, &[]).await, orders_before);
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM idempotency_keys", &[]).await,
+        keys_before
+    );
+    let to_ann = gift(&stack, &bob, "ann", 10).await;
+    assert_eq!(to_ann.status, 201, "{}", to_ann.body);
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 290));
+    check_ledger(&stack).await;
+
+    // Redelivered and later events of the open dispute change nothing.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_dp_created",
+                "charge.dispute.created",
+                &order,
+                "needs_response",
+                1999
+            )
+        )
+        .await,
+        "duplicate"
+    );
+    for (id, kind, status) in [
+        (
+            "evt_dp_withdrawn",
+            "charge.dispute.funds_withdrawn",
+            "needs_response",
+        ),
+        ("evt_dp_review", "charge.dispute.updated", "under_review"),
+    ] {
+        assert_eq!(
+            deliver_ok(&stack, &dispute(id, kind, &order, status, 1999)).await,
+            "no_change",
+            "{kind}"
+        );
+    }
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 290));
+    assert_eq!(disputed_credits(&stack, &order).await, 550);
+    check_ledger(&stack).await;
+
+    // Won: the credits come back (repaying what she owes first) and the freeze lifts.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute("evt_dp_won", "charge.dispute.closed", &order, "won", 1999)
+        )
+        .await,
+        "dispute_won"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (260, 0, 0));
+    assert_eq!(disputed_credits(&stack, &order).await, 0);
+    check_ledger(&stack).await;
+    assert_eq!(gifting(&stack, &ann).await, (260, 0, false));
+    let won = activity(&stack, &ann_id, "purchase_dispute_won").await;
+    assert_eq!(won.len(), 1);
+    assert_eq!(
+        (
+            won[0]["credits_restored"].as_i64(),
+            won[0]["debt_repaid"].as_i64(),
+            won[0]["frozen"].as_bool()
+        ),
+        (Some(550), Some(290), Some(false))
+    );
+    // Late events (a reinstatement, a created that overtook nothing) cannot reopen it.
+    for (id, kind, status) in [
+        (
+            "evt_dp_reinstated",
+            "charge.dispute.funds_reinstated",
+            "won",
+        ),
+        ("evt_dp_late", "charge.dispute.created", "needs_response"),
+    ] {
+        assert_eq!(
+            deliver_ok(&stack, &dispute(id, kind, &order, status, 1999)).await,
+            "no_change",
+            "{kind}"
+        );
+    }
+    assert_eq!(balances(&stack, &ann_id).await, (260, 0, 0));
+    assert_eq!(gifting(&stack, &ann).await, (260, 0, false));
+    check_ledger(&stack).await;
+
+    // Gifts and purchases are open again.
+    let sent = gift(&stack, &ann, "bob", 10).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    pending_order(&stack, &ann, "pkg_starter").await;
+    assert_eq!(
+        entries(&stack, &order).await,
+        vec![
+            ("purchase".into(), 500),
+            ("bonus".into(), 50),
+            ("refund".into(), -250),
+            ("refund".into(), 550)
+        ]
+    );
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT status, stripe_status, credits, applied_at IS NOT NULL, closed_at IS NOT NULL, \
+                    user_id, purchase_order_id, event_ids FROM payment_disputes",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "won");
+    assert_eq!(row.get::<_, String>(1), "won");
+    assert_eq!(row.get::<_, i32>(2), 550);
+    assert!(row.get::<_, bool>(3) && row.get::<_, bool>(4));
+    assert_eq!(row.get::<_, String>(5), ann_id);
+    assert_eq!(row.get::<_, String>(6), order);
+    assert_eq!(
+        row.get::<_, Vec<String>>(7),
+        [
+            "evt_dp_created",
+            "evt_dp_withdrawn",
+            "evt_dp_review",
+            "evt_dp_won",
+            "evt_dp_reinstated",
+            "evt_dp_late"
+        ]
+    );
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn a_lost_dispute_keeps_its_clawback_and_a_refund_of_the_same_money_takes_nothing_twice() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = paid_order(&stack, &ann, "evt_paid").await;
+    // She spends 500 of the 550.
+    ledger::post(
+        &stack.sql().await,
+        &ann_id,
+        Entry::new("usage", -500, "generations"),
+    )
+    .await
+    .unwrap();
+    check_ledger(&stack).await;
+
+    // Half refunded: 275 owed, 50 available.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_half", &order, 1000)).await,
+        "partially_refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 225));
+    check_ledger(&stack).await;
+    // Then the whole payment is disputed: only what the refund did not take is taken.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_dp",
+                "charge.dispute.created",
+                &order,
+                "warning_needs_response",
+                1999
+            )
+        )
+        .await,
+        "dispute_opened"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 500));
+    assert_eq!(gifting(&stack, &ann).await, (0, 0, true));
+    check_ledger(&stack).await;
+    // The rest refunded while disputed: the same money, nothing more to take.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_rest", &order, 1999)).await,
+        "refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 500));
+    assert_eq!(order_status(&stack, &order).await, "refunded");
+    check_ledger(&stack).await;
+
+    // Lost: the clawback stays, the freeze lifts.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute("evt_lost", "charge.dispute.closed", &order, "lost", 1999)
+        )
+        .await,
+        "dispute_lost"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 500));
+    assert_eq!(disputed_credits(&stack, &order).await, 550);
+    assert_eq!(gifting(&stack, &ann).await, (0, 0, false));
+    let lost = activity(&stack, &ann_id, "purchase_dispute_lost").await;
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        (
+            lost[0]["credits_restored"].as_i64(),
+            lost[0]["frozen"].as_bool()
+        ),
+        (Some(0), Some(false))
+    );
+    check_ledger(&stack).await;
+    // A late win cannot undo the loss.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute("evt_late_won", "charge.dispute.closed", &order, "won", 1999)
+        )
+        .await,
+        "no_change"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 500));
+
+    // She may buy again; the new credits repay the debt first: 550 − 500.
+    let next = paid_order(&stack, &ann, "evt_next").await;
+    assert_eq!(balances(&stack, &ann_id).await, (50, 0, 0));
+    // Owed credits are never giftable, and the new purchase is young.
+    assert_eq!(gifting(&stack, &ann).await, (0, 550, false));
+    age(&stack, &next, 7).await;
+    assert_eq!(gifting(&stack, &ann).await, (50, 0, false));
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn a_dispute_won_after_a_full_refund_gives_nothing_back() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let order = paid_order(&stack, &ann, "evt_paid").await;
+    // A partial dispute (10.00 of 19.99): its share, 275, is taken.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_dp",
+                "charge.dispute.created",
+                &order,
+                "needs_response",
+                1000
+            )
+        )
+        .await,
+        "dispute_opened"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (275, 0, 0));
+    check_ledger(&stack).await;
+    // Refunded in full meanwhile: only the part the dispute did not take is taken.
+    assert_eq!(
+        deliver_ok(&stack, &refunded("evt_refund", &order, 1999)).await,
+        "refunded"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    check_ledger(&stack).await;
+    // Won: the money went back through the refund, so no credits come back.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute("evt_won", "charge.dispute.closed", &order, "won", 1000)
+        )
+        .await,
+        "dispute_won"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 0));
+    assert_eq!(gifting(&stack, &ann).await, (0, 0, false));
+    assert_eq!(
+        entries(&stack, &order).await,
+        vec![
+            ("purchase".into(), 500),
+            ("bonus".into(), 50),
+            ("refund".into(), -275),
+            ("refund".into(), -275)
+        ]
+    );
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn dispute_events_apply_once_in_any_order_and_however_often_delivered() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+
+    // Closed (won) before created: nothing is taken, nothing frozen; the late created is
+    // about a closed dispute.
+    let o1 = paid_order(&stack, &ann, "evt_paid_1").await;
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_1_won",
+                "charge.dispute.closed",
+                &o1,
+                "warning_closed",
+                1999
+            )
+        )
+        .await,
+        "dispute_won"
+    );
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_1_created",
+                "charge.dispute.created",
+                &o1,
+                "warning_needs_response",
+                1999
+            )
+        )
+        .await,
+        "no_change"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    assert!(!gifting(&stack, &ann).await.2, "not frozen");
+    check_ledger(&stack).await;
+
+    // Closed (lost) first: the share is taken, nothing frozen; later events change nothing.
+    let o2 = paid_order(&stack, &ann, "evt_paid_2").await;
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute("evt_2_lost", "charge.dispute.closed", &o2, "lost", 1999)
+        )
+        .await,
+        "dispute_lost"
+    );
+    for (id, kind) in [
+        ("evt_2_created", "charge.dispute.created"),
+        ("evt_2_withdrawn", "charge.dispute.funds_withdrawn"),
+    ] {
+        assert_eq!(
+            deliver_ok(&stack, &dispute(id, kind, &o2, "needs_response", 1999)).await,
+            "no_change"
+        );
+    }
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    assert_eq!(disputed_credits(&stack, &o2).await, 550);
+    assert!(!gifting(&stack, &ann).await.2, "not frozen");
+    check_ledger(&stack).await;
+
+    // A dispute that overtakes the payment event waits, and is applied as the order is
+    // credited (in the same transaction).
+    let o3 = pending_order(&stack, &ann, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_3_created",
+                "charge.dispute.created",
+                &o3,
+                "needs_response",
+                1999
+            )
+        )
+        .await,
+        "dispute_deferred"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    assert!(!gifting(&stack, &ann).await.2, "not frozen");
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_paid_3", &o3)).await,
+        "credited_then_disputed"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+    assert!(gifting(&stack, &ann).await.2, "frozen");
+    check_ledger(&stack).await;
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute("evt_3_won", "charge.dispute.closed", &o3, "won", 1999)
+        )
+        .await,
+        "dispute_won"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (1100, 0, 0));
+    assert!(!gifting(&stack, &ann).await.2, "not frozen");
+    check_ledger(&stack).await;
+
+    // The same event five times at once, and three more ids for the same dispute: one
+    // clawback.
+    let o4 = paid_order(&stack, &ann, "evt_paid_4").await;
+    let created = dispute(
+        "evt_4_created",
+        "charge.dispute.created",
+        &o4,
+        "needs_response",
+        1999,
+    );
+    let others: Vec<String> = [
+        ("evt_4_withdrawn", "charge.dispute.funds_withdrawn"),
+        ("evt_4_updated", "charge.dispute.updated"),
+        ("evt_4_created_again", "charge.dispute.created"),
+    ]
+    .iter()
+    .map(|(id, kind)| dispute(id, kind, &o4, "needs_response", 1999))
+    .collect();
+    let replies = join_all(
+        std::iter::repeat_n(&created, 5)
+            .chain(others.iter())
+            .map(|body| deliver(&stack, body)),
+    )
+    .await;
+    let outcomes: Vec<&str> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.body["outcome"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "dispute_opened").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| ["dispute_opened", "duplicate", "no_change"].contains(o)),
+        "{outcomes:?}"
+    );
+    assert_eq!(balances(&stack, &ann_id).await, (1100, 0, 0));
+    assert!(gifting(&stack, &ann).await.2, "frozen");
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM credit_transactions WHERE related_entity_id = $1 AND transaction_type = 'refund'",
+            &[&o4]
+        )
+        .await,
+        1
+    );
+    check_ledger(&stack).await;
+
+    // Every dispute event was recorded once, tied to its order.
+    let recorded = count(
+        &stack,
+        "SELECT count(*) FROM stripe_events WHERE event_type LIKE 'charge.dispute.%' AND purchase_order_id IS NOT NULL",
+        &[],
+    )
+    .await;
+    assert_eq!(recorded, 2 + 3 + 1 + 4);
+    // A dispute of a payment no order knows is recorded and waits.
+    assert_eq!(
+        deliver_ok(
+            &stack,
+            &dispute(
+                "evt_stranger",
+                "charge.dispute.created",
+                "nobody",
+                "needs_response",
+                100
+            )
+        )
+        .await,
+        "dispute_deferred"
+    );
+    assert!(gifting(&stack, &ann).await.2, "frozen");
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn gifts_racing_a_dispute_either_go_first_or_are_refused_and_the_sums_stay_exact() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    stack.user("bob@example.com", "bob").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let bob_id = user_id(&stack, "bob@example.com").await;
+    let order = paid_order(&stack, &ann, "evt_paid").await;
+    age(&stack, &order, 8).await;
+    assert_eq!(gifting(&stack, &ann).await, (550, 0, false));
+
+    let opened = dispute(
+        "evt_dp",
+        "charge.dispute.created",
+        &order,
+        "needs_response",
+        1999,
+    );
+    let gifts = (0..10).map(|_| futures::future::Either::Left(gift(&stack, &ann, "bob", 50)));
+    let mut requests: Vec<_> = gifts.collect();
+    requests.insert(5, futures::future::Either::Right(deliver(&stack, &opened)));
+    let replies = join_all(requests).await;
+    let mut sent = 0;
+    for reply in &replies {
+        match reply.status.as_u16() {
+            200 => assert_eq!(reply.body["outcome"], "dispute_opened"),
+            201 => sent += 1,
+            403 => {
+                reply.assert_problem(403);
+                assert_eq!(reply.body["type"], "/problems/account-frozen");
+            }
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    // Gifts before the dispute left less to take back: what they moved is owed.
+    assert_eq!(balances(&stack, &ann_id).await, (0, 0, 50 * sent));
+    assert_eq!(balances(&stack, &bob_id).await, (50 * sent, 0, 0));
+    check_ledger(&stack).await;
+}
+
+/// The credits function's routes with another `GIFT_HOLD_DAYS`, beside the
+/// local stack (same database).
+async fn credits_function_holding(stack: &TestStack, days: i32) -> String {
+    let mut state = stack.stack.state.clone();
+    let mut config = (*state.config).clone();
+    config.credits.gift_hold_days = days;
+    state.config = Arc::new(config);
+    let app = shared::app::finish(shared::app::credits_routes(), state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn gift_hold_days_is_configurable() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    stack.user("bob@example.com", "bob").await;
+    let order = paid_order(&stack, &ann, "evt_paid").await;
+    let at_once = credits_function_holding(&stack, 0).await;
+    let month = credits_function_holding(&stack, 30).await;
+
+    // GIFT_HOLD_DAYS=0: purchases are giftable at once.
+    let view = credits_on(&stack, &at_once, &ann).await;
+    assert_eq!(
+        (&view["giftable"], &view["not_giftable_yet"]),
+        (&json!(550), &json!(0))
+    );
+    let sent = gift_on(&stack, &at_once, &ann, "bob", 100).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    check_ledger(&stack).await;
+
+    // GIFT_HOLD_DAYS=30: a week is not enough; thirty days are.
+    age(&stack, &order, 8).await;
+    let view = credits_on(&stack, &month, &ann).await;
+    assert_eq!(
+        (&view["giftable"], &view["not_giftable_yet"]),
+        (&json!(0), &json!(550))
+    );
+    gift_on(&stack, &month, &ann, "bob", 1)
+        .await
+        .assert_problem(402);
+    assert_eq!(
+        credits(&stack, &ann).await["giftable"],
+        450,
+        "the default 7 days are over"
+    );
+    age(&stack, &order, 22).await;
+    let view = credits_on(&stack, &month, &ann).await;
+    assert_eq!(
+        (&view["giftable"], &view["not_giftable_yet"]),
+        (&json!(450), &json!(0))
+    );
+    let sent = gift_on(&stack, &month, &ann, "bob", 450).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    check_ledger(&stack).await;
 }

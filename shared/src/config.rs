@@ -120,7 +120,14 @@ pub struct CreditsConfig {
     pub gift_max_amount: i32,
     /// `GIFT_DAILY_CAP` (default 2000): credits one user may gift per local day.
     pub gift_daily_cap: i32,
+    /// `GIFT_HOLD_DAYS` (default 7, 0..=365): for how many days after a purchase is paid its
+    /// credits (and its bonus) cannot be gifted, so a refund or a dispute of that payment
+    /// finds them still with the buyer. 0: purchases are giftable at once.
+    pub gift_hold_days: i32,
 }
+
+/// `GIFT_HOLD_DAYS` when it is not set.
+pub const DEFAULT_GIFT_HOLD_DAYS: i32 = 7;
 
 impl Default for CreditsConfig {
     fn default() -> Self {
@@ -130,6 +137,7 @@ impl Default for CreditsConfig {
             daily_bonus_max_streak: 7,
             gift_max_amount: 1000,
             gift_daily_cap: 2000,
+            gift_hold_days: DEFAULT_GIFT_HOLD_DAYS,
         }
     }
 }
@@ -738,6 +746,13 @@ impl Config {
                 defaults.gift_daily_cap as u64,
                 1,
                 10_000_000,
+            )? as i32,
+            gift_hold_days: parse_number(
+                &get,
+                "GIFT_HOLD_DAYS",
+                defaults.gift_hold_days as u64,
+                0,
+                365,
             )? as i32,
         };
 

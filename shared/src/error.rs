@@ -49,6 +49,9 @@ pub enum ApiError {
     /// Authenticated, but not allowed.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Gifts and purchases are refused while a payment dispute of the account is open.
+    #[error("account frozen: {0}")]
+    AccountFrozen(String),
     #[error("not found: {0}")]
     NotFound(String),
     /// Not enough credits: the problem carries what was needed and what is available.
@@ -104,7 +107,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::AccountFrozen(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -124,6 +127,7 @@ impl ApiError {
             Self::Validation { .. } => ("validation-error", "Invalid input"),
             Self::Unauthorized(_) => ("unauthorized", "Authentication required"),
             Self::Forbidden(_) => ("forbidden", "Forbidden"),
+            Self::AccountFrozen(_) => ("account-frozen", "Account frozen"),
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::PaymentRequired { .. } => ("insufficient-credits", "Not enough credits"),
             Self::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
@@ -141,6 +145,7 @@ impl ApiError {
             Self::BadRequest(d)
             | Self::Unauthorized(d)
             | Self::Forbidden(d)
+            | Self::AccountFrozen(d)
             | Self::NotFound(d)
             | Self::Conflict(d)
             | Self::UnsupportedMediaType(d) => d.clone(),
@@ -200,6 +205,7 @@ fn problem_types() -> utoipa::openapi::Object {
         ApiError::validation("", ""),
         ApiError::Unauthorized(String::new()),
         ApiError::Forbidden(String::new()),
+        ApiError::AccountFrozen(String::new()),
         ApiError::NotFound(String::new()),
         ApiError::PaymentRequired {
             detail: String::new(),

@@ -653,3 +653,92 @@ async fn v16_turns_the_day_each_user_was_counting_into_their_open_window() {
     );
     assert_eq!(alone.get::<_, Option<i32>>(4), None);
 }
+
+/// V17 disables the enabled pricing configs of routes that are not charged
+/// (they were listed but never charged or limited) and says why in their
+/// description; what it leaves enabled is chargeable by the code's one list.
+#[tokio::test]
+async fn v17_disables_the_prices_of_routes_nothing_charges_and_says_why() {
+    let url = testkit::empty_database().await;
+    let client = testkit::connect(&url).await;
+    // Every migration before V17, as refinery would run them (in order, one script each).
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let mut scripts: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path.file_name()?.to_str()?.to_string();
+            let version = name.strip_prefix('V')?.split("__").next()?.parse().ok()?;
+            Some((version, path))
+        })
+        .collect();
+    scripts.sort();
+    let v17 = scripts
+        .iter()
+        .find(|(v, _)| *v == 17)
+        .map(|(_, p)| p.clone())
+        .expect("V17 is present");
+    for (_, path) in scripts.iter().filter(|(v, _)| *v < 17) {
+        let sql = std::fs::read_to_string(path).unwrap();
+        client
+            .batch_execute(&format!("BEGIN; {sql}; COMMIT;"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    client
+        .batch_execute(
+            "INSERT INTO api_credit_configs (id, endpoint_pattern, http_method, base_cost, is_enabled, description) VALUES \
+               ('cfg_upscale', '/api/v1/characters/:id/upscale', 'POST', 5, true, 'Upscale an image.'), \
+               ('cfg_get_generate', '/api/v1/characters/:id/generate', 'GET', 1, true, NULL), \
+               ('cfg_off', '/api/v1/things', 'POST', 1, false, 'Never used.'), \
+               ('cfg_renamed', '/api/v1/characters/:cid/generate', 'PUT', 1, true, NULL)",
+        )
+        .await
+        .unwrap();
+    let sql = std::fs::read_to_string(&v17).unwrap();
+    client
+        .batch_execute(&format!("BEGIN; {sql}; COMMIT;"))
+        .await
+        .unwrap();
+
+    let rows = client
+        .query(
+            "SELECT id, http_method, endpoint_pattern, is_enabled, description FROM api_credit_configs ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String, bool, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let find = |id: &str| rows.iter().find(|r| r.0 == id).unwrap().clone();
+    let generate = find("cfg_generate");
+    assert!(generate.3, "the seed's generation price stays enabled");
+    assert_eq!(
+        find("cfg_upscale").4.as_deref(),
+        Some(
+            "Disabled by V17: no route charges POST /api/v1/characters/:id/upscale, so this price \
+             was listed but never charged or limited. Was: Upscale an image."
+        )
+    );
+    for id in ["cfg_upscale", "cfg_get_generate", "cfg_renamed"] {
+        let row = find(id);
+        assert!(!row.3, "{id} stays enabled");
+        assert!(
+            row.4.as_deref().unwrap().starts_with("Disabled by V17"),
+            "{id}: {:?}",
+            row.4
+        );
+    }
+    // Already disabled: left as it was.
+    assert_eq!(find("cfg_off").4.as_deref(), Some("Never used."));
+    // The SQL and the code agree on what is chargeable.
+    for (id, method, pattern, enabled, _) in &rows {
+        assert_eq!(
+            *enabled,
+            shared::credits::pricing::chargeable_endpoint(method, pattern).is_some(),
+            "{id}: {method} {pattern}"
+        );
+    }
+}

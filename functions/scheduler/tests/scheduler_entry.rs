@@ -105,7 +105,9 @@ async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
         .unwrap()
         .get(0);
     assert_eq!(status, "timeout");
-    let balance = shared::credits::balance(&client, &user).await.unwrap();
+    let balance = shared::credits::balance(&client, &user, shared::config::DEFAULT_GIFT_HOLD_DAYS)
+        .await
+        .unwrap();
     assert_eq!((balance.available, balance.reserved_balance), (50, 0));
     testkit::ledger::assert_invariants(&client).await;
 

@@ -7,7 +7,7 @@
 //! | `GET /api/v1/credits/packages` | optional | packages on sale now for the caller's tier |
 //! | `GET /api/v1/pricing` | optional | what each priced endpoint costs the caller now, their limits and usage |
 //! | `POST /api/v1/credits/daily-bonus` | token | once per daily window; streaks; optional `Idempotency-Key` |
-//! | `POST /api/v1/credits/gifts` | token | credits to another user; `Idempotency-Key` required |
+//! | `POST /api/v1/credits/gifts` | token | giftable credits to another user; `Idempotency-Key` required |
 //!
 //! Credit-moving work runs as the system role in one transaction that takes
 //! row locks in the engine's order: `users` rows (by id), then `user_credits`
@@ -71,11 +71,13 @@ pub(crate) struct BalanceView {
 
 /// The caller's balance.
 ///
-/// Balances, what jobs hold and what is available, debt, the free generations and allowance
-/// of the caller's daily window (after the lazy reset), when that window ends
-/// (`daily_resets_at`: the local midnight computed when it started; a time zone change applies
-/// from the next window), the daily bonus streak and whether this window's bonus is open, and
-/// lifetime totals. Takes no query parameters.
+/// Balances, what jobs hold and what is available, debt, what may be gifted now (`giftable`:
+/// purchases younger than `GIFT_HOLD_DAYS` are kept back, see `not_giftable_yet` and
+/// `next_giftable_at`), whether a disputed payment froze gifts and purchases (`frozen`), the
+/// free generations and allowance of the caller's daily window (after the lazy reset), when
+/// that window ends (`daily_resets_at`: the local midnight computed when it started; a time
+/// zone change applies from the next window), the daily bonus streak and whether this window's
+/// bonus is open, and lifetime totals. Takes no query parameters.
 #[utoipa::path(
     get,
     path = "/api/v1/credits",
@@ -102,7 +104,7 @@ pub(crate) async fn get_balance(
     let client: &mut tokio_postgres::Client = &mut client;
     // The lazy daily reset writes: a transaction, as the system role.
     let tx = client.transaction().await?;
-    let balance = super::balance(&tx, &user.id).await?;
+    let balance = super::balance(&tx, &user.id, state.config.credits.gift_hold_days).await?;
     let local_date = local_today(&tx, user.timezone.as_deref()).await?;
     // Whether the last claim's window is the one right before this window.
     let follows_last_claim: bool = tx

@@ -10,7 +10,7 @@ use tokio::sync::RwLock;
 use tokio_postgres::GenericClient;
 
 use super::ledger;
-use super::pricing::{CostFormula, PriceConfig, PriceInputs, Quote, TierMultipliers};
+use super::pricing::{CostFormula, GENERATE, PriceConfig, PriceInputs, Quote, TierMultipliers};
 use crate::error::ApiError;
 use crate::users::User;
 
@@ -119,8 +119,9 @@ pub fn tier_of(user: &User) -> (String, bool) {
 
 /// Prices `method path` for `user`, enforcing access rules and limits inside
 /// the caller's transaction (so a refused or failed request is not counted).
-/// `None` when no enabled config prices that route; a generation route must
-/// treat that as closed (see [`quote_generation`]).
+/// `None` when no enabled config of a chargeable route
+/// ([`super::pricing::CHARGEABLE_ENDPOINTS`]) prices that route; a generation
+/// route must treat that as closed (see [`quote_generation`]).
 pub async fn quote(
     client: &impl GenericClient,
     cache: &PricingCache,
@@ -132,7 +133,7 @@ pub async fn quote(
     let configs = cache.configs(client).await?;
     let Some(config) = configs
         .iter()
-        .find(|c| c.is_enabled && c.matches(method, path))
+        .find(|c| c.is_enabled && c.is_chargeable() && c.matches(method, path))
     else {
         return Ok(None);
     };
@@ -142,7 +143,8 @@ pub async fn quote(
     Ok(Some(config.quote(&tier, inputs)))
 }
 
-/// A generation is never free by accident: no enabled config is a 503.
+/// A generation (`path` is [`GENERATE`]'s, for one character) is never free
+/// by accident: no enabled config is a 503.
 pub async fn quote_generation(
     client: &impl GenericClient,
     cache: &PricingCache,
@@ -150,7 +152,7 @@ pub async fn quote_generation(
     path: &str,
     inputs: &PriceInputs,
 ) -> Result<Quote, ApiError> {
-    quote(client, cache, user, "POST", path, inputs)
+    quote(client, cache, user, GENERATE.http_method, path, inputs)
         .await?
         .ok_or_else(|| ApiError::ServiceUnavailable {
             detail: "generation is not priced right now (no enabled pricing); try again later"

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 
 use super::ledger::{self, Entry, LedgerError};
-use super::pricing::Quote;
+use super::pricing::{GENERATE, Quote};
 
 /// How a hold was paid.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -260,7 +260,7 @@ pub async fn settle_for(
         format!("Generation job {job_id}"),
     )
     .related("generation_job", job_id);
-    entry.api_endpoint = Some("POST /api/v1/characters/:id/generate".into());
+    entry.api_endpoint = Some(GENERATE.label());
     entry.cost_calculation = Some(calculation);
     let posted = ledger::post(client, &user_id, entry).await?;
     Ok(Some(Settlement {

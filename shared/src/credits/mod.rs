@@ -4,6 +4,7 @@
 pub mod account;
 pub mod admin;
 pub mod engine;
+pub mod gifting;
 pub mod holds;
 pub mod ledger;
 pub mod pricing;
@@ -25,8 +26,21 @@ pub struct Balance {
     pub reserved_balance: i32,
     /// `current_balance − reserved_balance`: what can be spent or gifted now.
     pub available: i32,
-    /// Credits owed after a refund the balance could not cover; later credits repay it first.
+    /// Credits owed after a refund or dispute the balance could not cover; later credits repay
+    /// it first.
     pub debt_balance: i32,
+    /// What `POST /api/v1/credits/gifts` may move now: `available − debt_balance −
+    /// not_giftable_yet`, never below 0. Bonuses, gifts received and purchases paid at least
+    /// `GIFT_HOLD_DAYS` ago are giftable; credits spent come out of this part first.
+    pub giftable: i32,
+    /// Credits of purchases (bonus included) paid less than `GIFT_HOLD_DAYS` ago that a refund
+    /// or a dispute could still take back: kept from gifts until then.
+    pub not_giftable_yet: i32,
+    /// When the next of those purchases becomes giftable (`null`: none is waiting).
+    pub next_giftable_at: Option<DateTime<Utc>>,
+    /// A payment of the account is disputed with the bank: gifts and purchases are refused
+    /// (403 `/problems/account-frozen`) until the dispute is closed.
+    pub frozen: bool,
     /// Credits per daily window that pay for generations before purchased ones.
     pub daily_allowance: i32,
     pub daily_allowance_used: i32,
@@ -55,8 +69,13 @@ pub struct Balance {
     pub last_daily_bonus_date: Option<NaiveDate>,
 }
 
-/// The balance, after the lazy daily reset (in the caller's transaction).
-pub async fn balance(client: &impl GenericClient, user_id: &str) -> Result<Balance, ApiError> {
+/// The balance, after the lazy daily reset (in the caller's transaction);
+/// purchases are kept from gifts for `gift_hold_days` (`GIFT_HOLD_DAYS`).
+pub async fn balance(
+    client: &impl GenericClient,
+    user_id: &str,
+    gift_hold_days: i32,
+) -> Result<Balance, ApiError> {
     let window = ledger::daily_window(client, user_id).await?;
     let row = client
         .query_opt(
@@ -75,11 +94,19 @@ pub async fn balance(client: &impl GenericClient, user_id: &str) -> Result<Balan
     let allowance_used: i32 = row.try_get("daily_used")?;
     let quota: i32 = row.try_get("daily_quota")?;
     let free_used: i32 = row.try_get("free_used")?;
+    let gifts = gifting::giftable(client, user_id, gift_hold_days)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no credit account; sign in first".into()))?;
+    let frozen = gifting::is_frozen(client, user_id).await?;
     Ok(Balance {
         current_balance: current,
         reserved_balance: reserved,
         available: current - reserved,
         debt_balance: row.try_get("debt_balance")?,
+        giftable: gifts.giftable,
+        not_giftable_yet: gifts.not_giftable_yet,
+        next_giftable_at: gifts.next_giftable_at,
+        frozen,
         daily_allowance: allowance,
         daily_allowance_used: allowance_used,
         daily_allowance_left: (allowance - allowance_used).max(0),

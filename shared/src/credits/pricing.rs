@@ -31,6 +31,74 @@ use crate::error::{ApiError, FieldError};
 
 pub const TIERS: [&str; 4] = ["FREE", "PREMIUM", "PRO", "ENTERPRISE"];
 
+/// A route the pricing engine charges and limits: its requests are quoted
+/// through [`crate::credits::engine::quote`], which counts the config's rate
+/// limits and prices the hold the route places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeableEndpoint {
+    pub http_method: &'static str,
+    /// With `:param` placeholders, as `api_credit_configs.endpoint_pattern` spells routes.
+    pub endpoint_pattern: &'static str,
+}
+
+/// `POST /api/v1/characters/:id/generate`: every generation job (all job types).
+pub const GENERATE: ChargeableEndpoint = ChargeableEndpoint {
+    http_method: "POST",
+    endpoint_pattern: "/api/v1/characters/:id/generate",
+};
+
+/// Every route that is charged and limited, and nothing else: the one list
+/// the job dispatcher prices through ([`GENERATE`]), the admin routes
+/// validate pricing configs against, and the engine and the price list
+/// filter configs by. A config for any other route would be listed but never
+/// charged, so it is refused (admin routes) or ignored (rows written by hand).
+/// Making another route chargeable means quoting it through the engine in its
+/// handler and adding it here.
+pub const CHARGEABLE_ENDPOINTS: [ChargeableEndpoint; 1] = [GENERATE];
+
+impl ChargeableEndpoint {
+    /// `POST /api/v1/characters/:id/generate`, as ledger entries record it.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.http_method, self.endpoint_pattern)
+    }
+
+    /// The concrete path for these parameter values, in order
+    /// (`["abc"]` → `/api/v1/characters/abc/generate`). Missing values leave
+    /// the placeholder, which no real path equals.
+    pub fn path(&self, params: &[&str]) -> String {
+        let mut values = params.iter();
+        self.endpoint_pattern
+            .split('/')
+            .map(|segment| match segment.strip_prefix(':') {
+                Some(_) => values.next().copied().unwrap_or(segment),
+                None => segment,
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// Whether a config of `method` and `pattern` prices exactly this route:
+    /// the same method, the same literal segments and placeholders in the
+    /// same places (their names may differ).
+    pub fn is_priced_by(&self, method: &str, pattern: &str) -> bool {
+        let ours: Vec<&str> = self.endpoint_pattern.split('/').collect();
+        let theirs: Vec<&str> = pattern.split('/').collect();
+        self.http_method.eq_ignore_ascii_case(method)
+            && ours.len() == theirs.len()
+            && ours.iter().zip(&theirs).all(|(a, b)| {
+                (a.starts_with(':') && b.len() > 1 && b.starts_with(':'))
+                    || (!a.starts_with(':') && a == b)
+            })
+    }
+}
+
+/// The chargeable route a config of `method` and `pattern` prices, if any.
+pub fn chargeable_endpoint(method: &str, pattern: &str) -> Option<&'static ChargeableEndpoint> {
+    CHARGEABLE_ENDPOINTS
+        .iter()
+        .find(|endpoint| endpoint.is_priced_by(method, pattern))
+}
+
 /// A threshold term of the formula.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,6 +277,12 @@ pub struct Quote {
 }
 
 impl PriceConfig {
+    /// Whether this config prices a route that is charged (see
+    /// [`CHARGEABLE_ENDPOINTS`]); others price nothing.
+    pub fn is_chargeable(&self) -> bool {
+        chargeable_endpoint(&self.http_method, &self.endpoint_pattern).is_some()
+    }
+
     pub fn matches(&self, method: &str, path: &str) -> bool {
         self.http_method.eq_ignore_ascii_case(method)
             && pattern_matches(&self.endpoint_pattern, path)
@@ -449,6 +523,41 @@ mod tests {
         c.requires_subscription = true;
         assert!(c.check_access("PRO", false).is_err());
         assert!(c.check_access("FREE", true).is_ok());
+    }
+
+    #[test]
+    fn chargeable_routes_come_from_one_list() {
+        assert_eq!(GENERATE.path(&["abc"]), "/api/v1/characters/abc/generate");
+        assert_eq!(GENERATE.label(), "POST /api/v1/characters/:id/generate");
+        assert!(pattern_matches(
+            GENERATE.endpoint_pattern,
+            &GENERATE.path(&["x"])
+        ));
+        assert_eq!(
+            chargeable_endpoint("POST", "/api/v1/characters/:id/generate"),
+            Some(&GENERATE)
+        );
+        // The placeholder's name does not matter; its place does.
+        assert!(chargeable_endpoint("POST", "/api/v1/characters/:character_id/generate").is_some());
+        assert!(chargeable_endpoint("post", "/api/v1/characters/:id/generate").is_some());
+        for (method, pattern) in [
+            ("GET", "/api/v1/characters/:id/generate"),
+            ("POST", "/api/v1/characters/abc/generate"),
+            ("POST", "/api/v1/characters/:id/upscale"),
+            ("POST", "/api/v1/characters/:id/:action"),
+            ("POST", "/api/v1/characters/:/generate"),
+            ("POST", "/api/v1/characters/:id/generate/x"),
+            ("POST", "/api/v1/things/:id/render"),
+        ] {
+            assert!(
+                chargeable_endpoint(method, pattern).is_none(),
+                "{method} {pattern}"
+            );
+        }
+        let mut c = config(seed_formula());
+        assert!(c.is_chargeable());
+        c.endpoint_pattern = "/api/v1/characters/:id/animate".into();
+        assert!(!c.is_chargeable());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use self::stripe::{CheckoutRequest, CheckoutSession, StripeError};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::PaymentProvider;
-use crate::credits::engine;
+use crate::credits::{engine, gifting};
 use crate::error::{ApiError, PROBLEM_JSON, Problem};
 use crate::http::ApiQuery;
 use crate::idempotency::{self, Claim, IdempotencyKey};
@@ -88,8 +88,11 @@ pub struct PurchaseOrder {
     pub paid_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
     pub refunded_at: Option<DateTime<Utc>>,
-    /// Credits taken back by refunds so far.
+    /// The refunded share of the credits (and bonus) so far.
     pub refunded_credits: i32,
+    /// The share of the credits (and bonus) of the order's open and lost disputes. The order
+    /// has taken back `min(credit_amount + bonus_credits, refunded_credits + disputed_credits)`.
+    pub disputed_credits: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -98,7 +101,7 @@ pub struct PurchaseOrder {
 pub const ORDER_COLUMNS: &str = "id, user_id, package_id, credit_amount, bonus_credits, \
     price_usd::text AS price_usd, price_currency, status, provider, checkout_session_id, \
     checkout_url, payment_intent_id, paid_at, failed_at, refunded_at, refunded_credits, \
-    created_at, updated_at";
+    disputed_credits, created_at, updated_at";
 
 impl PurchaseOrder {
     pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
@@ -119,6 +122,7 @@ impl PurchaseOrder {
             failed_at: row.try_get("failed_at")?,
             refunded_at: row.try_get("refunded_at")?,
             refunded_credits: row.try_get("refunded_credits")?,
+            disputed_credits: row.try_get("disputed_credits")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -252,8 +256,8 @@ fn bad_gateway(detail: &str) -> Response {
 /// Creates a pending order for a package on offer to the caller's tier now and a Stripe
 /// Checkout Session for it. Nothing is charged or credited here: the credits are added when
 /// Stripe confirms the payment (`POST /api/v1/credits/webhooks/stripe`). If the checkout cannot
-/// be started the order fails and the Idempotency-Key may be used again. Requires
-/// `Idempotency-Key`.
+/// be started the order fails and the Idempotency-Key may be used again. Refused (403) while
+/// one of the caller's payments is disputed. Requires `Idempotency-Key`.
 #[utoipa::path(
     post,
     path = "/api/v1/credits/purchases",
@@ -268,7 +272,7 @@ fn bad_gateway(detail: &str) -> Response {
         (status = 201, description = "The pending order and where to pay.", body = PurchaseStarted),
         (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is missing or malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The package is not offered to the caller's tier, or the account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The package is not offered to the caller's tier, or the account is banned or erased (`/problems/forbidden`); or one of the caller's payments is disputed, and purchases are frozen until the dispute closes (`/problems/account-frozen`; the Idempotency-Key stays unused).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still in progress (its checkout is being created), or the package is misconfigured and cannot be bought now.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
@@ -322,6 +326,7 @@ pub(crate) async fn create_purchase(
         tx.commit().await?;
         return Ok(Claim::replay(status, body));
     }
+    gifting::refuse_if_frozen(&tx, &user.id, "purchases").await?;
     let package = offered_package(&tx, &request.package_id, &tier).await?;
     let provider = match payments.provider {
         PaymentProvider::Stripe => "stripe",

@@ -23,7 +23,7 @@ use crate::characters::fields::{
 };
 use crate::credits::engine;
 use crate::credits::holds;
-use crate::credits::pricing::PriceInputs;
+use crate::credits::pricing::{GENERATE, PriceInputs};
 use crate::error::{ApiError, FieldError};
 use crate::generator::MAX_OUTPUT_SIDE;
 use crate::input::{check, decode_strict, finish};
@@ -416,7 +416,7 @@ pub async fn record(
             retry_after: 10,
         });
     }
-    let path = format!("/api/v1/characters/{character_id}/generate");
+    let path = GENERATE.path(&[character_id]);
     let quote =
         engine::quote_generation(client, pricing, user, &path, &price_inputs(params, &input))
             .await?;

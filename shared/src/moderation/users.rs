@@ -99,8 +99,9 @@ pub struct AdminUser {
 async fn credits_of(
     client: &impl GenericClient,
     user_id: &str,
+    gift_hold_days: i32,
 ) -> Result<Option<Balance>, ApiError> {
-    match crate::credits::balance(client, user_id).await {
+    match crate::credits::balance(client, user_id, gift_hold_days).await {
         Ok(balance) => Ok(Some(balance)),
         Err(ApiError::NotFound(_)) => Ok(None),
         Err(e) => Err(e),
@@ -213,7 +214,7 @@ pub(crate) async fn lookup(
         .map(User::from_row)
         .transpose()?
         .ok_or_else(|| ApiError::NotFound("no user matches".into()))?;
-    let credits = credits_of(&tx, &user.id).await?;
+    let credits = credits_of(&tx, &user.id, state.config.credits.gift_hold_days).await?;
     tx.commit().await?;
     Ok(Json(AdminUser { user, credits }))
 }
@@ -316,6 +317,7 @@ pub async fn apply(
     admin_id: &str,
     target_id: &str,
     changes: &UserChanges,
+    gift_hold_days: i32,
     meta: &RequestMeta,
 ) -> Result<AdminUser, ApiError> {
     if target_id == admin_id {
@@ -428,7 +430,7 @@ pub async fn apply(
         meta,
     )
     .await?;
-    let credits = credits_of(client, target_id).await?;
+    let credits = credits_of(client, target_id, gift_hold_days).await?;
     Ok(AdminUser {
         user: after,
         credits,
@@ -475,7 +477,15 @@ pub(crate) async fn update(
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
-    let user = apply(&tx, &admin.id, &id, &changes, &meta).await?;
+    let user = apply(
+        &tx,
+        &admin.id,
+        &id,
+        &changes,
+        state.config.credits.gift_hold_days,
+        &meta,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(user))
 }

@@ -5,7 +5,10 @@
 //! One transaction: claim the key; find the recipient (case-insensitively);
 //! lock both `users` rows, then both `user_credits` rows, each pair in user id
 //! order (two users gifting each other at once queue instead of deadlocking);
-//! check the sender's daily-window cap; post `gift_sent` (−amount) and
+//! refuse a sender frozen by an open payment dispute (403); check the sender's
+//! daily-window cap (429) and giftable balance (402: see
+//! [`crate::credits::gifting`]: purchases younger than `GIFT_HOLD_DAYS` and
+//! credits owed cannot be gifted); post `gift_sent` (−amount) and
 //! `gift_received` (+amount) sharing one `gift_transfer` id; log both sides;
 //! store the response under the key.
 
@@ -23,6 +26,7 @@ use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::CreditsConfig;
+use crate::credits::gifting::{self, Giftable};
 use crate::credits::ledger::{self, Entry, LedgerError};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, RequestMeta};
@@ -161,11 +165,15 @@ pub(crate) struct Gift {
 
 /// Give credits to another user.
 ///
-/// Moves `amount` of the caller's available credits (not held by jobs) to an active user, as
-/// a `gift_sent` entry for the caller and a `gift_received` entry for the recipient, in one
-/// transaction. A sender may give at most `GIFT_DAILY_CAP` credits (default 2000) per daily
-/// window (it ends at the local midnight computed when it started; a time zone change applies
-/// from the next window). Requires `Idempotency-Key`.
+/// Moves `amount` of the caller's giftable credits to an active user, as a `gift_sent` entry
+/// for the caller and a `gift_received` entry for the recipient, in one transaction. Giftable
+/// (`giftable` in `GET /api/v1/credits`): the available credits (not held by jobs) less any
+/// debt and less the credits of purchases paid less than `GIFT_HOLD_DAYS` (default 7) days ago,
+/// which a refund or a dispute of the payment could still take back; bonuses, gifts received
+/// and older purchases are giftable. A sender may give at most `GIFT_DAILY_CAP` credits
+/// (default 2000) per daily window (it ends at the local midnight computed when it started; a
+/// time zone change applies from the next window), and nothing while one of their payments is
+/// disputed. Requires `Idempotency-Key`.
 #[utoipa::path(
     post,
     path = "/api/v1/credits/gifts",
@@ -180,8 +188,8 @@ pub(crate) struct Gift {
         (status = 201, description = "The gift, sent.", body = Gift),
         (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is missing or malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = Unauthorized),
-        (status = 402, description = "Not enough available credits: `needed` and `available` in the problem.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's account is suspended, banned or erased, or has no username yet (recipients see who sent a gift).", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "Not enough giftable credits: the problem carries `needed`, `available` (what is giftable now), `giftable`, `not_giftable_yet` (credits of purchases younger than `GIFT_HOLD_DAYS`), `debt_balance` and `next_giftable_at` (when the next young purchase matures, or `null`).", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's account is suspended, banned or erased, or has no username yet (recipients see who sent a gift) (`/problems/forbidden`); or one of the caller's payments is disputed and gifts are frozen until the dispute closes (`/problems/account-frozen`).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No active user has that username, or the caller has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
@@ -315,7 +323,15 @@ async fn transfer(
         _ => return Err(no_such_recipient(&gift.to_username).into()),
     };
 
+    gifting::refuse_if_frozen(tx, &sender.id, "gifts").await?;
     enforce_daily_cap(tx, config, &sender.id, gift.amount).await?;
+    // Under both row locks: nothing can change what is giftable before the gift is posted.
+    let giftable = gifting::giftable(tx, &sender.id, config.gift_hold_days)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no credit account; sign in first".into()))?;
+    if gift.amount > giftable.giftable {
+        return Err(not_giftable(gift.amount, &giftable, config.gift_hold_days).into());
+    }
 
     let gift_id = uuid::Uuid::new_v4().to_string();
     let sent = ledger::post(
@@ -385,6 +401,48 @@ async fn transfer(
         "transaction_id": sent.transaction_id,
         "balance_after": sent.balance_after,
     }))
+}
+
+/// 402 for a gift larger than what is giftable, saying what is kept back and
+/// until when.
+fn not_giftable(amount: i32, giftable: &Giftable, hold_days: i32) -> DetailedProblem {
+    let needed = i64::from(amount);
+    let available = i64::from(giftable.giftable);
+    let mut detail = format!("this gift needs {needed} giftable credits and you have {available}");
+    if giftable.not_giftable_yet > 0 {
+        detail.push_str(&format!(
+            "; {} credits of purchases paid in the last {hold_days} days cannot be gifted yet",
+            giftable.not_giftable_yet
+        ));
+        if let Some(at) = giftable.next_giftable_at {
+            detail.push_str(&format!(
+                " (the next become giftable at {})",
+                at.to_rfc3339()
+            ));
+        }
+    }
+    if giftable.debt_balance > 0 {
+        detail.push_str(&format!(
+            "; {} credits are owed after a refund or dispute and are repaid first",
+            giftable.debt_balance
+        ));
+    }
+    DetailedProblem::new(
+        ApiError::PaymentRequired {
+            detail: detail.clone(),
+            needed,
+            available,
+        },
+        detail,
+        json!({
+            "needed": needed,
+            "available": available,
+            "giftable": giftable.giftable,
+            "not_giftable_yet": giftable.not_giftable_yet,
+            "debt_balance": giftable.debt_balance,
+            "next_giftable_at": giftable.next_giftable_at,
+        }),
+    )
 }
 
 /// At most `gift_daily_cap` credits sent per daily window of the sender

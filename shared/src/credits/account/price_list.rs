@@ -1,4 +1,5 @@
-//! `GET /api/v1/pricing`: what each enabled priced endpoint costs the caller
+//! `GET /api/v1/pricing`: what each enabled priced endpoint (of the routes
+//! that are charged, `pricing::CHARGEABLE_ENDPOINTS`) costs the caller
 //! now, whether they may call it, its limits and (signed in) how much of them
 //! is used, and which buckets would pay for a default request.
 //!
@@ -48,7 +49,8 @@ pub(crate) struct PriceList {
     default_request: PriceInputs,
     /// What the caller could pay with now (signed in only).
     buckets: Option<Buckets>,
-    /// Every enabled priced endpoint.
+    /// Every enabled pricing config of a route that is charged (today
+    /// `POST /api/v1/characters/:id/generate`).
     items: Vec<PricedEndpoint>,
 }
 
@@ -220,11 +222,13 @@ fn window(used: i32, limit: Option<i32>, resets_at: DateTime<Utc>) -> Window {
 
 /// What each priced endpoint costs the caller now.
 ///
-/// For every enabled pricing config: the price of a default request (`character_generation`,
-/// 20 steps, 512×512, batch 1) for the caller's tier, whether the tier and subscription allow
-/// the call, and its limits. Signed in, also this minute's and this daily window's usage (read,
-/// never counted: looking does not use up a limit), whether a call would go through now,
-/// the caller's buckets and how they would pay. Takes no query parameters.
+/// For every enabled pricing config of a route that is charged (only
+/// `POST /api/v1/characters/:id/generate` is; configs for other routes price nothing and are
+/// not listed): the price of a default request (`character_generation`, 20 steps, 512×512,
+/// batch 1) for the caller's tier, whether the tier and subscription allow the call, and its
+/// limits. Signed in, also this minute's and this daily window's usage (read, never counted:
+/// looking does not use up a limit), whether a call would go through now, the caller's
+/// buckets and how they would pay. Takes no query parameters.
 #[utoipa::path(
     get,
     path = "/api/v1/pricing",
@@ -258,7 +262,8 @@ pub(crate) async fn show(
     let configs = state.pricing.configs(&tx).await?;
     let (buckets, windows) = match &user {
         Some(user) => {
-            let balance = crate::credits::balance(&tx, &user.id).await?;
+            let balance =
+                crate::credits::balance(&tx, &user.id, state.config.credits.gift_hold_days).await?;
             let buckets = Buckets {
                 free_generations_left: balance.free_generations_left,
                 daily_allowance_left: balance.daily_allowance_left,
@@ -273,7 +278,8 @@ pub(crate) async fn show(
     let request = default_request();
     let items = configs
         .iter()
-        .filter(|c| c.is_enabled)
+        // Only what is charged is listed: a row for any other route prices nothing.
+        .filter(|c| c.is_enabled && c.is_chargeable())
         .map(|config| {
             priced(
                 config,

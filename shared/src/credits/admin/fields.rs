@@ -64,6 +64,11 @@ impl Fields {
         self.errors.push(error);
     }
 
+    /// Whether an error naming `name` was recorded already.
+    pub fn has_error(&self, name: &str) -> bool {
+        self.errors.iter().any(|e| e.field == name)
+    }
+
     /// A non-nullable field: `Some(value)` when present and valid, `None`
     /// when absent or invalid (the error is recorded).
     pub fn value<T>(

@@ -1,6 +1,12 @@
 //! `api_credit_configs` for admins: list, create, update. Every field is
 //! validated as the pricing engine will read it, so a config an admin saves
 //! can always price a request; writes drop this process's pricing cache.
+//!
+//! Only routes that are charged may be priced
+//! ([`crate::credits::pricing::CHARGEABLE_ENDPOINTS`], today
+//! `POST /api/v1/characters/:id/generate`): a config for any other route
+//! would be listed but never charged or limited, so it is a 422 naming
+//! `endpoint_pattern`, and nothing is stored.
 
 use axum::Json;
 use axum::extract::State;
@@ -16,7 +22,9 @@ use super::fields::{self, FieldResult, Fields, set};
 use super::{Admin, changes, path_id};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
-use crate::credits::pricing::{CostFormula, TIERS, TierMultipliers};
+use crate::credits::pricing::{
+    CHARGEABLE_ENDPOINTS, CostFormula, TIERS, TierMultipliers, chargeable_endpoint,
+};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::openapi::{
@@ -172,6 +180,7 @@ impl PricingValues {
             fields.require(required);
         }
         values.apply(&mut fields);
+        values.refuse_unchargeable(&mut fields);
         fields.finish(values)
     }
 
@@ -185,9 +194,44 @@ impl PricingValues {
             "a pricing config",
         )?;
         self.apply(&mut fields);
+        self.refuse_unchargeable(&mut fields);
         fields.finish(self)
     }
 
+    /// A config must price a route that is charged
+    /// ([`crate::credits::pricing::CHARGEABLE_ENDPOINTS`]): one for any other
+    /// route would be listed in `GET /api/v1/pricing` but never charged or
+    /// limited. Checked on the whole resulting row, so an update of a config
+    /// left over from before that rule is refused until its route is one.
+    fn refuse_unchargeable(&self, fields: &mut Fields) {
+        if fields.has_error("endpoint_pattern") || fields.has_error("http_method") {
+            return;
+        }
+        if chargeable_endpoint(&self.http_method, &self.endpoint_pattern).is_none() {
+            fields.error(FieldError::new(
+                "endpoint_pattern",
+                format!(
+                    "{} {} is not a route that is charged, so a price for it would never be \
+                     charged or limited; routes that are: {}",
+                    self.http_method,
+                    self.endpoint_pattern,
+                    chargeable_list()
+                ),
+            ));
+        }
+    }
+}
+
+/// `POST /api/v1/characters/:id/generate, ...`
+fn chargeable_list() -> String {
+    CHARGEABLE_ENDPOINTS
+        .iter()
+        .map(|e| e.label())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl PricingValues {
     fn apply(&mut self, f: &mut Fields) {
         set(
             &mut self.endpoint_pattern,
@@ -342,7 +386,10 @@ pub struct ListQuery {
 #[allow(dead_code)]
 pub struct NewPricingConfig {
     /// A path starting with `/api/v1/` whose segments are `[a-z0-9_-]` or a `:param`
-    /// placeholder, without a trailing slash, at most 200 characters. No two configs of one
+    /// placeholder, without a trailing slash, at most 200 characters. With `http_method`, it
+    /// must name a route that is charged (today only `POST /api/v1/characters/:id/generate`;
+    /// placeholder names are free): a price for any other route would never be charged or
+    /// limited, so it is refused with a 422 naming `endpoint_pattern`. No two configs of one
     /// method may match the same path (409).
     #[schema(
         max_length = 200,
@@ -514,8 +561,11 @@ pub async fn list(
 /// Price a route.
 ///
 /// Every field is validated as the pricing engine reads it, so a saved config can always
-/// price a request. Takes effect within 30 s in every process (each caches the configs). The
-/// token must carry the `admin` permission; the action is logged with the admin's id.
+/// price a request. Only a route that is charged can be priced (today
+/// `POST /api/v1/characters/:id/generate`): any other `endpoint_pattern` and `http_method` is
+/// a 422 naming `endpoint_pattern`, and nothing is stored. Takes effect within 30 s in every
+/// process (each caches the configs). The token must carry the `admin` permission; the action
+/// is logged with the admin's id.
 #[utoipa::path(
     post,
     path = "/api/v1/admin/pricing",
@@ -533,7 +583,7 @@ pub async fn list(
         (status = 409, description = "Another config of the same method matches some of the same paths (the engine prices a request by one config only).", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = ValidationFailed),
+        (status = 422, description = "Invalid input, every invalid field named in `errors`, including an `endpoint_pattern` and `http_method` that are not a route that is charged (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
     )
@@ -600,8 +650,11 @@ pub async fn create(
 
 /// Change a pricing config.
 ///
-/// Only the fields sent change. Takes effect within 30 s in every process. The token must
-/// carry the `admin` permission; the action is logged with the admin's id and what changed.
+/// Only the fields sent change. The resulting config must price a route that is charged, as
+/// on creation (422 naming `endpoint_pattern` otherwise, nothing changed), so a config left
+/// over for another route cannot be changed until its route is one. Takes effect within 30 s
+/// in every process. The token must carry the `admin` permission; the action is logged with
+/// the admin's id and what changed.
 #[utoipa::path(
     patch,
     path = "/api/v1/admin/pricing/{id}",
@@ -619,7 +672,7 @@ pub async fn create(
         (status = 409, description = "The new pattern or method would match some of the same paths as another config of that method.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = ValidationFailed),
+        (status = 422, description = "Invalid input, every invalid field named in `errors`, including an `endpoint_pattern` and `http_method` that are not a route that is charged (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
     )
@@ -816,8 +869,8 @@ mod tests {
             _ => unreachable!(),
         };
         let created = PricingValues::for_create(body(json!({
-            "endpoint_pattern": "/api/v1/x/:id", "http_method": "POST", "base_cost": 5,
-            "description": "d", "daily_limit": 3
+            "endpoint_pattern": "/api/v1/characters/:cid/generate", "http_method": "POST",
+            "base_cost": 5, "description": "d", "daily_limit": 3
         })))
         .unwrap();
         assert_eq!(created.tier_multipliers, Some(default_tier_multipliers()));
@@ -837,5 +890,61 @@ mod tests {
         );
         assert!(created.clone().patched(body(json!({"id": "x"}))).is_err());
         assert!(PricingValues::for_create(body(json!({"http_method": "POST"}))).is_err());
+    }
+
+    #[test]
+    fn only_routes_that_are_charged_can_be_priced() {
+        let body = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let fields = |result: Result<PricingValues, ApiError>| match result {
+            Err(ApiError::Validation { errors, .. }) => {
+                errors.into_iter().map(|e| e.field).collect::<Vec<_>>()
+            }
+            other => panic!("expected a 422, got {other:?}"),
+        };
+        for (method, pattern) in [
+            ("POST", "/api/v1/characters/:id/upscale"),
+            ("GET", "/api/v1/characters/:id/generate"),
+            ("POST", "/api/v1/characters/featured/generate"),
+        ] {
+            let refused = PricingValues::for_create(body(json!({
+                "endpoint_pattern": pattern, "http_method": method, "base_cost": 1
+            })));
+            assert_eq!(fields(refused), ["endpoint_pattern"], "{method} {pattern}");
+        }
+        // A malformed pattern is named once, for what is wrong with it.
+        let malformed = PricingValues::for_create(body(json!({
+            "endpoint_pattern": "/api/v2/x", "http_method": "POST", "base_cost": 1
+        })));
+        assert_eq!(fields(malformed), ["endpoint_pattern"]);
+        // An update is checked on the row it would leave.
+        let generate = PricingValues::for_create(body(json!({
+            "endpoint_pattern": "/api/v1/characters/:id/generate", "http_method": "POST",
+            "base_cost": 1
+        })))
+        .unwrap();
+        assert_eq!(
+            fields(
+                generate
+                    .clone()
+                    .patched(body(json!({"http_method": "PUT"})))
+            ),
+            ["endpoint_pattern"]
+        );
+        let mut leftover = generate;
+        leftover.endpoint_pattern = "/api/v1/characters/:id/animate".into();
+        assert_eq!(
+            fields(leftover.clone().patched(body(json!({"description": "x"})))),
+            ["endpoint_pattern"]
+        );
+        assert!(
+            leftover
+                .patched(body(
+                    json!({"endpoint_pattern": "/api/v1/characters/:id/generate"})
+                ))
+                .is_ok()
+        );
     }
 }

@@ -22,9 +22,25 @@
 //!   which the ledger repays first from later credits. A refund that overtakes
 //!   the payment event (Stripe does not promise order) is kept on the pending
 //!   order and applied in the transaction that credits it.
+//! - `charge.dispute.created`, `.updated`, `.funds_withdrawn`,
+//!   `.funds_reinstated` and `.closed`: see [`disputes`]. An open dispute
+//!   claws back its share like a refund and freezes the buyer's gifts and
+//!   purchases; won gives the credits back, lost keeps them; either lifts the
+//!   freeze.
+//!
+//! What an order has taken back from its buyer is always
+//! `min(credit_amount + bonus_credits, refunded_credits + disputed_credits)`
+//! ([`reconcile`] moves the difference when either changes), so a refund and
+//! a dispute of the same money never take it twice.
+//!
+//! Locks, in the order every path takes them: the payment (an advisory lock
+//! on the payment intent, by the paths that apply disputes), the order, its
+//! buyer's `users` row then `user_credits` row, then dispute rows.
 //!
 //! Unknown event types and events for unknown orders are recorded and
 //! answered 200 (Stripe would otherwise retry them for days).
+
+mod disputes;
 
 use axum::Json;
 use axum::extract::State;
@@ -87,11 +103,15 @@ pub(crate) struct StripeEvent {
     /// The event's id (`evt_...`): each is processed once.
     id: String,
     /// `checkout.session.completed`, `checkout.session.async_payment_succeeded`,
-    /// `checkout.session.async_payment_failed`, `checkout.session.expired` and
-    /// `charge.refunded` are acted on; other types are recorded and answered 200.
+    /// `checkout.session.async_payment_failed`, `checkout.session.expired`,
+    /// `charge.refunded`, and `charge.dispute.created`, `.updated`, `.funds_withdrawn`,
+    /// `.funds_reinstated` and `.closed` are acted on; other types are recorded and answered
+    /// 200.
     #[schema(rename = "type")]
     kind: String,
-    /// `{"object": ...}`: a Checkout Session, or a Charge for `charge.refunded`.
+    /// `{"object": ...}`: a Checkout Session, a Charge for `charge.refunded`, a Dispute
+    /// (`id`, `charge`, `payment_intent`, `amount`, `currency`, `status`, `reason`) for
+    /// `charge.dispute.*`.
     #[schema(value_type = Object)]
     data: Value,
 }
@@ -112,6 +132,7 @@ fn outcome_schema() -> utoipa::openapi::Object {
         &[
             "credited",
             "credited_then_refunded",
+            "credited_then_disputed",
             "awaiting_payment",
             "failed",
             "expired",
@@ -124,6 +145,10 @@ fn outcome_schema() -> utoipa::openapi::Object {
             "already_refunded",
             "amount_mismatch",
             "paid_without_user",
+            "dispute_opened",
+            "dispute_won",
+            "dispute_lost",
+            "dispute_deferred",
             "ignored",
             "unhandled",
             "duplicate",
@@ -131,6 +156,7 @@ fn outcome_schema() -> utoipa::openapi::Object {
         false,
         "`credited`: the order was paid and its credits (and bonus) added; \
          `credited_then_refunded`: and a refund that arrived first was applied; \
+         `credited_then_disputed`: and a dispute that arrived first was applied; \
          `awaiting_payment`: a completed session not paid yet (delayed payment methods); \
          `failed`, `expired`: the pending order failed; `refunded`, `partially_refunded`: the \
          refunded share of the credits was taken back (what the balance could not cover became \
@@ -138,7 +164,13 @@ fn outcome_schema() -> utoipa::openapi::Object {
          `no_change`: that share was taken back already; `already_paid`, `order_failed`, \
          `already_refunded`: the order had moved on; `amount_mismatch`: the amount charged \
          differs from the order (not credited, logged for review); `paid_without_user`: the \
-         buyer's account was erased; `ignored`: no such order, or nothing to do; `unhandled`: \
+         buyer's account was erased; `dispute_opened`: a dispute took its share of the credits \
+         back (what the balance could not cover became debt) and froze the buyer's gifts and \
+         purchases; `dispute_won`: a dispute ended without a chargeback, its credits were given \
+         back and, without another open dispute, the freeze lifted; `dispute_lost`: the \
+         chargeback stands, its credits stay taken back and the freeze lifted likewise; \
+         `dispute_deferred`: a dispute of an order not credited (or not known) yet, applied \
+         when it is; `ignored`: no such order, or nothing to do; `unhandled`: \
          an event type the webhook does not act on; `duplicate`: the event was processed before.",
     )
 }
@@ -151,8 +183,13 @@ fn outcome_schema() -> utoipa::openapi::Object {
 /// whatever its `Content-Type`. Each event id is processed once, in one transaction: paid
 /// Checkout Sessions credit the order's credits and bonus exactly once, failed and expired
 /// sessions fail the pending order, and `charge.refunded` takes back the refunded share of
-/// the credits. Events of other types, and for unknown orders, are recorded and answered 200
-/// (Stripe would retry anything else).
+/// the credits. `charge.dispute.*` events (created, updated, funds_withdrawn, funds_reinstated,
+/// closed; tied to the order by the dispute's `payment_intent`) act on the dispute's status:
+/// open takes the disputed share of the credits back like a refund and freezes the buyer's
+/// gifts and purchases; `won` (or an inquiry's `warning_closed`) gives them back, any other
+/// closing keeps them; both lift the freeze. A closed dispute never reopens, so late and
+/// redelivered events change nothing. Events of other types, and for unknown orders, are
+/// recorded and answered 200 (Stripe would retry anything else).
 #[utoipa::path(
     post,
     path = "/api/v1/credits/webhooks/stripe",
@@ -225,6 +262,11 @@ pub(crate) async fn stripe_webhook(
         }
         "checkout.session.expired" => session_failed(&tx, &event, &meta, "expired").await?,
         "charge.refunded" => charge_refunded(&tx, &event, &meta).await?,
+        "charge.dispute.created"
+        | "charge.dispute.updated"
+        | "charge.dispute.funds_withdrawn"
+        | "charge.dispute.funds_reinstated"
+        | "charge.dispute.closed" => disputes::dispute_event(&tx, &event, &meta).await?,
         _ => ("unhandled", None),
     };
     tx.execute(
@@ -288,6 +330,17 @@ async fn session_order(
     }
 }
 
+/// Serialises everything that applies disputes to one payment (by its
+/// payment intent, or what stands for it): taken before the order's lock.
+async fn lock_payment(tx: &Transaction<'_>, key: &str) -> Result<(), ApiError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('stripe payment ' || $1))",
+        &[&key],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Takes the lock order the credit engine uses everywhere (users, then
 /// user_credits), so a credit here cannot deadlock with a hold being placed.
 async fn lock_user(tx: &Transaction<'_>, user_id: &str) -> Result<(), ApiError> {
@@ -324,6 +377,10 @@ async fn session_paid(
     require_paid_status: bool,
 ) -> Result<(Outcome, Option<String>), ApiError> {
     let session = &event.object;
+    // Before the order's lock: a dispute of this payment may be waiting for it.
+    if let Some(intent) = id_of(&session["payment_intent"]) {
+        lock_payment(tx, intent).await?;
+    }
     let Some(order) = session_order(tx, session).await? else {
         return Ok(unknown_order(event));
     };
@@ -427,13 +484,17 @@ async fn session_paid(
     )
     .await?;
     tracing::info!(order_id = %order.id, credits = order.credit_amount, bonus = order.bonus_credits, "purchase credited");
+    let mut outcome = "credited";
     if let Some(refund) = apply_deferred_refund(tx, &order.id, event, meta).await?
         && refund != "no_change"
     {
         tracing::info!(order_id = %order.id, outcome = refund, "deferred refund applied");
-        return Ok(("credited_then_refunded", order_id));
+        outcome = "credited_then_refunded";
     }
-    Ok(("credited", order_id))
+    if disputes::apply_waiting(tx, &order.id, event, meta).await? > 0 {
+        outcome = "credited_then_disputed";
+    }
+    Ok((outcome, order_id))
 }
 
 /// `checkout.session.async_payment_failed` (`outcome` failed) and
@@ -547,7 +608,7 @@ async fn charge_refunded(
 
 /// Claws back the share of `order` (locked, paid) that `refunded` of
 /// `amount` (smallest currency units, cumulative) stands for, minus what
-/// earlier refunds took.
+/// earlier refunds took (and what its disputes took of the same credits).
 async fn apply_refund(
     tx: &Transaction<'_>,
     order: &PurchaseOrder,
@@ -556,27 +617,30 @@ async fn apply_refund(
     event: &Event,
     meta: &RequestMeta,
 ) -> Result<Outcome, ApiError> {
-    let total = i64::from(order.credit_amount) + i64::from(order.bonus_credits);
-    let target = refunded_share(total, amount, refunded);
+    let total = order_total(order);
+    let target = refunded_share(i64::from(total), amount, refunded);
     let fully = refunded >= amount;
-    let owed = target - i64::from(order.refunded_credits);
-    if owed <= 0 {
+    if target <= i64::from(order.refunded_credits) {
         return Ok("no_change");
     }
-    let target_i32 = i32::try_from(target).map_err(ApiError::internal)?;
-
-    let (clawed_back, debt) = match order.user_id.as_deref() {
-        Some(user_id) => claw_back(tx, user_id, order, event, owed).await?,
-        None => {
-            tracing::error!(order_id = %order.id, "refund for an erased user's order; nothing to claw back");
-            (0, 0)
-        }
-    };
+    let target = i32::try_from(target).map_err(ApiError::internal)?;
+    let moved = reconcile(
+        tx,
+        order,
+        target,
+        order.disputed_credits,
+        event,
+        &format!(
+            "Credits taken back after a refund of purchase order {}",
+            order.id
+        ),
+    )
+    .await?;
     tx.execute(
-        "UPDATE purchase_orders SET refunded_credits = $2, refunded_at = now(), \
-           status = CASE WHEN $3 THEN 'refunded' ELSE status END \
+        "UPDATE purchase_orders SET refunded_at = now(), \
+           status = CASE WHEN $2 THEN 'refunded' ELSE status END \
          WHERE id = $1",
-        &[&order.id, &target_i32, &fully],
+        &[&order.id, &fully],
     )
     .await?;
     if let Some(user_id) = order.user_id.as_deref() {
@@ -590,15 +654,15 @@ async fn apply_refund(
                 metadata: json!({
                     "event_id": event.id,
                     "amount_refunded": refunded,
-                    "credits_clawed_back": clawed_back,
-                    "credits_owed": debt,
+                    "credits_clawed_back": moved.taken,
+                    "credits_owed": moved.owed,
                 }),
             },
             meta,
         )
         .await?;
     }
-    tracing::info!(order_id = %order.id, clawed_back, debt, "purchase refund applied");
+    tracing::info!(order_id = %order.id, clawed_back = moved.taken, debt = moved.owed, "purchase refund applied");
     Ok(if fully {
         "refunded"
     } else {
@@ -625,16 +689,82 @@ async fn apply_deferred_refund(
     let (Some(refunded), Some(amount)) = (refunded, amount) else {
         return Ok(None);
     };
+    let order = read_order(tx, order_id).await?;
+    Ok(Some(
+        apply_refund(tx, &order, refunded, amount, event, meta).await?,
+    ))
+}
+
+/// The order as it stands now in this transaction (after earlier changes).
+async fn read_order(tx: &Transaction<'_>, order_id: &str) -> Result<PurchaseOrder, ApiError> {
     let row = tx
         .query_one(
             &format!("SELECT {ORDER_COLUMNS} FROM purchase_orders WHERE id = $1"),
             &[&order_id],
         )
         .await?;
-    let order = PurchaseOrder::from_row(&row)?;
-    Ok(Some(
-        apply_refund(tx, &order, refunded, amount, event, meta).await?,
-    ))
+    Ok(PurchaseOrder::from_row(&row)?)
+}
+
+/// Everything an order credited: its credits and its bonus.
+fn order_total(order: &PurchaseOrder) -> i32 {
+    order.credit_amount.saturating_add(order.bonus_credits)
+}
+
+/// What an order has taken back from its buyer, for these refunded and
+/// disputed shares: a refund and a dispute of the same money never take it
+/// twice, and nothing beyond what the order credited.
+fn taken_back(total: i32, refunded: i32, disputed: i32) -> i64 {
+    i64::from(total).min(i64::from(refunded.max(0)) + i64::from(disputed.max(0)))
+}
+
+/// What [`reconcile`] moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Moved {
+    /// Credits taken from the balance.
+    taken: i64,
+    /// Credits the balance could not cover, added to `debt_balance`.
+    owed: i64,
+    /// Credits given back (a won dispute).
+    restored: i64,
+    /// Of those, what went straight to repaying debt.
+    repaid: i64,
+}
+
+/// Stores the order's new refunded and disputed shares and moves the
+/// difference in what it has taken back ([`taken_back`]) from or to its buyer:
+/// a clawback (`description` names why) or a restoration. `order` is the
+/// locked row as it stood before.
+async fn reconcile(
+    tx: &Transaction<'_>,
+    order: &PurchaseOrder,
+    refunded: i32,
+    disputed: i32,
+    event: &Event,
+    description: &str,
+) -> Result<Moved, ApiError> {
+    let total = order_total(order);
+    let before = taken_back(total, order.refunded_credits, order.disputed_credits);
+    let after = taken_back(total, refunded, disputed);
+    tx.execute(
+        "UPDATE purchase_orders SET refunded_credits = $2, disputed_credits = $3 WHERE id = $1",
+        &[&order.id, &refunded, &disputed],
+    )
+    .await?;
+    let Some(user_id) = order.user_id.as_deref() else {
+        if after != before {
+            tracing::error!(order_id = %order.id, "credits to move for an erased user's order; nothing moved");
+        }
+        return Ok(Moved::default());
+    };
+    let mut moved = Moved::default();
+    if after > before {
+        (moved.taken, moved.owed) =
+            claw_back(tx, user_id, order, event, after - before, description).await?;
+    } else if after < before {
+        (moved.restored, moved.repaid) = restore(tx, user_id, order, event, before - after).await?;
+    }
+    Ok(moved)
 }
 
 /// Takes `owed` credits back: as much as is available (never what jobs hold)
@@ -645,6 +775,7 @@ async fn claw_back(
     order: &PurchaseOrder,
     event: &Event,
     owed: i64,
+    description: &str,
 ) -> Result<(i64, i64), ApiError> {
     lock_user(tx, user_id).await?;
     // The row lock serialises this with every other balance change of the user.
@@ -658,7 +789,7 @@ async fn claw_back(
     {
         Some(row) => row.try_get(0)?,
         None => {
-            tracing::error!(order_id = %order.id, "refund for a user without a credit account");
+            tracing::error!(order_id = %order.id, "clawback for a user without a credit account");
             return Ok((0, 0));
         }
     };
@@ -669,16 +800,9 @@ async fn claw_back(
         ledger::post(
             tx,
             user_id,
-            Entry::new(
-                "refund",
-                amount,
-                format!(
-                    "Credits taken back after a refund of purchase order {}",
-                    order.id
-                ),
-            )
-            .related("purchase_order", order.id.clone())
-            .metadata(json!({"event_id": event.id, "credits_owed": debt})),
+            Entry::new("refund", amount, description)
+                .related("purchase_order", order.id.clone())
+                .metadata(json!({"event_id": event.id, "credits_owed": debt})),
         )
         .await?;
     }
@@ -692,6 +816,58 @@ async fn claw_back(
         .await?;
     }
     Ok((taken, debt))
+}
+
+/// Gives `credits` back with one positive `refund` entry; like any credit, it
+/// repays debt first (the ledger posts that repayment). Returns (given,
+/// repaid).
+async fn restore(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    order: &PurchaseOrder,
+    event: &Event,
+    credits: i64,
+) -> Result<(i64, i64), ApiError> {
+    lock_user(tx, user_id).await?;
+    let debt_of = |row: Option<tokio_postgres::Row>| -> Result<Option<i32>, ApiError> {
+        Ok(row.map(|r| r.try_get::<_, i32>(0)).transpose()?)
+    };
+    let Some(debt_before) = debt_of(
+        tx.query_opt(
+            "SELECT debt_balance FROM user_credits WHERE user_id = $1 FOR UPDATE",
+            &[&user_id],
+        )
+        .await?,
+    )?
+    else {
+        tracing::error!(order_id = %order.id, "restoration for a user without a credit account");
+        return Ok((0, 0));
+    };
+    let amount = i32::try_from(credits).map_err(ApiError::internal)?;
+    ledger::post(
+        tx,
+        user_id,
+        Entry::new(
+            "refund",
+            amount,
+            format!(
+                "Credits given back: the dispute of purchase order {} ended without a chargeback",
+                order.id
+            ),
+        )
+        .related("purchase_order", order.id.clone())
+        .metadata(json!({"event_id": event.id})),
+    )
+    .await?;
+    let debt_after = debt_of(
+        tx.query_opt(
+            "SELECT debt_balance FROM user_credits WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await?,
+    )?
+    .unwrap_or(debt_before);
+    Ok((credits, i64::from(debt_before - debt_after)))
 }
 
 #[cfg(test)]
