@@ -747,6 +747,38 @@ async fn the_export_holds_every_kind_of_row_the_user_owns_and_nothing_of_anyone_
     assert!(!contains_ci(&bobs.to_string(), ANN.email));
 }
 
+/// The document is written section by section; its keys are exactly the
+/// documented schema's (`ExportDocument` in the OpenAPI document), and so are
+/// those of its nested gift lists.
+#[tokio::test]
+async fn the_written_document_has_exactly_the_documented_keys() {
+    let stack = spawn_stack().await;
+    let (ann, _bob) = seed_both(&stack).await;
+    let reply = stack.get("/api/v1/me/export", Some(&ann.token)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let spec = serde_json::to_value(shared::openapi::document()).unwrap();
+    let keys = |schema: &str| -> std::collections::BTreeSet<String> {
+        spec["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{schema} has no properties"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let written: std::collections::BTreeSet<String> =
+        reply.body.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(written, keys("ExportDocument"));
+    let gifts: std::collections::BTreeSet<String> = reply.body["gifts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(gifts, keys("ExportGifts"));
+    assert!(!reply.body["gifts"]["sent"].as_array().unwrap().is_empty());
+    assert!(!reply.body["activity"].as_array().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_large_export_is_stored_and_its_link_downloads_the_same_document() {
     let stack = spawn_stack().await;

@@ -210,21 +210,13 @@ pub async fn list(
     }))
 }
 
-/// Every image of `user_id`, oldest first (the GDPR export).
-pub async fn of_user(tx: &Transaction<'_>, user_id: &str) -> Result<Vec<ImageRecord>, ApiError> {
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {IMAGE_COLUMNS} FROM character_images i LEFT JOIN characters c ON c.id = i.character_id \
-                 WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
-            ),
-            &[&user_id],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(ImageRecord::from_row)
-        .collect::<Result<Vec<_>, _>>()?)
+/// Every image of the user `$1`, oldest first (the GDPR export reads it
+/// through a cursor).
+pub fn of_user_sql() -> String {
+    format!(
+        "SELECT {IMAGE_COLUMNS} FROM character_images i LEFT JOIN characters c ON c.id = i.character_id \
+         WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
+    )
 }
 
 fn not_this_characters() -> ApiError {

@@ -11,11 +11,21 @@
 //! Nothing of anyone else's is included: other users appear only as the ids
 //! and usernames the caller's own rows already hold (a gift's counterpart as
 //! the ledger has it).
+//!
+//! Memory stays bounded whatever the account's size: the document is written
+//! as it is read, [`BATCH`] rows at a time through a cursor, to a spool file
+//! in the temporary directory; then either sent inline (it is small) or
+//! streamed from the file to storage. [`ExportDocument`] is the schema of
+//! what is written (the tests check every key against it).
+
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio_postgres::{Client, GenericClient, IsolationLevel};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 use utoipa::ToSchema;
 
 use crate::activity::{self, Activity};
@@ -38,11 +48,16 @@ pub const LINK_FORMAT: &str = "charplat-export-link";
 pub const VERSION: u32 = 1;
 /// How long the download link of a stored export works.
 pub const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Rows read (and held) at a time from each section's cursor.
+pub const BATCH: i32 = 500;
 
 /// The export document, format `charplat-export` version 1. Every section is
 /// present (empty when the caller has no such rows); rows use their table's
-/// column names, oldest first.
+/// column names, oldest first. The document is written section by section
+/// (see [`export`]); this type is its schema in the OpenAPI document, and the
+/// tests hold the written keys to it.
 #[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
 pub struct ExportDocument {
     /// Always `charplat-export`.
     #[schema(example = "charplat-export")]
@@ -188,12 +203,14 @@ pub async fn export(
         .await?;
     // to_jsonb writes timestamps in the session's time zone: make it UTC.
     tx.batch_execute("SET LOCAL TimeZone = 'UTC'").await?;
-    let document = read(&tx, user, storage).await?;
-    let bytes = serde_json::to_vec(&document).map_err(ApiError::internal)?;
-    let size = bytes.len() as u64;
-    let (delivery, metadata) = if bytes.len() <= inline_max_bytes {
+    let generated_at = Utc::now();
+    let mut doc = DocWriter::new(Spool::create().map_err(spool_failed)?);
+    write_document(&tx, user, storage, generated_at, &mut doc).await?;
+    let spool = doc.finish().map_err(spool_failed)?;
+    let size = spool.len().map_err(spool_failed)?;
+    let (delivery, metadata) = if size <= inline_max_bytes as u64 {
         (
-            Delivery::Inline(bytes),
+            Delivery::Inline(spool.read_all().map_err(spool_failed)?),
             json!({"delivery": "inline", "bytes": size, "version": VERSION}),
         )
     } else {
@@ -203,7 +220,7 @@ pub async fn export(
         })?;
         let key = format!("exports/{}/{}.json", user.id, uuid::Uuid::new_v4());
         storage
-            .put(&key, bytes, "application/json")
+            .put_file(&key, &spool.path, "application/json")
             .await
             .map_err(unavailable)?;
         let link = storage
@@ -214,7 +231,7 @@ pub async fn export(
             Delivery::Stored(ExportLink {
                 format: LINK_FORMAT,
                 version: VERSION,
-                generated_at: document.generated_at,
+                generated_at,
                 download_url: link.url,
                 expires_at: link.expires_at,
                 bytes: size,
@@ -223,6 +240,7 @@ pub async fn export(
             json!({"delivery": "storage", "bytes": size, "version": VERSION, "object_key": key}),
         )
     };
+    drop(spool);
     activity::record(
         &tx,
         Activity {
@@ -247,12 +265,26 @@ fn unavailable(error: crate::storage::StorageError) -> ApiError {
     }
 }
 
-async fn read(
-    tx: &tokio_postgres::Transaction<'_>,
+fn spool_failed(error: std::io::Error) -> ApiError {
+    tracing::error!(%error, "cannot write an export to the temporary directory");
+    ApiError::ServiceUnavailable {
+        detail: "the export could not be written; retry shortly".into(),
+        retry_after: 30,
+    }
+}
+
+/// Writes every section, reading each through a cursor.
+async fn write_document(
+    tx: &Transaction<'_>,
     user: &User,
     storage: Option<&dyn ObjectStore>,
-) -> Result<ExportDocument, ApiError> {
+    generated_at: DateTime<Utc>,
+    doc: &mut DocWriter,
+) -> Result<(), ApiError> {
     let id = &user.id;
+    doc.field("format", &FORMAT)?;
+    doc.field("version", &VERSION)?;
+    doc.field("generated_at", &generated_at)?;
     // As the system role, scoped to the caller (see the module documentation).
     let account = User::from_row(
         &tx.query_one(
@@ -261,6 +293,7 @@ async fn read(
         )
         .await?,
     )?;
+    doc.field("account", &account)?;
     let credit_account: Value = tx
         .query_opt(
             "SELECT to_jsonb(c) || jsonb_build_object('available', c.current_balance - c.reserved_balance) \
@@ -271,160 +304,300 @@ async fn read(
         .map(|row| row.try_get(0))
         .transpose()?
         .unwrap_or(Value::Null);
-    let credit_transactions = json_rows(
-        tx,
+    doc.field("credit_account", &credit_account)?;
+    let mut rows = Section::new(tx, doc, id);
+    rows.json(
+        "credit_transactions",
         "SELECT to_jsonb(t) FROM credit_transactions t WHERE t.user_id = $1 ORDER BY t.created_at, t.id",
-        id,
     )
     .await?;
-    let credit_holds = json_rows(
-        tx,
+    rows.json(
+        "credit_holds",
         "SELECT to_jsonb(h) FROM credit_holds h WHERE h.user_id = $1 ORDER BY h.created_at, h.job_id",
-        id,
     )
     .await?;
-    let job_refunds = json_rows(
-        tx,
+    rows.json(
+        "job_refunds",
         "SELECT to_jsonb(r) - 'refunded_by' FROM job_refunds r WHERE r.user_id = $1 ORDER BY r.created_at, r.job_id",
-        id,
     )
     .await?;
-    let purchase_orders = tx
-        .query(
+    rows.each(
+        "purchase_orders",
+        &format!(
+            "SELECT {ORDER_COLUMNS} FROM purchase_orders WHERE user_id = $1 ORDER BY created_at, id"
+        ),
+        |row| Ok(PurchaseOrder::from_row(row)?),
+    )
+    .await?;
+    rows.doc().open_object("gifts")?;
+    for (key, kind) in [("sent", "gift_sent"), ("received", "gift_received")] {
+        rows.each(
+            key,
             &format!(
-                "SELECT {ORDER_COLUMNS} FROM purchase_orders WHERE user_id = $1 ORDER BY created_at, id"
+                "SELECT to_jsonb(t) FROM credit_transactions t WHERE t.user_id = $1 \
+                 AND t.transaction_type = '{kind}' ORDER BY t.created_at, t.id"
             ),
-            &[id],
+            |row| Ok(gift_of(&row.try_get::<_, Value>(0)?)),
         )
-        .await?
-        .iter()
-        .map(PurchaseOrder::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let ratings = tx
-        .query(
-            &format!(
-                "SELECT {RATING_COLUMNS} FROM character_ratings WHERE user_id = $1 ORDER BY created_at, id"
-            ),
-            &[id],
-        )
-        .await?
-        .iter()
-        .map(Rating::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let likes = tx
-        .query(
-            "SELECT character_id, created_at FROM character_likes WHERE user_id = $1 \
-             ORDER BY created_at, character_id",
-            &[id],
-        )
-        .await?
-        .iter()
-        .map(|row| {
+        .await?;
+    }
+    rows.doc().close_object()?;
+    rows.each(
+        "ratings",
+        &format!("SELECT {RATING_COLUMNS} FROM character_ratings WHERE user_id = $1 ORDER BY created_at, id"),
+        |row| Ok(Rating::from_row(row)?),
+    )
+    .await?;
+    rows.each(
+        "likes",
+        "SELECT character_id, created_at FROM character_likes WHERE user_id = $1 \
+         ORDER BY created_at, character_id",
+        |row| {
             Ok(ExportLike {
                 character_id: row.try_get(0)?,
                 created_at: row.try_get(1)?,
             })
-        })
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+        },
+    )
+    .await?;
 
     // The rest as the caller, under row-level security.
     db::act_as(tx, Some(id)).await?;
     let profile = repo::profile(tx, id).await?;
-    let mut characters = tx
-        .query(
-            &format!(
-                "SELECT {CHARACTER_COLUMNS} FROM characters c WHERE c.user_id = $1 \
-                 ORDER BY c.created_at, c.id"
-            ),
-            &[id],
-        )
-        .await?
-        .iter()
-        .map(Character::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    for character in &mut characters {
-        character.present(storage).await;
+    rows.doc().field("profile", &profile)?;
+    let portal = rows.open(&format!(
+        "SELECT {CHARACTER_COLUMNS} FROM characters c WHERE c.user_id = $1 ORDER BY c.created_at, c.id"
+    ))
+    .await?;
+    rows.doc().open_array("characters")?;
+    while let Some(batch) = rows.next(&portal).await? {
+        for row in &batch {
+            let mut character = Character::from_row(row)?;
+            character.present(storage).await;
+            rows.doc().item(&character)?;
+        }
     }
-    let mut exported_images = Vec::new();
-    for record in images::of_user(tx, id).await? {
-        exported_images.push(ExportImage {
-            user_id: record.user_id.clone(),
-            image: record.present(storage).await,
-        });
+    rows.doc().close_array()?;
+    let portal = rows.open(&images::of_user_sql()).await?;
+    rows.doc().open_array("images")?;
+    while let Some(batch) = rows.next(&portal).await? {
+        for row in &batch {
+            let record = images::ImageRecord::from_row(row)?;
+            let image = ExportImage {
+                user_id: record.user_id.clone(),
+                image: record.present(storage).await,
+            };
+            rows.doc().item(&image)?;
+        }
     }
-    let collections = read_collections(tx, id).await?;
-    let mut generation_jobs = tx
-        .query(
-            &format!(
-                "SELECT {JOB_COLUMNS} FROM generation_jobs WHERE user_id = $1 ORDER BY created_at, id"
-            ),
-            &[id],
-        )
-        .await?
-        .iter()
-        .map(Job::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    for job in &mut generation_jobs {
-        job.present(storage).await;
+    rows.doc().close_array()?;
+    rows.doc()
+        .field("collections", &read_collections(tx, id).await?)?;
+    let portal = rows
+        .open(&format!(
+            "SELECT {JOB_COLUMNS} FROM generation_jobs WHERE user_id = $1 ORDER BY created_at, id"
+        ))
+        .await?;
+    rows.doc().open_array("generation_jobs")?;
+    while let Some(batch) = rows.next(&portal).await? {
+        for row in &batch {
+            let mut job = Job::from_row(row)?;
+            job.present(storage).await;
+            rows.doc().item(&job)?;
+        }
     }
-    let reports = tx
-        .query(
-            &format!(
-                "SELECT {REPORT_COLUMNS} FROM content_reports WHERE reporter_id = $1 \
-                 ORDER BY created_at, id"
-            ),
-            &[id],
-        )
-        .await?
-        .iter()
-        .map(Report::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let activity = json_rows(
-        tx,
-        "SELECT to_jsonb(a) FROM user_activity_logs a WHERE a.user_id = $1 ORDER BY a.created_at, a.id",
-        id,
+    rows.doc().close_array()?;
+    rows.each(
+        "reports",
+        &format!("SELECT {REPORT_COLUMNS} FROM content_reports WHERE reporter_id = $1 ORDER BY created_at, id"),
+        |row| Ok(Report::from_row(row)?),
     )
     .await?;
-    let gifts = gifts(&credit_transactions);
-    Ok(ExportDocument {
-        format: FORMAT,
-        version: VERSION,
-        generated_at: Utc::now(),
-        account,
-        profile,
-        characters,
-        images: exported_images,
-        collections,
-        generation_jobs,
-        credit_account,
-        credit_holds,
-        credit_transactions,
-        purchase_orders,
-        job_refunds,
-        gifts,
-        ratings,
-        likes,
-        reports,
-        activity,
-    })
+    rows.json(
+        "activity",
+        "SELECT to_jsonb(a) FROM user_activity_logs a WHERE a.user_id = $1 ORDER BY a.created_at, a.id",
+    )
+    .await?;
+    Ok(())
 }
 
-/// Each row's single `jsonb` column.
-async fn json_rows(
-    client: &impl GenericClient,
-    sql: &str,
-    user_id: &String,
-) -> Result<Vec<Value>, ApiError> {
-    client
-        .query(sql, &[user_id])
-        .await?
-        .iter()
-        .map(|row| row.try_get(0).map_err(ApiError::from))
-        .collect()
+/// Reads the caller's rows of one section through a cursor, [`BATCH`] at a
+/// time, and writes each as it comes.
+struct Section<'t, 'a> {
+    tx: &'t Transaction<'a>,
+    doc: &'t mut DocWriter,
+    user_id: &'t String,
+}
+
+impl<'t, 'a> Section<'t, 'a> {
+    fn new(tx: &'t Transaction<'a>, doc: &'t mut DocWriter, user_id: &'t String) -> Self {
+        Self { tx, doc, user_id }
+    }
+
+    fn doc(&mut self) -> &mut DocWriter {
+        self.doc
+    }
+
+    async fn open(&self, sql: &str) -> Result<tokio_postgres::Portal, ApiError> {
+        let params: [&(dyn ToSql + Sync); 1] = [self.user_id];
+        Ok(self.tx.bind(sql, &params).await?)
+    }
+
+    /// The next batch, `None` once the cursor is exhausted.
+    async fn next(&self, portal: &tokio_postgres::Portal) -> Result<Option<Vec<Row>>, ApiError> {
+        let rows = self.tx.query_portal(portal, BATCH).await?;
+        Ok((!rows.is_empty()).then_some(rows))
+    }
+
+    /// A section whose rows are one `jsonb` column.
+    async fn json(&mut self, key: &str, sql: &str) -> Result<(), ApiError> {
+        self.each(key, sql, |row| Ok(row.try_get::<_, Value>(0)?))
+            .await
+    }
+
+    /// A section of rows, each turned into what the document holds.
+    async fn each<T: Serialize>(
+        &mut self,
+        key: &str,
+        sql: &str,
+        convert: impl Fn(&Row) -> Result<T, ApiError>,
+    ) -> Result<(), ApiError> {
+        let portal = self.open(sql).await?;
+        self.doc().open_array(key)?;
+        while let Some(batch) = self.next(&portal).await? {
+            for row in &batch {
+                self.doc.item(&convert(row)?)?;
+            }
+        }
+        self.doc().close_array()?;
+        Ok(())
+    }
+}
+
+/// A JSON object written piece by piece: fields, arrays item by item, one
+/// level of nested objects.
+struct DocWriter {
+    out: BufWriter<Spool>,
+    /// Whether the innermost open object or array has no member yet.
+    empty: Vec<bool>,
+}
+
+impl DocWriter {
+    fn new(spool: Spool) -> Self {
+        let mut out = BufWriter::with_capacity(64 * 1024, spool);
+        // Written on the first use; a failure then is reported there.
+        let _ = out.write_all(b"{");
+        Self {
+            out,
+            empty: vec![true],
+        }
+    }
+
+    fn separator(&mut self) -> std::io::Result<()> {
+        if let Some(empty) = self.empty.last_mut() {
+            if !*empty {
+                self.out.write_all(b",")?;
+            }
+            *empty = false;
+        }
+        Ok(())
+    }
+
+    fn key(&mut self, key: &str) -> std::io::Result<()> {
+        self.separator()?;
+        serde_json::to_writer(&mut self.out, key)?;
+        self.out.write_all(b":")
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), ApiError> {
+        self.key(key).map_err(spool_failed)?;
+        serde_json::to_writer(&mut self.out, value).map_err(ApiError::internal)
+    }
+
+    fn open_array(&mut self, key: &str) -> Result<(), ApiError> {
+        self.key(key).map_err(spool_failed)?;
+        self.out.write_all(b"[").map_err(spool_failed)?;
+        self.empty.push(true);
+        Ok(())
+    }
+
+    fn item<T: Serialize>(&mut self, value: &T) -> Result<(), ApiError> {
+        self.separator().map_err(spool_failed)?;
+        serde_json::to_writer(&mut self.out, value).map_err(ApiError::internal)
+    }
+
+    fn close_array(&mut self) -> Result<(), ApiError> {
+        self.empty.pop();
+        self.out.write_all(b"]").map_err(spool_failed)
+    }
+
+    fn open_object(&mut self, key: &str) -> Result<(), ApiError> {
+        self.key(key).map_err(spool_failed)?;
+        self.out.write_all(b"{").map_err(spool_failed)?;
+        self.empty.push(true);
+        Ok(())
+    }
+
+    fn close_object(&mut self) -> Result<(), ApiError> {
+        self.empty.pop();
+        self.out.write_all(b"}").map_err(spool_failed)
+    }
+
+    /// Closes the document and hands back its file.
+    fn finish(mut self) -> std::io::Result<Spool> {
+        self.out.write_all(b"}")?;
+        self.out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// A file in the temporary directory (Lambda's `/tmp`), removed when dropped.
+struct Spool {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Spool {
+    fn create() -> std::io::Result<Self> {
+        let path =
+            std::env::temp_dir().join(format!("charplat-export-{}.json", uuid::Uuid::new_v4()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Self { path, file })
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// The whole file (only for small documents: see `inline_max_bytes`).
+    fn read_all(&self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(&self.path)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
+impl Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 async fn read_collections(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     user_id: &String,
 ) -> Result<Vec<ExportCollection>, ApiError> {
     let collections = tx
@@ -463,44 +636,39 @@ async fn read_collections(
     Ok(out)
 }
 
-/// The gifts of the ledger, as its `gift_sent`/`gift_received` entries hold them.
-fn gifts(ledger: &[Value]) -> ExportGifts {
-    let mut gifts = ExportGifts::default();
-    for entry in ledger {
-        let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_string);
-        let meta = |key: &str| {
-            entry
-                .get("metadata")
-                .and_then(|m| m.get(key))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        let (list, counterpart) = match entry.get("transaction_type").and_then(Value::as_str) {
-            Some("gift_sent") => (&mut gifts.sent, meta("to_username")),
-            Some("gift_received") => (&mut gifts.received, meta("from_username")),
-            _ => continue,
-        };
-        let amount = entry
-            .get("amount")
-            .and_then(Value::as_i64)
-            .and_then(|a| i32::try_from(a.unsigned_abs()).ok())
-            .unwrap_or_default();
-        let created_at = entry
-            .get("created_at")
+/// A gift, as its `gift_sent` or `gift_received` ledger entry holds it.
+fn gift_of(entry: &Value) -> ExportGift {
+    let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_string);
+    let meta = |key: &str| {
+        entry
+            .get("metadata")
+            .and_then(|m| m.get(key))
             .and_then(Value::as_str)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_default();
-        list.push(ExportGift {
-            gift_id: text("related_entity_id"),
-            transaction_id: text("id").unwrap_or_default(),
-            amount,
-            counterpart_username: counterpart,
-            message: meta("message"),
-            created_at,
-        });
+            .map(str::to_string)
+    };
+    let counterpart = match entry.get("transaction_type").and_then(Value::as_str) {
+        Some("gift_sent") => meta("to_username"),
+        _ => meta("from_username"),
+    };
+    let amount = entry
+        .get("amount")
+        .and_then(Value::as_i64)
+        .and_then(|a| i32::try_from(a.unsigned_abs()).ok())
+        .unwrap_or_default();
+    let created_at = entry
+        .get("created_at")
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default();
+    ExportGift {
+        gift_id: text("related_entity_id"),
+        transaction_id: text("id").unwrap_or_default(),
+        amount,
+        counterpart_username: counterpart,
+        message: meta("message"),
+        created_at,
     }
-    gifts
 }
 
 #[cfg(test)]
@@ -509,30 +677,60 @@ mod tests {
 
     #[test]
     fn gifts_come_from_the_ledger_entries_with_their_counterparts() {
-        let ledger = vec![
-            json!({"id": "t1", "transaction_type": "purchase", "amount": 100}),
-            json!({"id": "t2", "transaction_type": "gift_sent", "amount": -25,
-                   "related_entity_id": "g1", "created_at": "2025-01-02T03:04:05.123456+00:00",
-                   "metadata": {"to_username": "bob", "message": "hi"}}),
-            json!({"id": "t3", "transaction_type": "gift_received", "amount": 7,
-                   "related_entity_id": "g2", "created_at": "2025-01-03T00:00:00+00:00",
-                   "metadata": {"from_username": "cy", "message": null}}),
-        ];
-        let gifts = gifts(&ledger);
-        assert_eq!(gifts.sent.len(), 1);
-        assert_eq!(gifts.sent[0].amount, 25);
-        assert_eq!(gifts.sent[0].counterpart_username.as_deref(), Some("bob"));
-        assert_eq!(gifts.sent[0].message.as_deref(), Some("hi"));
-        assert_eq!(gifts.sent[0].gift_id.as_deref(), Some("g1"));
+        let sent = gift_of(
+            &json!({"id": "t2", "transaction_type": "gift_sent", "amount": -25,
+               "related_entity_id": "g1", "created_at": "2025-01-02T03:04:05.123456+00:00",
+               "metadata": {"to_username": "bob", "message": "hi"}}),
+        );
+        assert_eq!(sent.amount, 25);
+        assert_eq!(sent.counterpart_username.as_deref(), Some("bob"));
+        assert_eq!(sent.message.as_deref(), Some("hi"));
+        assert_eq!(sent.gift_id.as_deref(), Some("g1"));
+        assert_eq!(sent.transaction_id, "t2");
         assert_eq!(
-            gifts.sent[0].created_at.to_rfc3339(),
+            sent.created_at.to_rfc3339(),
             "2025-01-02T03:04:05.123456+00:00"
         );
-        assert_eq!(gifts.received.len(), 1);
-        assert_eq!(
-            gifts.received[0].counterpart_username.as_deref(),
-            Some("cy")
+        let received = gift_of(
+            &json!({"id": "t3", "transaction_type": "gift_received", "amount": 7,
+               "related_entity_id": "g2", "created_at": "2025-01-03T00:00:00+00:00",
+               "metadata": {"from_username": "cy", "message": null}}),
         );
-        assert_eq!(gifts.received[0].message, None);
+        assert_eq!(received.counterpart_username.as_deref(), Some("cy"));
+        assert_eq!(received.message, None);
+        assert_eq!(received.amount, 7);
+    }
+
+    #[test]
+    fn the_writer_makes_one_valid_json_object() {
+        let mut doc = DocWriter::new(Spool::create().unwrap());
+        doc.field("format", &FORMAT).unwrap();
+        doc.open_array("rows").unwrap();
+        for i in 0..3 {
+            doc.item(&json!({"i": i, "text": "a \"quoted\" line\n"}))
+                .unwrap();
+        }
+        doc.close_array().unwrap();
+        doc.open_array("empty").unwrap();
+        doc.close_array().unwrap();
+        doc.open_object("gifts").unwrap();
+        doc.open_array("sent").unwrap();
+        doc.item(&1).unwrap();
+        doc.close_array().unwrap();
+        doc.open_array("received").unwrap();
+        doc.close_array().unwrap();
+        doc.close_object().unwrap();
+        doc.field("last", &Value::Null).unwrap();
+        let spool = doc.finish().unwrap();
+        let path = spool.path.clone();
+        let parsed: Value = serde_json::from_slice(&spool.read_all().unwrap()).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"format": FORMAT, "rows": [{"i": 0, "text": "a \"quoted\" line\n"},
+                    {"i": 1, "text": "a \"quoted\" line\n"}, {"i": 2, "text": "a \"quoted\" line\n"}],
+                   "empty": [], "gifts": {"sent": [1], "received": []}, "last": null})
+        );
+        drop(spool);
+        assert!(!path.exists(), "the spool file is removed");
     }
 }

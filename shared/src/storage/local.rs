@@ -85,6 +85,27 @@ impl ObjectStore for LocalObjectStore {
         .boxed()
     }
 
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        source: &'a std::path::Path,
+        _content_type: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        async move {
+            let path = self.path_of(key)?;
+            if let Some(dir) = path.parent() {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| StorageError::Backend(e.to_string()))?;
+            }
+            tokio::fs::copy(source, &path)
+                .await
+                .map(|_| ())
+                .map_err(|e| StorageError::Backend(e.to_string()))
+        }
+        .boxed()
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
         async move {
             let path = self.path_of(key)?;

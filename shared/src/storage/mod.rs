@@ -37,6 +37,14 @@ pub trait ObjectStore: Send + Sync {
         bytes: Vec<u8>,
         content_type: &'a str,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
+    /// Stores the file at `path` under `key`, streaming it: memory stays
+    /// bounded whatever the file's size (large GDPR exports).
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a std::path::Path,
+        content_type: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
     /// The object's bytes (`NotFound` when there is none).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, StorageError>>;
     fn presign_get<'a>(

@@ -70,6 +70,32 @@ impl ObjectStore for S3ObjectStore {
         .boxed()
     }
 
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a std::path::Path,
+        content_type: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        async move {
+            validate_key(key)?;
+            // Read from the file as the request is sent, never whole in memory.
+            let body = ByteStream::from_path(path)
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()))?;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type(content_type)
+                .body(body)
+                .send()
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, StorageError>> {
         async move {
             validate_key(key)?;
