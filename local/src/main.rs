@@ -6,6 +6,8 @@
 //! - `database-url [--admin]`: make sure a server answers (starting the
 //!   private cluster if needed) and print a connection URL; the test script
 //!   uses it.
+//! - `new-database NAME`: make sure a server answers, create database NAME on
+//!   it (if missing) and print its URL; `scripts/fuzz` serves from one.
 //! - `openapi`: print the OpenAPI document (`shared::openapi::json()`), which
 //!   is committed as `openapi.json`: `cargo run -p local -- openapi > openapi.json`.
 
@@ -39,9 +41,23 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some("new-database") => {
+            let name = args
+                .get(1)
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.len() <= 63
+                        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+                .context("new-database needs a name of 1 to 63 letters, digits or _")?;
+            let resolved = database::resolve(&options.data_dir).await?;
+            database::ensure_database(&resolved.admin_url, name).await?;
+            println!("{}", database::with_database(&resolved.admin_url, name));
+            Ok(())
+        }
         Some(other) => {
             anyhow::bail!(
-                "unknown command `{other}`; use serve, migrate, database-url [--admin] or openapi"
+                "unknown command `{other}`; use serve, migrate, database-url [--admin], new-database NAME or openapi"
             )
         }
     }
