@@ -377,3 +377,77 @@ fn every_scheduled_task_has_a_schedule_and_on_demand_tasks_have_none() {
         assert!(!scheduled.contains(task), "{task} must not be scheduled");
     }
 }
+
+/// The text of each top-level resource of the template, by logical id.
+fn resource_texts(text: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut in_resources = false;
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let content = line.trim_start();
+        let indent = line.len() - content.len();
+        if indent == 0 && !content.is_empty() && !content.starts_with('#') {
+            in_resources = content == "Resources:";
+            current = None;
+            continue;
+        }
+        if !in_resources || content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        if indent == 2 {
+            current = Some(content.trim_end_matches(':').to_string());
+        }
+        if let Some(id) = &current {
+            let entry = out.entry(id.clone()).or_default();
+            entry.push_str(content);
+            entry.push('\n');
+        }
+    }
+    out
+}
+
+/// Least privilege in the bucket: no function gets a bucket-wide policy (SAM's
+/// S3 policy templates grant every key), each grant names a prefix, and only
+/// the auth function (GDPR exports and erasure) reaches `exports/`.
+#[test]
+fn each_function_reaches_only_the_bucket_prefixes_it_uses() {
+    let text = template_text();
+    let resources = resource_texts(&text);
+    let functions: Vec<&String> = resources
+        .iter()
+        .filter(|(_, body)| body.contains("Type: AWS::Serverless::Function"))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(functions.len() >= 6, "{functions:?}");
+    for id in functions {
+        let body = &resources[id];
+        for template in [
+            "S3CrudPolicy",
+            "S3ReadPolicy",
+            "S3WritePolicy",
+            "S3FullAccessPolicy",
+        ] {
+            assert!(
+                !body.contains(template),
+                "{id} uses {template}: bucket-wide access"
+            );
+        }
+        for line in body.lines().filter(|l| l.contains("ImagesBucket.Arn}")) {
+            let prefix = line
+                .split("ImagesBucket.Arn}")
+                .nth(1)
+                .unwrap_or_default()
+                .trim_matches(['"', ' ']);
+            assert!(
+                prefix == "/users/*" || (prefix == "/exports/*" && id == "AuthFunction"),
+                "{id} reaches `{prefix}` of the bucket"
+            );
+        }
+        if id == "CharactersFunction" || id == "JobsFunction" || id == "WorkerFunction" {
+            assert!(
+                body.contains("${ImagesBucket.Arn}/users/*"),
+                "{id} needs the users' images"
+            );
+        }
+    }
+}
