@@ -257,10 +257,9 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
             jwks_min_refresh: Duration::from_secs(5),
             trust_gateway_claims: false,
         },
-        gallery: GalleryConfig {
-            report_threshold: env_number("GALLERY_REPORT_THRESHOLD", 3),
-            top_rated_min_ratings: env_number("GALLERY_TOP_RATED_MIN_RATINGS", 3),
-        },
+        // The GALLERY_* variables, as in Lambda.
+        gallery: GalleryConfig::from_lookup(|name| std::env::var(name).ok())?,
+        views: shared::config::ViewsConfig::from_lookup(|name| std::env::var(name).ok())?,
         payments: PaymentsConfig {
             provider: PaymentProvider::Local,
             stripe_api_base: "https://api.stripe.com".into(),
@@ -292,12 +291,4 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
         retention: shared::config::RetentionConfig::from_lookup(|name| std::env::var(name).ok())?,
         log_format: LogFormat::Text,
     })
-}
-
-fn env_number(name: &str, default: i32) -> i32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n >= 1)
-        .unwrap_or(default)
 }
