@@ -203,7 +203,8 @@ impl LocalStack {
         })
     }
 
-    /// Stops serving, finishing requests in flight.
+    /// Stops serving, finishing requests in flight, then writes the views
+    /// read but not written yet.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         // Stops the worker and the schedules, and ends job event streams.
         let _ = self.stop_background.send(true);
@@ -214,6 +215,7 @@ impl LocalStack {
             let _ = shutdown.send(());
         }
         (&mut self.server).await??;
+        self.state.views.flush(&self.state.db).await?;
         Ok(())
     }
 }
