@@ -28,6 +28,11 @@
 //!   it (same note, admin and time): the character was dealt with, whatever each reporter
 //!   said. `dismissed` resolves only that report: the others may report something else. Only
 //!   an open report can be resolved (409).
+//! - **Review**: resolving a report (either way) or unhiding a character sets its
+//!   `moderation_reviewed_at`. Reports filed until then no longer count towards its
+//!   `report_score` (V18; see [`crate::social::trust`]), so a character a moderator looked at
+//!   and kept is not taken out of the gallery again by the same reports, while reports filed
+//!   afterwards count.
 
 pub mod characters;
 pub mod reports;

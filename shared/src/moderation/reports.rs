@@ -54,6 +54,9 @@ pub struct ReportItem {
     /// `minor_safety` or `other`.
     pub reason: String,
     pub details: Option<String>,
+    /// How much the report counts towards hiding the character, from its reporter when
+    /// it was filed (0 to 2; see `shared::social::trust`).
+    pub weight: f64,
     /// `open`, `actioned` or `dismissed`.
     pub status: String,
     pub resolution_note: Option<String>,
@@ -66,7 +69,8 @@ pub struct ReportItem {
     pub character: ModeratedCharacter,
 }
 
-const ITEM_COLUMNS: &str = "r.id, r.character_id, r.reporter_id, r.reason, r.details, r.status, \
+const ITEM_COLUMNS: &str = "r.id, r.character_id, r.reporter_id, r.reason, r.details, \
+    r.weight::float8 AS weight, r.status, \
     r.resolution_note, r.resolved_by, r.resolved_at, r.created_at, r.updated_at";
 
 impl ReportItem {
@@ -77,6 +81,7 @@ impl ReportItem {
             reporter_id: row.try_get("reporter_id")?,
             reason: row.try_get("reason")?,
             details: row.try_get("details")?,
+            weight: row.try_get("weight")?,
             status: row.try_get("status")?,
             resolution_note: row.try_get("resolution_note")?,
             resolved_by: row.try_get("resolved_by")?,
@@ -369,6 +374,9 @@ pub(crate) async fn resolve(
             ],
         )
         .await?;
+    // A resolution is a review of the character: the reports filed until now stop counting
+    // towards hiding it (V18), so a character a moderator kept is not hidden again by them.
+    characters::review(&tx, &character_id).await?;
     let also_resolved: Vec<String> = resolved
         .iter()
         .map(|row| row.try_get::<_, String>(0))

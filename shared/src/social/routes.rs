@@ -22,11 +22,12 @@ use utoipa::IntoParams;
 
 use super::input::{RatingBody, RatingInput, ReportBody, ReportInput};
 use super::repo;
+use super::trust;
 use super::{LikeState, RatingWithSummary, RatingsPage, Report};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::auth::{Caller, OptionalCaller};
-use crate::db::begin_as;
+use crate::db::{act_as_system, begin_as};
 use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::openapi::{
@@ -312,7 +313,10 @@ pub(crate) async fn list_ratings(
 /// Report a character.
 ///
 /// A reporter has at most one open report per character: reporting again answers the open
-/// report (200) instead of filing another (201).
+/// report (200) instead of filing another (201). Each report is weighed from its reporter
+/// (account age, verified email, how often moderators actioned their past reports); a
+/// character leaves the gallery, until a moderator reviews it, once its open reports weigh
+/// `GALLERY_REPORT_THRESHOLD`. A suspended account may not report.
 #[utoipa::path(
     post,
     path = "/api/v1/characters/{id}/reports",
@@ -345,6 +349,9 @@ pub(crate) async fn file_report(
     let input = ReportInput::from_body(&body)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    user.require_active("report characters")?;
+    let record = trust::reporter_record(&**client, &user.id).await?;
+    let weight = trust::weight(&record, &state.config.gallery);
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let filed = repo::file_report(&tx, &character.id, &user.id, &input).await?;
@@ -363,6 +370,10 @@ pub(crate) async fn file_report(
             &meta,
         )
         .await?;
+        // The weight is the system's to write (V18): back to the system role,
+        // in the same transaction, once the report has passed row-level security.
+        act_as_system(&tx).await?;
+        trust::set_weight(&tx, &filed.report.id, weight).await?;
     }
     tx.commit().await?;
     let status = if filed.created {
