@@ -11,6 +11,10 @@
 //! and runs its statements through [`begin_as`] so that row-level security
 //! filters them again (second wall). A character the caller may not see is
 //! the same 404 as one that does not exist.
+//!
+//! A suspended account may read, unlike and withdraw its rating, but not like,
+//! rate or report (403). A report is weighed from its reporter when filed
+//! ([`super::trust`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -57,7 +61,8 @@ fn character_id(raw: &str) -> Result<&str, ApiError> {
 
 /// Like a character.
 ///
-/// Idempotent: liking a liked character changes nothing.
+/// Idempotent: liking a liked character changes nothing. A suspended account may not like
+/// (it may still unlike).
 #[utoipa::path(
     put,
     path = "/api/v1/characters/{id}/like",
@@ -67,7 +72,7 @@ fn character_id(raw: &str) -> Result<&str, ApiError> {
     responses(
         (status = 200, description = "The caller likes the character.", body = LikeState),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -81,6 +86,7 @@ pub(crate) async fn like(
     let id = character_id(&id)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    user.require_active("like characters")?;
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let like_count = repo::like(&tx, &character.id, &user.id).await?;
@@ -132,7 +138,8 @@ pub(crate) async fn unlike(
 /// Rate a character.
 ///
 /// The caller's one rating of the character, created (201) or replaced (200). Owners cannot
-/// rate their own characters.
+/// rate their own characters; a suspended account cannot rate (it may still withdraw a
+/// rating).
 #[utoipa::path(
     put,
     path = "/api/v1/characters/{id}/rating",
@@ -145,7 +152,7 @@ pub(crate) async fn unlike(
         (status = 201, description = "The rating was created; with the character's new aggregate.", body = RatingWithSummary),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller owns the character, or the account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller owns the character, or the account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -165,6 +172,7 @@ pub(crate) async fn put_rating(
     let input = RatingInput::from_body(&body)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    user.require_active("rate characters")?;
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     if character.user_id == user.id {
@@ -329,7 +337,7 @@ pub(crate) async fn list_ratings(
         (status = 201, description = "The report was filed.", body = Report),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
