@@ -878,3 +878,100 @@ async fn a_suspended_user_cannot_like_rate_report_or_publish_collections() {
     let reply = stack.call(Method::PUT, &like, Some(&bob), None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
+
+// ------------------------------------------------------------------------------------------
+// Admin reads are audited
+// ------------------------------------------------------------------------------------------
+
+/// `(user_id, activity_type, entity_type, entity_id, metadata)` of an activity row.
+type LogRow = (
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Value,
+);
+
+#[tokio::test]
+async fn lookups_and_report_queue_reads_are_logged_with_the_admin() {
+    let stack = spawn_stack().await;
+    let (token, admin_id) = admin(&stack).await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let bob = stack.user("bob@example.com", "bob").await;
+    let aria = create(&stack, &ann, "Aria", true).await;
+    let aria = aria.body["id"].as_str().unwrap().to_string();
+    let filed = stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{aria}/reports"),
+            Some(&bob),
+            Some(json!({"reason": "spam"})),
+        )
+        .await;
+    assert_eq!(filed.status, 201, "{}", filed.body);
+    let report_id = filed.body["id"].as_str().unwrap().to_string();
+
+    let found = stack
+        .get("/api/v1/admin/users?email=ANN@example.com", Some(&token))
+        .await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    stack
+        .get("/api/v1/admin/users?username=nobody", Some(&token))
+        .await
+        .assert_problem(404);
+    // Refused before any read: nothing to log.
+    stack
+        .get("/api/v1/admin/users?email=", Some(&token))
+        .await
+        .assert_problem(422);
+    stack
+        .get("/api/v1/admin/users?email=ann@example.com", Some(&ann))
+        .await
+        .assert_problem(403);
+    let queue = stack.get("/api/v1/admin/reports", Some(&token)).await;
+    assert_eq!(queue.status, 200, "{}", queue.body);
+
+    let rows: Vec<LogRow> = stack
+        .sql()
+        .await
+        .query(
+            "SELECT user_id, activity_type, entity_type, entity_id, metadata FROM user_activity_logs \
+             WHERE activity_type IN ('admin_user_lookup', 'admin_reports_listed') ORDER BY created_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                Some(admin_id.clone()),
+                "admin_user_lookup".to_string(),
+                Some("user".to_string()),
+                Some(ann_id.clone()),
+                json!({"query": {"email": "ANN@example.com", "username": null},
+                       "found": true, "target_user_id": ann_id}),
+            ),
+            (
+                Some(admin_id.clone()),
+                "admin_user_lookup".to_string(),
+                Some("user".to_string()),
+                None,
+                json!({"query": {"email": null, "username": "nobody"},
+                       "found": false, "target_user_id": null}),
+            ),
+            (
+                Some(admin_id.clone()),
+                "admin_reports_listed".to_string(),
+                Some("content_report".to_string()),
+                None,
+                json!({"status": "open", "limit": 24, "after_cursor": false,
+                       "report_ids": [report_id]}),
+            ),
+        ]
+    );
+}

@@ -12,7 +12,10 @@
 //!
 //! Every route takes the [`Admin`](crate::credits::admin::Admin) extractor first, so the
 //! permission is checked (401/403) before anything else is read, and every write runs as the
-//! system role in one transaction with the `user_activity_logs` row naming the admin.
+//! system role in one transaction with the `user_activity_logs` row naming the admin. The
+//! reads of personal data are logged too: each user lookup (`admin_user_lookup`: the terms
+//! searched for, whether a user was found and which) and each page of the report queue
+//! (`admin_reports_listed`: the filter and the ids of the reports answered).
 //!
 //! Semantics:
 //! - **Hidden** (`characters.moderation_hidden`, V12) is a moderator's decision apart from the

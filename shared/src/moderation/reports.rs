@@ -126,7 +126,9 @@ pub(crate) struct ReportsQuery {
 /// The report queue.
 ///
 /// Reports in one status (`open` by default), oldest first, each with the reported character
-/// as it is now. The token must carry the `admin` permission.
+/// as it is now and the report's weight. Each call is logged (`admin_reports_listed`) with the
+/// admin's id and the ids of the reports answered. The token must carry the `admin`
+/// permission.
 #[utoipa::path(
     get,
     path = "/api/v1/admin/reports",
@@ -147,6 +149,7 @@ pub(crate) struct ReportsQuery {
 pub(crate) async fn list(
     Admin(identity): Admin,
     State(state): State<AppState>,
+    meta: RequestMeta,
     ApiQuery(query): ApiQuery<ReportsQuery>,
 ) -> Result<Json<Page<ReportItem>>, ApiError> {
     let mut errors = Vec::new();
@@ -156,12 +159,14 @@ pub(crate) async fn list(
     };
     let (limit, after) = pagination::time_page(&mut errors, query.limit, query.cursor.as_deref());
     finish((), errors)?;
-    let client = state.db.get().await?;
-    users::repo::current_user(&**client, &identity).await?;
+    let given_cursor = after.is_some();
+    let mut client = state.db.get().await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
     let (after_at, after_id) = after
         .map(|k| (Some(k.at), Some(k.id)))
         .unwrap_or((None, None));
-    let rows = client
+    let rows = tx
         .query(
             &format!(
                 "SELECT {ITEM_COLUMNS}, {MODERATED_COLUMNS} \
@@ -177,10 +182,31 @@ pub(crate) async fn list(
         .iter()
         .map(ReportItem::from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(pagination::page(items, limit, |item| TimeKey {
+    let page = pagination::page(items, limit, |item| TimeKey {
         at: item.created_at,
         id: item.id.clone(),
-    })))
+    });
+    // Reads are audited too: which reports (and so which reporters) the admin saw.
+    let report_ids: Vec<&str> = page.items.iter().map(|item| item.id.as_str()).collect();
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&admin.id),
+            activity_type: "admin_reports_listed",
+            entity_type: Some("content_report"),
+            entity_id: None,
+            metadata: json!({
+                "status": status,
+                "limit": limit,
+                "after_cursor": given_cursor,
+                "report_ids": report_ids,
+            }),
+        },
+        &meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(page))
 }
 
 /// A validated resolution.

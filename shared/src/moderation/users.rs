@@ -147,8 +147,9 @@ fn lookup_value(
 /// Look a user up.
 ///
 /// By `email`, `username` or both (then both must match), each exactly but regardless of
-/// case: the whole `users` row plus the credit account. The token must carry the `admin`
-/// permission.
+/// case: the whole `users` row plus the credit account. Every lookup, found or not, is logged
+/// (`admin_user_lookup`) with the admin's id, the terms searched for and the user found. The
+/// token must carry the `admin` permission.
 #[utoipa::path(
     get,
     path = "/api/v1/admin/users",
@@ -169,6 +170,7 @@ fn lookup_value(
 pub(crate) async fn lookup(
     Admin(identity): Admin,
     State(state): State<AppState>,
+    meta: RequestMeta,
     ApiQuery(query): ApiQuery<LookupQuery>,
 ) -> Result<Json<AdminUser>, ApiError> {
     let mut errors = Vec::new();
@@ -183,7 +185,7 @@ pub(crate) async fn lookup(
     }
     crate::input::finish((), errors)?;
     let mut client = state.db.get().await?;
-    users::repo::current_user(&**client, &identity).await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
     // One statement per combination, so each walks its unique lower() index.
     let row = match (&email, &username) {
@@ -213,11 +215,31 @@ pub(crate) async fn lookup(
         }
         (None, None) => None,
     };
-    let user = row
-        .as_ref()
-        .map(User::from_row)
-        .transpose()?
-        .ok_or_else(|| ApiError::NotFound("no user matches".into()))?;
+    let user = row.as_ref().map(User::from_row).transpose()?;
+    // Reads of personal data are audited too: who looked up whom, by what. The terms are
+    // the identifiers searched for (in `email` and `username` fields, which an erasure of
+    // the user found scrubs); nothing of the answer is copied.
+    let target = user.as_ref().map(|u| u.id.as_str());
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&admin.id),
+            activity_type: "admin_user_lookup",
+            entity_type: Some("user"),
+            entity_id: target,
+            metadata: json!({
+                "query": {"email": email, "username": username},
+                "found": target.is_some(),
+                "target_user_id": target,
+            }),
+        },
+        &meta,
+    )
+    .await?;
+    let Some(user) = user else {
+        tx.commit().await?;
+        return Err(ApiError::NotFound("no user matches".into()));
+    };
     let credits = credits_of(&tx, &user.id).await?;
     tx.commit().await?;
     Ok(Json(AdminUser { user, credits }))
