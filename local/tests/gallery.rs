@@ -683,3 +683,65 @@ async fn a_viewer_counts_once_per_character_per_day() {
         "{err}"
     );
 }
+
+/// A token whose email the identity provider verified (`…/email_verified: true`, as an
+/// Auth0 Action adds it beside the namespaced email).
+fn verified_token(stack: &TestStack, email: &str) -> String {
+    let issuer = &stack.stack.issuer;
+    let mut claims = issuer.claims_for(email, &[], std::time::Duration::from_secs(600));
+    claims["https://characters.app/email_verified"] = json!(true);
+    issuer.key().sign(issuer.key().kid(), &claims).unwrap()
+}
+
+#[tokio::test]
+async fn sign_in_records_a_verified_email_and_the_report_weighs_accordingly() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    showcase(&stack, &ann).await;
+    let target = create(&stack, &ann, "Target", "anime", &[], true).await;
+    let verified = |email: &'static str| {
+        let stack = &stack;
+        async move {
+            stack
+                .sql()
+                .await
+                .query_one(
+                    "SELECT email_verified_at IS NOT NULL FROM users WHERE email = $1",
+                    &[&email],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    };
+
+    // A plain token says nothing of verification: none is recorded.
+    stack.sign_in("plain@example.com").await;
+    assert!(!verified("plain@example.com").await);
+    // A verified one records it at sign-in; a later plain sign-in does not undo it.
+    let token = verified_token(&stack, "checked@example.com");
+    let reply = stack
+        .call(Method::POST, "/api/v1/auth/session", Some(&token), None)
+        .await;
+    assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
+    assert!(verified("checked@example.com").await);
+    stack.sign_in("checked@example.com").await;
+    assert!(verified("checked@example.com").await);
+
+    // Both accounts aged a month: the verified reporter weighs 1, the other 0.25.
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE users SET created_at = now() - interval '40 days' \
+             WHERE email IN ('plain@example.com', 'checked@example.com')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let plain = report(&stack, &stack.token("plain@example.com"), &target).await;
+    let checked = report(&stack, &token, &target).await;
+    assert_eq!(weight_of(&stack, &plain).await, 0.25);
+    assert_eq!(weight_of(&stack, &checked).await, 1.0);
+    assert_eq!(score(&stack, &target).await, (1.25, 2));
+}
