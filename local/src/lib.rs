@@ -203,7 +203,8 @@ impl LocalStack {
         })
     }
 
-    /// Stops serving, finishing requests in flight.
+    /// Stops serving, finishing requests in flight, then writes the views
+    /// read but not written yet.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         // Stops the worker and the schedules, and ends job event streams.
         let _ = self.stop_background.send(true);
@@ -214,6 +215,7 @@ impl LocalStack {
             let _ = shutdown.send(());
         }
         (&mut self.server).await??;
+        self.state.views.flush(&self.state.db).await?;
         Ok(())
     }
 }
@@ -257,10 +259,9 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
             jwks_min_refresh: Duration::from_secs(5),
             trust_gateway_claims: false,
         },
-        gallery: GalleryConfig {
-            report_threshold: env_number("GALLERY_REPORT_THRESHOLD", 3),
-            top_rated_min_ratings: env_number("GALLERY_TOP_RATED_MIN_RATINGS", 3),
-        },
+        // The GALLERY_* variables, as in Lambda.
+        gallery: GalleryConfig::from_lookup(|name| std::env::var(name).ok())?,
+        views: shared::config::ViewsConfig::from_lookup(|name| std::env::var(name).ok())?,
         payments: PaymentsConfig {
             provider: PaymentProvider::Local,
             stripe_api_base: "https://api.stripe.com".into(),
@@ -292,12 +293,4 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
         retention: shared::config::RetentionConfig::from_lookup(|name| std::env::var(name).ok())?,
         log_format: LogFormat::Text,
     })
-}
-
-fn env_number(name: &str, default: i32) -> i32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n >= 1)
-        .unwrap_or(default)
 }

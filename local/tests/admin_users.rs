@@ -630,3 +630,348 @@ async fn a_banned_users_token_is_refused_on_every_authenticated_route() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(stack.get("/api/v1/me", Some(&ann)).await.status, 200);
 }
+
+// ------------------------------------------------------------------------------------------
+// Suspension and bans stop what the account does to others
+// ------------------------------------------------------------------------------------------
+
+async fn reserved(stack: &TestStack, id: &str) -> (i32, i32) {
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT current_balance, reserved_balance FROM user_credits WHERE user_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// `(job status, hold status)` of a job.
+async fn job_and_hold(stack: &TestStack, job: &str) -> (String, String) {
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT j.status, h.status FROM generation_jobs j JOIN credit_holds h ON h.job_id = j.id \
+             WHERE j.id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn queue_job(stack: &TestStack, token: &str) -> String {
+    let character = create(stack, token, "Sketch", false).await;
+    assert_eq!(character.status, 201, "{}", character.body);
+    let id = character.body["id"].as_str().unwrap();
+    let reply = stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{id}/generate"),
+            Some(token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn suspending_or_banning_cancels_queued_jobs_and_releases_each_hold_once() {
+    let stack = spawn_stack().await;
+    let (token, _) = admin(&stack).await;
+    let (ann, ann_id) = stack.buyer("ann@example.com", "ann", 100).await;
+    let (carl, carl_id) = stack.buyer("carl@example.com", "carl", 100).await;
+    let anns_job = queue_job(&stack, &ann).await;
+    let carls_job = queue_job(&stack, &carl).await;
+    let (balance, held) = reserved(&stack, &ann_id).await;
+    assert_eq!(balance, 100);
+    assert!(held > 0, "the job holds credits");
+    assert_eq!(
+        job_and_hold(&stack, &anns_job).await,
+        ("queued".into(), "held".into())
+    );
+
+    // Suspension: the queued job is cancelled and its hold released, in the same change.
+    let reply = patch_user(
+        &stack,
+        &token,
+        &ann_id,
+        json!({"account_status": "suspended"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        job_and_hold(&stack, &anns_job).await,
+        ("cancelled".into(), "released".into())
+    );
+    assert_eq!(reserved(&stack, &ann_id).await, (100, 0));
+    // Suspending again releases nothing twice.
+    let reply = patch_user(
+        &stack,
+        &token,
+        &ann_id,
+        json!({"account_status": "suspended"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reserved(&stack, &ann_id).await, (100, 0));
+
+    // A ban does the same.
+    let reply = patch_user(
+        &stack,
+        &token,
+        &carl_id,
+        json!({"account_status": "banned"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        job_and_hold(&stack, &carls_job).await,
+        ("cancelled".into(), "released".into())
+    );
+    assert_eq!(reserved(&stack, &carl_id).await, (100, 0));
+
+    // The worker, handed their messages, renders and charges nothing.
+    let batch = stack.stack.queue.receive(10);
+    assert_eq!(batch.records.len(), 2);
+    let response = stack.stack.worker.handle_batch(batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(reserved(&stack, &ann_id).await, (100, 0));
+    assert_eq!(reserved(&stack, &carl_id).await, (100, 0));
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM character_images").await,
+        0
+    );
+    assert_invariants(&stack.sql().await).await;
+
+    // The log names the jobs each change cancelled.
+    let cancelled: Vec<Value> = user_updates(&stack)
+        .await
+        .into_iter()
+        .map(|(_, _, meta)| meta["jobs_cancelled"].clone())
+        .collect();
+    assert_eq!(
+        cancelled,
+        [json!([anns_job]), json!([]), json!([carls_job])]
+    );
+}
+
+#[tokio::test]
+async fn a_suspended_user_cannot_like_rate_report_or_publish_collections() {
+    let stack = spawn_stack().await;
+    let (token, _) = admin(&stack).await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let bob = stack.user("bob@example.com", "bob").await;
+    let bob_id = user_id(&stack, "bob@example.com").await;
+    let aria = create(&stack, &ann, "Aria", true).await;
+    let aria = aria.body["id"].as_str().unwrap().to_string();
+    let like = format!("/api/v1/characters/{aria}/like");
+    let reply = stack.call(Method::PUT, &like, Some(&bob), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let shelf = stack
+        .call(
+            Method::POST,
+            "/api/v1/collections",
+            Some(&bob),
+            Some(json!({"name": "Shelf"})),
+        )
+        .await;
+    assert_eq!(shelf.status, 201, "{}", shelf.body);
+    let shelf = shelf.body["id"].as_str().unwrap().to_string();
+
+    let reply = patch_user(
+        &stack,
+        &token,
+        &bob_id,
+        json!({"account_status": "suspended"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // Acting on what others see: 403, and nothing is stored.
+    stack
+        .call(Method::PUT, &like, Some(&bob), None)
+        .await
+        .assert_problem(403);
+    stack
+        .call(
+            Method::PUT,
+            &format!("/api/v1/characters/{aria}/rating"),
+            Some(&bob),
+            Some(json!({"rating": 5})),
+        )
+        .await
+        .assert_problem(403);
+    stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{aria}/reports"),
+            Some(&bob),
+            Some(json!({"reason": "spam"})),
+        )
+        .await
+        .assert_problem(403);
+    stack
+        .call(
+            Method::POST,
+            "/api/v1/collections",
+            Some(&bob),
+            Some(json!({"name": "Loud", "is_public": true})),
+        )
+        .await
+        .assert_problem(403);
+    stack
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/collections/{shelf}"),
+            Some(&bob),
+            Some(json!({"is_public": true})),
+        )
+        .await
+        .assert_problem(403);
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM character_ratings").await,
+        0
+    );
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM content_reports").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM collections WHERE coalesce(is_public, false)"
+        )
+        .await,
+        0
+    );
+
+    // Reading, private work and taking back are fine.
+    let reply = stack
+        .get(&format!("/api/v1/characters/{aria}"), Some(&bob))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = stack
+        .get(&format!("/api/v1/characters/{aria}/ratings"), Some(&bob))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = stack
+        .call(
+            Method::POST,
+            "/api/v1/collections",
+            Some(&bob),
+            Some(json!({"name": "Quiet"})),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let reply = stack.call(Method::DELETE, &like, Some(&bob), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["liked"], false);
+
+    // Reinstated, Bob may like again.
+    let reply = patch_user(&stack, &token, &bob_id, json!({"account_status": "active"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = stack.call(Method::PUT, &like, Some(&bob), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+// ------------------------------------------------------------------------------------------
+// Admin reads are audited
+// ------------------------------------------------------------------------------------------
+
+/// `(user_id, activity_type, entity_type, entity_id, metadata)` of an activity row.
+type LogRow = (
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Value,
+);
+
+#[tokio::test]
+async fn lookups_and_report_queue_reads_are_logged_with_the_admin() {
+    let stack = spawn_stack().await;
+    let (token, admin_id) = admin(&stack).await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let bob = stack.user("bob@example.com", "bob").await;
+    let aria = create(&stack, &ann, "Aria", true).await;
+    let aria = aria.body["id"].as_str().unwrap().to_string();
+    let filed = stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{aria}/reports"),
+            Some(&bob),
+            Some(json!({"reason": "spam"})),
+        )
+        .await;
+    assert_eq!(filed.status, 201, "{}", filed.body);
+    let report_id = filed.body["id"].as_str().unwrap().to_string();
+
+    let found = stack
+        .get("/api/v1/admin/users?email=ANN@example.com", Some(&token))
+        .await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    stack
+        .get("/api/v1/admin/users?username=nobody", Some(&token))
+        .await
+        .assert_problem(404);
+    // Refused before any read: nothing to log.
+    stack
+        .get("/api/v1/admin/users?email=", Some(&token))
+        .await
+        .assert_problem(422);
+    stack
+        .get("/api/v1/admin/users?email=ann@example.com", Some(&ann))
+        .await
+        .assert_problem(403);
+    let queue = stack.get("/api/v1/admin/reports", Some(&token)).await;
+    assert_eq!(queue.status, 200, "{}", queue.body);
+
+    let rows: Vec<LogRow> = stack
+        .sql()
+        .await
+        .query(
+            "SELECT user_id, activity_type, entity_type, entity_id, metadata FROM user_activity_logs \
+             WHERE activity_type IN ('admin_user_lookup', 'admin_reports_listed') ORDER BY created_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                Some(admin_id.clone()),
+                "admin_user_lookup".to_string(),
+                Some("user".to_string()),
+                Some(ann_id.clone()),
+                json!({"query": {"email": "ANN@example.com", "username": null},
+                       "found": true, "target_user_id": ann_id}),
+            ),
+            (
+                Some(admin_id.clone()),
+                "admin_user_lookup".to_string(),
+                Some("user".to_string()),
+                None,
+                json!({"query": {"email": null, "username": "nobody"},
+                       "found": false, "target_user_id": null}),
+            ),
+            (
+                Some(admin_id.clone()),
+                "admin_reports_listed".to_string(),
+                Some("content_report".to_string()),
+                None,
+                json!({"status": "open", "limit": 24, "after_cursor": false,
+                       "report_ids": [report_id]}),
+            ),
+        ]
+    );
+}

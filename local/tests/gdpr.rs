@@ -1437,3 +1437,136 @@ async fn a_job_finishing_after_the_erasure_settles_nothing_and_keeps_no_image() 
         Vec::<PathBuf>::new()
     );
 }
+
+/// A user named `amount` gifts and is gifted, then erases their account: the
+/// other side's rows lose the name, only in the fields that held it; the key
+/// `amount` and every other value stay as they were (V13's scrub would have
+/// turned `{"amount": 5}` into `{"[erased]": 5}`).
+#[tokio::test]
+async fn erasure_scrubs_only_the_fields_that_name_the_person() {
+    let stack = spawn_stack().await;
+    let (amount, amount_id) = stack.buyer("amount@example.com", "amount", 100).await;
+    let (bob, bob_id) = stack.buyer("bob@example.com", "bob", 100).await;
+    stack.user("carol@example.com", "carol").await;
+    let to_bob = gift(&stack, &amount, "bob", 5, "an amount for you").await;
+    let to_amount = gift(&stack, &bob, "AMOUNT", 2, "thanks").await;
+    let to_carol = gift(&stack, &bob, "carol", 3, "the right amount").await;
+
+    let reply = stack
+        .call(
+            Method::DELETE,
+            "/api/v1/me",
+            Some(&amount),
+            Some(json!({"confirm": "amount@example.com"})),
+        )
+        .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+
+    let client = stack.sql().await;
+    let activity = |kind: &'static str, gift: &Value| {
+        let id = gift["gift_id"].as_str().unwrap().to_string();
+        let client = &client;
+        let bob_id = bob_id.clone();
+        async move {
+            client
+                .query_one(
+                    "SELECT metadata FROM user_activity_logs \
+                     WHERE user_id = $1 AND activity_type = $2 AND entity_id = $3",
+                    &[&bob_id, &kind, &id],
+                )
+                .await
+                .unwrap()
+                .get::<_, Value>(0)
+        }
+    };
+    // Bob's record of the gift from `amount`: the key stays, the name goes.
+    let received = activity("gift_received", &to_bob).await;
+    assert_eq!(
+        received,
+        json!({"amount": 5, "from_username": "[erased]",
+               "transaction_id": received["transaction_id"].clone()})
+    );
+    assert!(received["transaction_id"].is_string());
+    // Bob's gift to `amount`: only the recipient's name goes.
+    let sent = activity("gift_sent", &to_amount).await;
+    assert_eq!(sent["amount"], 2);
+    assert_eq!(sent["to_username"], "[erased]");
+    // Bob's gift to Carol names no one erased, though its message says "amount".
+    let unrelated = activity("gift_sent", &to_carol).await;
+    assert_eq!(unrelated["amount"], 3);
+    assert_eq!(unrelated["to_username"], "carol");
+
+    // Bob's ledger: the known descriptions rewritten, identifier fields scrubbed, the
+    // message written by `amount` dropped, his own message to Carol untouched.
+    let ledger: Vec<(String, String, Value)> = client
+        .query(
+            "SELECT transaction_type, description, metadata FROM credit_transactions \
+             WHERE user_id = $1 AND transaction_type LIKE 'gift%' ORDER BY created_at, id",
+            &[&bob_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        ledger,
+        vec![
+            (
+                "gift_received".to_string(),
+                "Gift from [erased]".to_string(),
+                json!({"from_username": "[erased]"})
+            ),
+            (
+                "gift_sent".to_string(),
+                "Gift to [erased]".to_string(),
+                json!({"to_username": "[erased]", "message": "thanks"})
+            ),
+            (
+                "gift_sent".to_string(),
+                "Gift to carol".to_string(),
+                json!({"to_username": "carol", "message": "the right amount"})
+            ),
+        ]
+    );
+    // Bob's stored responses: the one naming `amount` is scrubbed in its field only.
+    let responses: Vec<Value> = client
+        .query(
+            "SELECT response_body FROM idempotency_keys WHERE user_id = $1 \
+             AND response_body ? 'gift_id' ORDER BY created_at",
+            &[&bob_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(responses.len(), 2);
+    for response in &responses {
+        assert!(response.get("amount").is_some(), "{response}");
+        assert!(response.get("[erased]").is_none(), "{response}");
+    }
+    let scrubbed: Vec<&Value> = responses.iter().map(|r| &r["to_username"]).collect();
+    assert!(scrubbed.contains(&&json!("[erased]")) && scrubbed.contains(&&json!("carol")));
+    // Nothing anywhere holds a key `[erased]`.
+    let broken_keys: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM user_activity_logs WHERE metadata::text LIKE '%\"[erased]\":%') \
+                  + (SELECT count(*) FROM credit_transactions WHERE metadata::text LIKE '%\"[erased]\":%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(broken_keys, 0);
+    // And the erased account is a tombstone.
+    let status: String = client
+        .query_one(
+            "SELECT account_status FROM users WHERE id = $1",
+            &[&amount_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "deleted");
+}

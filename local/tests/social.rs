@@ -1322,3 +1322,145 @@ async fn row_level_security_stops_what_a_careless_handler_would_let_through() {
     assert_eq!(like_rows(&stack, &secret).await, 1);
     assert_eq!(rating_rows(&stack, &secret).await, 1);
 }
+
+/// `user_profiles` behind row-level security (V18), with the handlers bypassed: as
+/// `app_api` on behalf of another user, a private profile's row is invisible and cannot be
+/// written; a public one is readable, not writable; the owner reads and writes their own.
+#[tokio::test]
+async fn profiles_follow_their_visibility_under_row_level_security() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let cat = stack.user("cat@example.com", "cat").await;
+    stack.sign_in("bob@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let bob_id = user_id(&stack, "bob@example.com").await;
+    let cat_id = user_id(&stack, "cat@example.com").await;
+    for (token, first_name) in [(&ann, "Annabel"), (&cat, "Catriona")] {
+        let reply = stack
+            .call(
+                Method::PUT,
+                "/api/v1/me/profile",
+                Some(token),
+                Some(json!({"first_name": first_name, "bio": "hello"})),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["first_name"], first_name);
+    }
+    // Ann keeps the default (private); Cat makes hers public.
+    let reply = stack
+        .call(
+            Method::PATCH,
+            "/api/v1/me",
+            Some(&cat),
+            Some(json!({"profile_visibility": "public"})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let mut sql = stack.sql().await;
+    {
+        let tx = as_api(&mut sql, &bob_id).await;
+        let visible: Vec<String> = tx
+            .query("SELECT user_id FROM user_profiles ORDER BY user_id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert!(
+            !visible.contains(&ann_id),
+            "Ann's private profile is invisible"
+        );
+        assert!(
+            visible.contains(&cat_id),
+            "Cat's public profile is readable"
+        );
+        let updated = tx
+            .execute(
+                "UPDATE user_profiles SET bio = 'defaced' WHERE user_id = ANY($1)",
+                &[&vec![ann_id.clone(), cat_id.clone()]],
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated, 0, "no one else's row is writable");
+        tx.rollback().await.unwrap();
+    }
+    {
+        // Nor can a row be made for someone else, nor deleted.
+        let tx = as_api(&mut sql, &bob_id).await;
+        let err = tx
+            .execute(
+                "INSERT INTO user_profiles (user_id, bio) VALUES ($1, 'mine now')",
+                &[&ann_id],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{err}"
+        );
+        tx.rollback().await.unwrap();
+        let tx = as_api(&mut sql, &bob_id).await;
+        let err = tx
+            .execute("DELETE FROM user_profiles WHERE user_id = $1", &[&cat_id])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{err}"
+        );
+        tx.rollback().await.unwrap();
+    }
+    {
+        // The owner reads and writes her own.
+        let tx = as_api(&mut sql, &ann_id).await;
+        let updated = tx
+            .execute(
+                "UPDATE user_profiles SET bio = 'mine' WHERE user_id = $1",
+                &[&ann_id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated, 1);
+        tx.rollback().await.unwrap();
+    }
+    // A suspended owner's public profile is hidden again, as the route hides it.
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE users SET account_status = 'suspended' WHERE id = $1",
+            &[&cat_id],
+        )
+        .await
+        .unwrap();
+    {
+        let tx = as_api(&mut sql, &bob_id).await;
+        let n: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM user_profiles WHERE user_id = $1",
+                &[&cat_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+        tx.rollback().await.unwrap();
+    }
+
+    // Through the routes, nothing changed for the callers: Bob sees Cat's public profile
+    // (while she was active) and not Ann's; Ann sees her own.
+    let reply = stack.get("/api/v1/users/ann", Some(&ann)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["profile"]["bio"], "hello", "{}", reply.body);
+    stack
+        .get("/api/v1/users/ann", None)
+        .await
+        .assert_problem(404);
+    let reply = stack.get("/api/v1/me/profile", Some(&ann)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["bio"], "hello");
+}

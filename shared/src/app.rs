@@ -9,6 +9,7 @@ use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::Authenticator;
+use crate::characters::views::ViewCounter;
 use crate::config::Config;
 use crate::credits::engine::PricingCache;
 use crate::db::{self, DbPool, DbSetupError};
@@ -38,6 +39,8 @@ pub struct AppState {
     pub queue: Option<Arc<dyn JobQueue>>,
     /// `api_credit_configs`, cached for this process.
     pub pricing: Arc<PricingCache>,
+    /// Views read but not written yet (see [`crate::characters::views`]).
+    pub views: Arc<ViewCounter>,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
         Ok(Self {
             db: db::create_pool(&config.database)?,
             auth: Arc::new(Authenticator::new(&config.auth)),
+            views: Arc::new(ViewCounter::new(&config.views)),
             config: Arc::new(config),
             storage,
             queue,

@@ -64,14 +64,26 @@ pub struct AuthConfig {
     pub trust_gateway_claims: bool,
 }
 
+/// The gallery and how reports weigh (`shared::social::trust` has the formula).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GalleryConfig {
-    /// `GALLERY_REPORT_THRESHOLD` (default 3): open reports from this many
-    /// distinct users take a character out of the gallery until reviewed.
+    /// `GALLERY_REPORT_THRESHOLD` (default 3, 1..=1000): a character leaves the
+    /// gallery, until a moderator reviews it, once the weights of its open
+    /// reports (filed since the last review) add up to this. A reporter of
+    /// full weight counts 1 (2 at most, for a reporter whose past reports
+    /// moderators actioned).
     pub report_threshold: i32,
     /// `GALLERY_TOP_RATED_MIN_RATINGS` (default 3): ratings a character needs
     /// before it can appear in the `top_rated` sort.
     pub top_rated_min_ratings: i32,
+    /// `GALLERY_REPORTER_FULL_WEIGHT_DAYS` (default 30, 0..=3650): the account
+    /// age at which a reporter's age factor reaches 1 (it grows linearly from
+    /// 0 at sign-up); 0 leaves age out.
+    pub reporter_full_weight_days: i32,
+    /// `GALLERY_UNVERIFIED_REPORT_PERCENT` (default 25, 0..=100): what a
+    /// reporter without a verified email (`users.email_verified_at`) weighs,
+    /// in percent of a verified one.
+    pub unverified_report_percent: i32,
 }
 
 impl Default for GalleryConfig {
@@ -79,7 +91,122 @@ impl Default for GalleryConfig {
         Self {
             report_threshold: 3,
             top_rated_min_ratings: 3,
+            reporter_full_weight_days: 30,
+            unverified_report_percent: 25,
         }
+    }
+}
+
+impl GalleryConfig {
+    /// Reads the `GALLERY_*` variables through `lookup` (the local stack reads
+    /// them from its environment this way).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let d = Self::default();
+        Ok(Self {
+            report_threshold: parse_number(
+                &get,
+                "GALLERY_REPORT_THRESHOLD",
+                d.report_threshold as u64,
+                1,
+                1000,
+            )? as i32,
+            top_rated_min_ratings: parse_number(
+                &get,
+                "GALLERY_TOP_RATED_MIN_RATINGS",
+                d.top_rated_min_ratings as u64,
+                1,
+                1000,
+            )? as i32,
+            reporter_full_weight_days: parse_number(
+                &get,
+                "GALLERY_REPORTER_FULL_WEIGHT_DAYS",
+                d.reporter_full_weight_days as u64,
+                0,
+                3650,
+            )? as i32,
+            unverified_report_percent: parse_number(
+                &get,
+                "GALLERY_UNVERIFIED_REPORT_PERCENT",
+                d.unverified_report_percent as u64,
+                0,
+                100,
+            )? as i32,
+        })
+    }
+}
+
+/// How views are counted (`shared::characters::views`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ViewsConfig {
+    /// `GALLERY_VIEW_KEY` (at least 32 characters): the HMAC key viewer
+    /// digests are made with. Every process of a deployment must share it, or
+    /// an anonymous viewer is counted once per process; unset, each process
+    /// draws a random one (fine for one local process).
+    pub key: Option<Vec<u8>>,
+    /// `GALLERY_VIEW_BATCH` (default 50, 1..=10000): a process writes its
+    /// pending views once it holds this many distinct ones...
+    pub batch: usize,
+    /// `GALLERY_VIEW_FLUSH_SECONDS` (default 30, 0..=3600): ...or when the
+    /// oldest has waited this long (checked on each counted read; 0 writes
+    /// every view at once). Views a process holds when it dies are lost: at
+    /// most `batch` per process.
+    pub flush_after: Duration,
+}
+
+impl std::fmt::Debug for ViewsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewsConfig")
+            .field("key", &self.key.as_ref().map(|_| "[redacted]"))
+            .field("batch", &self.batch)
+            .field("flush_after", &self.flush_after)
+            .finish()
+    }
+}
+
+impl Default for ViewsConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            batch: 50,
+            flush_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ViewsConfig {
+    /// Reads the `GALLERY_VIEW_*` variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let d = Self::default();
+        let key = match get("GALLERY_VIEW_KEY") {
+            Some(key) if key.len() < 32 => {
+                return Err(ConfigError::Invalid {
+                    name: "GALLERY_VIEW_KEY",
+                    reason: "must be at least 32 characters".into(),
+                });
+            }
+            other => other.map(String::into_bytes),
+        };
+        Ok(Self {
+            key,
+            batch: parse_number(&get, "GALLERY_VIEW_BATCH", d.batch as u64, 1, 10_000)? as usize,
+            flush_after: Duration::from_secs(parse_number(
+                &get,
+                "GALLERY_VIEW_FLUSH_SECONDS",
+                d.flush_after.as_secs(),
+                0,
+                3600,
+            )?),
+        })
     }
 }
 
@@ -587,6 +714,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub gallery: GalleryConfig,
+    pub views: ViewsConfig,
     pub payments: PaymentsConfig,
     pub credits: CreditsConfig,
     pub gdpr: GdprConfig,
@@ -682,11 +810,8 @@ impl Config {
             trust_gateway_claims: parse_bool(&get, "AUTH_TRUST_GATEWAY_CLAIMS", false)?,
         };
 
-        let gallery = GalleryConfig {
-            report_threshold: parse_number(&get, "GALLERY_REPORT_THRESHOLD", 3, 1, 1000)? as i32,
-            top_rated_min_ratings: parse_number(&get, "GALLERY_TOP_RATED_MIN_RATINGS", 3, 1, 1000)?
-                as i32,
-        };
+        let gallery = GalleryConfig::from_lookup(&lookup)?;
+        let views = ViewsConfig::from_lookup(&lookup)?;
 
         let payments = PaymentsConfig {
             provider: match get("PAYMENT_PROVIDER").as_deref() {
@@ -780,6 +905,7 @@ impl Config {
             database,
             auth,
             gallery,
+            views,
             payments,
             credits,
             gdpr,
@@ -883,6 +1009,47 @@ mod tests {
         assert_eq!(cfg.database.pool_size, 2);
         assert!(!cfg.auth.trust_gateway_claims);
         assert_eq!(cfg.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn gallery_trust_and_view_counting_are_configurable() {
+        let cfg = config(&MINIMAL).unwrap();
+        assert_eq!(cfg.gallery, GalleryConfig::default());
+        assert_eq!(cfg.views, ViewsConfig::default());
+        let mut pairs = MINIMAL.to_vec();
+        pairs.extend([
+            ("GALLERY_REPORT_THRESHOLD", "5"),
+            ("GALLERY_REPORTER_FULL_WEIGHT_DAYS", "0"),
+            ("GALLERY_UNVERIFIED_REPORT_PERCENT", "100"),
+            ("GALLERY_VIEW_KEY", "0123456789abcdef0123456789abcdef"),
+            ("GALLERY_VIEW_BATCH", "1"),
+            ("GALLERY_VIEW_FLUSH_SECONDS", "0"),
+        ]);
+        let cfg = config(&pairs).unwrap();
+        assert_eq!(cfg.gallery.report_threshold, 5);
+        assert_eq!(cfg.gallery.reporter_full_weight_days, 0);
+        assert_eq!(cfg.gallery.unverified_report_percent, 100);
+        assert_eq!(cfg.views.batch, 1);
+        assert_eq!(cfg.views.flush_after, Duration::ZERO);
+        assert_eq!(
+            cfg.views.key.as_deref(),
+            Some(&b"0123456789abcdef0123456789abcdef"[..])
+        );
+        assert!(
+            !format!("{:?}", cfg.views).contains("0123456789"),
+            "the key is redacted"
+        );
+        for (name, value) in [
+            ("GALLERY_VIEW_KEY", "too short"),
+            ("GALLERY_UNVERIFIED_REPORT_PERCENT", "101"),
+            ("GALLERY_VIEW_BATCH", "0"),
+            ("GALLERY_REPORTER_FULL_WEIGHT_DAYS", "-1"),
+        ] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push((name, value));
+            let err = config(&pairs).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

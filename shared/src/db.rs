@@ -178,3 +178,18 @@ pub async fn act_as(
     .await?;
     Ok(())
 }
+
+/// Switches the rest of a transaction back from the API role to the system
+/// role (the session's own), for the system-side work a request must commit
+/// with its user-side work once the latter has passed row-level security
+/// (filing a report, then weighing it: a column `app_api` may not write).
+pub async fn act_as_system(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT set_config('role', 'none', true), set_config('app.user_id', '', true)",
+        &[],
+    )
+    .await?;
+    Ok(())
+}

@@ -7,7 +7,7 @@
 //! | `job-timeouts` | jobs processing past `timeout_at` become `timeout`, their holds released exactly once |
 //! | `outbox-sweep` | sends queued jobs whose message was never sent, sends again those whose message was lost (dead-lettered or dropped), and fails those lost too often |
 //! | `partition-upkeep` | creates the next months' partitions of the ledger and the activity log, drops activity-log months past retention |
-//! | `idempotency-purge` | forgets idempotency keys older than 24 hours and expired erasure receipts |
+//! | `idempotency-purge` | forgets idempotency keys older than 24 hours, expired erasure receipts and view keys of days before yesterday |
 //! | `subscription-expiry` | subscriptions past `subscription_end_date` fall back to `FREE` and its daily entitlements |
 //!
 //! One more task runs on demand, never on a schedule: `migrate` applies the
@@ -151,6 +151,7 @@ pub async fn run(
         "idempotency-purge" => json!({
             "purged": crate::idempotency::purge_expired(&*client).await?,
             "erasure_receipts_purged": crate::gdpr::purge_expired_receipts(&*client).await?,
+            "view_keys_purged": crate::characters::views::purge_old_keys(&*client).await?,
         }),
         other => return Err(TaskError::Unknown(other.to_string())),
     };

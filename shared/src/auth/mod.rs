@@ -26,6 +26,11 @@ pub struct Identity {
     pub subject: String,
     /// From the namespaced email claim, else `email`; absent in many access tokens.
     pub email: Option<String>,
+    /// The email's verification: `true` when the namespaced email claim with
+    /// `_verified` appended (`https://characters.app/email_verified`), else
+    /// `email_verified`, is `true`. Sign-in records it in
+    /// `users.email_verified_at`, which weighs the user's reports.
+    pub email_verified: bool,
     /// From the `permissions` claim (Auth0 RBAC).
     pub permissions: Vec<String>,
     /// The token's `iat` (Unix seconds), if it has one: tokens issued before
@@ -123,9 +128,14 @@ impl Authenticator {
             })
             .unwrap_or_default();
         let issued_at = claims.get("iat").and_then(|iat| iat.trim().parse().ok());
+        let email_verified = claims
+            .get(&format!("{}_verified", self.email_claim))
+            .or_else(|| claims.get("email_verified"))
+            .is_some_and(|v| v.trim() == "true");
         Some(Identity {
             subject,
             email,
+            email_verified,
             permissions,
             issued_at,
         })

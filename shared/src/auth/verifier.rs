@@ -101,9 +101,15 @@ fn identity_from_claims(
     let issued_at = claims
         .get("iat")
         .and_then(|iat| iat.as_i64().or_else(|| iat.as_f64().map(|f| f as i64)));
+    let email_verified = claims
+        .get(&format!("{email_claim}_verified"))
+        .or_else(|| claims.get("email_verified"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(Identity {
         subject,
         email,
+        email_verified,
         permissions,
         issued_at,
     })
@@ -127,6 +133,27 @@ mod tests {
                 .unwrap();
         assert_eq!(identity.email.as_deref(), Some("ns@example.com"));
         assert_eq!(identity.permissions, vec!["admin"]);
+    }
+
+    #[test]
+    fn email_verification_comes_from_the_namespaced_claim_else_the_plain_one() {
+        let ns = "https://characters.app/email";
+        for (claims, verified) in [
+            (json!({"sub": "a"}), false),
+            (json!({"sub": "a", "email_verified": true}), true),
+            (json!({"sub": "a", "email_verified": "true"}), false),
+            (
+                json!({"sub": "a", "email_verified": true, "https://characters.app/email_verified": false}),
+                false,
+            ),
+            (
+                json!({"sub": "a", "https://characters.app/email_verified": true}),
+                true,
+            ),
+        ] {
+            let identity = identity_from_claims(claims.as_object().unwrap(), ns).unwrap();
+            assert_eq!(identity.email_verified, verified, "{claims}");
+        }
     }
 
     #[test]

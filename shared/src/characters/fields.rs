@@ -53,7 +53,7 @@ pub const MAX_COLORS: usize = 10;
 
 /// Columns nobody sets through the API: ids, ownership, images and processing
 /// (the generation pipeline's), moderation, counters and derived values.
-pub const READ_ONLY: [&str; 32] = [
+pub const READ_ONLY: [&str; 34] = [
     "id",
     "user_id",
     "primary_image_url",
@@ -82,6 +82,8 @@ pub const READ_ONLY: [&str; 32] = [
     "rating_average",
     "popularity",
     "open_report_count",
+    "report_score",
+    "moderation_reviewed_at",
     "in_gallery",
     "search_vector",
     "owner",

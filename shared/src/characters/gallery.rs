@@ -1,6 +1,7 @@
 //! The public gallery: public characters of active users who allow showcase
-//! (`characters.in_gallery`, kept by triggers), minus those with open reports
-//! from `GALLERY_REPORT_THRESHOLD` distinct users.
+//! (`characters.in_gallery`, kept by triggers), minus those whose open reports
+//! weigh `GALLERY_REPORT_THRESHOLD` or more (`characters.report_score`, kept by
+//! V18's trigger from the weights of [`crate::social::trust`]).
 //!
 //! Sorts, each served by a partial index over gallery rows:
 //! - `recent`: newest publication first (`published_at`, then id);
@@ -84,7 +85,7 @@ pub async fn list(
     ];
     let mut conditions = vec![
         "c.in_gallery".to_string(),
-        "c.open_report_count < $1".to_string(),
+        "c.report_score < $1::int4".to_string(),
         "($2::text IS NULL OR c.style_type = $2)".to_string(),
         "($3::text IS NULL OR c.tags @> ARRAY[$3::text])".to_string(),
         "($4::text IS NULL OR c.search_vector @@ websearch_to_tsquery('simple', $4))".to_string(),

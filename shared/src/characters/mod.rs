@@ -7,6 +7,7 @@ pub mod gallery;
 pub mod images;
 pub mod repo;
 pub mod routes;
+pub mod views;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -264,24 +264,20 @@ pub async fn owned(tx: &Transaction<'_>, user: &User, id: &str) -> Result<Charac
     Ok(character)
 }
 
-/// Reads a character, counting a view when someone other than the owner reads
-/// a public one.
+/// Reads a character the caller may see; answers whether the read is a view
+/// (someone other than the owner reads a public character), which the caller
+/// counts through [`crate::characters::views`].
 pub async fn read(
     tx: &Transaction<'_>,
     viewer: Option<&User>,
     id: &str,
-) -> Result<Character, ApiError> {
+) -> Result<(Character, bool), ApiError> {
     let character = visible(tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
-    if viewer.is_some_and(|v| v.id == character.user_id) || character.is_public != Some(true) {
-        return Ok(character);
-    }
-    tx.execute("SELECT count_character_view($1)", &[&id])
-        .await?;
-    visible(tx, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such character".into()))
+    let is_view =
+        character.is_public == Some(true) && viewer.is_none_or(|v| v.id != character.user_id);
+    Ok((character, is_view))
 }
 
 pub async fn update(

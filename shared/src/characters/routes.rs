@@ -25,6 +25,7 @@ use super::fields::{self, CharacterPatch, NewCharacter, Purpose};
 use super::gallery::{self, GalleryFilter, Sort};
 use super::images::{self, CharacterImage};
 use super::repo::{self, ListFilter};
+use super::views::Viewer;
 use super::{Character, GalleryItem};
 use crate::app::AppState;
 use crate::auth::{Caller, Identity, OptionalCaller};
@@ -109,7 +110,10 @@ pub(crate) async fn create_character(
 /// A character.
 ///
 /// The caller's own characters and public ones are visible; anything else is the same 404 as
-/// an unknown id. Reading someone else's public character counts a view.
+/// an unknown id. Reading someone else's public character counts a view: at most one per
+/// viewer (the signed-in user, or an anonymous client's address and User-Agent) per
+/// character per UTC day, written in batches, so `view_count` may trail by up to
+/// `GALLERY_VIEW_FLUSH_SECONDS`.
 #[utoipa::path(
     get,
     path = "/api/v1/characters/{id}",
@@ -128,14 +132,25 @@ pub(crate) async fn create_character(
 pub(crate) async fn get_character(
     State(state): State<AppState>,
     OptionalCaller(identity): OptionalCaller,
+    meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Character>, ApiError> {
     let id = resource_id(&id, "character")?;
     let mut client = state.db.get().await?;
     let viewer = users::repo::optional_user(&**client, identity.as_ref()).await?;
     let tx = db::begin_as(&mut client, viewer.as_ref().map(|u| u.id.as_str())).await?;
-    let mut character = repo::read(&tx, viewer.as_ref(), id).await?;
+    let (mut character, is_view) = repo::read(&tx, viewer.as_ref(), id).await?;
     tx.commit().await?;
+    drop(client);
+    if is_view {
+        let who = match &viewer {
+            Some(user) => Viewer::User(&user.id),
+            None => Viewer::Anonymous(&meta),
+        };
+        if state.views.record(&character.id, who) {
+            state.views.flush_logged(&state.db).await;
+        }
+    }
     character.present(state.storage.as_deref()).await;
     Ok(Json(character))
 }

@@ -11,7 +11,8 @@
 //! A collection the caller cannot see is a 404, whoever owns it; one they can
 //! see but do not own (a public one) is a 403 for every change. Each handler
 //! checks this itself and runs its statements through [`begin_as`], so
-//! row-level security is the second wall.
+//! row-level security is the second wall. A suspended account may not publish
+//! a collection (`is_public: true` on create or change: 403).
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
@@ -115,7 +116,7 @@ async fn owned_collection(
             headers(("Location" = String, description = "The collection's URL path."))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is banned or erased, or suspended and the collection is public.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -132,6 +133,9 @@ pub(crate) async fn create_collection(
     let fields = input::new_collection(body)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    if fields.is_public == Some(true) {
+        user.require_active("publish collections")?;
+    }
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let collection = repo::insert_collection(&tx, &user.id, &fields).await?;
     tx.commit().await?;
@@ -237,7 +241,7 @@ pub(crate) async fn get_collection(
         (status = 200, description = "The collection as changed.", body = Collection),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Someone else's public collection, a suspended account publishing, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such collection, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -255,6 +259,9 @@ pub(crate) async fn patch_collection(
     let fields = input::collection_patch(body)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    if fields.is_public == Some(true) {
+        user.require_active("publish collections")?;
+    }
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let current = owned_collection(&tx, &id, &user.id).await?;
     // `{}` changes nothing, not even updated_at.

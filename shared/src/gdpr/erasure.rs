@@ -10,7 +10,10 @@
 //! 3. what is kept for the audit trail no longer leads to the person: the
 //!    ledger, purchase orders, holds, job refunds and the jobs themselves stay,
 //!    keyed by the tombstone id, with the person's identifiers replaced by
-//!    `[erased]` in their texts and documents, gift messages, job prompts and
+//!    `[erased]` (in free texts where they stand as whole words; in JSON
+//!    documents only in the fields that hold identifiers, such as
+//!    `from_username`, and only where the whole value is one of them: keys
+//!    and other values are never touched), gift messages, job prompts and
 //!    outputs and checkout links dropped; the activity log loses addresses,
 //!    user agents, referrers and request ids; reports the caller filed lose
 //!    their reporter; other users' rows that name the caller (the other side of
@@ -303,18 +306,22 @@ async fn scrub_kept_rows(
         // The caller's ledger: amounts and balances untouched, so it still adds up. Gift
         // messages are personal text, not accounting.
         (
-            "UPDATE credit_transactions SET description = gdpr_scrub_text(description, $2), \
-               metadata = gdpr_scrub_jsonb(metadata - 'message', $2), \
-               operation_details = gdpr_scrub_jsonb(operation_details, $2), \
-               cost_calculation = gdpr_scrub_jsonb(cost_calculation, $2) \
+            "UPDATE credit_transactions SET description = gdpr_scrub_words(description, $2), \
+               metadata = gdpr_scrub_identifiers(metadata - 'message', $2), \
+               operation_details = gdpr_scrub_identifiers(operation_details, $2), \
+               cost_calculation = gdpr_scrub_identifiers(cost_calculation, $2) \
              WHERE user_id = $1",
             &[&user_id, &needles],
         ),
-        // The other side of the caller's gifts ("Gift from <username>"), and the message the
-        // caller wrote with a gift they sent.
+        // The other side of the caller's gifts ("Gift from <username>": the description's
+        // known form is rewritten, not searched), and the message the caller wrote with a
+        // gift they sent.
         (
-            "UPDATE credit_transactions SET description = gdpr_scrub_text(description, $2), \
-               metadata = gdpr_scrub_jsonb(CASE WHEN transaction_type = 'gift_received' \
+            "UPDATE credit_transactions SET description = CASE transaction_type \
+                 WHEN 'gift_received' THEN 'Gift from [erased]' \
+                 WHEN 'gift_sent' THEN 'Gift to [erased]' \
+                 ELSE gdpr_scrub_words(description, $2) END, \
+               metadata = gdpr_scrub_identifiers(CASE WHEN transaction_type = 'gift_received' \
                                            THEN metadata - 'message' ELSE metadata END, $2) \
              WHERE related_entity_type = 'gift_transfer' AND related_entity_id = ANY($3) \
                AND user_id <> $1",
@@ -323,12 +330,12 @@ async fn scrub_kept_rows(
         // Orders stay for the accounts (Stripe's ids too: refunds are matched by them);
         // the checkout page link goes.
         (
-            "UPDATE purchase_orders SET checkout_url = NULL, metadata = gdpr_scrub_jsonb(metadata, $2) \
+            "UPDATE purchase_orders SET checkout_url = NULL, metadata = gdpr_scrub_identifiers(metadata, $2) \
              WHERE user_id = $1",
             &[&user_id, &needles],
         ),
         (
-            "UPDATE credit_holds SET cost_calculation = gdpr_scrub_jsonb(cost_calculation, $2) \
+            "UPDATE credit_holds SET cost_calculation = gdpr_scrub_identifiers(cost_calculation, $2) \
              WHERE user_id = $1",
             &[&user_id, &needles],
         ),
@@ -336,7 +343,7 @@ async fn scrub_kept_rows(
         // times, price. Prompts, outputs and the provider's details go.
         (
             "UPDATE generation_jobs SET input_parameters = '{}'::jsonb, output_urls = '[]'::jsonb, \
-               processing_metadata = gdpr_scrub_jsonb(jsonb_strip_nulls(jsonb_build_object( \
+               processing_metadata = gdpr_scrub_identifiers(jsonb_strip_nulls(jsonb_build_object( \
                  'credits', processing_metadata->'credits', \
                  'cost_calculation', processing_metadata->'cost_calculation')), $2), \
                error_details = NULL \
@@ -344,38 +351,38 @@ async fn scrub_kept_rows(
             &[&user_id, &needles],
         ),
         (
-            "UPDATE job_refunds SET reason = gdpr_scrub_text(reason, $2) WHERE user_id = $1",
+            "UPDATE job_refunds SET reason = gdpr_scrub_words(reason, $2) WHERE user_id = $1",
             &[&user_id, &needles],
         ),
         // As an operator: refunds and report resolutions lose who did them (both
         // foreign keys are ON DELETE SET NULL: the link is not part of the record).
         (
-            "UPDATE job_refunds SET refunded_by = NULL, reason = gdpr_scrub_text(reason, $2) \
+            "UPDATE job_refunds SET refunded_by = NULL, reason = gdpr_scrub_words(reason, $2) \
              WHERE refunded_by = $1",
             &[&user_id, &needles],
         ),
         (
             "UPDATE content_reports SET resolved_by = NULL, \
-               resolution_note = gdpr_scrub_text(resolution_note, $2) \
+               resolution_note = gdpr_scrub_words(resolution_note, $2) \
              WHERE resolved_by = $1",
             &[&user_id, &needles],
         ),
         // Reports the caller filed stay for moderation, without their reporter.
         (
             "UPDATE content_reports SET reporter_id = NULL, \
-               details = left(gdpr_scrub_text(details, $2), 2000) \
+               details = left(gdpr_scrub_words(details, $2), 2000) \
              WHERE reporter_id = $1",
             &[&user_id, &needles],
         ),
         (
             "UPDATE user_activity_logs SET ip_address = NULL, user_agent = NULL, referrer = NULL, \
-               session_id = NULL, metadata = gdpr_scrub_jsonb(metadata, $2) \
+               session_id = NULL, metadata = gdpr_scrub_identifiers(metadata, $2) \
              WHERE user_id = $1",
             &[&user_id, &needles],
         ),
         // Other users' activity about the caller: the other side of gifts, admin actions.
         (
-            "UPDATE user_activity_logs SET metadata = gdpr_scrub_jsonb(metadata, $2) \
+            "UPDATE user_activity_logs SET metadata = gdpr_scrub_identifiers(metadata, $2) \
              WHERE entity_type IN ('user', 'gift_transfer') AND entity_id = ANY($3) \
                AND user_id IS DISTINCT FROM $1",
             &[&user_id, &needles, &about_user],
@@ -383,7 +390,7 @@ async fn scrub_kept_rows(
         // Other users' stored responses that name the caller (a gift to them, an admin
         // adjustment of their balance), replayed for 24 hours.
         (
-            "UPDATE idempotency_keys SET response_body = gdpr_scrub_jsonb(response_body, $2) \
+            "UPDATE idempotency_keys SET response_body = gdpr_scrub_identifiers(response_body, $2) \
              WHERE user_id <> $1 AND response_body IS NOT NULL \
                AND (response_body->>'gift_id' = ANY($3) OR response_body->>'user_id' = $1)",
             &[&user_id, &needles, &gift_ids],

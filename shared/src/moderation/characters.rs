@@ -48,10 +48,16 @@ pub struct ModeratedCharacter {
     pub moderation_hidden: bool,
     pub moderation_hidden_at: Option<DateTime<Utc>>,
     /// Listed in the gallery: public, not hidden, owner active and allowing showcase (the
-    /// gallery also leaves out characters with `GALLERY_REPORT_THRESHOLD` open reports).
+    /// gallery also leaves out characters whose `report_score` reaches `GALLERY_REPORT_THRESHOLD`).
     pub in_gallery: bool,
     /// Distinct users with an open report against it.
     pub open_report_count: i32,
+    /// The weights of its open reports filed since its last review, added up: at
+    /// `GALLERY_REPORT_THRESHOLD` it leaves the gallery (see `shared::social::trust`).
+    pub report_score: f64,
+    /// When a moderator last resolved one of its reports or unhid it; reports filed
+    /// before then no longer count towards `report_score`.
+    pub moderation_reviewed_at: Option<DateTime<Utc>>,
     pub published_at: Option<DateTime<Utc>>,
 }
 
@@ -61,6 +67,7 @@ pub const MODERATED_COLUMNS: &str = "c.id AS c_id, c.user_id AS c_user_id, c.nam
     coalesce(c.is_public, false) AS c_is_public, coalesce(c.is_featured, false) AS c_is_featured, \
     c.moderation_hidden AS c_moderation_hidden, c.moderation_hidden_at AS c_moderation_hidden_at, \
     c.in_gallery AS c_in_gallery, c.open_report_count AS c_open_report_count, \
+    c.report_score::float8 AS c_report_score, c.moderation_reviewed_at AS c_moderation_reviewed_at, \
     c.published_at AS c_published_at";
 
 impl ModeratedCharacter {
@@ -75,6 +82,8 @@ impl ModeratedCharacter {
             moderation_hidden_at: row.try_get("c_moderation_hidden_at")?,
             in_gallery: row.try_get("c_in_gallery")?,
             open_report_count: row.try_get("c_open_report_count")?,
+            report_score: row.try_get("c_report_score")?,
+            moderation_reviewed_at: row.try_get("c_moderation_reviewed_at")?,
             published_at: row.try_get("c_published_at")?,
         })
     }
@@ -126,6 +135,7 @@ impl Action {
                  is_featured = false",
                 "NOT c.moderation_hidden OR coalesce(c.is_featured, false)",
             ),
+            // Unhiding is a review: the reports filed so far stop counting (V18).
             Self::Unhide => (
                 "moderation_hidden = false, moderation_hidden_at = NULL",
                 "c.moderation_hidden",
@@ -167,10 +177,13 @@ pub async fn apply(
         )
         .await?;
     let changed = updated.is_some();
-    let after = match updated {
+    let mut after = match updated {
         Some(row) => ModeratedCharacter::from_row(&row)?,
         None => before.clone(),
     };
+    if action == Action::Unhide {
+        after = review(client, character_id).await?;
+    }
     let as_json = |c: &ModeratedCharacter| serde_json::to_value(c).unwrap_or_default();
     activity::record(
         client,
@@ -195,6 +208,36 @@ pub async fn apply(
     )
     .await?;
     Ok(after)
+}
+
+/// Records a moderator's review of the character (a report resolved, or the
+/// character unhidden): `moderation_reviewed_at` is now, so the reports filed
+/// until now no longer count towards `report_score`, which is recounted. The
+/// caller holds the character's row lock ([`ModeratedCharacter::lock`]).
+pub async fn review(
+    client: &impl GenericClient,
+    character_id: &str,
+) -> Result<ModeratedCharacter, ApiError> {
+    client
+        .execute(
+            "UPDATE characters SET moderation_reviewed_at = now() WHERE id = $1",
+            &[&character_id],
+        )
+        .await?;
+    client
+        .execute(
+            "SELECT recount_character_reports(ARRAY[$1::text])",
+            &[&character_id],
+        )
+        .await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {MODERATED_COLUMNS} FROM characters c WHERE c.id = $1"),
+            &[&character_id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
+    Ok(ModeratedCharacter::from_row(&row)?)
 }
 
 async fn moderate(
@@ -306,7 +349,8 @@ pub(crate) async fn hide(
 /// Return a hidden character to the gallery.
 ///
 /// It is listed again if it is public and its owner is active and allows showcase; it is not
-/// featured again. Idempotent. The token must carry the `admin` permission; each call is
+/// featured again. Unhiding is a review: the reports filed until now no longer count towards
+/// hiding it (`report_score`), only reports filed afterwards do. Idempotent. The token must carry the `admin` permission; each call is
 /// logged with the admin's id.
 #[utoipa::path(
     delete,

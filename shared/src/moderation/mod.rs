@@ -12,7 +12,10 @@
 //!
 //! Every route takes the [`Admin`](crate::credits::admin::Admin) extractor first, so the
 //! permission is checked (401/403) before anything else is read, and every write runs as the
-//! system role in one transaction with the `user_activity_logs` row naming the admin.
+//! system role in one transaction with the `user_activity_logs` row naming the admin. The
+//! reads of personal data are logged too: each user lookup (`admin_user_lookup`: the terms
+//! searched for, whether a user was found and which) and each page of the report queue
+//! (`admin_reports_listed`: the filter and the ids of the reports answered).
 //!
 //! Semantics:
 //! - **Hidden** (`characters.moderation_hidden`, V12) is a moderator's decision apart from the
@@ -28,6 +31,11 @@
 //!   it (same note, admin and time): the character was dealt with, whatever each reporter
 //!   said. `dismissed` resolves only that report: the others may report something else. Only
 //!   an open report can be resolved (409).
+//! - **Review**: resolving a report (either way) or unhiding a character sets its
+//!   `moderation_reviewed_at`. Reports filed until then no longer count towards its
+//!   `report_score` (V18; see [`crate::social::trust`]), so a character a moderator looked at
+//!   and kept is not taken out of the gallery again by the same reports, while reports filed
+//!   afterwards count.
 
 pub mod characters;
 pub mod reports;

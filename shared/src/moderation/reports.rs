@@ -54,6 +54,9 @@ pub struct ReportItem {
     /// `minor_safety` or `other`.
     pub reason: String,
     pub details: Option<String>,
+    /// How much the report counts towards hiding the character, from its reporter when
+    /// it was filed (0 to 2; see `shared::social::trust`).
+    pub weight: f64,
     /// `open`, `actioned` or `dismissed`.
     pub status: String,
     pub resolution_note: Option<String>,
@@ -66,7 +69,8 @@ pub struct ReportItem {
     pub character: ModeratedCharacter,
 }
 
-const ITEM_COLUMNS: &str = "r.id, r.character_id, r.reporter_id, r.reason, r.details, r.status, \
+const ITEM_COLUMNS: &str = "r.id, r.character_id, r.reporter_id, r.reason, r.details, \
+    r.weight::float8 AS weight, r.status, \
     r.resolution_note, r.resolved_by, r.resolved_at, r.created_at, r.updated_at";
 
 impl ReportItem {
@@ -77,6 +81,7 @@ impl ReportItem {
             reporter_id: row.try_get("reporter_id")?,
             reason: row.try_get("reason")?,
             details: row.try_get("details")?,
+            weight: row.try_get("weight")?,
             status: row.try_get("status")?,
             resolution_note: row.try_get("resolution_note")?,
             resolved_by: row.try_get("resolved_by")?,
@@ -121,7 +126,9 @@ pub(crate) struct ReportsQuery {
 /// The report queue.
 ///
 /// Reports in one status (`open` by default), oldest first, each with the reported character
-/// as it is now. The token must carry the `admin` permission.
+/// as it is now and the report's weight. Each call is logged (`admin_reports_listed`) with the
+/// admin's id and the ids of the reports answered. The token must carry the `admin`
+/// permission.
 #[utoipa::path(
     get,
     path = "/api/v1/admin/reports",
@@ -142,6 +149,7 @@ pub(crate) struct ReportsQuery {
 pub(crate) async fn list(
     Admin(identity): Admin,
     State(state): State<AppState>,
+    meta: RequestMeta,
     ApiQuery(query): ApiQuery<ReportsQuery>,
 ) -> Result<Json<Page<ReportItem>>, ApiError> {
     let mut errors = Vec::new();
@@ -151,12 +159,14 @@ pub(crate) async fn list(
     };
     let (limit, after) = pagination::time_page(&mut errors, query.limit, query.cursor.as_deref());
     finish((), errors)?;
-    let client = state.db.get().await?;
-    users::repo::current_user(&**client, &identity).await?;
+    let given_cursor = after.is_some();
+    let mut client = state.db.get().await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
+    let tx = (**client).transaction().await?;
     let (after_at, after_id) = after
         .map(|k| (Some(k.at), Some(k.id)))
         .unwrap_or((None, None));
-    let rows = client
+    let rows = tx
         .query(
             &format!(
                 "SELECT {ITEM_COLUMNS}, {MODERATED_COLUMNS} \
@@ -172,10 +182,31 @@ pub(crate) async fn list(
         .iter()
         .map(ReportItem::from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(pagination::page(items, limit, |item| TimeKey {
+    let page = pagination::page(items, limit, |item| TimeKey {
         at: item.created_at,
         id: item.id.clone(),
-    })))
+    });
+    // Reads are audited too: which reports (and so which reporters) the admin saw.
+    let report_ids: Vec<&str> = page.items.iter().map(|item| item.id.as_str()).collect();
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&admin.id),
+            activity_type: "admin_reports_listed",
+            entity_type: Some("content_report"),
+            entity_id: None,
+            metadata: json!({
+                "status": status,
+                "limit": limit,
+                "after_cursor": given_cursor,
+                "report_ids": report_ids,
+            }),
+        },
+        &meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(page))
 }
 
 /// A validated resolution.
@@ -369,6 +400,9 @@ pub(crate) async fn resolve(
             ],
         )
         .await?;
+    // A resolution is a review of the character: the reports filed until now stop counting
+    // towards hiding it (V18), so a character a moderator kept is not hidden again by them.
+    characters::review(&tx, &character_id).await?;
     let also_resolved: Vec<String> = resolved
         .iter()
         .map(|row| row.try_get::<_, String>(0))

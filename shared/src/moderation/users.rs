@@ -4,16 +4,21 @@
 //! A tier change sets `users.daily_quota` and `user_credits.daily_allowance`
 //! from [`super::tiers::TIER_ALLOWANCES`] in the same transaction; it posts no
 //! ledger entry (the allowance is not balance). Account status:
-//! - `suspended`: the user can still sign in and read, but not generate or
-//!   publish; their characters leave the gallery (the V3 trigger on
-//!   `users.account_status`);
+//! - `suspended`: the user can still sign in and read, but not generate,
+//!   publish (characters or collections), like, rate or report (403); their
+//!   characters leave the gallery (the V3 trigger on `users.account_status`);
 //! - `banned`: every authenticated route refuses their token (403, through
 //!   [`crate::users::repo::current_user`]), sign-in included;
+//! - suspending or banning cancels the user's queued and processing jobs and
+//!   releases their credit holds, exactly once each, in the same transaction
+//!   as the status change (logged as `jobs_cancelled`);
 //! - `active`: lifts either;
 //! - `deleted` is erasure's (`DELETE /api/v1/me`), never set here, and an erased
 //!   account cannot be changed at all (409).
 //!
-//! An admin cannot change their own account (403): another admin must.
+//! An admin cannot change their own account (403): another admin must. Lookups
+//! are logged as the writes are (`admin_user_lookup`: who looked up whom, by
+//! what), since they read personal data.
 
 use axum::Json;
 use axum::Router;
@@ -143,8 +148,9 @@ fn lookup_value(
 /// Look a user up.
 ///
 /// By `email`, `username` or both (then both must match), each exactly but regardless of
-/// case: the whole `users` row plus the credit account. The token must carry the `admin`
-/// permission.
+/// case: the whole `users` row plus the credit account. Every lookup, found or not, is logged
+/// (`admin_user_lookup`) with the admin's id, the terms searched for and the user found. The
+/// token must carry the `admin` permission.
 #[utoipa::path(
     get,
     path = "/api/v1/admin/users",
@@ -165,6 +171,7 @@ fn lookup_value(
 pub(crate) async fn lookup(
     Admin(identity): Admin,
     State(state): State<AppState>,
+    meta: RequestMeta,
     ApiQuery(query): ApiQuery<LookupQuery>,
 ) -> Result<Json<AdminUser>, ApiError> {
     let mut errors = Vec::new();
@@ -179,7 +186,7 @@ pub(crate) async fn lookup(
     }
     crate::input::finish((), errors)?;
     let mut client = state.db.get().await?;
-    users::repo::current_user(&**client, &identity).await?;
+    let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
     // One statement per combination, so each walks its unique lower() index.
     let row = match (&email, &username) {
@@ -209,11 +216,31 @@ pub(crate) async fn lookup(
         }
         (None, None) => None,
     };
-    let user = row
-        .as_ref()
-        .map(User::from_row)
-        .transpose()?
-        .ok_or_else(|| ApiError::NotFound("no user matches".into()))?;
+    let user = row.as_ref().map(User::from_row).transpose()?;
+    // Reads of personal data are audited too: who looked up whom, by what. The terms are
+    // the identifiers searched for (in `email` and `username` fields, which an erasure of
+    // the user found scrubs); nothing of the answer is copied.
+    let target = user.as_ref().map(|u| u.id.as_str());
+    activity::record(
+        &tx,
+        Activity {
+            user_id: Some(&admin.id),
+            activity_type: "admin_user_lookup",
+            entity_type: Some("user"),
+            entity_id: target,
+            metadata: json!({
+                "query": {"email": email, "username": username},
+                "found": target.is_some(),
+                "target_user_id": target,
+            }),
+        },
+        &meta,
+    )
+    .await?;
+    let Some(user) = user else {
+        tx.commit().await?;
+        return Err(ApiError::NotFound("no user matches".into()));
+    };
     let credits = credits_of(&tx, &user.id, state.config.credits.gift_hold_days).await?;
     tx.commit().await?;
     Ok(Json(AdminUser { user, credits }))
@@ -304,9 +331,10 @@ fn status_schema() -> utoipa::openapi::Object {
     crate::openapi::string_enum(
         &ADMIN_ACCOUNT_STATUSES,
         false,
-        "`suspended`: may sign in and read, not generate or publish, out of the gallery; \
-         `banned`: every authenticated route refuses the token; `active` lifts either. \
-         `deleted` is refused (erasure's job).",
+        "`suspended`: may sign in and read, not generate, publish, like, rate or report, out \
+         of the gallery; `banned`: every authenticated route refuses the token; either cancels \
+         the user's queued and processing jobs and releases their credits. `active` lifts \
+         either. `deleted` is refused (erasure's job).",
     )
 }
 
@@ -324,6 +352,22 @@ pub async fn apply(
         return Err(ApiError::Forbidden(
             "an admin cannot change their own account; ask another admin".into(),
         ));
+    }
+    // Suspending or banning stops the user's generation: their active jobs are locked
+    // first (the platform's lock order is a job, then its user, then the credit rows; as an
+    // erasure does), and cancelled below once the status has changed.
+    let stops_generation = changes
+        .account_status
+        .as_deref()
+        .is_some_and(|status| status != "active");
+    if stops_generation {
+        client
+            .query(
+                "SELECT id FROM generation_jobs WHERE user_id = $1 AND status IN ('queued', 'processing') \
+                 ORDER BY id FOR UPDATE",
+                &[&target_id],
+            )
+            .await?;
     }
     // The user row first, then the credit account: the order a dispatch locks them in.
     let before = client
@@ -404,6 +448,11 @@ pub async fn apply(
             allowance_after = Some(entitlements.daily_allowance);
         }
     }
+    let jobs_cancelled = if stops_generation {
+        cancel_jobs(client, target_id, after.account_status.as_deref()).await?
+    } else {
+        Vec::new()
+    };
     let snapshot = |user: &User, allowance: Option<i32>| {
         let mut value = serde_json::to_value(user).unwrap_or_default();
         value["daily_allowance"] = json!(allowance);
@@ -420,6 +469,7 @@ pub async fn apply(
             entity_id: Some(target_id),
             metadata: json!({
                 "target_user_id": target_id,
+                "jobs_cancelled": jobs_cancelled,
                 "changes": diff(
                     &snapshot(&before, allowance_before),
                     &snapshot(&after, allowance_after),
@@ -435,6 +485,44 @@ pub async fn apply(
         user: after,
         credits,
     })
+}
+
+/// Cancels the user's queued and processing jobs and releases each one's hold,
+/// exactly once, in the caller's transaction (as `POST /api/v1/jobs/{id}/cancel`
+/// and an erasure do); answers their ids. A worker rendering one of them finds
+/// it no longer processing when it completes, and settles nothing.
+async fn cancel_jobs(
+    client: &impl GenericClient,
+    user_id: &str,
+    status: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    let reason = json!({"error": format!("the account was {}", status.unwrap_or("suspended"))});
+    let rows = client
+        .query(
+            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
+               error_details = $2 \
+             WHERE user_id = $1 AND status IN ('queued', 'processing') RETURNING id, character_id",
+            &[&user_id, &reason],
+        )
+        .await?;
+    let mut cancelled = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let job_id: String = row.try_get(0)?;
+        crate::credits::holds::release(client, &job_id).await?;
+        cancelled.push(job_id);
+    }
+    // Their characters stop waiting for an image.
+    client
+        .execute(
+            "UPDATE characters c SET generation_status = 'cancelled' \
+             WHERE c.user_id = $1 AND c.generation_status IN ('pending', 'processing') \
+               AND NOT EXISTS (SELECT 1 FROM generation_jobs j \
+                               WHERE j.character_id = c.id AND j.status IN ('queued', 'processing'))",
+            &[&user_id],
+        )
+        .await?;
+    cancelled.sort();
+    Ok(cancelled)
 }
 
 /// Change a user's tier, subscription dates or account status.

@@ -1,13 +1,15 @@
 //! The gallery's social layer: likes, ratings (with reviews) and content reports.
 //!
 //! Counters on `characters` (`like_count`, `rating_count`, `rating_sum`,
-//! `rating_average`, `open_report_count`) are kept by triggers of migration V3,
+//! `rating_average`, `open_report_count`, `report_score`) are kept by triggers
+//! of migrations V3 and V18 (a report's weight: [`trust`]),
 //! never by this module: every write here touches only the rows being liked,
 //! rated or reported, and reads the counters back in the same transaction.
 
 pub mod input;
 pub mod repo;
 pub mod routes;
+pub mod trust;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

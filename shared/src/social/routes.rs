@@ -11,6 +11,10 @@
 //! and runs its statements through [`begin_as`] so that row-level security
 //! filters them again (second wall). A character the caller may not see is
 //! the same 404 as one that does not exist.
+//!
+//! A suspended account may read, unlike and withdraw its rating, but not like,
+//! rate or report (403). A report is weighed from its reporter when filed
+//! ([`super::trust`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,11 +26,12 @@ use utoipa::IntoParams;
 
 use super::input::{RatingBody, RatingInput, ReportBody, ReportInput};
 use super::repo;
+use super::trust;
 use super::{LikeState, RatingWithSummary, RatingsPage, Report};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::auth::{Caller, OptionalCaller};
-use crate::db::begin_as;
+use crate::db::{act_as_system, begin_as};
 use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::openapi::{
@@ -56,7 +61,8 @@ fn character_id(raw: &str) -> Result<&str, ApiError> {
 
 /// Like a character.
 ///
-/// Idempotent: liking a liked character changes nothing.
+/// Idempotent: liking a liked character changes nothing. A suspended account may not like
+/// (it may still unlike).
 #[utoipa::path(
     put,
     path = "/api/v1/characters/{id}/like",
@@ -66,7 +72,7 @@ fn character_id(raw: &str) -> Result<&str, ApiError> {
     responses(
         (status = 200, description = "The caller likes the character.", body = LikeState),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -80,6 +86,7 @@ pub(crate) async fn like(
     let id = character_id(&id)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    user.require_active("like characters")?;
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let like_count = repo::like(&tx, &character.id, &user.id).await?;
@@ -131,7 +138,8 @@ pub(crate) async fn unlike(
 /// Rate a character.
 ///
 /// The caller's one rating of the character, created (201) or replaced (200). Owners cannot
-/// rate their own characters.
+/// rate their own characters; a suspended account cannot rate (it may still withdraw a
+/// rating).
 #[utoipa::path(
     put,
     path = "/api/v1/characters/{id}/rating",
@@ -144,7 +152,7 @@ pub(crate) async fn unlike(
         (status = 201, description = "The rating was created; with the character's new aggregate.", body = RatingWithSummary),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller owns the character, or the account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller owns the character, or the account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -164,6 +172,7 @@ pub(crate) async fn put_rating(
     let input = RatingInput::from_body(&body)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    user.require_active("rate characters")?;
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     if character.user_id == user.id {
@@ -312,7 +321,10 @@ pub(crate) async fn list_ratings(
 /// Report a character.
 ///
 /// A reporter has at most one open report per character: reporting again answers the open
-/// report (200) instead of filing another (201).
+/// report (200) instead of filing another (201). Each report is weighed from its reporter
+/// (account age, verified email, how often moderators actioned their past reports); a
+/// character leaves the gallery, until a moderator reviews it, once its open reports weigh
+/// `GALLERY_REPORT_THRESHOLD`. A suspended account may not report.
 #[utoipa::path(
     post,
     path = "/api/v1/characters/{id}/reports",
@@ -325,7 +337,7 @@ pub(crate) async fn list_ratings(
         (status = 201, description = "The report was filed.", body = Report),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -345,6 +357,9 @@ pub(crate) async fn file_report(
     let input = ReportInput::from_body(&body)?;
     let mut client = state.db.get().await?;
     let user = current_user(&**client, &identity).await?;
+    user.require_active("report characters")?;
+    let record = trust::reporter_record(&**client, &user.id).await?;
+    let weight = trust::weight(&record, &state.config.gallery);
     let tx = begin_as(&mut client, Some(&user.id)).await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let filed = repo::file_report(&tx, &character.id, &user.id, &input).await?;
@@ -363,6 +378,10 @@ pub(crate) async fn file_report(
             &meta,
         )
         .await?;
+        // The weight is the system's to write (V18): back to the system role,
+        // in the same transaction, once the report has passed row-level security.
+        act_as_system(&tx).await?;
+        trust::set_weight(&tx, &filed.report.id, weight).await?;
     }
     tx.commit().await?;
     let status = if filed.created {

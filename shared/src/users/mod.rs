@@ -89,6 +89,17 @@ impl User {
     pub fn is_locked_out(&self) -> bool {
         matches!(self.account_status.as_deref(), Some("banned" | "deleted"))
     }
+
+    /// A suspended account may sign in and read, not act on what others see
+    /// (publish, like, rate, report, generate): 403 naming `what` it tried.
+    pub fn require_active(&self, what: &str) -> Result<(), crate::error::ApiError> {
+        if self.account_status.as_deref() == Some("active") {
+            return Ok(());
+        }
+        Err(crate::error::ApiError::Forbidden(format!(
+            "a suspended account cannot {what}"
+        )))
+    }
 }
 
 /// A `user_profiles` row as its owner sees it.

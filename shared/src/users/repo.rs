@@ -73,9 +73,12 @@ pub async fn sign_in(
     let row = tx
         .query_one(
             &format!(
-                "UPDATE users SET last_login_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}"
+                "UPDATE users SET last_login_at = now(), \
+                   email_verified_at = CASE WHEN $2 THEN coalesce(email_verified_at, now()) \
+                                            ELSE email_verified_at END \
+                 WHERE id = $1 RETURNING {USER_COLUMNS}"
             ),
-            &[&user_id],
+            &[&user_id, &identity.email_verified],
         )
         .await?;
     let user = User::from_row(&row)?;

@@ -22,6 +22,7 @@ use super::repo::{self, AccountChanges, ProfileFields};
 use super::{Profile, PublicUser, User};
 use crate::app::AppState;
 use crate::auth::{Caller, OptionalCaller};
+use crate::db::begin_as;
 use crate::error::{ApiError, Problem};
 use crate::http::{ApiJson, ApiPath, RequestMeta};
 use crate::input::{check, decode_strict, finish, present, required_if_present};
@@ -318,16 +319,17 @@ pub(crate) async fn get_profile(
     State(state): State<AppState>,
     Caller(identity): Caller,
 ) -> Result<Json<Profile>, ApiError> {
-    let client = state.db.get().await?;
+    let mut client = state.db.get().await?;
     let user = repo::current_user(&**client, &identity).await?;
-    let profile = repo::profile(&**client, &user.id).await?;
-    match profile {
-        Some(profile) => Ok(Json(profile)),
+    // As app_api: user_profiles' row-level security (V18) is the second wall.
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let profile = match repo::profile(&tx, &user.id).await? {
+        Some(profile) => profile,
         // Sign-in creates the row; a missing one is created empty on first read.
-        None => Ok(Json(
-            repo::replace_profile(&**client, &user.id, &ProfileFields::default()).await?,
-        )),
-    }
+        None => repo::replace_profile(&tx, &user.id, &ProfileFields::default()).await?,
+    };
+    tx.commit().await?;
+    Ok(Json(profile))
 }
 
 const READ_ONLY_PROFILE_FIELDS: [&str; 8] = [
@@ -499,11 +501,12 @@ pub(crate) async fn put_profile(
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Profile>, ApiError> {
     let fields = decode_strict::<ProfilePut>(body, &READ_ONLY_PROFILE_FIELDS)?.validate()?;
-    let client = state.db.get().await?;
+    let mut client = state.db.get().await?;
     let user = repo::current_user(&**client, &identity).await?;
-    Ok(Json(
-        repo::replace_profile(&**client, &user.id, &fields).await?,
-    ))
+    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let profile = repo::replace_profile(&tx, &user.id, &fields).await?;
+    tx.commit().await?;
+    Ok(Json(profile))
 }
 
 /// A public profile.
@@ -535,16 +538,21 @@ pub(crate) async fn get_public_user(
     if fields::username("username", &username).is_err() {
         return Err(not_found());
     }
-    let client = state.db.get().await?;
+    let mut client = state.db.get().await?;
     // A banned or erased caller's token is refused here too, as on every route taking one.
     let viewer = repo::optional_user(&**client, identity.as_ref()).await?;
     let user = repo::active_user_by_username(&**client, &username)
         .await?
         .ok_or_else(not_found)?;
-    let is_owner = viewer.is_some_and(|v| v.id == user.id);
+    let viewer_id = viewer.map(|v| v.id);
+    let is_owner = viewer_id.as_deref() == Some(user.id.as_str());
     if user.profile_visibility.as_deref() != Some("public") && !is_owner {
         return Err(not_found());
     }
-    let profile = repo::profile(&**client, &user.id).await?;
+    // The profile row as app_api for the viewer: its policy (V18) shows it only to its
+    // owner or, when public and active, to anyone — the same rule, enforced again.
+    let tx = begin_as(&mut client, viewer_id.as_deref()).await?;
+    let profile = repo::profile(&tx, &user.id).await?;
+    tx.commit().await?;
     Ok(Json(PublicUser::new(user, profile)))
 }
