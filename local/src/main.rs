@@ -15,8 +15,34 @@ use anyhow::Context;
 use local::{LocalOptions, LocalStack, database};
 use shared::config::{DatabaseConfig, LogFormat, SslMode};
 
+const USAGE: &str = "\
+usage: local [COMMAND]
+
+The whole character platform on one machine: every function's routes on
+127.0.0.1:$PORT (default 3000), the worker and the scheduler in-process, a
+local identity provider (POST /dev/token), files under $LOCAL_DATA_DIR
+(default .local), PostgreSQL at $DATABASE_URL, else the machine's server on
+127.0.0.1:5432, else a private cluster under .local/pgdata.
+
+commands:
+  serve                 run the platform until Ctrl-C (the default)
+  migrate               apply the migrations to the database and exit
+  database-url [--admin]
+                        make sure a server answers; print a connection URL
+  new-database NAME     create database NAME on that server; print its URL
+  openapi               print the OpenAPI document (committed as openapi.json)
+  help, --help, -h      print this and exit
+";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("help" | "--help" | "-h")
+    ) {
+        print!("{USAGE}");
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("openapi") {
         // Nothing but the document on stdout: it is redirected into openapi.json.
         print!("{}", shared::openapi::json());
@@ -56,9 +82,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(other) => {
-            anyhow::bail!(
-                "unknown command `{other}`; use serve, migrate, database-url [--admin], new-database NAME or openapi"
-            )
+            anyhow::bail!("unknown command `{other}`\n\n{USAGE}")
         }
     }
 }

@@ -1286,3 +1286,47 @@ async fn unknown_query_parameters_are_refused() {
         .await
         .assert_problem(422);
 }
+
+/// Filing a character with generated images answers its card with links,
+/// never bucket keys, as the member list does.
+#[tokio::test]
+async fn a_filed_characters_card_carries_links_not_bucket_keys() {
+    let stack = spawn_stack().await;
+    let (ann, _) = stack.buyer("ann@example.com", "ann", 100).await;
+    let character = stack
+        .character(
+            &ann,
+            json!({"name": "Aria", "prompt": "an elf archer", "style_type": "fantasy"}),
+        )
+        .await;
+    let generated = stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/characters/{character}/generate"),
+            Some(&ann),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(generated.status.as_u16(), 202, "{}", generated.body);
+    let response = stack
+        .stack
+        .worker
+        .handle_batch(stack.stack.queue.receive(1))
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    let collection = create(&stack, &ann, json!({"name": "Heroes"})).await;
+    let added = put_member(&stack, &ann, collection["id"].as_str().unwrap(), &character).await;
+    assert_eq!(added.status.as_u16(), 201, "{}", added.body);
+    let card = &added.body["character"];
+    for field in ["primary_image_url", "thumbnail_url"] {
+        let link = card[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: {card}"));
+        assert!(link.contains("signature="), "{field} is not a link: {link}");
+    }
+    assert!(
+        !added.body.to_string().contains("\"users/"),
+        "a raw key leaked: {}",
+        added.body
+    );
+}

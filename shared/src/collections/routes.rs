@@ -401,10 +401,12 @@ pub(crate) async fn put_member(
         return Err(no_such_character());
     }
     let outcome = repo::put_member(&tx, &id, &character_id, &fields).await?;
-    let member = repo::find_member(&tx, &id, &character_id)
+    let mut member = repo::find_member(&tx, &id, &character_id)
         .await?
         .ok_or_else(no_such_character)?;
     tx.commit().await?;
+    // Links, never bucket keys, as the member list answers the card.
+    member.character.present(state.storage.as_deref()).await;
     let status = match outcome {
         PutOutcome::Added => StatusCode::CREATED,
         PutOutcome::Updated => StatusCode::OK,
