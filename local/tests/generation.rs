@@ -402,56 +402,33 @@ async fn failures_retry_while_transient_then_fail_and_give_every_credit_back() {
 #[tokio::test]
 async fn cancel_racing_the_worker_has_exactly_one_winner() {
     let stack = spawn_stack().await;
-    let (token, character) = setup(&stack, 1000).await;
+    let (token, character) = setup(&stack, 10_000).await;
     stack
         .sql()
         .await
         .execute("UPDATE users SET subscription_tier = 'ENTERPRISE'", &[])
         .await
         .unwrap();
-    let mut jobs = Vec::new();
-    for _ in 0..8 {
-        jobs.push(
-            generate(&stack, &token, &character, json!({})).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
     let server = StandIn::start().await;
-    let batch = stack.stack.queue.receive(10);
-    let races = jobs.iter().map(|job_id| {
-        let worker = ai_worker(&stack, &server);
-        let mut event = batch.clone();
-        event.records.retain(|r| {
-            r.body
-                .as_deref()
-                .is_some_and(|b| b.contains(job_id.as_str()))
-        });
-        let cancel = stack
-            .http
-            .post(format!("{}/api/v1/jobs/{job_id}/cancel", stack.base_url))
-            .bearer_auth(&token)
-            .send();
-        async move {
-            let (processed, cancelled) = tokio::join!(worker.handle_batch(event), cancel);
-            (processed, cancelled.unwrap().status().as_u16())
-        }
-    });
-    let outcomes = join_all(races).await;
-    let client = stack.sql().await;
-    let mut completed = 0;
-    for (job_id, (_, cancel_status)) in jobs.iter().zip(&outcomes) {
-        let status = job_status(&stack, job_id).await;
-        match status.as_str() {
-            "cancelled" => assert_eq!(*cancel_status, 200),
-            "completed" => {
-                assert_eq!(*cancel_status, 409);
-                completed += 1;
-            }
-            other => panic!("job {job_id} ended {other}"),
+    // Each round races 8 cancels against the worker, the worker held back by a
+    // spread of delays (the cancel's HTTP round trip is slower than a claim, so
+    // without them the worker always wins). Rounds widen the spread until both
+    // outcomes were seen, so the test proves each path, whatever the load.
+    let (mut completed, mut cancelled) = (0, 0);
+    for round in 0..6u32 {
+        let spread = Duration::from_millis(25 << round);
+        let (c, x) = race_round(&stack, &token, &character, &server, spread).await;
+        completed += c;
+        cancelled += x;
+        if completed > 0 && cancelled > 0 {
+            break;
         }
     }
+    assert!(
+        completed > 0 && cancelled > 0,
+        "both outcomes must occur: {completed} completed, {cancelled} cancelled"
+    );
+    let client = stack.sql().await;
     let usage: i64 = client
         .query_one(
             "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'",
@@ -461,14 +438,77 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
         .unwrap()
         .get(0);
     assert_eq!(
-        usage, completed,
+        usage, completed as i64,
         "one settlement per completed job, none for cancelled ones"
     );
     let after = balance(&stack).await;
     assert_eq!(after.reserved_balance, 0);
     // ENTERPRISE pays 0.4 × 10 = 4 per job.
-    assert_eq!(after.current_balance, 1000 - 4 * completed as i32);
+    assert_eq!(after.current_balance, 10_000 - 4 * completed);
     assert_invariants(&client).await;
+}
+
+/// Eight jobs, each raced by a cancel and the worker (held back by an even
+/// share of `spread`): exactly one of them wins each job, and its answer says
+/// so. Returns (completed, cancelled).
+async fn race_round(
+    stack: &TestStack,
+    token: &str,
+    character: &str,
+    server: &StandIn,
+    spread: Duration,
+) -> (i32, i32) {
+    let mut jobs = Vec::new();
+    for _ in 0..8 {
+        jobs.push(
+            generate(stack, token, character, json!({})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let batch = stack.stack.queue.receive(10);
+    assert_eq!(batch.records.len(), 8);
+    let races = jobs.iter().enumerate().map(|(i, job_id)| {
+        let worker = ai_worker(stack, server);
+        let mut event = batch.clone();
+        event.records.retain(|r| {
+            r.body
+                .as_deref()
+                .is_some_and(|b| b.contains(job_id.as_str()))
+        });
+        let cancel = stack
+            .http
+            .post(format!("{}/api/v1/jobs/{job_id}/cancel", stack.base_url))
+            .bearer_auth(token)
+            .send();
+        let hold_back = spread * i as u32 / 7;
+        async move {
+            let work = async {
+                tokio::time::sleep(hold_back).await;
+                worker.handle_batch(event).await
+            };
+            let (processed, cancelled) = tokio::join!(work, cancel);
+            assert!(processed.batch_item_failures.is_empty());
+            cancelled.unwrap().status().as_u16()
+        }
+    });
+    let outcomes = join_all(races).await;
+    let (mut completed, mut cancelled) = (0, 0);
+    for (job_id, cancel_status) in jobs.iter().zip(&outcomes) {
+        match job_status(stack, job_id).await.as_str() {
+            "cancelled" => {
+                assert_eq!(*cancel_status, 200, "{job_id}");
+                cancelled += 1;
+            }
+            "completed" => {
+                assert_eq!(*cancel_status, 409, "{job_id}");
+                completed += 1;
+            }
+            other => panic!("job {job_id} ended {other}"),
+        }
+    }
+    (completed, cancelled)
 }
 
 #[tokio::test]
