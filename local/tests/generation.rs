@@ -409,6 +409,17 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
         .execute("UPDATE users SET subscription_tier = 'ENTERPRISE'", &[])
         .await
         .unwrap();
+    // Several rounds of 8 generations exceed the seed's 10 a minute.
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE api_credit_configs SET rate_limit_per_minute = NULL WHERE id = 'cfg_generate'",
+            &[],
+        )
+        .await
+        .unwrap();
+    stack.stack.state.pricing.invalidate().await;
     let server = StandIn::start().await;
     // Each round races 8 cancels against the worker, the worker held back by a
     // spread of delays (the cancel's HTTP round trip is slower than a claim, so
