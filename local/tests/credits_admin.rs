@@ -1069,58 +1069,79 @@ async fn per_minute_and_daily_limits_allow_exactly_the_limit() {
     .await;
     let path = GENERATE_PATH;
     let inputs = PriceInputs::default();
-    // Keep the whole per-minute check inside one UTC minute.
-    let client = stack.sql().await;
-    let second: f64 = client
-        .query_one("SELECT extract(second FROM now())::float8", &[])
-        .await
-        .unwrap()
-        .get(0);
-    if second > 45.0 {
-        tokio::time::sleep(std::time::Duration::from_secs_f64(61.0 - second)).await;
+    // The whole per-minute check happens at one instant: inside one transaction,
+    // whose `now()` is the minute the engine counts in, each request in a
+    // savepoint that is released when it is allowed and rolled back when it is
+    // refused (as a refused request's transaction is). A minute turning while
+    // the test runs cannot split its window.
+    let mut client = stack.sql().await;
+    let ann = user_row(&client, "ann@example.com").await;
+    let bob = user_row(&client, "bob@example.com").await;
+    let mut at_once = client.transaction().await.unwrap();
+    let pricing = stack.stack.state.pricing.clone();
+    async fn quote_at(
+        tx: &mut tokio_postgres::Transaction<'_>,
+        pricing: &shared::credits::engine::PricingCache,
+        user: &User,
+        path: &str,
+        inputs: &PriceInputs,
+    ) -> Result<Option<Quote>, ApiError> {
+        let savepoint = tx.savepoint("request").await.unwrap();
+        let quoted = engine::quote(&savepoint, pricing, user, "POST", path, inputs).await;
+        if quoted.is_ok() {
+            savepoint.commit().await.unwrap();
+        } else {
+            savepoint.rollback().await.unwrap();
+        }
+        quoted
     }
     for n in 1..=3 {
         assert!(
-            quote(&stack, "ann@example.com", "POST", path, &inputs)
+            quote_at(&mut at_once, &pricing, &ann, path, &inputs)
                 .await
                 .is_ok(),
             "request {n} of 3 per minute"
         );
     }
-    let refused = quote(&stack, "ann@example.com", "POST", path, &inputs)
+    let refused = quote_at(&mut at_once, &pricing, &ann, path, &inputs)
         .await
         .unwrap_err();
     let wait = retry_after(refused);
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
     // A refused request is not counted, and another user has their own window.
     assert!(
-        quote(&stack, "ann@example.com", "POST", path, &inputs)
+        quote_at(&mut at_once, &pricing, &ann, path, &inputs)
             .await
             .is_err()
     );
     assert!(
-        quote(&stack, "bob@example.com", "POST", path, &inputs)
+        quote_at(&mut at_once, &pricing, &bob, path, &inputs)
             .await
             .is_ok()
     );
-    // Raising the limit by one lets exactly one more through, at once.
-    patch(
-        &stack,
-        &token,
-        &format!("/api/v1/admin/pricing/{id}"),
-        json!({"rate_limit_per_minute": 4}),
-    )
-    .await;
+    // Raising the limit by one lets exactly one more through, at once. (Written
+    // in the same transaction, as the admin route would and with the cache
+    // dropped as it does: its own transaction would wait for this one's
+    // window rows.)
+    at_once
+        .execute(
+            "UPDATE api_credit_configs SET rate_limit_per_minute = 4 WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    pricing.invalidate().await;
     assert!(
-        quote(&stack, "ann@example.com", "POST", path, &inputs)
+        quote_at(&mut at_once, &pricing, &ann, path, &inputs)
             .await
             .is_ok()
     );
     assert!(
-        quote(&stack, "ann@example.com", "POST", path, &inputs)
+        quote_at(&mut at_once, &pricing, &ann, path, &inputs)
             .await
             .is_err()
     );
+    at_once.commit().await.unwrap();
 
     // Daily limit 2 (per-minute off): the third is refused until local midnight.
     patch(

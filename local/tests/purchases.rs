@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -248,8 +247,12 @@ impl Recorded {
 enum Script {
     /// Answer with `status` and Stripe's error object.
     Fail(u16),
-    /// Answer normally after a pause.
-    Slow(Duration),
+    /// Say the call arrived (`arrived`), then answer normally once `release`
+    /// gets a permit: the test holds the call open as long as it needs.
+    Held {
+        arrived: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 #[derive(Clone, Default)]
@@ -310,7 +313,10 @@ async fn stub_create_session(
             let error = json!({"error": {"type": "api_error", "message": "stub says no"}});
             return (status, axum::Json(error)).into_response();
         }
-        Some(Script::Slow(pause)) => tokio::time::sleep(pause).await,
+        Some(Script::Held { arrived, release }) => {
+            arrived.notify_one();
+            let _permit = release.acquire().await;
+        }
         None => {}
     }
     axum::Json(json!({
@@ -528,11 +534,20 @@ async fn a_duplicate_sent_during_the_stripe_call_is_told_to_wait() {
     let ann = stack.sign_in("ann@example.com").await;
     let body = json!({"package_id": "pkg_studio"});
 
-    stub.then(Script::Slow(Duration::from_millis(1500)));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    stub.then(Script::Held {
+        arrived: arrived.clone(),
+        release: release.clone(),
+    });
     let first = purchase(&stack, &credits, Some(&ann), Some("slow"), body.clone());
+    // The duplicate is sent while the first request is inside its Stripe call,
+    // and the call is let go only once the duplicate has its answer.
     let second = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        purchase(&stack, &credits, Some(&ann), Some("slow"), body.clone()).await
+        arrived.notified().await;
+        let second = purchase(&stack, &credits, Some(&ann), Some("slow"), body.clone()).await;
+        release.add_permits(1);
+        second
     };
     let (first, second) = tokio::join!(first, second);
     assert_eq!(first.status, 201, "{}", first.body);
