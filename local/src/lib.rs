@@ -55,6 +55,10 @@ pub struct LocalOptions {
     pub port: u16,
     /// The database to use; `None` resolves one (see [`database::resolve`]).
     pub database_url: Option<String>,
+    /// `DATABASE_MIGRATION_URL`: the login that owns the schema and applies
+    /// the migrations, when `database_url`'s login is a runtime login that
+    /// may not (as on AWS and in the tests). `None`: `database_url` migrates.
+    pub migration_url: Option<String>,
     /// Where the private cluster and the issuer's key live (`.local/`).
     pub data_dir: PathBuf,
     /// The issuer's key; `None` loads or creates `<data_dir>/dev-issuer-key.pem`.
@@ -77,6 +81,9 @@ impl LocalOptions {
         Ok(Self {
             port,
             database_url: std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|u| !u.trim().is_empty()),
+            migration_url: std::env::var("DATABASE_MIGRATION_URL")
                 .ok()
                 .filter(|u| !u.trim().is_empty()),
             data_dir: std::env::var_os("LOCAL_DATA_DIR")
@@ -143,9 +150,21 @@ impl LocalStack {
             JOB_MAX_RECEIVES,
         ));
         state.queue = Some(queue.clone());
-        let report = shared::db::migrate(&state.db)
-            .await
-            .with_context(|| format!("migrating {}", database::redact(&database.url)))?;
+        let report = match &options.migration_url {
+            Some(url) => {
+                let owner = DatabaseConfig {
+                    url: url.clone(),
+                    pool_size: 1,
+                    ..state.config.database.clone()
+                };
+                let pool = shared::db::create_pool(&owner)?;
+                let report = shared::db::migrate(&pool).await;
+                pool.close();
+                report
+            }
+            None => shared::db::migrate(&state.db).await,
+        }
+        .with_context(|| format!("migrating {}", database::redact(&database.url)))?;
         for name in &report.applied {
             tracing::info!(migration = %name, "applied");
         }
@@ -244,6 +263,7 @@ pub fn router(
 fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> {
     Ok(Config {
         database: DatabaseConfig {
+            migration_url: None,
             url: database_url.to_string(),
             sslmode: SslMode::Disable,
             ssl_root_cert: None,

@@ -2,7 +2,9 @@
 //!
 //! Subcommands:
 //! - `migrate`: apply migrations to the database (DATABASE_URL, else the one
-//!   the local stack would use) and exit.
+//!   the local stack would use) and exit. With DATABASE_MIGRATION_URL, that
+//!   login (the schema owner) migrates and DATABASE_URL's login is provisioned
+//!   as the runtime login (a member of app_service), as on AWS.
 //! - `database-url [--admin]`: make sure a server answers (starting the
 //!   private cluster if needed) and print a connection URL; the test script
 //!   uses it.
@@ -26,7 +28,9 @@ local identity provider (POST /dev/token), files under $LOCAL_DATA_DIR
 
 commands:
   serve                 run the platform until Ctrl-C (the default)
-  migrate               apply the migrations to the database and exit
+  migrate               apply the migrations to the database and exit (as
+                        $DATABASE_MIGRATION_URL when set, which then also
+                        makes $DATABASE_URL's login the runtime login)
   database-url [--admin]
                         make sure a server answers; print a connection URL
   new-database NAME     create database NAME on that server; print its URL
@@ -113,6 +117,7 @@ async fn migrate(options: LocalOptions) -> anyhow::Result<()> {
         None => database::resolve(&options.data_dir).await?.url,
     };
     let config = DatabaseConfig {
+        migration_url: options.migration_url.clone(),
         url: url.clone(),
         sslmode: match std::env::var("DATABASE_SSLMODE").as_deref() {
             Ok("require") => SslMode::Require,
@@ -122,6 +127,23 @@ async fn migrate(options: LocalOptions) -> anyhow::Result<()> {
         pool_size: 1,
         connect_timeout: std::time::Duration::from_secs(10),
     };
+    // With DATABASE_MIGRATION_URL, the schema owner migrates and provisions
+    // DATABASE_URL's login as the runtime login (what the scheduler's
+    // `migrate` task does on AWS).
+    if config.migration_url.is_some() {
+        let report = shared::db::migrate_and_provision(&config).await?;
+        println!(
+            "{}: applied {}; runtime login `{}` provisioned",
+            database::redact(&url),
+            if report.applied.is_empty() {
+                "nothing new".to_string()
+            } else {
+                report.applied.join(", ")
+            },
+            report.runtime_login
+        );
+        return Ok(());
+    }
     let pool = shared::db::create_pool(&config)?;
     let report = shared::db::migrate(&pool).await?;
     if report.applied.is_empty() {

@@ -40,6 +40,7 @@ async fn a_database_crash_answers_503s_loses_nothing_acknowledged_and_recovers()
     let stack = local::LocalStack::start(local::LocalOptions {
         port: 0,
         database_url: Some(url.clone()),
+        migration_url: None,
         data_dir: root.clone(),
         signing_key: Some(testkit::signing_key()),
         background_tasks: false,

@@ -22,6 +22,7 @@ async fn a_private_cluster_starts_serves_the_stack_and_stops() {
     let stack = local::LocalStack::start(local::LocalOptions {
         port: 0,
         database_url: Some(url),
+        migration_url: None,
         data_dir: root.clone(),
         signing_key: Some(testkit::signing_key()),
         background_tasks: false,
@@ -172,6 +173,7 @@ async fn require_ssl_connects_over_verified_tls() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
     let config = |sslmode, root_cert: Option<std::path::PathBuf>| shared::config::DatabaseConfig {
+        migration_url: None,
         url: format!("postgres://postgres@localhost:{port}/postgres"),
         sslmode,
         ssl_root_cert: root_cert,

@@ -51,10 +51,22 @@ impl AppState {
     /// SQS queue, both sharing one SDK configuration. A function with
     /// neither never loads the SDK's configuration at all.
     pub async fn from_config(config: Config) -> Result<Self, DbSetupError> {
+        Self::from_config_with_sdk(config, None).await
+    }
+
+    /// [`AppState::from_config`] reusing an SDK configuration already loaded
+    /// (for the secrets), so a cold start builds one HTTPS client, not two.
+    pub async fn from_config_with_sdk(
+        config: Config,
+        sdk_config: Option<aws_config::SdkConfig>,
+    ) -> Result<Self, DbSetupError> {
         let mut storage: Option<Arc<dyn ObjectStore>> = None;
         let mut queue: Option<Arc<dyn JobQueue>> = None;
         if config.storage.bucket.is_some() || config.queue.job_queue_url.is_some() {
-            let sdk_config = crate::aws::load_sdk_config().await;
+            let sdk_config = match sdk_config {
+                Some(loaded) => loaded,
+                None => crate::aws::load_sdk_config().await,
+            };
             if let Some(bucket) = &config.storage.bucket {
                 storage = Some(Arc::new(S3ObjectStore::new(&sdk_config, bucket)));
             }

@@ -25,10 +25,18 @@ pub enum SslMode {
     Require,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseConfig {
-    /// `postgres://user:password@host:port/dbname` (`DATABASE_URL`).
+    /// `postgres://user:password@host:port/dbname` or tokio-postgres'
+    /// `key=value` form (`DATABASE_URL`; on AWS derived from
+    /// `DATABASE_SECRET_ARN`, see [`crate::secrets`]). The runtime login: on AWS
+    /// and in the tests a member of `app_service` that owns nothing.
     pub url: String,
+    /// `DATABASE_MIGRATION_URL`: the login that owns the schema and applies
+    /// the migrations (on AWS derived from `DATABASE_MIGRATION_SECRET_ARN`,
+    /// given to the scheduler only). `None`: migrations run as `url`'s login
+    /// (the single-login local set-up).
+    pub migration_url: Option<String>,
     /// `DATABASE_SSLMODE`: `disable` (default) or `require`.
     pub sslmode: SslMode,
     /// `DATABASE_SSL_ROOT_CERT`: extra PEM roots for `require`.
@@ -38,6 +46,82 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// `DATABASE_CONNECT_TIMEOUT_SECONDS` (default 5): also the pool wait timeout.
     pub connect_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// A runtime configuration for `url` with the defaults (tests, tools).
+    pub fn for_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            migration_url: None,
+            sslmode: SslMode::Disable,
+            ssl_root_cert: None,
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The same settings for the migration login, when one is configured.
+    pub fn migration(&self) -> Option<DatabaseConfig> {
+        self.migration_url.as_ref().map(|url| DatabaseConfig {
+            url: url.clone(),
+            migration_url: None,
+            pool_size: 1,
+            ..self.clone()
+        })
+    }
+}
+
+/// Passwords never reach logs: the connection strings are shown without them.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_connection_string(&self.url))
+            .field(
+                "migration_url",
+                &self.migration_url.as_deref().map(redact_connection_string),
+            )
+            .field("sslmode", &self.sslmode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// `url` with its password replaced, in either of tokio-postgres' forms.
+pub fn redact_connection_string(raw: &str) -> String {
+    match raw.parse::<tokio_postgres::Config>() {
+        Ok(parsed) => {
+            let host = parsed
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            format!(
+                "user={} host={} port={} dbname={}{}",
+                parsed.get_user().unwrap_or("?"),
+                host,
+                parsed
+                    .get_ports()
+                    .first()
+                    .map(u16::to_string)
+                    .unwrap_or_else(|| "5432".into()),
+                parsed.get_dbname().unwrap_or("?"),
+                if parsed.get_password().is_some() {
+                    " password=***"
+                } else {
+                    ""
+                }
+            )
+        }
+        Err(_) => "<invalid connection string>".to_string(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -760,8 +844,17 @@ impl Config {
                 });
             }
         };
+        let migration_url = get("DATABASE_MIGRATION_URL");
+        if let Some(raw) = &migration_url {
+            raw.parse::<tokio_postgres::Config>()
+                .map_err(|e| ConfigError::Invalid {
+                    name: "DATABASE_MIGRATION_URL",
+                    reason: e.to_string(),
+                })?;
+        }
         let database = DatabaseConfig {
             url,
+            migration_url,
             sslmode,
             ssl_root_cert: get("DATABASE_SSL_ROOT_CERT").map(PathBuf::from),
             pool_size: parse_number(&get, "DATABASE_POOL_SIZE", 2, 1, 64)? as usize,

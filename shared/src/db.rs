@@ -69,21 +69,52 @@ pub fn create_pool(cfg: &DatabaseConfig) -> Result<Pool, DbSetupError> {
         .build()?)
 }
 
-fn rustls_client_config(cfg: &DatabaseConfig) -> Result<rustls::ClientConfig, DbSetupError> {
+/// The Amazon RDS certificate authorities (AWS's global bundle, refreshed by
+/// `scripts/update-rds-ca-bundle`), compiled in: a direct RDS or Aurora
+/// endpoint presents a certificate from one of these, which the webpki roots
+/// do not include. (RDS Proxy presents an Amazon Trust Services one, which
+/// they do.)
+pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../certs/rds-global-bundle.pem");
+
+/// Adds every certificate of a PEM bundle to `roots`; `source` names it in errors.
+fn add_pem_roots(
+    roots: &mut rustls::RootCertStore,
+    pem: &[u8],
+    source: &str,
+) -> Result<usize, DbSetupError> {
+    let root_error = |reason: String| DbSetupError::RootCert {
+        path: source.to_string(),
+        reason,
+    };
+    let mut added = 0;
+    let mut reader = std::io::BufReader::new(pem);
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|e| root_error(e.to_string()))?;
+        roots.add(cert).map_err(|e| root_error(e.to_string()))?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// The roots a `require` connection trusts: the webpki roots, the RDS CA
+/// bundle and `DATABASE_SSL_ROOT_CERT` when set.
+pub fn database_roots(cfg: &DatabaseConfig) -> Result<rustls::RootCertStore, DbSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    add_pem_roots(&mut roots, RDS_CA_BUNDLE, "the compiled-in RDS CA bundle")?;
     if let Some(path) = &cfg.ssl_root_cert {
-        let root_error = |reason: String| DbSetupError::RootCert {
-            path: path.display().to_string(),
-            reason,
-        };
-        let pem = std::fs::read(path).map_err(|e| root_error(e.to_string()))?;
-        let mut reader = std::io::BufReader::new(pem.as_slice());
-        for cert in rustls_pemfile::certs(&mut reader) {
-            let cert = cert.map_err(|e| root_error(e.to_string()))?;
-            roots.add(cert).map_err(|e| root_error(e.to_string()))?;
-        }
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|e| DbSetupError::RootCert {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        add_pem_roots(&mut roots, &pem, &shown)?;
     }
+    Ok(roots)
+}
+
+fn rustls_client_config(cfg: &DatabaseConfig) -> Result<rustls::ClientConfig, DbSetupError> {
+    let roots = database_roots(cfg)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -121,6 +152,92 @@ pub async fn migrate(pool: &Pool) -> Result<MigrationReport, DbSetupError> {
             .map(|m| format!("V{}__{}", m.version(), m.name()))
             .collect(),
     })
+}
+
+/// Why the runtime login cannot be provisioned.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(
+        "DATABASE_URL and DATABASE_MIGRATION_URL log in as the same role `{0}`: the runtime login must not own the schema"
+    )]
+    SameLogin(String),
+    #[error("DATABASE_URL names no user and password to provision")]
+    NoCredentials,
+    #[error(transparent)]
+    Setup(#[from] DbSetupError),
+    #[error("cannot provision the runtime login: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+}
+
+/// What [`migrate_and_provision`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployReport {
+    pub applied: Vec<String>,
+    /// The runtime login made a member of `app_service` (created, or its
+    /// password set to the one in `DATABASE_URL`).
+    pub runtime_login: String,
+}
+
+/// The deploy step: as the migration login (`cfg.migration_url`, the schema
+/// owner), applies the migrations, then creates the runtime login named in
+/// `cfg.url` (or sets its password to the one given there, which is how a
+/// rotated password reaches the database) and makes it a member of
+/// `app_service`. Both happen under the migration lock, so two runs at once
+/// take turns.
+pub async fn migrate_and_provision(cfg: &DatabaseConfig) -> Result<DeployReport, ProvisionError> {
+    let owner_cfg = cfg.migration().ok_or(ProvisionError::NoCredentials)?;
+    let runtime: tokio_postgres::Config = cfg.url.parse().map_err(DbSetupError::from)?;
+    let owner: tokio_postgres::Config = owner_cfg.url.parse().map_err(DbSetupError::from)?;
+    if let Some(user) = runtime
+        .get_user()
+        .filter(|user| owner.get_user() == Some(*user))
+    {
+        return Err(ProvisionError::SameLogin(user.to_string()));
+    }
+    let (Some(user), Some(password)) = (runtime.get_user(), runtime.get_password()) else {
+        return Err(ProvisionError::NoCredentials);
+    };
+    let password =
+        String::from_utf8(password.to_vec()).map_err(|_| ProvisionError::NoCredentials)?;
+    let pool = create_pool(&owner_cfg)?;
+    let report = migrate(&pool).await?;
+    let conn = pool.get().await.map_err(DbSetupError::from)?;
+    conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let provisioned = provision_runtime_login(&conn, user, &password).await;
+    let unlocked = conn
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    provisioned?;
+    unlocked?;
+    drop(conn);
+    pool.close();
+    Ok(DeployReport {
+        applied: report.applied,
+        runtime_login: user.to_string(),
+    })
+}
+
+/// Creates the login `user` with `password` (or sets the password of an
+/// existing one) and grants it `app_service`. The statements are composed by
+/// the server (`format` with `%I`/`%L`), so names and passwords are quoted by
+/// PostgreSQL's own rules.
+pub async fn provision_runtime_login(
+    client: &tokio_postgres::Client,
+    user: &str,
+    password: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let statement: String = client
+        .query_one(
+            "SELECT format(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) \
+                      THEN 'ALTER ROLE %I WITH LOGIN PASSWORD %L' \
+                      ELSE 'CREATE ROLE %I WITH LOGIN PASSWORD %L' END, $1::text, $2::text) \
+             || format('; GRANT app_service TO %I', $1::text)",
+            &[&user, &password],
+        )
+        .await?
+        .try_get(0)?;
+    client.batch_execute(&statement).await
 }
 
 /// A digest of every embedded migration's name and SQL: equal digests mean

@@ -6,13 +6,35 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::telemetry;
 
+/// The configuration of a Lambda function: the environment, plus the secrets
+/// it names by ARN fetched from Secrets Manager (see [`crate::secrets`]),
+/// with the SDK configuration loaded for them, if any, for reuse.
+pub async fn load_config() -> Result<(Config, Option<aws_config::SdkConfig>), lambda_runtime::Error>
+{
+    let env = |name: &str| std::env::var(name).ok();
+    if !crate::secrets::any_named(&env) {
+        return Ok((Config::from_env()?, None));
+    }
+    let sdk_config = crate::aws::load_sdk_config().await;
+    let source = crate::secrets::SecretsManager::new(&sdk_config);
+    let settings = crate::secrets::resolve(env, &source).await?;
+    let config = Config::from_lookup(settings.overlay(env))?;
+    Ok((config, Some(sdk_config)))
+}
+
+/// [`load_config`], logging set up, and the state built once for the life of
+/// the execution environment.
+async fn init() -> Result<AppState, lambda_runtime::Error> {
+    let (config, sdk_config) = load_config().await?;
+    telemetry::init(config.log_format);
+    Ok(AppState::from_config_with_sdk(config, sdk_config).await?)
+}
+
 /// Reads the configuration, sets up logging, builds the state once for the
 /// life of the execution environment, and serves `router` to the Lambda
 /// runtime. Errors here fail the init phase with a message naming the cause.
 pub async fn run_http_function(router: fn(AppState) -> Router) -> Result<(), lambda_http::Error> {
-    let config = Config::from_env()?;
-    telemetry::init(config.log_format);
-    let state = AppState::from_config(config).await?;
+    let state = init().await?;
     lambda_http::run(router(state)).await
 }
 
@@ -23,9 +45,7 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
     use aws_lambda_events::event::eventbridge::EventBridgeEvent;
     use lambda_runtime::{LambdaEvent, service_fn};
 
-    let config = Config::from_env()?;
-    telemetry::init(config.log_format);
-    let state = AppState::from_config(config).await?;
+    let state = init().await?;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| {
             let state = state.clone();
@@ -73,9 +93,7 @@ pub async fn run_worker() -> Result<(), lambda_runtime::Error> {
     use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
     use lambda_runtime::{LambdaEvent, service_fn};
 
-    let config = Config::from_env()?;
-    telemetry::init(config.log_format);
-    let state = AppState::from_config(config).await?;
+    let state = init().await?;
     // As a message, not the enum: `main` prints the error's Debug form.
     let worker = build_worker(&state).map_err(|e| {
         tracing::error!(error = %e, "the worker cannot start");

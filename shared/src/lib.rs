@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod pagination;
 pub mod queue;
 pub mod scheduler;
+pub mod secrets;
 pub mod social;
 pub mod storage;
 pub mod telemetry;

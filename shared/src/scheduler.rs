@@ -116,11 +116,25 @@ pub async fn run(
     config: &Config,
 ) -> Result<TaskReport, TaskError> {
     if task == "migrate" {
-        let report = crate::db::migrate(db).await?;
-        let outcome = json!({
-            "applied": report.applied,
-            "known": crate::db::embedded_migrations().len(),
-        });
+        // With a migration login (on AWS: DATABASE_MIGRATION_SECRET_ARN), the
+        // schema owner migrates and provisions the runtime login; without one
+        // (the single-login local set-up) the runtime login migrates.
+        let outcome = if config.database.migration_url.is_some() {
+            let report = crate::db::migrate_and_provision(&config.database)
+                .await
+                .map_err(|e| TaskError::Failed(e.to_string()))?;
+            json!({
+                "applied": report.applied,
+                "known": crate::db::embedded_migrations().len(),
+                "runtime_login": report.runtime_login,
+            })
+        } else {
+            let report = crate::db::migrate(db).await?;
+            json!({
+                "applied": report.applied,
+                "known": crate::db::embedded_migrations().len(),
+            })
+        };
         tracing::info!(task, %outcome, "scheduler task done");
         return Ok(TaskReport {
             task: task.to_string(),

@@ -48,6 +48,7 @@ fn quote(price: i32) -> Quote {
 
 async fn pool(url: &str) -> shared::db::DbPool {
     shared::db::create_pool(&shared::config::DatabaseConfig {
+        migration_url: None,
         url: url.to_string(),
         sslmode: shared::config::SslMode::Disable,
         ssl_root_cert: None,

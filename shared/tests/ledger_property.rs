@@ -1015,6 +1015,7 @@ async fn concurrent_random_operations_keep_every_invariant_and_the_exact_sums() 
         committed: AtomicUsize::new(0),
     });
     let pool = shared::db::create_pool(&shared::config::DatabaseConfig {
+        migration_url: None,
         url: url.clone(),
         sslmode: shared::config::SslMode::Disable,
         ssl_root_cert: None,
@@ -1168,6 +1169,7 @@ async fn concurrent_dispatches_of_one_user_never_deadlock() {
         .await
         .unwrap();
     let pool = shared::db::create_pool(&shared::config::DatabaseConfig {
+        migration_url: None,
         url: url.clone(),
         sslmode: shared::config::SslMode::Disable,
         ssl_root_cert: None,

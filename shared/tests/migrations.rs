@@ -119,6 +119,7 @@ fn seed() -> Seed {
 
 async fn pool(url: &str) -> shared::db::DbPool {
     shared::db::create_pool(&DatabaseConfig {
+        migration_url: None,
         url: url.to_string(),
         sslmode: SslMode::Disable,
         ssl_root_cert: None,
@@ -741,4 +742,79 @@ async fn v17_disables_the_prices_of_routes_nothing_charges_and_says_why() {
             "{id}: {method} {pattern}"
         );
     }
+}
+
+/// The runtime role (V19) reaches every protected table by policy, owns
+/// nothing, and later migrations keep it so: a new table with row-level
+/// security but no `system_all` policy would hide every row from the worker
+/// and the scheduler, and this fails first.
+#[tokio::test]
+async fn the_runtime_role_has_a_policy_on_every_protected_table_and_owns_nothing() {
+    let url = testkit::fresh_database().await;
+    let client = testkit::connect(&url).await;
+    let unprotected: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relrowsecurity AND NOT EXISTS ( \
+               SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'system_all' \
+                 AND p.polroles @> ARRAY[(SELECT oid FROM pg_roles WHERE rolname = 'app_service')]) \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        unprotected.is_empty(),
+        "no system_all policy: {unprotected:?}"
+    );
+    let protected: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relrowsecurity",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(protected >= 10, "{protected} protected tables");
+    let owned: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relowner IN \
+             (SELECT oid FROM pg_roles WHERE rolname IN ('app_service', 'app_api'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owned, 0);
+    // Every table is reachable (the history table excepted), and none may be truncated.
+    let unreachable: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relispartition = false \
+               AND c.relname <> 'refinery_schema_history' \
+               AND NOT has_table_privilege('app_service', c.oid, 'SELECT, INSERT') \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(unreachable.is_empty(), "{unreachable:?}");
+    let truncatable: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') \
+               AND has_table_privilege('app_service', c.oid, 'TRUNCATE')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(truncatable, 0);
 }

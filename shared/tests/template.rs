@@ -451,3 +451,63 @@ fn each_function_reaches_only_the_bucket_prefixes_it_uses() {
         }
     }
 }
+
+/// Secrets reach the functions as ARNs read at init, never as values: no
+/// dynamic reference resolves one into an environment variable, no function
+/// sets a plaintext secret variable, and each function may read exactly the
+/// secrets it uses (the schema owner's: the scheduler alone).
+#[test]
+fn secrets_are_read_at_init_and_each_function_reads_only_its_own() {
+    let text = template_text();
+    assert!(
+        !text.contains("{{resolve:secretsmanager"),
+        "a secret is resolved into the template at deploy time"
+    );
+    for plaintext in [
+        "DATABASE_URL:",
+        "DATABASE_MIGRATION_URL:",
+        "STRIPE_SECRET_KEY:",
+        "STRIPE_WEBHOOK_SECRET:",
+        "GALLERY_VIEW_KEY:",
+    ] {
+        assert!(!text.contains(plaintext), "{plaintext} is set in plaintext");
+    }
+    assert!(text.contains("DATABASE_SECRET_ARN: !Ref RuntimeDatabaseSecret"));
+    let resources = resource_texts(&text);
+    let readable = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter_map(|l| {
+                l.split("AWSSecretsManagerGetSecretValuePolicy: {SecretArn: !Ref ")
+                    .nth(1)
+            })
+            .map(|rest| rest.trim_end_matches('}').to_string())
+            .collect()
+    };
+    let mut functions = 0;
+    for (id, body) in &resources {
+        if !body.contains("Type: AWS::Serverless::Function") {
+            continue;
+        }
+        functions += 1;
+        let mut secrets = readable(body);
+        secrets.sort();
+        let expected: &[&str] = match id.as_str() {
+            "CharactersFunction" => &["GalleryViewKeySecretArn", "RuntimeDatabaseSecret"],
+            "CreditsFunction" => &["RuntimeDatabaseSecret", "StripeSecretArn"],
+            "WorkerFunction" => &["GeneratorCredentialsSecretArn", "RuntimeDatabaseSecret"],
+            "SchedulerFunction" => &["DatabaseSecretArn", "RuntimeDatabaseSecret"],
+            _ => &["RuntimeDatabaseSecret"],
+        };
+        assert_eq!(secrets, expected, "{id} reads these secrets");
+        assert!(
+            !body.contains("secretsmanager:GetSecretValue"),
+            "{id} has a hand-written secrets statement"
+        );
+        assert_eq!(
+            body.contains("DATABASE_MIGRATION_SECRET_ARN"),
+            id == "SchedulerFunction",
+            "{id}: only the scheduler migrates"
+        );
+    }
+    assert!(functions >= 6);
+}

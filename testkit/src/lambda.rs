@@ -220,9 +220,38 @@ pub fn http_reply(outcome: Outcome) -> (u16, Value, Value) {
 /// its database and its identity provider.
 pub fn http_function_env(stack: &crate::TestStack) -> Vec<(&'static str, String)> {
     vec![
-        ("DATABASE_URL", stack.database_url.clone()),
+        ("DATABASE_URL", crate::runtime_url(&stack.database_url)),
         ("AUTH_ISSUER", stack.stack.issuer.issuer().to_string()),
         ("AUTH_AUDIENCE", local::LOCAL_AUDIENCE.to_string()),
         ("LOG_FORMAT", "json".to_string()),
     ]
+}
+
+/// [`http_function_env`] with the database login in a Secrets Manager secret
+/// on moto (`DATABASE_SECRET_ARN` with `DATABASE_HOST`, `..._PORT`,
+/// `..._NAME`), as template.yaml configures the functions, plus moto's
+/// endpoint and credentials.
+pub async fn http_function_env_with_secrets(
+    stack: &crate::TestStack,
+) -> Vec<(&'static str, String)> {
+    let url = url::Url::parse(&crate::runtime_url(&stack.database_url)).expect("a URL");
+    let arn = crate::moto::create_secret(
+        "database",
+        &serde_json::json!({"username": url.username(), "password": url.password()}),
+    )
+    .await;
+    let mut env = vec![
+        ("DATABASE_SECRET_ARN", arn),
+        ("DATABASE_HOST", url.host_str().expect("a host").to_string()),
+        ("DATABASE_PORT", url.port().unwrap_or(5432).to_string()),
+        (
+            "DATABASE_NAME",
+            url.path().trim_start_matches('/').to_string(),
+        ),
+        ("AUTH_ISSUER", stack.stack.issuer.issuer().to_string()),
+        ("AUTH_AUDIENCE", local::LOCAL_AUDIENCE.to_string()),
+        ("LOG_FORMAT", "json".to_string()),
+    ];
+    env.extend(crate::moto::function_env());
+    env
 }

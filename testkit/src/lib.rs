@@ -74,6 +74,7 @@ pub async fn fresh_database() -> String {
     let admin = admin_url();
     let client = connect(&admin).await;
     let template = ensure_template(&client, &admin).await;
+    ensure_runtime_login(&client).await;
     let name = new_database_name();
     // CREATE DATABASE ... TEMPLATE fails while another session is connected to
     // the template; that window is brief, so retry.
@@ -122,6 +123,7 @@ async fn ensure_template(client: &tokio_postgres::Client, admin: &str) -> String
             .await
             .expect("create template");
         let pool = shared::db::create_pool(&DatabaseConfig {
+            migration_url: None,
             url: local::database::with_database(admin, &building),
             sslmode: SslMode::Disable,
             ssl_root_cert: None,
@@ -194,6 +196,43 @@ async fn drop_stale_databases(client: &tokio_postgres::Client) {
     }
 }
 
+/// The login the local stack of every test runs as: a member of
+/// `app_service` that owns nothing, as the functions' login on AWS, so the
+/// whole suite proves the runtime role's grants and policies suffice.
+pub const RUNTIME_USER: &str = "charplat_test_runtime";
+const RUNTIME_PASSWORD: &str = "charplat-test-runtime";
+
+/// `database_url` (a test database) as the runtime login.
+pub fn runtime_url(database_url: &str) -> String {
+    let mut parsed = url::Url::parse(database_url).expect("test database URLs are URLs");
+    parsed
+        .set_username(RUNTIME_USER)
+        .and_then(|()| parsed.set_password(Some(RUNTIME_PASSWORD)))
+        .expect("a URL with a host");
+    parsed.to_string()
+}
+
+/// Creates [`RUNTIME_USER`] once per test process (roles are cluster-wide),
+/// under the same cross-process lock as the template, so concurrent test
+/// binaries do not update the role at the same time.
+async fn ensure_runtime_login(client: &tokio_postgres::Client) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        client
+            .execute("SELECT pg_advisory_lock(7243120002)", &[])
+            .await
+            .expect("lock");
+        shared::db::provision_runtime_login(client, RUNTIME_USER, RUNTIME_PASSWORD)
+            .await
+            .expect("provision the tests' runtime login");
+        client
+            .execute("SELECT pg_advisory_unlock(7243120002)", &[])
+            .await
+            .expect("unlock");
+    })
+    .await;
+}
+
 /// One RSA key per test process: generating one per test would dominate run time.
 pub fn signing_key() -> SigningKey {
     static KEY: OnceLock<SigningKey> = OnceLock::new();
@@ -224,6 +263,8 @@ pub async fn offline_state() -> shared::app::AppState {
 pub struct TestStack {
     pub stack: LocalStack,
     pub base_url: String,
+    /// The database as its owner (the server's admin login), for setup and
+    /// assertions; the stack itself runs as [`RUNTIME_USER`].
     pub database_url: String,
     pub http: reqwest::Client,
 }
@@ -232,7 +273,8 @@ pub async fn spawn_stack() -> TestStack {
     let database_url = fresh_database().await;
     let stack = LocalStack::start(LocalOptions {
         port: 0,
-        database_url: Some(database_url.clone()),
+        database_url: Some(runtime_url(&database_url)),
+        migration_url: Some(database_url.clone()),
         data_dir: std::env::temp_dir(),
         signing_key: Some(signing_key()),
         background_tasks: false,

@@ -95,6 +95,21 @@ pub async fn create_bucket(prefix: &str) -> String {
     name
 }
 
+/// Creates a Secrets Manager secret on moto holding `value` (as JSON text)
+/// under a fresh name, and returns its ARN.
+pub async fn create_secret(prefix: &str, value: &serde_json::Value) -> String {
+    let name = unique_name(prefix);
+    let client = aws_sdk_secretsmanager::Client::new(&sdk_config().await);
+    let created = client
+        .create_secret()
+        .name(&name)
+        .secret_string(value.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create secret {name} on moto: {e:?}"));
+    created.arn().expect("moto returns the ARN").to_string()
+}
+
 fn start_own_server() -> String {
     static SERVER: OnceLock<Mutex<Child>> = OnceLock::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use testkit::lambda::{Outcome, RuntimeApi, sample_event};
 
+/// A case's binary: its name up to a `+` (`auth+secrets` runs `auth`).
 fn binary(name: &str) -> PathBuf {
+    let name = name.split('+').next().unwrap_or(name);
     if let Some(dir) = std::env::var_os("COLDSTART_BIN_DIR") {
         return PathBuf::from(dir).join(name);
     }
@@ -56,7 +58,7 @@ struct Sample {
 async fn cold_start(name: &str, env: &[(&str, String)], event: &Value) -> anyhow::Result<Sample> {
     let api = RuntimeApi::start().await;
     let started = Instant::now();
-    let child = api.spawn_function(&binary(name), name, env);
+    let child = api.spawn_function(&binary(name), name.split('+').next().unwrap_or(name), env);
     let outcome = api.invoke(event).await;
     let first_response = started.elapsed();
     if let Outcome::Error(error) = &outcome {
@@ -111,10 +113,20 @@ async fn main() -> anyhow::Result<()> {
         event
     };
     let upkeep = sample_event("scheduler-idempotency-purge.json");
+    // As template.yaml configures it: the database login read from Secrets
+    // Manager (moto) at init instead of a DATABASE_URL.
+    let mut with_secrets = testkit::lambda::http_function_env_with_secrets(&stack).await;
+    with_secrets.push(("DATABASE_SSLMODE", "disable".into()));
 
     let cases: Vec<Case> = vec![
         ("hello-lambda", &base, anonymous.clone(), None),
         ("auth", &base, anonymous.clone(), Some(me.clone())),
+        (
+            "auth+secrets",
+            &with_secrets,
+            anonymous.clone(),
+            Some(me.clone()),
+        ),
         (
             "characters",
             &with_aws,

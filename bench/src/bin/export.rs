@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let stack = LocalStack::start(LocalOptions {
         port: 0,
         database_url: Some(database_url.clone()),
+        migration_url: None,
         data_dir: std::env::temp_dir()
             .join(format!("charplat-bench-export-{}", std::process::id())),
         signing_key: Some(testkit::signing_key()),

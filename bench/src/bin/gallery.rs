@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let stack = LocalStack::start(LocalOptions {
         port: 0,
         database_url: Some(database_url.clone()),
+        migration_url: None,
         data_dir: std::env::temp_dir(),
         signing_key: Some(testkit::signing_key()),
         background_tasks: false,

@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let stack = LocalStack::start(LocalOptions {
         port: 0,
         database_url: Some(url.clone()),
+        migration_url: None,
         data_dir: std::env::temp_dir().join(format!("charplat-bench-{}", std::process::id())),
         signing_key: Some(testkit::signing_key()),
         background_tasks: false,

@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     setup.batch_execute("ANALYZE").await?;
 
     let pool = shared::db::create_pool(&DatabaseConfig {
+        migration_url: None,
         url: url.clone(),
         sslmode: SslMode::Disable,
         ssl_root_cert: None,

@@ -18,7 +18,7 @@ fn start_function(
         Path::new(env!("CARGO_BIN_EXE_auth")),
         "auth",
         &[
-            ("DATABASE_URL", stack.database_url.clone()),
+            ("DATABASE_URL", testkit::runtime_url(&stack.database_url)),
             ("AUTH_ISSUER", stack.stack.issuer.issuer().to_string()),
             ("AUTH_AUDIENCE", local::LOCAL_AUDIENCE.to_string()),
             ("AUTH_TRUST_GATEWAY_CLAIMS", trust_gateway.to_string()),
@@ -201,4 +201,49 @@ async fn a_misconfigured_function_fails_its_init_with_a_clear_message() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("DATABASE_URL"), "stderr: {stderr}");
+}
+
+/// On AWS the function's environment names the database login's secret, not
+/// the password: the binary fetches it from Secrets Manager (moto here) at init
+/// and serves requests that need the database as the runtime login.
+#[tokio::test]
+async fn the_database_login_comes_from_secrets_manager_at_init() {
+    let stack = spawn_stack().await;
+    let api = RuntimeApi::start().await;
+    let env = testkit::lambda::http_function_env_with_secrets(&stack).await;
+    assert!(!env.iter().any(|(name, _)| *name == "DATABASE_URL"));
+    let _function = api.spawn_function(Path::new(env!("CARGO_BIN_EXE_auth")), "auth", &env);
+    let token = stack.token("secrets@example.com");
+
+    let (status, _, body) = http_reply(
+        api.invoke(&with_token(
+            sample_event("auth-create-session.json"),
+            &token,
+        ))
+        .await,
+    );
+    assert!(status == 200 || status == 201, "{status}: {body}");
+    // The account was written by the function, through the runtime login.
+    let sql = stack.sql().await;
+    let created: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM users WHERE email = 'secrets@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 1);
+    let logins: Vec<String> = sql
+        .query(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'auth'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(logins, vec![testkit::RUNTIME_USER.to_string()]);
 }

@@ -315,3 +315,163 @@ async fn lapsed_subscriptions_fall_back_to_free_once() {
     assert_eq!(logged, "PRO");
     testkit::ledger::assert_invariants(&client).await;
 }
+
+/// The deploy step as template.yaml configures it: the scheduler names two
+/// logins by their Secrets Manager secrets (moto here), the schema owner and
+/// the runtime login. `migrate` applies the schema as the owner and creates
+/// the runtime login as a member of `app_service`, which then works on the
+/// data but owns nothing: it cannot change the schema, turn row-level
+/// security off, rewrite the ledger or read the migration history.
+#[tokio::test]
+async fn migrate_as_the_schema_owner_provisions_a_runtime_login_that_owns_nothing() {
+    let url = testkit::empty_database().await;
+    let owner = url::Url::parse(&url).expect("test database URLs are URLs");
+    let runtime_user = testkit::moto::unique_name("charplat_rt").replace('-', "_");
+    let runtime_password = uuid::Uuid::new_v4().to_string();
+    let owner_secret = testkit::moto::create_secret(
+        "owner",
+        &json!({
+            "username": owner.username(),
+            // Trust authentication ignores it; a password-protected server needs it.
+            "password": owner.password().unwrap_or("unused-with-trust-auth"),
+        }),
+    )
+    .await;
+    let runtime_secret = testkit::moto::create_secret(
+        "runtime",
+        &json!({"username": runtime_user, "password": runtime_password}),
+    )
+    .await;
+    let api = RuntimeApi::start().await;
+    let mut env = vec![
+        ("DATABASE_SECRET_ARN", runtime_secret),
+        ("DATABASE_MIGRATION_SECRET_ARN", owner_secret),
+        ("DATABASE_HOST", owner.host_str().unwrap().to_string()),
+        ("DATABASE_PORT", owner.port().unwrap_or(5432).to_string()),
+        (
+            "DATABASE_NAME",
+            owner.path().trim_start_matches('/').to_string(),
+        ),
+        (
+            "AUTH_ISSUER",
+            "https://tenant.example.auth0.com/".to_string(),
+        ),
+        ("AUTH_AUDIENCE", "https://api.characters.app".to_string()),
+    ];
+    env.extend(testkit::moto::function_env());
+    let _function = api.spawn_function(
+        Path::new(env!("CARGO_BIN_EXE_scheduler")),
+        "scheduler",
+        &env,
+    );
+
+    let first = report(api.invoke(&sample("migrate")).await);
+    assert_eq!(first["runtime_login"], runtime_user.as_str());
+    assert_eq!(first["known"], shared::db::embedded_migrations().len());
+    // Again (the next deploy): nothing to apply, the login is kept.
+    let second = report(api.invoke(&sample("migrate")).await);
+    assert_eq!(second["applied"], json!([]));
+    assert_eq!(second["runtime_login"], runtime_user.as_str());
+
+    let mut runtime_url = owner.clone();
+    runtime_url.set_username(&runtime_user).unwrap();
+    runtime_url.set_password(Some(&runtime_password)).unwrap();
+    let runtime = testkit::connect(runtime_url.as_str()).await;
+    let owned: i64 = runtime
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owned, 0);
+    // The scheduled tasks run as this login, partition upkeep's DDL included
+    // (through the owner's SECURITY DEFINER functions): the furthest monthly
+    // partition ahead is dropped, and upkeep as the runtime login makes it again.
+    let admin = testkit::connect(&url).await;
+    let furthest: String = admin
+        .query_one(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'user_activity_logs'::regclass \
+               AND c.relname <> 'user_activity_logs_default' ORDER BY c.relname DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!("DROP TABLE \"{furthest}\""))
+        .await
+        .unwrap();
+    let scheduled = shared::scheduler::run(
+        "partition-upkeep",
+        &shared::db::create_pool(&shared::config::DatabaseConfig::for_url(
+            runtime_url.as_str(),
+        ))
+        .unwrap(),
+        None,
+        &shared::config::Config::from_lookup(|name| match name {
+            "DATABASE_URL" => Some(runtime_url.to_string()),
+            "AUTH_ISSUER" => Some("https://tenant.example.auth0.com/".into()),
+            "AUTH_AUDIENCE" => Some("https://api.characters.app".into()),
+            _ => None,
+        })
+        .unwrap(),
+    )
+    .await
+    .expect("partition upkeep runs as the runtime login");
+    assert_eq!(
+        scheduled.outcome["created"]["user_activity_logs"], 1,
+        "{:?}",
+        scheduled.outcome
+    );
+    for forbidden in [
+        "DROP TABLE users",
+        "ALTER TABLE characters DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE characters NO FORCE ROW LEVEL SECURITY",
+        "TRUNCATE generation_jobs",
+        "DELETE FROM credit_transactions",
+        "UPDATE credit_transactions SET amount = 0",
+        "UPDATE credit_transactions SET balance_after = 0",
+        "SELECT * FROM refinery_schema_history",
+        "CREATE POLICY everything ON characters USING (true)",
+    ] {
+        let error = runtime.batch_execute(forbidden).await.expect_err(forbidden);
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{forbidden}: {error}"
+        );
+    }
+    // What it does need works: writing rows, rewriting a ledger description
+    // (erasure), and switching to the API role for a caller's transaction.
+    runtime
+        .batch_execute(
+            "INSERT INTO users (email) VALUES ('rt@example.com'); \
+             UPDATE credit_transactions SET description = description; \
+             BEGIN; SET LOCAL ROLE app_api; SELECT count(*) FROM characters; COMMIT;",
+        )
+        .await
+        .expect("the runtime login's own work");
+    drop(runtime);
+
+    // The two logins must differ: a runtime login that owns the schema is refused.
+    let same = shared::db::migrate_and_provision(&shared::config::DatabaseConfig {
+        migration_url: Some(url.clone()),
+        ..shared::config::DatabaseConfig::for_url(url.clone())
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        same.to_string()
+            .contains("the runtime login must not own the schema"),
+        "{same}"
+    );
+
+    // Roles are cluster-wide: leave none behind.
+    admin
+        .batch_execute(&format!("DROP ROLE \"{runtime_user}\""))
+        .await
+        .unwrap();
+}
