@@ -55,9 +55,16 @@ pub fn create_pool(cfg: &DatabaseConfig) -> Result<Pool, DbSetupError> {
     };
     let manager = match cfg.sslmode {
         SslMode::Disable => Manager::from_config(pg_config, NoTls, manager_config),
-        SslMode::Require => {
+        // A root file of the operator's is read now, so a bad one fails init
+        // with its name. The compiled-in roots (webpki and ~115 RDS CAs) are
+        // parsed on the first connection instead: a cold start that answers
+        // without the database does not pay for them.
+        SslMode::Require if cfg.ssl_root_cert.is_some() => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_client_config(cfg)?);
             Manager::from_config(pg_config, tls, manager_config)
+        }
+        SslMode::Require => {
+            Manager::from_connect(pg_config, LazyRustlsConnect::default(), manager_config)
         }
     };
     Ok(Pool::builder(manager)
@@ -67,6 +74,41 @@ pub fn create_pool(cfg: &DatabaseConfig) -> Result<Pool, DbSetupError> {
         .create_timeout(Some(cfg.connect_timeout))
         .recycle_timeout(Some(cfg.connect_timeout))
         .build()?)
+}
+
+/// Connects over TLS with the compiled-in roots, built on first use.
+#[derive(Default)]
+struct LazyRustlsConnect {
+    tls: std::sync::OnceLock<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl deadpool_postgres::Connect for LazyRustlsConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let tls = self
+            .tls
+            .get_or_init(|| {
+                let config = rustls_client_config(&DatabaseConfig::for_url(""))
+                    .expect("the compiled-in roots parse (tested in shared::db)");
+                tokio_postgres_rustls::MakeRustlsConnect::new(config)
+            })
+            .clone();
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            let (client, connection) = pg_config.connect(tls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "database connection closed with an error");
+                }
+            });
+            Ok((client, task))
+        })
+    }
 }
 
 /// The Amazon RDS certificate authorities (AWS's global bundle, refreshed by
@@ -309,4 +351,48 @@ pub async fn act_as_system(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compiled-in RDS bundle parses whole (the lazy TLS connector relies
+    /// on it) and adds its authorities to the webpki roots; an operator's file
+    /// adds to both, and an unreadable one names itself.
+    #[test]
+    fn database_roots_are_webpki_plus_the_rds_bundle_plus_the_operators_file() {
+        let webpki = webpki_roots::TLS_SERVER_ROOTS.len();
+        let rds = RDS_CA_BUNDLE
+            .windows(b"BEGIN CERTIFICATE".len())
+            .filter(|w| *w == b"BEGIN CERTIFICATE")
+            .count();
+        assert!(rds >= 100, "{rds} RDS authorities");
+        let roots = database_roots(&DatabaseConfig::for_url("")).unwrap();
+        assert_eq!(roots.len(), webpki + rds);
+        assert!(rustls_client_config(&DatabaseConfig::for_url("")).is_ok());
+
+        let dir = std::env::temp_dir().join(format!("roots-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("extra.pem");
+        let first_pem = std::str::from_utf8(RDS_CA_BUNDLE)
+            .unwrap()
+            .split_inclusive("-----END CERTIFICATE-----")
+            .next()
+            .unwrap()
+            .to_string();
+        std::fs::write(&file, first_pem).unwrap();
+        let with_file = DatabaseConfig {
+            ssl_root_cert: Some(file.clone()),
+            ..DatabaseConfig::for_url("")
+        };
+        assert_eq!(database_roots(&with_file).unwrap().len(), webpki + rds + 1);
+        let missing = DatabaseConfig {
+            ssl_root_cert: Some(dir.join("missing.pem")),
+            ..DatabaseConfig::for_url("")
+        };
+        let error = database_roots(&missing).unwrap_err().to_string();
+        assert!(error.contains("missing.pem"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
