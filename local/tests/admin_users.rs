@@ -7,7 +7,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::moderation::tiers::TIER_ALLOWANCES;
+use shared::tier::Tier;
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
 
@@ -198,37 +198,33 @@ async fn a_tier_change_sets_quota_and_allowance_from_the_table_and_moves_no_cred
     let ann = stack.user("ann@example.com", "ann").await;
     let ann_id = user_id(&stack, "ann@example.com").await;
     // A new account has what the table gives FREE.
-    let free = TIER_ALLOWANCES[0];
-    assert_eq!(free.tier, "FREE");
-    assert_eq!(
-        entitlements(&stack, &ann_id).await,
-        (free.daily_quota, free.daily_allowance)
-    );
+    let terms = |tier: Tier| {
+        (
+            tier.terms().free_generations_per_day,
+            tier.terms().allowance_credits_per_day,
+        )
+    };
+    assert_eq!(entitlements(&stack, &ann_id).await, terms(Tier::Free));
 
-    let mut previous = free;
-    for row in TIER_ALLOWANCES.iter().skip(1).chain([&free]) {
+    let mut previous = Tier::Free;
+    for tier in Tier::ALL.into_iter().skip(1).chain([Tier::Free]) {
+        let (quota, allowance) = terms(tier);
         let reply = patch_user(
             &stack,
             &token,
             &ann_id,
-            json!({"subscription_tier": row.tier}),
+            json!({"subscription_tier": tier.as_str()}),
         )
         .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
-        assert_eq!(reply.body["subscription_tier"], row.tier);
-        assert_eq!(reply.body["daily_quota"], row.daily_quota);
-        assert_eq!(
-            reply.body["credits"]["daily_allowance"],
-            row.daily_allowance
-        );
-        assert_eq!(
-            entitlements(&stack, &ann_id).await,
-            (row.daily_quota, row.daily_allowance)
-        );
+        assert_eq!(reply.body["subscription_tier"], tier.as_str());
+        assert_eq!(reply.body["daily_quota"], quota);
+        assert_eq!(reply.body["credits"]["daily_allowance"], allowance);
+        assert_eq!(entitlements(&stack, &ann_id).await, (quota, allowance));
         // The user sees it in their balance.
         let credits = stack.get("/api/v1/credits", Some(&ann)).await;
-        assert_eq!(credits.body["free_generations_quota"], row.daily_quota);
-        assert_eq!(credits.body["daily_allowance"], row.daily_allowance);
+        assert_eq!(credits.body["free_generations_quota"], quota);
+        assert_eq!(credits.body["daily_allowance"], allowance);
         assert_eq!(credits.body["current_balance"], 0);
         // Logged with what changed.
         let (admin, target, meta) = user_updates(&stack).await.pop().unwrap();
@@ -237,15 +233,16 @@ async fn a_tier_change_sets_quota_and_allowance_from_the_table_and_moves_no_cred
             (admin_id.as_str(), ann_id.as_str())
         );
         assert_eq!(meta["target_user_id"], ann_id);
+        let (quota_before, allowance_before) = terms(previous);
         assert_eq!(
             meta["changes"],
             json!({
-                "subscription_tier": {"from": previous.tier, "to": row.tier},
-                "daily_quota": {"from": previous.daily_quota, "to": row.daily_quota},
-                "daily_allowance": {"from": previous.daily_allowance, "to": row.daily_allowance},
+                "subscription_tier": {"from": previous.as_str(), "to": tier.as_str()},
+                "daily_quota": {"from": quota_before, "to": quota},
+                "daily_allowance": {"from": allowance_before, "to": allowance},
             })
         );
-        previous = *row;
+        previous = tier;
     }
     // The allowance is not balance: no ledger entry, the books still balance.
     assert_eq!(
@@ -253,7 +250,7 @@ async fn a_tier_change_sets_quota_and_allowance_from_the_table_and_moves_no_cred
         0
     );
     assert_invariants(&stack.sql().await).await;
-    assert_eq!(user_updates(&stack).await.len(), TIER_ALLOWANCES.len());
+    assert_eq!(user_updates(&stack).await.len(), Tier::ALL.len());
 
     // Subscription dates: set, cleared, and start before end.
     let reply = patch_user(

@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod social;
 pub mod storage;
 pub mod telemetry;
+pub mod tier;
 pub mod users;
 pub mod worker;
 

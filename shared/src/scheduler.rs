@@ -19,6 +19,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::tier::Tier;
+
 use tokio_postgres::GenericClient;
 
 use crate::config::{Config, RetentionConfig};
@@ -252,15 +254,14 @@ pub async fn partition_upkeep(
 
 /// Subscriptions whose `subscription_end_date` has passed fall back to `FREE`:
 /// the tier, `users.daily_quota` and `user_credits.daily_allowance` take the
-/// `FREE` row of [`crate::moderation::tiers::TIER_ALLOWANCES`], and each
+/// `FREE` tier's terms ([`crate::tier`]), and each
 /// user gets a `subscription_expired` activity row, in one statement. Pricing
 /// already treats a lapsed subscription as `FREE`
 /// ([`crate::credits::engine::tier_of`]); this ends the paid tier's free
 /// generations and allowance too. The dates stay, as the subscription's
 /// history. Rows locked by a request are left to the next run.
 pub async fn expire_subscriptions(client: &impl GenericClient) -> Result<i64, TaskError> {
-    let free = crate::moderation::tiers::allowance_of("FREE")
-        .ok_or_else(|| TaskError::Failed("the tier table has no FREE row".into()))?;
+    let free = Tier::Free.terms();
     let expired = client
         .query_one(
             "WITH lapsed AS ( \
@@ -283,7 +284,7 @@ pub async fn expire_subscriptions(client: &impl GenericClient) -> Result<i64, Ta
                FROM downgraded \
              ) \
              SELECT count(*) FROM downgraded",
-            &[&free.daily_quota, &free.daily_allowance],
+            &[&free.free_generations_per_day, &free.allowance_credits_per_day],
         )
         .await?
         .try_get(0)?;

@@ -12,6 +12,7 @@ use tokio_postgres::GenericClient;
 use super::ledger;
 use super::pricing::{CostFormula, GENERATE, PriceConfig, PriceInputs, Quote, TierMultipliers};
 use crate::error::ApiError;
+use crate::tier::Tier;
 use crate::users::User;
 
 /// `api_credit_configs`, cached per Lambda instance.
@@ -97,20 +98,17 @@ pub async fn load_configs(client: &impl GenericClient) -> Result<Vec<PriceConfig
 }
 
 /// The user's tier, and whether they have a subscription in force.
-pub fn tier_of(user: &User) -> (String, bool) {
-    let tier = user
-        .subscription_tier
-        .clone()
-        .unwrap_or_else(|| "FREE".into());
+pub fn tier_of(user: &User) -> (Tier, bool) {
+    let tier = user.subscription_tier.unwrap_or_default();
     let now = chrono::Utc::now();
-    let subscribed = tier != "FREE"
+    let subscribed = tier != Tier::Free
         && user
             .subscription_start_date
             .is_none_or(|start| start <= now)
         && user.subscription_end_date.is_none_or(|end| end > now);
     // A lapsed subscription prices as FREE.
-    let effective = if tier != "FREE" && !subscribed {
-        "FREE".to_string()
+    let effective = if tier != Tier::Free && !subscribed {
+        Tier::Free
     } else {
         tier
     };
@@ -138,9 +136,9 @@ pub async fn quote(
         return Ok(None);
     };
     let (tier, subscribed) = tier_of(user);
-    config.check_access(&tier, subscribed)?;
+    config.check_access(tier, subscribed)?;
     enforce_limits(client, user, config).await?;
-    Ok(Some(config.quote(&tier, inputs)))
+    Ok(Some(config.quote(tier, inputs)))
 }
 
 /// A generation (`path` is [`GENERATE`]'s, for one character) is never free

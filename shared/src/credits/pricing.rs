@@ -28,8 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, FieldError};
-
-pub const TIERS: [&str; 4] = ["FREE", "PREMIUM", "PRO", "ENTERPRISE"];
+use crate::tier::Tier;
 
 /// A route the pricing engine charges and limits: its requests are quoted
 /// through [`crate::credits::engine::quote`], which counts the config's rate
@@ -203,10 +202,10 @@ impl TierMultipliers {
         })?;
         let mut out = BTreeMap::new();
         for (tier, multiplier) in object {
-            if !TIERS.contains(&tier.as_str()) {
+            if Tier::parse(tier).is_none() {
                 return Err(FieldError::new(
                     format!("tier_multipliers.{tier}"),
-                    format!("is not a tier ({})", TIERS.join(", ")),
+                    format!("is not a tier ({})", Tier::NAMES.join(", ")),
                 ));
             }
             let m = multiplier
@@ -231,8 +230,8 @@ impl TierMultipliers {
     }
 
     /// A tier without an entry pays full price.
-    pub fn for_tier(&self, tier: &str) -> i64 {
-        self.0.get(tier).copied().unwrap_or(1000)
+    pub fn for_tier(&self, tier: Tier) -> i64 {
+        self.0.get(tier.as_str()).copied().unwrap_or(1000)
     }
 }
 
@@ -248,7 +247,7 @@ pub struct PriceConfig {
     pub daily_limit: Option<i32>,
     pub rate_limit_per_minute: Option<i32>,
     pub requires_subscription: bool,
-    pub minimum_tier: Option<String>,
+    pub minimum_tier: Option<Tier>,
     pub is_enabled: bool,
     pub description: Option<String>,
     pub category: Option<String>,
@@ -288,7 +287,7 @@ impl PriceConfig {
             && pattern_matches(&self.endpoint_pattern, path)
     }
 
-    pub fn quote(&self, tier: &str, inputs: &PriceInputs) -> Quote {
+    pub fn quote(&self, tier: Tier, inputs: &PriceInputs) -> Quote {
         let mut terms = serde_json::Map::new();
         let mut subtotal = i64::from(self.base_cost);
         if let Some(formula) = &self.cost_formula {
@@ -345,14 +344,14 @@ impl PriceConfig {
 
     /// Whether a user of `tier` (with an active subscription or not) may call
     /// this endpoint at all.
-    pub fn check_access(&self, tier: &str, subscribed: bool) -> Result<(), ApiError> {
+    pub fn check_access(&self, tier: Tier, subscribed: bool) -> Result<(), ApiError> {
         if self.requires_subscription && !subscribed {
             return Err(ApiError::Forbidden(
                 "this needs an active subscription".into(),
             ));
         }
-        if let Some(minimum) = &self.minimum_tier
-            && tier_rank(tier) < tier_rank(minimum)
+        if let Some(minimum) = self.minimum_tier
+            && tier < minimum
         {
             return Err(ApiError::Forbidden(format!(
                 "this needs the {minimum} tier or higher; yours is {tier}"
@@ -360,10 +359,6 @@ impl PriceConfig {
         }
         Ok(())
     }
-}
-
-pub fn tier_rank(tier: &str) -> usize {
-    TIERS.iter().position(|t| *t == tier).unwrap_or(0)
 }
 
 /// `/api/v1/characters/:id/generate` matches `/api/v1/characters/abc/generate`.
@@ -424,32 +419,32 @@ mod tests {
     fn thresholds_charge_from_the_first_unit_over() {
         let c = config(seed_formula());
         assert_eq!(
-            c.quote("FREE", &inputs("character_generation", 30, 512, 512, 1))
+            c.quote(Tier::Free, &inputs("character_generation", 30, 512, 512, 1))
                 .price,
             10
         );
         assert_eq!(
-            c.quote("FREE", &inputs("character_generation", 31, 512, 512, 1))
+            c.quote(Tier::Free, &inputs("character_generation", 31, 512, 512, 1))
                 .price,
             11
         );
         assert_eq!(
-            c.quote("FREE", &inputs("character_generation", 40, 512, 512, 1))
+            c.quote(Tier::Free, &inputs("character_generation", 40, 512, 512, 1))
                 .price,
             11
         );
         assert_eq!(
-            c.quote("FREE", &inputs("character_generation", 41, 512, 512, 1))
+            c.quote(Tier::Free, &inputs("character_generation", 41, 512, 512, 1))
                 .price,
             12
         );
         assert_eq!(
-            c.quote("FREE", &inputs("character_generation", 20, 512, 513, 1))
+            c.quote(Tier::Free, &inputs("character_generation", 20, 512, 513, 1))
                 .price,
             14
         );
         assert_eq!(
-            c.quote("FREE", &inputs("style_transfer", 20, 512, 512, 3))
+            c.quote(Tier::Free, &inputs("style_transfer", 20, 512, 512, 3))
                 .price,
             32
         );
@@ -459,18 +454,18 @@ mod tests {
     fn tier_multipliers_round_up_exactly() {
         let c = config(seed_formula());
         let base = inputs("character_generation", 20, 512, 512, 1);
-        assert_eq!(c.quote("PREMIUM", &base).price, 8);
-        assert_eq!(c.quote("PRO", &base).price, 6);
-        assert_eq!(c.quote("ENTERPRISE", &base).price, 4);
+        assert_eq!(c.quote(Tier::Premium, &base).price, 8);
+        assert_eq!(c.quote(Tier::Pro, &base).price, 6);
+        assert_eq!(c.quote(Tier::Enterprise, &base).price, 4);
         // 15 × 0.8 is 12 exactly, not 12.000000000000002 rounded up to 13.
         let fifteen = inputs("character_generation", 20, 512, 512, 1);
         let mut c15 = config(seed_formula());
         c15.base_cost = 15;
-        assert_eq!(c15.quote("PREMIUM", &fifteen).price, 12);
+        assert_eq!(c15.quote(Tier::Premium, &fifteen).price, 12);
         c15.base_cost = 11;
         // 11 × 0.6 = 6.6 → 7
-        assert_eq!(c15.quote("PRO", &fifteen).price, 7);
-        let quote = c15.quote("PRO", &fifteen);
+        assert_eq!(c15.quote(Tier::Pro, &fifteen).price, 7);
+        let quote = c15.quote(Tier::Pro, &fifteen);
         assert_eq!(quote.calculation["tier_multiplier"], 0.6);
         assert_eq!(quote.calculation["subtotal"], 11);
     }
@@ -479,17 +474,17 @@ mod tests {
     fn a_placeholder_costs_the_fallback_price_never_more_than_the_price() {
         let c = config(seed_formula());
         let base = inputs("character_generation", 20, 512, 512, 1);
-        assert_eq!(c.quote("FREE", &base).fallback_price, 0);
+        assert_eq!(c.quote(Tier::Free, &base).fallback_price, 0);
         let mut formula = seed_formula();
         formula["fallback_cost"] = json!(3);
         let c = config(formula.clone());
-        assert_eq!(c.quote("FREE", &base).fallback_price, 3);
+        assert_eq!(c.quote(Tier::Free, &base).fallback_price, 3);
         // ceil(3 × 0.6) = 2
-        assert_eq!(c.quote("PRO", &base).fallback_price, 2);
-        assert_eq!(c.quote("PRO", &base).calculation["fallback_price"], 2);
+        assert_eq!(c.quote(Tier::Pro, &base).fallback_price, 2);
+        assert_eq!(c.quote(Tier::Pro, &base).calculation["fallback_price"], 2);
         formula["fallback_cost"] = json!(500);
         let c = config(formula);
-        assert_eq!(c.quote("FREE", &base).fallback_price, 10);
+        assert_eq!(c.quote(Tier::Free, &base).fallback_price, 10);
         assert!(CostFormula::parse(&json!({"fallback_cost": -1})).is_err());
         assert!(CostFormula::parse(&json!({"fallback_cost": 100001})).is_err());
     }
@@ -515,14 +510,14 @@ mod tests {
     #[test]
     fn access_rules() {
         let mut c = config(seed_formula());
-        c.minimum_tier = Some("PRO".into());
-        assert!(c.check_access("PREMIUM", true).is_err());
-        assert!(c.check_access("PRO", true).is_ok());
-        assert!(c.check_access("ENTERPRISE", true).is_ok());
+        c.minimum_tier = Some(Tier::Pro);
+        assert!(c.check_access(Tier::Premium, true).is_err());
+        assert!(c.check_access(Tier::Pro, true).is_ok());
+        assert!(c.check_access(Tier::Enterprise, true).is_ok());
         c.minimum_tier = None;
         c.requires_subscription = true;
-        assert!(c.check_access("PRO", false).is_err());
-        assert!(c.check_access("FREE", true).is_ok());
+        assert!(c.check_access(Tier::Pro, false).is_err());
+        assert!(c.check_access(Tier::Free, true).is_ok());
     }
 
     #[test]

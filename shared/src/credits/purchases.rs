@@ -327,7 +327,7 @@ pub(crate) async fn create_purchase(
         return Ok(Claim::replay(status, body));
     }
     gifting::refuse_if_frozen(&tx, &user.id, "purchases").await?;
-    let package = offered_package(&tx, &request.package_id, &tier).await?;
+    let package = offered_package(&tx, &request.package_id, tier).await?;
     let provider = match payments.provider {
         PaymentProvider::Stripe => "stripe",
         PaymentProvider::Local => "local",
@@ -427,7 +427,7 @@ fn local_session(issuer: &str, order_id: &str) -> CheckoutSession {
 async fn offered_package(
     client: &impl GenericClient,
     package_id: &str,
-    tier: &str,
+    tier: crate::tier::Tier,
 ) -> Result<OfferedPackage, ApiError> {
     let row = client
         .query_opt(

@@ -28,18 +28,9 @@ use crate::error::{ApiError, FieldError};
 use crate::generator::MAX_OUTPUT_SIDE;
 use crate::input::{check, decode_strict, finish};
 use crate::queue::{JobQueue, OutgoingMessage};
+use crate::tier::Tier;
 use crate::users::User;
 use crate::users::fields::{STYLE_TYPES, one_of};
-
-/// Limits by tier: (max side in px, max batch, max priority, max queued + processing jobs).
-pub fn tier_limits(tier: &str) -> (i64, i64, i64, i64) {
-    match tier {
-        "ENTERPRISE" => (2048, 4, 10, 16),
-        "PRO" => (2048, 4, 9, 8),
-        "PREMIUM" => (1536, 2, 7, 4),
-        _ => (1024, 1, 5, 2),
-    }
-}
 
 /// The body of `POST /api/v1/characters/{id}/generate`; every field is optional.
 /// Caps by tier (FREE / PREMIUM / PRO / ENTERPRISE): longest side 1024 / 1536 /
@@ -144,8 +135,10 @@ impl GenerateBody {
     }
 
     /// Validates and caps the parameters for a user of `tier`.
-    pub fn validate(self, tier: &str, default_steps: i64) -> Result<GenerateParams, ApiError> {
-        let (max_side, max_batch, max_priority, _) = tier_limits(tier);
+    pub fn validate(self, tier: Tier, default_steps: i64) -> Result<GenerateParams, ApiError> {
+        let terms = tier.terms();
+        let (max_side, max_batch, max_priority) =
+            (terms.max_side_px, terms.max_batch_size, terms.max_priority);
         let mut errors: Vec<FieldError> = Vec::new();
         let job_type = match self.job_type {
             None => "character_generation".to_string(),
@@ -400,7 +393,7 @@ pub async fn record(
     input.width = width;
     input.height = height;
     let (tier, _) = engine::tier_of(user);
-    let (_, _, _, max_active) = tier_limits(&tier);
+    let max_active = tier.terms().max_active_jobs;
     let active: i64 = client
         .query_one(
             "SELECT count(*) FROM generation_jobs WHERE user_id = $1 AND status IN ('queued', 'processing')",
@@ -810,7 +803,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_in_and_tiers_cap() {
-        let params = body(json!({})).validate("FREE", 20).unwrap();
+        let params = body(json!({})).validate(Tier::Free, 20).unwrap();
         assert_eq!(
             (
                 params.size,
@@ -822,30 +815,42 @@ mod tests {
         );
         assert!(!params.dry_run);
         assert!(params.variant.is_none());
-        assert!(body(json!({"width": 2048})).validate("FREE", 20).is_err());
-        assert!(body(json!({"width": 2048})).validate("PRO", 20).is_ok());
-        assert!(body(json!({"batch_size": 2})).validate("FREE", 20).is_err());
+        assert!(
+            body(json!({"width": 2048}))
+                .validate(Tier::Free, 20)
+                .is_err()
+        );
+        assert!(body(json!({"width": 2048})).validate(Tier::Pro, 20).is_ok());
         assert!(
             body(json!({"batch_size": 2}))
-                .validate("PREMIUM", 20)
+                .validate(Tier::Free, 20)
+                .is_err()
+        );
+        assert!(
+            body(json!({"batch_size": 2}))
+                .validate(Tier::Premium, 20)
                 .is_ok()
         );
-        assert!(body(json!({"priority": 10})).validate("PRO", 20).is_err());
         assert!(
             body(json!({"priority": 10}))
-                .validate("ENTERPRISE", 20)
+                .validate(Tier::Pro, 20)
+                .is_err()
+        );
+        assert!(
+            body(json!({"priority": 10}))
+                .validate(Tier::Enterprise, 20)
                 .is_ok()
         );
-        assert!(body(json!({"width": 513})).validate("PRO", 20).is_err());
-        assert!(body(json!({"steps": 151})).validate("PRO", 20).is_err());
+        assert!(body(json!({"width": 513})).validate(Tier::Pro, 20).is_err());
+        assert!(body(json!({"steps": 151})).validate(Tier::Pro, 20).is_err());
         assert!(
             body(json!({"job_type": "teleport"}))
-                .validate("PRO", 20)
+                .validate(Tier::Pro, 20)
                 .is_err()
         );
         assert!(
             body(json!({"denoising_strength": 1.5}))
-                .validate("PRO", 20)
+                .validate(Tier::Pro, 20)
                 .is_err()
         );
         assert!(
@@ -864,7 +869,7 @@ mod tests {
     #[test]
     fn jobs_from_an_image_take_its_size_and_make_one_image() {
         let params = body(json!({"job_type": "upscale", "upscale_factor": 4}))
-            .validate("FREE", 20)
+            .validate(Tier::Free, 20)
             .unwrap();
         assert_eq!((params.size, params.upscale_factor), (None, 4));
         for job_type in [
@@ -874,18 +879,18 @@ mod tests {
             "background_removal",
         ] {
             let err = body(json!({"job_type": job_type, "width": 512}))
-                .validate("PRO", 20)
+                .validate(Tier::Pro, 20)
                 .unwrap_err();
             assert_eq!(field_of(err), ["width"], "{job_type}");
         }
         for job_type in ["upscale", "background_removal"] {
             let err = body(json!({"job_type": job_type, "batch_size": 2}))
-                .validate("PRO", 20)
+                .validate(Tier::Pro, 20)
                 .unwrap_err();
             assert_eq!(field_of(err), ["batch_size"], "{job_type}");
         }
         let err = body(json!({"source_image_id": "x"}))
-            .validate("PRO", 20)
+            .validate(Tier::Pro, 20)
             .unwrap_err();
         assert_eq!(field_of(err), ["source_image_id"]);
     }
@@ -893,11 +898,11 @@ mod tests {
     #[test]
     fn variants_say_what_they_change() {
         let params = body(json!({"job_type": "variation"}))
-            .validate("FREE", 20)
+            .validate(Tier::Free, 20)
             .unwrap();
         assert_eq!(params.variant.unwrap().variant_type, "variation");
         let params = body(json!({"job_type": "style_transfer", "style_type": "anime"}))
-            .validate("FREE", 20)
+            .validate(Tier::Free, 20)
             .unwrap();
         assert_eq!(params.variant.unwrap().variant_type, "style_transfer");
         let params = body(json!({
@@ -905,7 +910,7 @@ mod tests {
             "variant_type": "outfit_change",
             "changes": {"prompt": "  an elf in plate armour ", "name": "Aria, armoured", "tags": ["Armour"]}
         }))
-        .validate("FREE", 20)
+        .validate(Tier::Free, 20)
         .unwrap();
         let variant = params.variant.unwrap();
         assert_eq!(variant.variant_type, "outfit_change");
@@ -944,7 +949,7 @@ mod tests {
             ),
         ] {
             let err = GenerateBody::parse(request.as_object().cloned().unwrap())
-                .and_then(|b| b.validate("FREE", 20))
+                .and_then(|b| b.validate(Tier::Free, 20))
                 .unwrap_err();
             assert_eq!(field_of(err), [field], "{request}");
         }

@@ -115,7 +115,7 @@ pub(crate) async fn generate(
         .map(|row| row.try_get(0))
         .transpose()?
         .flatten();
-    let params = parsed.validate(&tier, i64::from(default_steps.unwrap_or(20)))?;
+    let params = parsed.validate(tier, i64::from(default_steps.unwrap_or(20)))?;
     if params.dry_run {
         // Exactly what the request would do, then undone: the preview and the
         // charge cannot disagree, and nothing is held, recorded or counted.

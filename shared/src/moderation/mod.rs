@@ -39,7 +39,6 @@
 
 pub mod characters;
 pub mod reports;
-pub mod tiers;
 pub mod users;
 
 use axum::Router;

@@ -2,7 +2,7 @@
 //! subscription dates and account status.
 //!
 //! A tier change sets `users.daily_quota` and `user_credits.daily_allowance`
-//! from [`super::tiers::TIER_ALLOWANCES`] in the same transaction; it posts no
+//! from the tier's terms ([`crate::tier`]) in the same transaction; it posts no
 //! ledger entry (the allowance is not balance). Account status:
 //! - `suspended`: the user can still sign in and read, but not generate,
 //!   publish (characters or collections), like, rate or report (403); their
@@ -30,19 +30,18 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
 use utoipa::{IntoParams, ToSchema};
 
-use super::tiers;
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::Balance;
 use crate::credits::admin::fields::{self, FieldResult, Fields, set};
 use crate::credits::admin::{Admin, changes as diff, path_id};
-use crate::credits::pricing::TIERS;
 use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::openapi::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
+use crate::tier::Tier;
 use crate::users::{self, USER_COLUMNS, User};
 
 /// The statuses an admin may set.
@@ -280,7 +279,7 @@ impl UserChanges {
         let mut changes = Self::default();
         set(
             &mut changes.subscription_tier,
-            f.value("subscription_tier", fields::one_of(&TIERS))
+            f.value("subscription_tier", fields::one_of(&Tier::NAMES))
                 .map(Some),
         );
         set(
@@ -324,7 +323,7 @@ pub struct UserPatch {
 }
 
 fn tier_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&TIERS, false, "The subscription tier.")
+    crate::openapi::string_enum(&Tier::NAMES, false, "The subscription tier.")
 }
 
 fn status_schema() -> utoipa::openapi::Object {
@@ -402,7 +401,8 @@ pub async fn apply(
     let entitlements = changes
         .subscription_tier
         .as_deref()
-        .and_then(tiers::allowance_of);
+        .and_then(Tier::parse)
+        .map(Tier::terms);
     let allowance_before: Option<i32> = client
         .query_opt(
             "SELECT daily_allowance FROM user_credits WHERE user_id = $1 FOR UPDATE",
@@ -430,7 +430,7 @@ pub async fn apply(
                 &changes.subscription_end_date.is_some(),
                 &end,
                 &changes.account_status,
-                &entitlements.map(|e| e.daily_quota),
+                &entitlements.map(|e| e.free_generations_per_day),
             ],
         )
         .await?;
@@ -441,11 +441,11 @@ pub async fn apply(
         client
             .execute(
                 "UPDATE user_credits SET daily_allowance = $2 WHERE user_id = $1",
-                &[&target_id, &entitlements.daily_allowance],
+                &[&target_id, &entitlements.allowance_credits_per_day],
             )
             .await?;
         if allowance_before.is_some() {
-            allowance_after = Some(entitlements.daily_allowance);
+            allowance_after = Some(entitlements.allowance_credits_per_day);
         }
     }
     let jobs_cancelled = if stops_generation {

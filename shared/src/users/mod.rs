@@ -20,7 +20,7 @@ pub struct User {
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
     /// `FREE`, `PREMIUM`, `PRO` or `ENTERPRISE`.
-    pub subscription_tier: Option<String>,
+    pub subscription_tier: Option<crate::tier::Tier>,
     pub subscription_start_date: Option<DateTime<Utc>>,
     pub subscription_end_date: Option<DateTime<Utc>>,
     pub daily_quota: i32,

@@ -15,6 +15,7 @@ use crate::credits::engine::tier_of;
 use crate::error::{ApiError, Problem};
 use crate::http::ApiQuery;
 use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::tier::Tier;
 
 /// The public face of a `credit_packages` row.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -42,7 +43,7 @@ pub struct Package {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PackageList {
     /// The tier the list was chosen for (a lapsed subscription counts as FREE).
-    tier: String,
+    tier: Tier,
     /// By `display_order` (unset last), then price.
     items: Vec<Package>,
 }
@@ -77,7 +78,7 @@ pub(crate) async fn list(
     let tier = viewer
         .as_ref()
         .map(|user| tier_of(user).0)
-        .unwrap_or_else(|| "FREE".to_string());
+        .unwrap_or_default();
     // Unset flags fail closed: NULL is_available or target_tiers sells nothing.
     let rows = client
         .query(

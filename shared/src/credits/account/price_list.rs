@@ -24,6 +24,7 @@ use crate::credits::pricing::{CostFormula, PriceConfig, PriceInputs};
 use crate::error::{ApiError, Problem};
 use crate::http::ApiQuery;
 use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::tier::Tier;
 use crate::users::User;
 
 /// The request every price in the list is quoted for.
@@ -42,7 +43,7 @@ pub(crate) struct PriceList {
     /// Whether the list was computed for a signed-in account (else as for anonymous callers).
     signed_in: bool,
     /// The tier prices are computed for (anonymous and lapsed subscriptions: FREE).
-    tier: String,
+    tier: Tier,
     /// Whether the caller has an active subscription.
     subscribed: bool,
     /// The request every `price` is quoted for.
@@ -73,7 +74,7 @@ struct Limits {
     rate_limit_per_minute: Option<i32>,
     requires_subscription: bool,
     /// `FREE`, `PREMIUM`, `PRO` or `ENTERPRISE` (`null`: any tier).
-    minimum_tier: Option<String>,
+    minimum_tier: Option<Tier>,
 }
 
 /// One rate-limit window: read, never counted, by this route.
@@ -145,7 +146,7 @@ struct PricedEndpoint {
     /// every started `every` above `over`).
     #[schema(value_type = Option<Object>)]
     cost_formula: Option<CostFormula>,
-    tier: String,
+    tier: Tier,
     /// The caller's tier's multiplier (1 for a tier the config does not list).
     tier_multiplier: f64,
     /// The price of the default request for the caller's tier.
@@ -252,10 +253,7 @@ pub(crate) async fn show(
 ) -> Result<Json<PriceList>, ApiError> {
     let mut client = state.db.get().await?;
     let user = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
-    let (tier, subscribed) = user
-        .as_ref()
-        .map(tier_of)
-        .unwrap_or_else(|| ("FREE".to_string(), false));
+    let (tier, subscribed) = user.as_ref().map(tier_of).unwrap_or((Tier::Free, false));
     let client: &mut tokio_postgres::Client = &mut client;
     // The balance read resets the daily counters lazily: a transaction, as the system role.
     let tx = client.transaction().await?;
@@ -283,7 +281,7 @@ pub(crate) async fn show(
         .map(|config| {
             priced(
                 config,
-                &tier,
+                tier,
                 subscribed,
                 &request,
                 buckets,
@@ -303,7 +301,7 @@ pub(crate) async fn show(
 
 fn priced(
     config: &PriceConfig,
-    tier: &str,
+    tier: Tier,
     subscribed: bool,
     request: &PriceInputs,
     buckets: Option<Buckets>,
@@ -336,7 +334,7 @@ fn priced(
         category: config.category.clone(),
         base_cost: config.base_cost,
         cost_formula: config.cost_formula.clone(),
-        tier: tier.to_string(),
+        tier,
         tier_multiplier: config.tier_multipliers.for_tier(tier) as f64 / 1000.0,
         price: quote.price,
         cost_calculation: quote.calculation,
@@ -346,7 +344,7 @@ fn priced(
             daily_limit: config.daily_limit,
             rate_limit_per_minute: config.rate_limit_per_minute,
             requires_subscription: config.requires_subscription,
-            minimum_tier: config.minimum_tier.clone(),
+            minimum_tier: config.minimum_tier,
         },
         usage,
         can_call_now,

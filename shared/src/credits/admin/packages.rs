@@ -16,7 +16,6 @@ use super::fields::{self, FieldResult, Fields, set};
 use super::{Admin, changes, path_id};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
-use crate::credits::pricing::{TIERS, tier_rank};
 use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::openapi::{
@@ -24,6 +23,7 @@ use crate::openapi::{
     UnsupportedMediaType, ValidationFailed,
 };
 use crate::pagination::{self, Page};
+use crate::tier::Tier;
 use crate::users;
 
 pub const PACKAGE_TYPES: [&str; 3] = ["one_time", "subscription_bonus", "promotional"];
@@ -160,7 +160,7 @@ impl PackageValues {
             price_currency: Some("USD".into()),
             discount_percentage: Some(0),
             is_available: Some(true),
-            target_tiers: Some(TIERS.iter().map(|t| t.to_string()).collect()),
+            target_tiers: Some(Tier::NAMES.iter().map(|t| t.to_string()).collect()),
             promotion_start_date: None,
             promotion_end_date: None,
             package_type: Some("one_time".into()),
@@ -327,21 +327,24 @@ pub fn target_tiers(field: &str, value: &Value) -> FieldResult<Vec<String>> {
     let items = value.as_array().ok_or_else(|| {
         FieldError::new(
             field,
-            format!("must be a list of tiers ({})", TIERS.join(", ")),
+            format!("must be a list of tiers ({})", Tier::NAMES.join(", ")),
         )
     })?;
-    let mut tiers: Vec<String> = Vec::new();
+    let mut tiers: Vec<Tier> = Vec::new();
     for item in items {
-        let tier = item.as_str().filter(|t| TIERS.contains(t)).ok_or_else(|| {
-            FieldError::new(field, format!("may only list tiers ({})", TIERS.join(", ")))
+        let tier = item.as_str().and_then(Tier::parse).ok_or_else(|| {
+            FieldError::new(
+                field,
+                format!("may only list tiers ({})", Tier::NAMES.join(", ")),
+            )
         })?;
-        if tiers.iter().any(|t| t == tier) {
+        if tiers.contains(&tier) {
             return Err(FieldError::new(field, format!("lists {tier} twice")));
         }
-        tiers.push(tier.to_string());
+        tiers.push(tier);
     }
-    tiers.sort_by_key(|t| tier_rank(t));
-    Ok(tiers)
+    tiers.sort();
+    Ok(tiers.iter().map(|t| t.as_str().to_string()).collect())
 }
 
 /// `#rgb` or `#rrggbb`.
@@ -485,8 +488,8 @@ fn price_schema() -> utoipa::openapi::Object {
 
 fn target_tiers_schema() -> utoipa::openapi::Array {
     let mut schema = crate::openapi::array_of(
-        crate::openapi::enum_item(&TIERS),
-        TIERS.len(),
+        crate::openapi::enum_item(&Tier::NAMES),
+        Tier::NAMES.len(),
         false,
         "The tiers the package is sold to, each once (default all); not `null`.",
     );

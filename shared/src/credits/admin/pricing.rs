@@ -23,7 +23,7 @@ use super::{Admin, changes, path_id};
 use crate::activity::{self, Activity};
 use crate::app::AppState;
 use crate::credits::pricing::{
-    CHARGEABLE_ENDPOINTS, CostFormula, TIERS, TierMultipliers, chargeable_endpoint,
+    CHARGEABLE_ENDPOINTS, CostFormula, TierMultipliers, chargeable_endpoint,
 };
 use crate::error::{ApiError, FieldError, Problem};
 use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
@@ -32,6 +32,7 @@ use crate::openapi::{
     UnsupportedMediaType, ValidationFailed,
 };
 use crate::pagination::{self, Page};
+use crate::tier::Tier;
 use crate::users;
 
 pub const HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -63,7 +64,17 @@ pub const MAX_PATTERN_LEN: usize = 200;
 /// The column default of `tier_multipliers` (V1), used when a new config
 /// does not say.
 pub fn default_tier_multipliers() -> Value {
-    json!({"FREE": 1.0, "PREMIUM": 0.8, "PRO": 0.6, "ENTERPRISE": 0.4})
+    Value::Object(
+        Tier::ALL
+            .iter()
+            .map(|tier| {
+                (
+                    tier.as_str().to_string(),
+                    json!(tier.terms().default_multiplier),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// An `api_credit_configs` row: the price of one route.
@@ -267,7 +278,7 @@ impl PricingValues {
         );
         set(
             &mut self.minimum_tier,
-            f.nullable("minimum_tier", fields::one_of(&TIERS)),
+            f.nullable("minimum_tier", fields::one_of(&Tier::NAMES)),
         );
         set(&mut self.is_enabled, f.value("is_enabled", fields::boolean));
         set(
@@ -486,7 +497,7 @@ fn http_method_schema() -> utoipa::openapi::Object {
 
 fn minimum_tier_schema() -> utoipa::openapi::Object {
     crate::openapi::string_enum(
-        &TIERS,
+        &Tier::NAMES,
         true,
         "The lowest tier that may call the route (403 below it); `null` or absent: any tier.",
     )
