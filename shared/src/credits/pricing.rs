@@ -133,14 +133,8 @@ pub struct CostFormula {
     pub fallback_cost: Option<i32>,
 }
 
-/// Job types a formula may price.
-pub const JOB_TYPES: [&str; 5] = [
-    "character_generation",
-    "style_transfer",
-    "upscale",
-    "variation",
-    "background_removal",
-];
+/// Job types a formula may price: every one.
+pub const JOB_TYPES: [&str; 5] = crate::generator::JobType::NAMES;
 
 impl CostFormula {
     /// Parses and validates a formula as an admin writes it.

@@ -74,19 +74,35 @@ impl JobType {
         JobType::BackgroundRemoval,
     ];
 
+    /// The stored names, in the order of [`Self::ALL`].
+    pub const NAMES: [&'static str; 5] = [
+        "character_generation",
+        "style_transfer",
+        "upscale",
+        "variation",
+        "background_removal",
+    ];
+
     /// The name stored in `generation_jobs.job_type`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            JobType::CharacterGeneration => "character_generation",
-            JobType::StyleTransfer => "style_transfer",
-            JobType::Upscale => "upscale",
-            JobType::Variation => "variation",
-            JobType::BackgroundRemoval => "background_removal",
-        }
+        Self::NAMES[self as usize]
     }
 
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// Whether the job starts from one of the character's images (all but a
+    /// generation).
+    pub fn needs_image(self) -> bool {
+        self != JobType::CharacterGeneration
+    }
+
+    /// Whether the job makes exactly one image and runs no sampler, so that
+    /// neither `batch_size` nor `steps` applies (upscales and background
+    /// removal).
+    pub fn is_single_pass(self) -> bool {
+        matches!(self, JobType::Upscale | JobType::BackgroundRemoval)
     }
 }
 
@@ -486,7 +502,18 @@ mod tests {
         assert_eq!(JobType::parse("Upscale"), None);
         // The same names the credit engine prices.
         let names: Vec<&str> = JobType::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(names, crate::credits::pricing::JOB_TYPES);
+        assert_eq!(names, JobType::NAMES);
+        let from_image: Vec<JobType> = JobType::ALL
+            .into_iter()
+            .filter(|t| t.needs_image())
+            .collect();
+        assert_eq!(from_image.len(), 4);
+        assert!(!from_image.contains(&JobType::CharacterGeneration));
+        let single: Vec<JobType> = JobType::ALL
+            .into_iter()
+            .filter(|t| t.is_single_pass())
+            .collect();
+        assert_eq!(single, [JobType::Upscale, JobType::BackgroundRemoval]);
     }
 
     #[test]

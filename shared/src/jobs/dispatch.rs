@@ -25,7 +25,7 @@ use crate::credits::engine;
 use crate::credits::holds;
 use crate::credits::pricing::{GENERATE, PriceInputs};
 use crate::error::{ApiError, FieldError};
-use crate::generator::MAX_OUTPUT_SIDE;
+use crate::generator::{JobType, MAX_OUTPUT_SIDE};
 use crate::input::{check, decode_strict, finish};
 use crate::queue::{JobQueue, OutgoingMessage};
 use crate::tier::Tier;
@@ -103,7 +103,7 @@ pub const VARIATION_TYPES: [&str; 4] = [
 /// Validated, resolved generation parameters.
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
-    pub job_type: String,
+    pub job_type: JobType,
     /// `None` for jobs that take their size from the source image.
     pub size: Option<(i64, i64)>,
     pub steps: i64,
@@ -140,17 +140,20 @@ impl GenerateBody {
         let (max_side, max_batch, max_priority) =
             (terms.max_side_px, terms.max_batch_size, terms.max_priority);
         let mut errors: Vec<FieldError> = Vec::new();
+        // `None` once refused: the request fails, and no other check assumes a type.
         let job_type = match self.job_type {
-            None => "character_generation".to_string(),
-            Some(t) => check(&mut errors, one_of("job_type", &t, &JOB_TYPES)).unwrap_or_default(),
+            None => Some(JobType::CharacterGeneration),
+            Some(t) => check(&mut errors, one_of("job_type", &t, &JOB_TYPES))
+                .and_then(|t| JobType::parse(&t)),
         };
-        let from_image = needs_image(&job_type);
+        let from_image = job_type.is_some_and(JobType::needs_image);
+        let named = job_type.map(JobType::as_str).unwrap_or_default();
         let size = if from_image {
             for (field, given) in [("width", self.width), ("height", self.height)] {
                 if given.is_some() {
                     errors.push(FieldError::new(
                         field,
-                        format!("is the source image's for {job_type}; leave it out"),
+                        format!("is the source image's for {named}; leave it out"),
                     ));
                 }
             }
@@ -178,14 +181,14 @@ impl GenerateBody {
             value
         };
         let steps = ranged("steps", self.steps.unwrap_or(default_steps), 1, 150, "");
-        let single = matches!(job_type.as_str(), "upscale" | "background_removal");
+        let single = job_type.is_some_and(JobType::is_single_pass);
         let batch_size = if single {
             ranged(
                 "batch_size",
                 self.batch_size.unwrap_or(1),
                 1,
                 1,
-                &format!(" for {job_type}"),
+                &format!(" for {named}"),
             )
         } else {
             ranged(
@@ -223,10 +226,10 @@ impl GenerateBody {
                 "only jobs that start from an image take one",
             ));
         }
-        let variant = variant_request(&job_type, self.variant_type, self.changes, &mut errors);
+        let variant = variant_request(job_type, self.variant_type, self.changes, &mut errors);
         finish(
             GenerateParams {
-                job_type,
+                job_type: job_type.unwrap_or(JobType::CharacterGeneration),
                 size,
                 steps,
                 batch_size,
@@ -247,14 +250,14 @@ impl GenerateBody {
 /// The variant a `variation` or `style_transfer` makes; other job types take
 /// neither `variant_type` nor `changes`.
 fn variant_request(
-    job_type: &str,
+    job_type: Option<JobType>,
     variant_type: Option<String>,
     changes: Option<Map<String, Value>>,
     errors: &mut Vec<FieldError>,
 ) -> Option<VariantRequest> {
     let allowed: &[&str] = match job_type {
-        "variation" => &VARIATION_TYPES,
-        "style_transfer" => &["style_transfer"],
+        Some(JobType::Variation) => &VARIATION_TYPES,
+        Some(JobType::StyleTransfer) => &["style_transfer"],
         _ => {
             for (field, given) in [
                 ("variant_type", variant_type.is_some()),
@@ -320,14 +323,6 @@ fn variant_request(
     })
 }
 
-/// Job types that start from one of the character's images.
-pub fn needs_image(job_type: &str) -> bool {
-    matches!(
-        job_type,
-        "style_transfer" | "upscale" | "variation" | "background_removal"
-    )
-}
-
 /// The columns of the character a job reads, by name.
 const CHARACTER_FOR_JOB: &str = "user_id, is_public, name, description, prompt, negative_prompt, style_type, \
     art_style, mood, color_palette, model_version, sampler, cfg_scale::float8 AS cfg_scale, generation_seed, tags, \
@@ -385,11 +380,11 @@ pub async fn record(
             content_filter::check(level, field, text)?;
         }
     }
-    if needs_image(&params.job_type) {
+    if params.job_type.needs_image() {
         let primary: Option<String> = character.try_get("primary_image_id")?;
         input.source = Some(source_image(client, character_id, params, primary).await?);
     }
-    let (width, height) = output_size(&params.job_type, &input, params)?;
+    let (width, height) = output_size(params.job_type, &input, params)?;
     input.width = width;
     input.height = height;
     let (tier, _) = engine::tier_of(user);
@@ -423,7 +418,7 @@ pub async fn record(
                 "INSERT INTO generation_jobs (user_id, character_id, job_type, input_parameters, priority, \
                    cost_credits, status) VALUES ($1, $2, $3, $4, $5, $6, 'queued') RETURNING {JOB_COLUMNS}"
             ),
-            &[&user.id, &character_id, &params.job_type, &input.to_value(), &priority, &quote.price],
+            &[&user.id, &character_id, &params.job_type.as_str(), &input.to_value(), &priority, &quote.price],
         )
         .await?;
     let job = Job::from_row(&row)?;
@@ -563,7 +558,7 @@ async fn source_image(
 /// (an image from before V15 that the backfill could not size) counts as
 /// 512 × 512.
 fn output_size(
-    job_type: &str,
+    job_type: JobType,
     input: &GenerationInput,
     params: &GenerateParams,
 ) -> Result<(i64, i64), ApiError> {
@@ -575,7 +570,7 @@ fn output_size(
         source.and_then(|s| s.width).unwrap_or(512),
         source.and_then(|s| s.height).unwrap_or(512),
     );
-    if job_type != "upscale" {
+    if job_type != JobType::Upscale {
         return Ok((w, h));
     }
     let (w, h) = (w * params.upscale_factor, h * params.upscale_factor);
@@ -596,9 +591,9 @@ fn output_size(
 /// What the pricing formula sees: the output's size; steps only where a
 /// sampler runs (not for upscales and background removal).
 fn price_inputs(params: &GenerateParams, input: &GenerationInput) -> PriceInputs {
-    let samples = !matches!(params.job_type.as_str(), "upscale" | "background_removal");
+    let samples = !params.job_type.is_single_pass();
     PriceInputs {
-        job_type: Some(params.job_type.clone()),
+        job_type: Some(params.job_type.as_str().to_string()),
         steps: samples.then_some(params.steps),
         width: Some(input.width),
         height: Some(input.height),

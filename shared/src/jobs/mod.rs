@@ -93,4 +93,4 @@ pub struct JobMessage {
     pub job_id: String,
 }
 
-pub const JOB_TYPES: [&str; 5] = crate::credits::pricing::JOB_TYPES;
+pub const JOB_TYPES: [&str; 5] = crate::generator::JobType::NAMES;
