@@ -137,6 +137,7 @@ impl LocalStack {
         };
         let issuer = DevIssuer::new(signing_key, issuer_url.clone(), LOCAL_AUDIENCE);
         let config = local_config(&database.url, &issuer_url)?;
+        shared::metrics::init(&config.metrics);
         let mut state = AppState::from_config(config).await?;
         let store = Arc::new(LocalObjectStore::new(
             options.data_dir.join("objects"),
@@ -312,5 +313,7 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
         },
         retention: shared::config::RetentionConfig::from_lookup(|name| std::env::var(name).ok())?,
         log_format: LogFormat::Text,
+        // Off unless METRICS=emf: the local stack's stdout is a terminal.
+        metrics: shared::metrics::MetricsConfig::from_lookup(|name| std::env::var(name).ok())?,
     })
 }

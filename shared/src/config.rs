@@ -807,8 +807,12 @@ pub struct Config {
     pub queue: QueueConfig,
     pub worker: WorkerConfig,
     pub retention: RetentionConfig,
-    /// `LOG_FORMAT`: `json` or `text`; JSON by default inside Lambda.
+    /// `LOG_FORMAT`: `json` or `text`; unset, Lambda's `AWS_LAMBDA_LOG_FORMAT`
+    /// (`JSON` or `Text`, the function's log-format control); unset too, JSON
+    /// inside Lambda and text elsewhere.
     pub log_format: LogFormat,
+    /// `METRICS`, `METRICS_NAMESPACE` (see [`crate::metrics`]).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 pub const DEFAULT_EMAIL_CLAIM: &str = "https://characters.app/email";
@@ -981,11 +985,22 @@ impl Config {
         let worker = WorkerConfig::from_lookup(&get)?;
         let retention = RetentionConfig::from_lookup(&lookup)?;
 
+        // Lambda sets AWS_LAMBDA_LOG_FORMAT from the function's logging
+        // configuration; a value it may add later leaves the default.
+        let lambda_format =
+            get("AWS_LAMBDA_LOG_FORMAT").and_then(|v| match v.to_ascii_lowercase().as_str() {
+                "json" => Some(LogFormat::Json),
+                "text" => Some(LogFormat::Text),
+                _ => None,
+            });
         let log_format = match get("LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
-            None if get("AWS_LAMBDA_FUNCTION_NAME").is_some() => LogFormat::Json,
-            None => LogFormat::Text,
+            None => match lambda_format {
+                Some(format) => format,
+                None if get("AWS_LAMBDA_FUNCTION_NAME").is_some() => LogFormat::Json,
+                None => LogFormat::Text,
+            },
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     name: "LOG_FORMAT",
@@ -1008,6 +1023,7 @@ impl Config {
             worker,
             retention,
             log_format,
+            metrics: crate::metrics::MetricsConfig::from_lookup(&lookup)?,
         })
     }
 }
@@ -1387,5 +1403,53 @@ mod tests {
         let mut pairs = MINIMAL.to_vec();
         pairs.push(("AWS_LAMBDA_FUNCTION_NAME", "auth"));
         assert_eq!(config(&pairs).unwrap().log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn log_format_is_log_format_then_lambdas_control_then_where_it_runs() {
+        let format = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.extend_from_slice(extra);
+            config(&pairs).unwrap().log_format
+        };
+        let lambda = ("AWS_LAMBDA_FUNCTION_NAME", "auth");
+        assert_eq!(
+            format(&[lambda, ("AWS_LAMBDA_LOG_FORMAT", "Text")]),
+            LogFormat::Text
+        );
+        assert_eq!(
+            format(&[lambda, ("AWS_LAMBDA_LOG_FORMAT", "JSON")]),
+            LogFormat::Json
+        );
+        assert_eq!(
+            format(&[("AWS_LAMBDA_LOG_FORMAT", "JSON")]),
+            LogFormat::Json
+        );
+        assert_eq!(
+            format(&[
+                lambda,
+                ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+                ("LOG_FORMAT", "text")
+            ]),
+            LogFormat::Text
+        );
+        assert_eq!(
+            format(&[("AWS_LAMBDA_LOG_FORMAT", "Text"), ("LOG_FORMAT", "json")]),
+            LogFormat::Json
+        );
+        // An unknown value is Lambda's to have set: the default stays.
+        assert_eq!(
+            format(&[lambda, ("AWS_LAMBDA_LOG_FORMAT", "xml")]),
+            LogFormat::Json
+        );
+        assert_eq!(format(&[("AWS_LAMBDA_LOG_FORMAT", "xml")]), LogFormat::Text);
+    }
+
+    #[test]
+    fn metrics_are_configured_with_the_rest() {
+        assert!(!config(&MINIMAL).unwrap().metrics.enabled);
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("METRICS", "sometimes"));
+        assert!(config(&pairs).unwrap_err().to_string().contains("METRICS"));
     }
 }

@@ -328,6 +328,19 @@ pub fn database_unavailable(err: &tokio_postgres::Error) -> bool {
     .any(|kind| text.starts_with(kind))
 }
 
+/// Whether a pool error means the database could not be reached, and how:
+/// connecting (or checking a recycled connection) failed or timed out, or the
+/// pool is closed. `None` for a pool merely busy (every connection in use).
+pub fn pool_unavailable(err: &deadpool_postgres::PoolError) -> Option<&'static str> {
+    use deadpool_postgres::{PoolError, TimeoutType};
+    match err {
+        PoolError::Timeout(TimeoutType::Create | TimeoutType::Recycle) => Some("pool_timeout"),
+        PoolError::Closed => Some("pool_closed"),
+        PoolError::Backend(e) if database_unavailable(e) => Some("connection"),
+        _ => None,
+    }
+}
+
 /// The 503 a database outage answers.
 fn database_outage() -> ApiError {
     ApiError::ServiceUnavailable {
@@ -341,6 +354,7 @@ impl From<tokio_postgres::Error> for ApiError {
         use tokio_postgres::error::SqlState;
         if database_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
+            crate::metrics::database_connection_error("connection");
             return database_outage();
         }
         match err.code() {
@@ -395,6 +409,11 @@ impl From<tokio_postgres::Error> for ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
+        // A backend error counts itself when it becomes an ApiError below.
+        if let Some(kind) = pool_unavailable(&err).filter(|kind| *kind != "connection") {
+            tracing::warn!(error = %err, "database unavailable");
+            crate::metrics::database_connection_error(kind);
+        }
         match err {
             deadpool_postgres::PoolError::Timeout(_) => Self::ServiceUnavailable {
                 detail: "the database is busy; retry shortly".into(),

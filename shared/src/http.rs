@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::telemetry::Invocation;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -24,7 +25,12 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub struct RequestId(pub String);
 
 /// Middleware: assigns the request id, runs the request inside a span naming
-/// it, and echoes it in the response's `x-request-id`.
+/// it (and, in Lambda, the invocation: `lambda_request_id`, `xray_trace_id`),
+/// echoes it in the response's `x-request-id`, and counts 4xx and 5xx answers
+/// by route ([`crate::metrics::http_error`]).
+///
+/// It wraps every route (`Router::layer`), so the matched route template is
+/// known here; the fallbacks have none.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = gateway_context(request.extensions())
         .and_then(|c| c.request_id.clone())
@@ -38,9 +44,35 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| tracing::info!(status = response.status().as_u16(), "served"));
+    let invocation = request
+        .extensions()
+        .lambda_context_ref()
+        .map(Invocation::from_context)
+        .unwrap_or_default();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        lambda_request_id = invocation.request_id(),
+        xray_trace_id = invocation.trace_id(),
+        method = %method,
+        route = route.as_deref(),
+        path = %request.uri().path(),
+    );
+    let mut response = invocation
+        .scope(async {
+            let response = next.run(request).await;
+            let status = response.status().as_u16();
+            tracing::info!(status, "served");
+            crate::metrics::http_error(&method, route.as_deref(), status);
+            response
+        })
+        .instrument(span)
+        .await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

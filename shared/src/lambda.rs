@@ -3,8 +3,10 @@
 use axum::Router;
 
 use crate::app::AppState;
+use tracing::Instrument;
+
 use crate::config::Config;
-use crate::telemetry;
+use crate::telemetry::{self, Invocation};
 
 /// The configuration of a Lambda function: the environment, plus the secrets
 /// it names by ARN fetched from Secrets Manager (see [`crate::secrets`]),
@@ -27,6 +29,7 @@ pub async fn load_config() -> Result<(Config, Option<aws_config::SdkConfig>), la
 async fn init() -> Result<AppState, lambda_runtime::Error> {
     let (config, sdk_config) = load_config().await?;
     telemetry::init(config.log_format);
+    crate::metrics::init(&config.metrics);
     Ok(AppState::from_config_with_sdk(config, sdk_config).await?)
 }
 
@@ -51,9 +54,22 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
             let state = state.clone();
             async move {
                 let task = event.payload.detail_type.clone();
-                let report =
-                    crate::scheduler::run(&task, &state.db, state.queue.as_deref(), &state.config)
-                        .await?;
+                let invocation = Invocation::from_context(&event.context);
+                let span = tracing::info_span!(
+                    "task",
+                    lambda_request_id = invocation.request_id(),
+                    xray_trace_id = invocation.trace_id(),
+                    task = %task,
+                );
+                let report = invocation
+                    .scope(crate::scheduler::run(
+                        &task,
+                        &state.db,
+                        state.queue.as_deref(),
+                        &state.config,
+                    ))
+                    .instrument(span)
+                    .await?;
                 Ok::<_, lambda_runtime::Error>(report)
             }
         },
@@ -102,7 +118,10 @@ pub async fn run_worker() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();
         async move {
-            Ok::<SqsBatchResponse, lambda_runtime::Error>(worker.handle_batch(event.payload).await)
+            // The batch and message spans name the invocation (see `handle_batch`).
+            let invocation = Invocation::from_context(&event.context);
+            let response = invocation.scope(worker.handle_batch(event.payload)).await;
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(response)
         }
     }))
     .await

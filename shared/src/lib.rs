@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod input;
 pub mod jobs;
 pub mod lambda;
+pub mod metrics;
 pub mod moderation;
 pub mod openapi;
 pub mod pagination;

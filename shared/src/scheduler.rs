@@ -82,6 +82,7 @@ impl From<ApiError> for TaskError {
 impl From<tokio_postgres::Error> for TaskError {
     fn from(err: tokio_postgres::Error) -> Self {
         if crate::error::database_unavailable(&err) {
+            crate::metrics::database_connection_error("connection");
             Self::Retryable(err.to_string())
         } else {
             Self::Failed(err.to_string())

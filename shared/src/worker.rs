@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
+use tracing::Instrument;
 
 use crate::config::WorkerConfig;
 use crate::credits::holds::{self, Delivery};
@@ -34,6 +35,7 @@ use crate::jobs::input::GenerationInput;
 use crate::jobs::{JOB_COLUMNS, Job, JobMessage};
 use crate::queue::JobQueue;
 use crate::storage::{ObjectStore, StorageError};
+use crate::telemetry::Invocation;
 
 /// Longest side of a thumbnail.
 pub const THUMBNAIL_SIDE: u32 = 256;
@@ -75,6 +77,19 @@ enum WorkerError {
     Storage(#[from] StorageError),
 }
 
+impl WorkerError {
+    /// How the database could not be reached, if that is what this is.
+    fn database_unavailable(&self) -> Option<&'static str> {
+        match self {
+            Self::Database(e) | Self::Ledger(crate::credits::ledger::LedgerError::Database(e)) => {
+                crate::error::database_unavailable(e).then_some("connection")
+            }
+            Self::Pool(e) => crate::error::pool_unavailable(e),
+            _ => None,
+        }
+    }
+}
+
 /// A claimed job and what it renders.
 struct Claimed {
     job: Job,
@@ -98,19 +113,49 @@ impl Worker {
     /// `ReportBatchItemFailures`) after their visibility is set to the
     /// backoff, the rest are deleted by Lambda.
     pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
+        // In Lambda the function runs this inside its invocation's scope: the
+        // batch and message spans carry its ids, so every line logged names it.
+        let invocation = Invocation::current();
+        let span = tracing::info_span!(
+            "batch",
+            lambda_request_id = invocation.request_id(),
+            xray_trace_id = invocation.trace_id(),
+            messages = event.records.len(),
+        );
+        self.handle_records(&event, &invocation)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_records(&self, event: &SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
         let mut failures = Vec::new();
         for record in &event.records {
-            match self.handle_message(record).await {
+            let span = tracing::info_span!(
+                "message",
+                lambda_request_id = invocation.request_id(),
+                xray_trace_id = invocation.trace_id(),
+                message_id = record.message_id.as_deref(),
+                job_id = tracing::field::Empty,
+            );
+            let processed = self.handle_message(record).instrument(span.clone()).await;
+            match processed {
                 Processed::Acknowledge(_) => {}
                 Processed::Retry { reason, after } => {
-                    tracing::warn!(message_id = ?record.message_id, %reason, retry_in_s = after.as_secs(), "job will be retried");
-                    self.back_off(record, after).await;
+                    span.in_scope(|| {
+                        tracing::warn!(%reason, retry_in_s = after.as_secs(), "job will be retried");
+                    });
+                    self.back_off(record, after).instrument(span).await;
                     let mut failure = BatchItemFailure::default();
                     failure.item_identifier = record.message_id.clone().unwrap_or_default();
                     failures.push(failure);
                 }
             }
         }
+        tracing::info!(
+            messages = event.records.len(),
+            retried = failures.len(),
+            "batch handled"
+        );
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failures;
         response
@@ -134,9 +179,10 @@ impl Worker {
             .and_then(|body| serde_json::from_str::<JobMessage>(body).ok())
         else {
             // It can never succeed: drop it rather than feed it to the DLQ in a loop.
-            tracing::error!(message_id = ?record.message_id, "unreadable job message dropped");
+            tracing::error!("unreadable job message dropped");
             return Processed::Acknowledge("unreadable message");
         };
+        tracing::Span::current().record("job_id", message.job_id.as_str());
         let receives = record
             .attributes
             .get("ApproximateReceiveCount")
@@ -145,10 +191,15 @@ impl Worker {
         match self.process(&message.job_id).await {
             Ok(processed) => processed,
             // The database or storage failed us: the message comes back later.
-            Err(e) => Processed::Retry {
-                reason: e.to_string(),
-                after: self.settings.retry_delay(receives),
-            },
+            Err(e) => {
+                if let Some(kind) = e.database_unavailable() {
+                    crate::metrics::database_connection_error(kind);
+                }
+                Processed::Retry {
+                    reason: e.to_string(),
+                    after: self.settings.retry_delay(receives),
+                }
+            }
         }
     }
 
@@ -190,16 +241,16 @@ impl Worker {
             }
         };
         let (progress, updates) = crate::generator::ProgressReporter::channel();
-        let tracker = tokio::spawn(track_progress(
-            self.db.clone(),
-            claimed.job.id.clone(),
-            updates,
-        ));
+        let tracker = tokio::spawn(
+            track_progress(self.db.clone(), claimed.job.id.clone(), updates).in_current_span(),
+        );
+        let render_started = Instant::now();
         let generated = tokio::time::timeout(
             self.settings.job_timeout,
             self.generator.generate(&request, &progress),
         )
         .await;
+        let render_time = render_started.elapsed();
         drop(progress);
         tracker.abort();
         let outcome = match generated {
@@ -236,7 +287,14 @@ impl Worker {
             .complete(&claimed, &input, &stored, &outcome, started.elapsed())
             .await;
         match completed {
-            Ok(Completion::Completed) => Ok(Processed::Acknowledge("completed")),
+            Ok(Completion::Completed) => {
+                crate::metrics::job_completed(
+                    &claimed.job.job_type,
+                    outcome.provider(),
+                    render_time,
+                );
+                Ok(Processed::Acknowledge("completed"))
+            }
             Ok(Completion::Abandoned(why)) => {
                 // Cancelled, timed out or its character deleted while rendering: keep nothing.
                 self.delete_objects(&stored).await;
@@ -264,7 +322,8 @@ impl Worker {
                 &format!(
                     "UPDATE generation_jobs SET status = 'processing', started_at = now(), attempts = attempts + 1, \
                        timeout_at = now() + make_interval(secs => $2) \
-                     WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}, attempts"
+                     WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}, attempts, \
+                       (extract(epoch FROM now() - coalesce(enqueued_at, queued_at)) * 1000)::float8 AS queue_wait_ms"
                 ),
                 &[&job_id, &self.settings.job_timeout.as_secs_f64()],
             )
@@ -274,6 +333,7 @@ impl Worker {
         };
         let job = Job::from_row(&row)?;
         let attempts: i32 = row.try_get("attempts")?;
+        let queue_wait_ms: Option<f64> = row.try_get("queue_wait_ms")?;
         if let Some(character_id) = &job.character_id {
             tx.execute(
                 "UPDATE characters SET generation_status = 'processing', processing_started_at = now() WHERE id = $1",
@@ -282,6 +342,12 @@ impl Worker {
             .await?;
         }
         tx.commit().await?;
+        if let Some(ms) = queue_wait_ms {
+            crate::metrics::queue_wait(
+                &job.job_type,
+                Duration::from_secs_f64(ms.max(0.0) / 1000.0),
+            );
+        }
         let input = GenerationInput::from_value(&job.input_parameters);
         Ok(Some(Claimed {
             job,
@@ -375,6 +441,7 @@ impl Worker {
     ) -> Result<Processed, WorkerError> {
         if claimed.attempts < self.settings.max_attempts {
             self.requeue(&claimed.job.id, &details).await?;
+            crate::metrics::job_retried(&claimed.job.job_type, why);
             let after = self
                 .settings
                 .retry_delay(u32::try_from(claimed.attempts).unwrap_or(1));
@@ -433,9 +500,19 @@ impl Worker {
                 )
                 .await?;
             }
-            log_activity(&tx, job, "job_failed", details).await?;
+            log_activity(&tx, job, "job_failed", details.clone()).await?;
         }
         tx.commit().await?;
+        if failed == 1 {
+            crate::metrics::job_failed(
+                &job.job_type,
+                last_failed_provider(&details),
+                details
+                    .get("stage")
+                    .and_then(Value::as_str)
+                    .unwrap_or("render"),
+            );
+        }
         Ok(())
     }
 
@@ -564,6 +641,17 @@ impl Worker {
         tx.commit().await?;
         Ok(Completion::Completed)
     }
+}
+
+/// The provider that failed last, from a failure's `details` (the chain's
+/// `failed_providers`), if a provider was tried at all.
+fn last_failed_provider(details: &Value) -> Option<&str> {
+    details
+        .pointer("/details/failed_providers")
+        .and_then(Value::as_array)
+        .and_then(|failures| failures.last())
+        .and_then(|failure| failure.get("provider"))
+        .and_then(Value::as_str)
 }
 
 enum Completion {

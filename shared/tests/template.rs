@@ -511,3 +511,185 @@ fn secrets_are_read_at_init_and_each_function_reads_only_its_own() {
     }
     assert!(functions >= 6);
 }
+
+/// The namespace the template gives the functions' metrics (`METRICS_NAMESPACE`).
+const METRICS_NAMESPACE: &str = "CharacterPlatform/${AWS::StackName}";
+
+/// The operations alarms exist, each watching what it is named for and
+/// notifying the optional `AlarmTopicArn` when it fires and when it clears;
+/// alarms on the functions' own metrics read the namespace they write to and
+/// name metrics the code emits.
+#[test]
+fn the_operations_alarms_exist_and_notify_the_alarm_topic() {
+    let text = template_text();
+    assert!(
+        text.contains(&format!("METRICS_NAMESPACE: !Sub \"{METRICS_NAMESPACE}\"")),
+        "the functions' metrics namespace is the stack's"
+    );
+    let resources = resource_texts(&text);
+    let expected: [(&str, &[&str]); 7] = [
+        (
+            "ApiServerErrorRateAlarm",
+            &[
+                "Namespace: AWS/ApiGateway",
+                "MetricName: 5xx",
+                "MetricName: Count",
+                "Value: !Ref HttpApi",
+            ],
+        ),
+        (
+            "ApiLatencyAlarm",
+            &[
+                "Namespace: AWS/ApiGateway",
+                "MetricName: Latency",
+                "ExtendedStatistic: p99",
+                "Value: !Ref HttpApi",
+            ],
+        ),
+        (
+            "JobQueueAgeAlarm",
+            &[
+                "Namespace: AWS/SQS",
+                "MetricName: ApproximateAgeOfOldestMessage",
+                "Value: !GetAtt JobQueue.QueueName",
+            ],
+        ),
+        (
+            "DeadLetterQueueDepthAlarm",
+            &[
+                "Namespace: AWS/SQS",
+                "MetricName: ApproximateNumberOfMessagesVisible",
+                "Value: !GetAtt JobDeadLetterQueue.QueueName",
+            ],
+        ),
+        (
+            "WorkerErrorsAlarm",
+            &[
+                "Namespace: AWS/Lambda",
+                "MetricName: Errors",
+                "Value: !Ref WorkerFunction",
+            ],
+        ),
+        (
+            "WebhookFailuresAlarm",
+            &[
+                "MetricName: WebhookEvents",
+                "Value: stripe",
+                "Value: failed",
+                "Value: rejected",
+            ],
+        ),
+        (
+            "DatabaseConnectionErrorsAlarm",
+            &["MetricName: DatabaseConnectionErrors"],
+        ),
+    ];
+    for (id, needles) in expected {
+        let body = resources
+            .get(id)
+            .unwrap_or_else(|| panic!("template.yaml has no {id}"));
+        assert!(
+            body.contains("Type: AWS::CloudWatch::Alarm"),
+            "{id} is not an alarm"
+        );
+        for needle in needles {
+            assert!(body.contains(needle), "{id} lacks `{needle}`:\n{body}");
+        }
+        for actions in ["AlarmActions", "OKActions"] {
+            assert!(
+                body.contains(&format!(
+                    "{actions}: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]"
+                )),
+                "{id} has no {actions} to the alarm topic"
+            );
+        }
+    }
+    // Every alarm on the functions' own metrics reads their namespace and a metric they emit.
+    for (id, body) in &resources {
+        if !body.contains("Type: AWS::CloudWatch::Alarm") || body.contains("Namespace: AWS/") {
+            continue;
+        }
+        assert!(
+            body.contains(&format!("Namespace: !Sub \"{METRICS_NAMESPACE}\"")),
+            "{id} reads another namespace"
+        );
+        for name in body.lines().filter_map(|l| l.strip_prefix("MetricName: ")) {
+            assert!(
+                shared::metrics::METRIC_NAMES.contains(&name.trim()),
+                "{id} watches {name}, which no code emits"
+            );
+        }
+    }
+}
+
+/// `${Name}` and `${Name.Attribute}` of a `!Sub` string, each replaced by `x`.
+fn without_substitutions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("a closed ${...}") + start;
+        out.push('x');
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The dashboard exists, its body is a JSON document once `!Sub` has filled it
+/// in, it shows every alarm of the template and every metric the functions
+/// emit, and names no metric they do not.
+#[test]
+fn the_dashboard_shows_the_alarms_and_every_business_metric() {
+    let text = template_text();
+    let resources = resource_texts(&text);
+    let dashboard = resources
+        .get("Dashboard")
+        .expect("template.yaml has a Dashboard");
+    assert!(dashboard.contains("Type: AWS::CloudWatch::Dashboard"));
+
+    // The body: the block scalar under `DashboardBody: !Sub |`.
+    let mut lines = text
+        .lines()
+        .skip_while(|l| l.trim() != "DashboardBody: !Sub |");
+    let header = lines.next().expect("DashboardBody is a !Sub block");
+    let header_indent = header.len() - header.trim_start().len();
+    let body: String = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > header_indent)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let document: serde_json::Value = serde_json::from_str(&without_substitutions(&body))
+        .unwrap_or_else(|e| panic!("the dashboard body is not JSON: {e}\n{body}"));
+    let widgets = document["widgets"].as_array().expect("widgets");
+    assert!(widgets.len() >= 10, "{} widgets", widgets.len());
+    for widget in widgets {
+        for key in ["x", "y", "width", "height"] {
+            assert!(widget[key].is_u64(), "a widget without {key}: {widget}");
+        }
+    }
+
+    for (id, resource) in &resources {
+        if resource.contains("Type: AWS::CloudWatch::Alarm") {
+            assert!(
+                body.contains(&format!("\"${{{id}.Arn}}\"")),
+                "the dashboard does not show {id}"
+            );
+        }
+    }
+    let namespace = format!("\\\"{METRICS_NAMESPACE}\\\"");
+    for name in shared::metrics::METRIC_NAMES {
+        let searched =
+            body.contains(&format!("MetricName=\\\"{name}\\\"")) && body.contains(&namespace);
+        let listed = body.contains(&format!("[\"{METRICS_NAMESPACE}\", \"{name}\"]"))
+            || body.contains(&format!("[\".\", \"{name}\"]"));
+        assert!(searched || listed, "the dashboard does not show {name}");
+    }
+    // Every metric name searched for is one the functions emit.
+    for part in body.split("MetricName=\\\"").skip(1) {
+        let name = part.split('\\').next().unwrap_or_default();
+        assert!(
+            shared::metrics::METRIC_NAMES.contains(&name),
+            "the dashboard searches for {name}"
+        );
+    }
+}

@@ -28,7 +28,30 @@ pub enum Outcome {
 
 struct Invocation {
     id: String,
+    trace_id: String,
     event: Vec<u8>,
+}
+
+/// One invocation as the function saw it: the request id and X-Ray trace
+/// header the emulator sent (`Lambda-Runtime-Aws-Request-Id`,
+/// `Lambda-Runtime-Trace-Id`), and what the function answered.
+#[derive(Debug)]
+pub struct Invoked {
+    pub request_id: String,
+    pub trace_id: String,
+    pub outcome: Outcome,
+}
+
+/// A fresh X-Ray trace header, as Lambda sends it: `Root=1-{epoch seconds,
+/// 8 hex}-{24 hex}`, a parent segment id and the sampling decision.
+fn trace_header() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "Root=1-{:08x}-{};Parent={};Sampled=1",
+        chrono::Utc::now().timestamp(),
+        &random[..24],
+        &uuid::Uuid::new_v4().simple().to_string()[..16],
+    )
 }
 
 #[derive(Default)]
@@ -97,7 +120,13 @@ impl RuntimeApi {
 
     /// Delivers `event` to the function and waits for its answer.
     pub async fn invoke(&self, event: &Value) -> Outcome {
+        self.invoke_traced(event).await.outcome
+    }
+
+    /// [`RuntimeApi::invoke`], also returning the ids the invocation was given.
+    pub async fn invoke_traced(&self, event: &Value) -> Invoked {
         let id = uuid::Uuid::new_v4().to_string();
+        let trace_id = trace_header();
         let (tx, rx) = oneshot::channel();
         self.inner
             .waiting
@@ -109,12 +138,17 @@ impl RuntimeApi {
             .lock()
             .expect("lock")
             .push_back(Invocation {
-                id,
+                id: id.clone(),
+                trace_id: trace_id.clone(),
                 event: serde_json::to_vec(event).expect("event json"),
             });
         self.inner.arrived.notify_one();
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(outcome)) => outcome,
+            Ok(Ok(outcome)) => Invoked {
+                request_id: id,
+                trace_id,
+                outcome,
+            },
             _ => panic!(
                 "the function did not answer within 30 s (init error: {:?})",
                 self.inner.init_error.lock().expect("lock").clone()
@@ -146,10 +180,7 @@ async fn next(State(inner): State<Arc<Inner>>) -> Response {
                 "lambda-runtime-invoked-function-arn",
                 "arn:aws:lambda:us-east-1:123456789012:function:test".into(),
             );
-            set(
-                "lambda-runtime-trace-id",
-                "Root=1-00000000-000000000000000000000000".into(),
-            );
+            set("lambda-runtime-trace-id", invocation.trace_id.clone());
             set("content-type", "application/json".into());
             return (StatusCode::OK, headers, invocation.event).into_response();
         }
@@ -187,6 +218,22 @@ async fn fail(
 async fn init_error(State(inner): State<Arc<Inner>>, body: Bytes) -> StatusCode {
     *inner.init_error.lock().expect("lock") = Some(parse(&body));
     StatusCode::ACCEPTED
+}
+
+/// Stops a function started by [`RuntimeApi::spawn_function`] and returns
+/// what it wrote to stdout, one entry per line. Everything it wrote before
+/// answering an invocation is in the pipe by the time the answer arrived, so
+/// the lines of every invocation already answered are all there.
+pub async fn stop_and_read_stdout(mut child: Child) -> Vec<String> {
+    let _ = child.start_kill();
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the killed function exits")
+        .expect("the function's output");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// A sample event from the repository's `events/` folder.

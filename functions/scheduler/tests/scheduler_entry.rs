@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use testkit::lambda::{Outcome, RuntimeApi};
+use testkit::lambda::{Outcome, RuntimeApi, stop_and_read_stdout};
 
 fn sample(task: &str) -> Value {
     let path =
@@ -197,9 +197,10 @@ async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
 async fn the_migrate_task_brings_an_empty_database_to_the_current_schema_once() {
     let url = testkit::empty_database().await;
     let api = RuntimeApi::start().await;
-    let _function = start(&api, &url).await;
+    let function = start(&api, &url).await;
 
-    let first = report(api.invoke(&sample("migrate")).await);
+    let migrating = api.invoke_traced(&sample("migrate")).await;
+    let first = report(migrating.outcome);
     let applied: Vec<String> = first["applied"]
         .as_array()
         .expect("applied is a list")
@@ -223,8 +224,59 @@ async fn the_migrate_task_brings_an_empty_database_to_the_current_schema_once() 
     assert_eq!(tables, 3);
 
     // Invoking it again (a second deploy) applies nothing.
-    let second = report(api.invoke(&sample("migrate")).await);
+    let again = api.invoke_traced(&sample("migrate")).await;
+    let second = report(again.outcome);
     assert_eq!(second["applied"], json!([]));
+
+    // Each invocation's lines name it: the task span carries its Lambda
+    // request id and trace header.
+    let lines: Vec<Value> = stop_and_read_stdout(function)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    // Every line from the first invocation on names one of the two, even the
+    // server's NOTICEs, logged by the database connection's own task.
+    let first = lines
+        .iter()
+        .position(|l| l["span"]["lambda_request_id"].is_string())
+        .expect("a line names an invocation");
+    for line in &lines[first..] {
+        let named = (
+            &line["span"]["lambda_request_id"],
+            &line["span"]["xray_trace_id"],
+        );
+        assert!(
+            [
+                (&migrating.request_id, &migrating.trace_id),
+                (&again.request_id, &again.trace_id)
+            ]
+            .iter()
+            .any(|(id, trace)| named.0 == id.as_str() && named.1 == trace.as_str()),
+            "a line names no invocation of this test: {line}"
+        );
+    }
+    assert!(
+        lines[first..].iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("NOTICE"))),
+        "the migrations' NOTICEs were logged: {lines:#?}"
+    );
+    for (request_id, trace_id) in [
+        (&migrating.request_id, &migrating.trace_id),
+        (&again.request_id, &again.trace_id),
+    ] {
+        let done = lines
+            .iter()
+            .find(|l| {
+                l["message"] == "scheduler task done"
+                    && l["span"]["lambda_request_id"] == request_id.as_str()
+            })
+            .unwrap_or_else(|| panic!("no `scheduler task done` line: {lines:#?}"));
+        assert_eq!(done["span"]["name"], "task");
+        assert_eq!(done["span"]["task"], "migrate");
+        assert_eq!(done["span"]["xray_trace_id"], trace_id.as_str());
+    }
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use testkit::lambda::{Outcome, RuntimeApi};
+use testkit::lambda::{Outcome, RuntimeApi, stop_and_read_stdout};
 use testkit::ledger::assert_invariants;
 use testkit::{TestStack, moto, spawn_stack};
 
@@ -123,11 +123,12 @@ async fn the_worker_binary_completes_a_job_from_the_sample_sqs_batch() {
     let api = RuntimeApi::start().await;
     // The image server the function is configured with: a stand-in A1111.
     let server = testkit::a1111::StandIn::start().await;
-    let _worker = start_worker(&api, &stack.database_url, Some(&bucket), Some(&server.url));
+    let worker = start_worker(&api, &stack.database_url, Some(&bucket), Some(&server.url));
     let (user, job, quoted) = queued_job(&stack).await;
     let client = stack.sql().await;
 
-    let response = batch_response(api.invoke(&sample_batch(&job)).await);
+    let completing = api.invoke_traced(&sample_batch(&job)).await;
+    let response = batch_response(completing.outcome);
     assert_eq!(failures(&response), 0, "{response}");
 
     let row = client
@@ -174,7 +175,8 @@ async fn the_worker_binary_completes_a_job_from_the_sample_sqs_batch() {
     assert_invariants(&client).await;
 
     // SQS delivers the same message again: acknowledged, nothing settles twice.
-    let response = batch_response(api.invoke(&sample_batch(&job)).await);
+    let redelivered = api.invoke_traced(&sample_batch(&job)).await;
+    let response = batch_response(redelivered.outcome);
     assert_eq!(failures(&response), 0, "{response}");
     assert_eq!(usage_amounts(&client).await, vec![-(quoted as i32)]);
     let again = shared::credits::balance(&client, &user, shared::config::DEFAULT_GIFT_HOLD_DAYS)
@@ -189,9 +191,97 @@ async fn the_worker_binary_completes_a_job_from_the_sample_sqs_batch() {
     // A message nobody can read is acknowledged (dropped), not retried forever.
     let mut unreadable = sample_batch(&job);
     unreadable["Records"][0]["body"] = json!("this is not a job message");
-    let response = batch_response(api.invoke(&unreadable).await);
+    let dropped = api.invoke_traced(&unreadable).await;
+    let response = batch_response(dropped.outcome);
     assert_eq!(failures(&response), 0, "{response}");
     assert_eq!(usage_amounts(&client).await, vec![-(quoted as i32)]);
+
+    // What the worker wrote: JSON lines, each naming the invocation it served
+    // (its Lambda request id and X-Ray trace header), and the job's metrics.
+    let lines: Vec<Value> = stop_and_read_stdout(worker)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let invocations = [
+        (&completing.request_id, &completing.trace_id),
+        (&redelivered.request_id, &redelivered.trace_id),
+        (&dropped.request_id, &dropped.trace_id),
+    ];
+    let ids_of = |line: &Value| {
+        let ids = if line.get("_aws").is_some() {
+            line
+        } else {
+            &line["span"]
+        };
+        (
+            ids["lambda_request_id"].as_str().map(str::to_string),
+            ids["xray_trace_id"].as_str().map(str::to_string),
+        )
+    };
+    let first = lines
+        .iter()
+        .position(|l| ids_of(l).0.is_some())
+        .expect("a line names an invocation");
+    for line in &lines[first..] {
+        let (Some(request_id), Some(trace_id)) = ids_of(line) else {
+            panic!("a line names no invocation: {line}");
+        };
+        assert!(
+            invocations.contains(&(&request_id, &trace_id)),
+            "a line names another invocation: {line}"
+        );
+    }
+    let of = |request_id: &String| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| ids_of(l).0.as_ref() == Some(request_id))
+            .collect()
+    };
+    let completion = of(&completing.request_id);
+    assert!(
+        completion.iter().any(|l| l["span"]["name"] == "message"
+            && l["span"]["job_id"] == job.as_str()
+            && l["span"]["message_id"].is_string()),
+        "{completion:#?}"
+    );
+    assert!(
+        completion
+            .iter()
+            .any(|l| l["span"]["name"] == "batch" && l["message"] == "batch handled"),
+        "{completion:#?}"
+    );
+    let metric = |lines: &[&Value], name: &str| -> Vec<Value> {
+        lines
+            .iter()
+            .filter(|l| l.get(name).is_some() && l.get("_aws").is_some())
+            .map(|l| (*l).clone())
+            .collect()
+    };
+    let completed = metric(&completion, "JobsCompleted");
+    assert_eq!(completed.len(), 1, "{completion:#?}");
+    assert_eq!(completed[0]["JobType"], "character_generation");
+    assert_eq!(completed[0]["Provider"], "primary");
+    assert!(
+        completed[0]["RenderTime"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0)
+    );
+    assert_eq!(
+        completed[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        json!([["JobType", "Provider"]])
+    );
+    let waited = metric(&completion, "QueueWait");
+    assert_eq!(waited.len(), 1, "{completion:#?}");
+    assert!(waited[0]["QueueWait"].as_f64().is_some_and(|ms| ms >= 0.0));
+    let spent = metric(&completion, "CreditsSpent");
+    assert_eq!(spent.len(), 1, "{completion:#?}");
+    assert_eq!(spent[0]["CreditsSpent"], quoted);
+    // The redelivery and the unreadable message did nothing worth a metric.
+    for request_id in [&redelivered.request_id, &dropped.request_id] {
+        let lines = of(request_id);
+        assert!(lines.iter().all(|l| l.get("_aws").is_none()), "{lines:#?}");
+    }
 }
 
 #[tokio::test]

@@ -198,6 +198,9 @@ async fn post_one(
     };
     let id: String = row.try_get(0)?;
     let balance_after: i32 = row.try_get(1)?;
+    // Counted when posted: a transaction that fails after this (and is retried)
+    // counts its postings again. The ledger itself stays the record.
+    crate::metrics::credits_posted(kind, amount);
     Ok(Posted {
         transaction_id: id,
         balance_after,

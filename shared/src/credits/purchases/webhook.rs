@@ -56,6 +56,7 @@ use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
 use crate::error::{ApiError, Problem};
 use crate::http::{RawBody, RequestMeta};
+use crate::metrics::WebhookOutcome;
 use crate::openapi::{InternalError, PayloadTooLarge};
 
 /// A verified event: what the handlers read of it.
@@ -213,6 +214,31 @@ pub(crate) async fn stripe_webhook(
     meta: RequestMeta,
     headers: HeaderMap,
     RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let answer = receive(state, meta, headers, body).await;
+    let (outcome, detail) = match &answer {
+        Ok(Json(receipt)) => {
+            let detail = receipt["outcome"].as_str();
+            let outcome = match detail {
+                Some("duplicate") => WebhookOutcome::Duplicate,
+                Some("ignored" | "unhandled") => WebhookOutcome::Ignored,
+                _ => WebhookOutcome::Processed,
+            };
+            (outcome, detail)
+        }
+        Err(e) if e.status().is_client_error() => (WebhookOutcome::Rejected, None),
+        Err(_) => (WebhookOutcome::Failed, None),
+    };
+    crate::metrics::webhook("stripe", outcome, detail);
+    answer
+}
+
+/// [`stripe_webhook`]'s work: verify, record once, act on the event.
+async fn receive(
+    state: AppState,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Some(secret) = state.config.payments.stripe_webhook_secret.as_deref() else {
         // Stripe retries: nothing is lost while the secret is being configured.
