@@ -29,6 +29,7 @@ pub mod secrets;
 pub mod social;
 pub mod storage;
 pub mod telemetry;
+pub mod text_enum;
 pub mod tier;
 pub mod users;
 pub mod worker;

@@ -27,33 +27,21 @@
 //! table in the same transaction; a config's own `tier_multipliers` override
 //! the default multipliers.
 
-use std::fmt;
+crate::text_enum! {
+    /// A subscription tier, lowest first.
+    pub enum Tier {
+        Free => "FREE",
+        Premium => "PREMIUM",
+        Pro => "PRO",
+        Enterprise => "ENTERPRISE",
+    }
+}
 
-use serde::{Deserialize, Serialize};
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-
-/// A subscription tier, lowest first.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Tier {
-    #[default]
-    Free,
-    Premium,
-    Pro,
-    Enterprise,
+impl Default for Tier {
+    /// What a new account has.
+    fn default() -> Self {
+        Tier::Free
+    }
 }
 
 /// Everything one tier gets (the module's table, one column).
@@ -115,70 +103,10 @@ const TERMS: [TierTerms; 4] = [
 ];
 
 impl Tier {
-    /// Every tier, lowest first.
-    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Premium, Tier::Pro, Tier::Enterprise];
-    /// Their stored names, in the same order.
-    pub const NAMES: [&'static str; 4] = ["FREE", "PREMIUM", "PRO", "ENTERPRISE"];
-
-    /// The stored name (`FREE`...).
-    pub const fn as_str(self) -> &'static str {
-        Self::NAMES[self as usize]
-    }
-
-    /// The tier of a stored name; `None` for anything else.
-    pub fn parse(name: &str) -> Option<Tier> {
-        Self::ALL.into_iter().find(|tier| tier.as_str() == name)
-    }
-
     /// What the tier gets.
     pub const fn terms(self) -> &'static TierTerms {
         &TERMS[self as usize]
     }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Tier {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Tier::parse(name)
-            .ok_or_else(|| format!("`{name}` is not one of {}", Self::NAMES.join(", ")))
-    }
-}
-
-impl<'a> FromSql<'a> for Tier {
-    fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let name = <&str as FromSql>::from_sql(ty, raw)?;
-        Ok(name.parse::<Tier>()?)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        <&str as FromSql>::accepts(ty)
-    }
-}
-
-impl ToSql for Tier {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        self.as_str().to_sql(ty, out)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        <&str as ToSql>::accepts(ty)
-    }
-
-    to_sql_checked!();
 }
 
 #[cfg(test)]

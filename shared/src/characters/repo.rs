@@ -143,7 +143,9 @@ pub fn filter_content(user: &User, fields: &CharacterFields, prefix: &str) -> Re
 
 /// Suspended accounts keep their work but cannot publish.
 fn check_may_publish(user: &User, fields: &CharacterFields) -> Result<(), ApiError> {
-    if fields.is_public == Some(true) && user.account_status.as_deref() != Some("active") {
+    if fields.is_public == Some(true)
+        && user.account_status != Some(crate::users::AccountStatus::Active)
+    {
         return Err(ApiError::Forbidden(
             "a suspended account cannot publish characters".into(),
         ));

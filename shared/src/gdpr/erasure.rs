@@ -104,7 +104,7 @@ pub async fn erase(
         };
     };
     let user = User::from_row(&row)?;
-    if user.account_status.as_deref() == Some("banned") {
+    if user.account_status == Some(crate::users::AccountStatus::Banned) {
         return Err(ApiError::Forbidden(
             "this account has been banned; it is kept for the moderation record, ask support to erase it"
                 .into(),

@@ -101,7 +101,7 @@ pub(crate) async fn generate(
     let parsed = GenerateBody::parse(body)?;
     let mut conn = state.db.get().await?;
     let user = users::repo::current_user(&**conn, &identity).await?;
-    if user.account_status.as_deref() != Some("active") {
+    if user.account_status != Some(crate::users::AccountStatus::Active) {
         return Err(ApiError::Forbidden(
             "a suspended account cannot generate images".into(),
         ));

@@ -42,6 +42,7 @@ use crate::openapi::{
     UnsupportedMediaType, ValidationFailed,
 };
 use crate::tier::Tier;
+use crate::users::AccountStatus;
 use crate::users::{self, USER_COLUMNS, User};
 
 /// The statuses an admin may set.
@@ -251,17 +252,19 @@ pub struct UserChanges {
     pub subscription_tier: Option<String>,
     pub subscription_start_date: Option<Option<DateTime<Utc>>>,
     pub subscription_end_date: Option<Option<DateTime<Utc>>>,
-    pub account_status: Option<String>,
+    pub account_status: Option<AccountStatus>,
 }
 
-fn account_status(field: &str, value: &Value) -> FieldResult<String> {
+fn account_status(field: &str, value: &Value) -> FieldResult<AccountStatus> {
     if value.as_str() == Some("deleted") {
         return Err(FieldError::new(
             field,
             "cannot be set to deleted here: accounts are deleted by erasure (DELETE /api/v1/me)",
         ));
     }
-    fields::one_of(&ADMIN_ACCOUNT_STATUSES)(field, value)
+    let named = fields::one_of(&ADMIN_ACCOUNT_STATUSES)(field, value)?;
+    AccountStatus::parse(&named)
+        .ok_or_else(|| FieldError::new(field, format!("`{named}` is not an account status")))
 }
 
 impl UserChanges {
@@ -357,8 +360,7 @@ pub async fn apply(
     // erasure does), and cancelled below once the status has changed.
     let stops_generation = changes
         .account_status
-        .as_deref()
-        .is_some_and(|status| status != "active");
+        .is_some_and(|status| status != AccountStatus::Active);
     if stops_generation {
         client
             .query(
@@ -379,7 +381,7 @@ pub async fn apply(
         .map(User::from_row)
         .transpose()?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    if before.account_status.as_deref() == Some("deleted") {
+    if before.account_status == Some(AccountStatus::Deleted) {
         return Err(ApiError::Conflict(
             "the account has been erased; it cannot be changed".into(),
         ));
@@ -449,7 +451,12 @@ pub async fn apply(
         }
     }
     let jobs_cancelled = if stops_generation {
-        cancel_jobs(client, target_id, after.account_status.as_deref()).await?
+        cancel_jobs(
+            client,
+            target_id,
+            after.account_status.map(AccountStatus::as_str),
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -608,7 +615,7 @@ mod tests {
         assert_eq!(ok.subscription_tier.as_deref(), Some("PRO"));
         assert!(matches!(ok.subscription_start_date, Some(Some(_))));
         assert_eq!(ok.subscription_end_date, Some(None));
-        assert_eq!(ok.account_status.as_deref(), Some("suspended"));
+        assert_eq!(ok.account_status, Some(AccountStatus::Suspended));
         let only_status = parse(json!({"account_status": "banned"})).unwrap();
         assert_eq!(only_status.subscription_tier, None);
         assert_eq!(only_status.subscription_start_date, None);

@@ -10,6 +10,31 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 
+crate::text_enum! {
+    /// `users.account_status`: `active` accounts may do everything, `suspended`
+    /// ones sign in and read, `banned` and `deleted` (erased) ones nothing.
+    pub enum AccountStatus {
+        /// Everything.
+        Active => "active",
+        /// Sign in and read; not act on what others see.
+        Suspended => "suspended",
+        /// Nothing: every authenticated route refuses the token.
+        Banned => "banned",
+        /// Erased (GDPR): nothing, and the row keeps no personal data.
+        Deleted => "deleted",
+    }
+}
+
+crate::text_enum! {
+    /// `users.profile_visibility`: who sees the public profile. The platform has
+    /// no friendships yet, so `friends` is as private as `private`.
+    pub enum ProfileVisibility {
+        Public => "public",
+        Friends => "friends",
+        Private => "private",
+    }
+}
+
 /// A `users` row as its owner sees it. Field names are the column names.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct User {
@@ -33,14 +58,14 @@ pub struct User {
     /// An object of booleans per channel: `{"email": true, "push": false}`.
     pub notification_settings: Option<Value>,
     /// `public`, `friends` or `private`.
-    pub profile_visibility: Option<String>,
+    pub profile_visibility: Option<ProfileVisibility>,
     pub allow_gallery_showcase: Option<bool>,
     /// `strict`, `moderate` or `relaxed`.
     pub content_filter_level: Option<String>,
     pub total_characters_created: i32,
     pub total_images_generated: i32,
     /// `active`, `suspended`, `banned` or `deleted`.
-    pub account_status: Option<String>,
+    pub account_status: Option<AccountStatus>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
@@ -87,13 +112,16 @@ impl User {
 
     /// Banned and erased accounts may not act at all.
     pub fn is_locked_out(&self) -> bool {
-        matches!(self.account_status.as_deref(), Some("banned" | "deleted"))
+        matches!(
+            self.account_status,
+            Some(AccountStatus::Banned | AccountStatus::Deleted)
+        )
     }
 
     /// A suspended account may sign in and read, not act on what others see
     /// (publish, like, rate, report, generate): 403 naming `what` it tried.
     pub fn require_active(&self, what: &str) -> Result<(), crate::error::ApiError> {
-        if self.account_status.as_deref() == Some("active") {
+        if self.account_status == Some(AccountStatus::Active) {
             return Ok(());
         }
         Err(crate::error::ApiError::Forbidden(format!(

@@ -152,8 +152,8 @@ async fn create_user(
 }
 
 fn locked_out(user: &User) -> ApiError {
-    match user.account_status.as_deref() {
-        Some("deleted") => erased(),
+    match user.account_status {
+        Some(super::AccountStatus::Deleted) => erased(),
         _ => ApiError::Forbidden("this account has been banned".into()),
     }
 }

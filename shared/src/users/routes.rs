@@ -546,7 +546,7 @@ pub(crate) async fn get_public_user(
         .ok_or_else(not_found)?;
     let viewer_id = viewer.map(|v| v.id);
     let is_owner = viewer_id.as_deref() == Some(user.id.as_str());
-    if user.profile_visibility.as_deref() != Some("public") && !is_owner {
+    if user.profile_visibility != Some(super::ProfileVisibility::Public) && !is_owner {
         return Err(not_found());
     }
     // The profile row as app_api for the viewer: its policy (V18) shows it only to its
