@@ -7,6 +7,9 @@
 //! strings. `ALL` and `NAMES` list the variants in declaration order, which is
 //! also their `Ord` order.
 
+#[doc(hidden)]
+pub use bytes::BytesMut;
+
 /// Declares an enum whose variants are stored as the given texts:
 ///
 /// ```ignore
@@ -87,7 +90,7 @@ macro_rules! text_enum {
             fn to_sql(
                 &self,
                 ty: &tokio_postgres::types::Type,
-                out: &mut bytes::BytesMut,
+                out: &mut $crate::text_enum::BytesMut,
             ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
                 tokio_postgres::types::ToSql::to_sql(&self.as_str(), ty, out)
             }
