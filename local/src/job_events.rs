@@ -38,7 +38,7 @@ use shared::auth::Caller;
 use shared::db;
 use shared::error::ApiError;
 use shared::http::{ApiPath, resource_id};
-use shared::jobs::{JOB_COLUMNS, Job};
+use shared::jobs::{JOB_COLUMNS, Job, JobStatus};
 use shared::users;
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -47,9 +47,6 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How often an idle stream sends a keep-alive comment.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
-/// Statuses a job never leaves; the stream ends after sending one.
-pub const TERMINAL_STATUSES: [&str; 4] = ["completed", "failed", "cancelled", "timeout"];
-
 /// The route. Streams end when `stopping` turns true, so that a graceful
 /// shutdown does not wait for jobs to finish.
 pub fn routes(stopping: watch::Receiver<bool>) -> Router<AppState> {
@@ -110,8 +107,9 @@ fn progress_of(job: &Job) -> Option<Value> {
     Some(json!({"job_id": job.id, "fraction": fraction, "eta_seconds": eta_seconds}))
 }
 
-fn is_terminal(status: Option<&str>) -> bool {
-    status.is_some_and(|s| TERMINAL_STATUSES.contains(&s))
+/// A status the job never leaves; the stream ends after sending one.
+fn is_terminal(status: Option<JobStatus>) -> bool {
+    status.is_some_and(|s| !s.is_active())
 }
 
 /// One stream's state: what it has sent, and what it still has to.
@@ -124,7 +122,7 @@ struct JobWatch {
     /// The row the handler read, turned into the first events.
     first: Option<Job>,
     /// `None` before the first status event.
-    sent_status: Option<Option<String>>,
+    sent_status: Option<Option<JobStatus>>,
     sent_progress: Option<Value>,
     last_event_id: u64,
     pending: VecDeque<Event>,
@@ -192,7 +190,7 @@ impl JobWatch {
     /// comes last and finishes the stream.
     async fn observe(&mut self, mut job: Job) {
         let status_changed = self.sent_status.as_ref() != Some(&job.status);
-        let terminal = is_terminal(job.status.as_deref());
+        let terminal = is_terminal(job.status);
         let progress = progress_of(&job).filter(|p| self.sent_progress.as_ref() != Some(p));
         if status_changed && !terminal {
             self.status_event(&mut job).await;
@@ -210,7 +208,7 @@ impl JobWatch {
     }
 
     async fn status_event(&mut self, job: &mut Job) {
-        self.sent_status = Some(job.status.clone());
+        self.sent_status = Some(job.status);
         job.present(self.state.storage.as_deref()).await;
         self.push("status", &*job);
     }

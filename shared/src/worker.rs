@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::config::WorkerConfig;
 use crate::credits::holds::{self, Delivery};
 use crate::db::DbPool;
-use crate::generator::{ChainOutcome, GeneratorChain, JobType, thumbnail};
+use crate::generator::{ChainOutcome, GeneratorChain, thumbnail};
 use crate::jobs::input::GenerationInput;
 use crate::jobs::{JOB_COLUMNS, Job, JobMessage};
 use crate::queue::JobQueue;
@@ -228,11 +228,7 @@ impl Worker {
                 return Ok(Processed::Acknowledge("failed"));
             }
         };
-        let job_type = JobType::parse(&claimed.job.job_type);
-        let request = match job_type
-            .ok_or_else(|| format!("unknown job type {}", claimed.job.job_type))
-            .and_then(|t| input.to_request(t, init_image))
-        {
+        let request = match input.to_request(claimed.job.job_type, init_image) {
             Ok(request) => request,
             Err(reason) => {
                 self.fail(&claimed, json!({"error": reason, "stage": "prepare"}))
@@ -289,7 +285,7 @@ impl Worker {
         match completed {
             Ok(Completion::Completed) => {
                 crate::metrics::job_completed(
-                    &claimed.job.job_type,
+                    claimed.job.job_type.as_str(),
                     outcome.provider(),
                     render_time,
                 );
@@ -344,7 +340,7 @@ impl Worker {
         tx.commit().await?;
         if let Some(ms) = queue_wait_ms {
             crate::metrics::queue_wait(
-                &job.job_type,
+                job.job_type.as_str(),
                 Duration::from_secs_f64(ms.max(0.0) / 1000.0),
             );
         }
@@ -362,8 +358,7 @@ impl Worker {
         job: &Job,
         input: &GenerationInput,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        let needs =
-            JobType::parse(&job.job_type).is_some_and(|t| t != JobType::CharacterGeneration);
+        let needs = job.job_type.needs_image();
         match (&input.source, needs) {
             (Some(source), true) => self.storage.get(&source.key).await.map(Some),
             _ => Ok(None),
@@ -441,7 +436,7 @@ impl Worker {
     ) -> Result<Processed, WorkerError> {
         if claimed.attempts < self.settings.max_attempts {
             self.requeue(&claimed.job.id, &details).await?;
-            crate::metrics::job_retried(&claimed.job.job_type, why);
+            crate::metrics::job_retried(claimed.job.job_type.as_str(), why);
             let after = self
                 .settings
                 .retry_delay(u32::try_from(claimed.attempts).unwrap_or(1));
@@ -505,7 +500,7 @@ impl Worker {
         tx.commit().await?;
         if failed == 1 {
             crate::metrics::job_failed(
-                &job.job_type,
+                job.job_type.as_str(),
                 last_failed_provider(&details),
                 details
                     .get("stage")

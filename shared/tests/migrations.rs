@@ -818,3 +818,59 @@ async fn the_runtime_role_has_a_policy_on_every_protected_table_and_owns_nothing
         .get(0);
     assert_eq!(truncatable, 0);
 }
+
+/// The domain's enums and the schema agree: each enum's texts are exactly the
+/// values its column's CHECK constraint allows, so a row always parses and an
+/// enum value is always storable.
+#[tokio::test]
+async fn the_domain_enums_match_the_check_constraints_of_their_columns() {
+    let url = testkit::fresh_database().await;
+    let client = testkit::connect(&url).await;
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("users", "subscription_tier", &shared::tier::Tier::NAMES),
+        (
+            "users",
+            "account_status",
+            &shared::users::AccountStatus::NAMES,
+        ),
+        (
+            "users",
+            "profile_visibility",
+            &shared::users::ProfileVisibility::NAMES,
+        ),
+        (
+            "generation_jobs",
+            "job_type",
+            &shared::generator::JobType::NAMES,
+        ),
+        ("generation_jobs", "status", &shared::jobs::JobStatus::NAMES),
+    ];
+    for (table, column, names) in cases {
+        // The constraint on exactly this column, as PostgreSQL prints it:
+        // `CHECK ((col = ANY (ARRAY['a'::text, 'b'::text])))`.
+        let definitions: Vec<String> = client
+            .query(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c \
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) \
+                 WHERE c.conrelid = $1::text::regclass AND c.contype = 'c' AND a.attname = $2 \
+                   AND cardinality(c.conkey) = 1",
+                &[&table, &column],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(definitions.len(), 1, "{table}.{column}: {definitions:?}");
+        let mut allowed: Vec<String> = definitions[0]
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        allowed.sort();
+        let mut ours: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        ours.sort();
+        assert_eq!(ours, allowed, "{table}.{column}");
+    }
+}

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::GeneratorConfig;
@@ -54,44 +54,18 @@ pub const MAX_BATCH_SIZE: u32 = 16;
 /// AUTOMATIC1111's range for `upscaling_resize`.
 pub const UPSCALE_FACTOR_RANGE: std::ops::RangeInclusive<f64> = 1.0..=8.0;
 
-/// What a job asks for (`generation_jobs.job_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobType {
-    CharacterGeneration,
-    StyleTransfer,
-    Upscale,
-    Variation,
-    BackgroundRemoval,
+crate::text_enum! {
+    /// What a job asks for (`generation_jobs.job_type`).
+    pub enum JobType {
+        CharacterGeneration => "character_generation",
+        StyleTransfer => "style_transfer",
+        Upscale => "upscale",
+        Variation => "variation",
+        BackgroundRemoval => "background_removal",
+    }
 }
 
 impl JobType {
-    pub const ALL: [JobType; 5] = [
-        JobType::CharacterGeneration,
-        JobType::StyleTransfer,
-        JobType::Upscale,
-        JobType::Variation,
-        JobType::BackgroundRemoval,
-    ];
-
-    /// The stored names, in the order of [`Self::ALL`].
-    pub const NAMES: [&'static str; 5] = [
-        "character_generation",
-        "style_transfer",
-        "upscale",
-        "variation",
-        "background_removal",
-    ];
-
-    /// The name stored in `generation_jobs.job_type`.
-    pub fn as_str(self) -> &'static str {
-        Self::NAMES[self as usize]
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == name)
-    }
-
     /// Whether the job starts from one of the character's images (all but a
     /// generation).
     pub fn needs_image(self) -> bool {
@@ -103,12 +77,6 @@ impl JobType {
     /// removal).
     pub fn is_single_pass(self) -> bool {
         matches!(self, JobType::Upscale | JobType::BackgroundRemoval)
-    }
-}
-
-impl fmt::Display for JobType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -642,7 +642,7 @@ pub async fn enqueue(client: &impl GenericClient, queue: &dyn JobQueue, job: &Jo
         .unwrap_or_default(),
         attributes: BTreeMap::from([
             ("job_id".to_string(), job.id.clone()),
-            ("job_type".to_string(), job.job_type.clone()),
+            ("job_type".to_string(), job.job_type.to_string()),
             (
                 "priority".to_string(),
                 job.priority.unwrap_or(5).to_string(),

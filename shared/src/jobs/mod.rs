@@ -12,16 +12,36 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 
+crate::text_enum! {
+    /// `generation_jobs.status`: `queued` until a worker claims it, then
+    /// `processing`, and one of the final four.
+    pub enum JobStatus {
+        Queued => "queued",
+        Processing => "processing",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        Timeout => "timeout",
+    }
+}
+
+impl JobStatus {
+    /// Whether the job may still change (and holds credits).
+    pub fn is_active(self) -> bool {
+        matches!(self, JobStatus::Queued | JobStatus::Processing)
+    }
+}
+
 /// A `generation_jobs` row. Field names are the column names.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Job {
     pub id: String,
     pub user_id: String,
     pub character_id: Option<String>,
-    pub job_type: String,
+    pub job_type: crate::generator::JobType,
     pub input_parameters: Value,
     pub generation_provider: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     pub priority: Option<i32>,
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

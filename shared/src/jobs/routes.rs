@@ -28,14 +28,7 @@ use crate::pagination::{self, Page, TimeKey};
 use crate::users;
 use crate::users::fields::one_of;
 
-pub const JOB_STATUSES: [&str; 6] = [
-    "queued",
-    "processing",
-    "completed",
-    "failed",
-    "cancelled",
-    "timeout",
-];
+pub const JOB_STATUSES: [&str; 6] = super::JobStatus::NAMES;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -160,7 +153,7 @@ pub(crate) async fn generate(
 pub struct CostPreview {
     /// Always `true`.
     pub dry_run: bool,
-    pub job_type: String,
+    pub job_type: crate::generator::JobType,
     /// What the job would hold and, delivered by an image server, charge.
     pub price: i32,
     /// What it would charge if only the procedural placeholder could serve it.
