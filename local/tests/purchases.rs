@@ -1127,7 +1127,11 @@ async fn the_local_checkout_page_pays_through_the_signed_webhook_once() {
     let packages = stack.http.get(back).send().await.unwrap();
     assert_eq!(packages.status(), 200);
     let packages: serde_json::Value = packages.json().await.unwrap();
-    assert!(packages["items"].as_array().is_some_and(|items| !items.is_empty()));
+    assert!(
+        packages["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+    );
     assert_eq!(order_status(&stack, &order_id).await, "paid");
     check_ledger(&stack).await;
 
