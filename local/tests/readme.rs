@@ -263,6 +263,9 @@ async fn the_walkthrough_runs_as_written_against_the_local_stack() {
         .current_dir(&work)
         .env("BASE", &stack.base_url)
         .env("PATH", &path)
+        // A proxy configured for the machine must not stand between curl and the stack.
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
