@@ -92,8 +92,12 @@ async fn checkout_page(
              <button type=\"submit\">Pay</button></form>"
         )
     } else {
+        // The return URL (the packages list, locally): a page of this stack that a
+        // browser can open without a token. The balance needs the buyer's token.
         format!(
-            "<p><a href=\"{}\">Back to the app</a></p>",
+            "<p><a id=\"back\" href=\"{}\">Back to the app</a> (locally: the credit packages, \
+             <code>GET /api/v1/credits/packages</code>)</p>\n\
+             <p>Your balance: <code>GET /api/v1/credits</code> with your token.</p>",
             escape(&state.config.payments.checkout_success_url)
         )
     };

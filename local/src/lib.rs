@@ -46,6 +46,11 @@ pub const JOB_RETRY_MAX: Duration = Duration::from_secs(30);
 /// receive window is `JOB_MAX_RECEIVES` × `JOB_VISIBILITY_TIMEOUT`).
 pub const JOB_REDELIVERY_AFTER: Duration = Duration::from_secs(900);
 
+/// Where the local checkout page sends the buyer back (relative to the stack's
+/// base URL): the credit packages, which answer without a token, so a browser
+/// can open them.
+pub const LOCAL_RETURN_PATH: &str = "api/v1/credits/packages";
+
 /// The audience the local issuer writes into its tokens.
 pub const LOCAL_AUDIENCE: &str = "https://api.characters.local";
 
@@ -289,8 +294,10 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
             stripe_secret_key: None,
             // The local checkout page signs its events with this; any value works locally.
             stripe_webhook_secret: Some(LOCAL_WEBHOOK_SECRET.into()),
-            checkout_success_url: format!("{}credits?checkout=success", issuer_url),
-            checkout_cancel_url: format!("{}credits?checkout=cancelled", issuer_url),
+            // The local stack has no app to return to: the checkout page's "Back to the
+            // app" leads to the packages list, a page of this stack anyone may open.
+            checkout_success_url: format!("{issuer_url}{LOCAL_RETURN_PATH}"),
+            checkout_cancel_url: format!("{issuer_url}{LOCAL_RETURN_PATH}"),
         },
         credits: CreditsConfig::default(),
         // EXPORT_INLINE_MAX_BYTES, as in Lambda (default 5 MiB).

@@ -1113,8 +1113,25 @@ async fn the_local_checkout_page_pays_through_the_signed_webhook_once() {
     let pay_url = format!("{checkout_url}/pay");
     let paid = stack.http.post(&pay_url).send().await.unwrap();
     assert_eq!(paid.status(), 200);
-    assert!(paid.text().await.unwrap().contains(">paid</strong>"));
+    let paid_page = paid.text().await.unwrap();
+    assert!(paid_page.contains(">paid</strong>"));
     assert_eq!(balances(&stack, &ann_id).await, (550, 0, 0));
+
+    // "Back to the app" leads to a page of the stack a browser opens without a token.
+    let back = paid_page
+        .split("<a id=\"back\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the paid page links back to the app");
+    assert_eq!(back, format!("{}/api/v1/credits/packages", stack.base_url));
+    let packages = stack.http.get(back).send().await.unwrap();
+    assert_eq!(packages.status(), 200);
+    let packages: serde_json::Value = packages.json().await.unwrap();
+    assert!(
+        packages["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+    );
     assert_eq!(order_status(&stack, &order_id).await, "paid");
     check_ledger(&stack).await;
 
