@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::app::AppState;
-use shared::queue::memory::MemoryQueue;
-use shared::worker::Worker;
+use shared::jobs::worker::Worker;
+use shared::ports::queue::memory::MemoryQueue;
+use shared::web::state::AppState;
 use tokio::sync::watch;
 
 /// How often the consumer polls.
@@ -59,8 +59,13 @@ pub async fn run_schedules(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = hour.tick() => &["partition-upkeep", "idempotency-purge"],
         };
         for task in tasks {
-            if let Err(e) =
-                shared::scheduler::run(task, &state.db, state.queue.as_deref(), &state.config).await
+            if let Err(e) = shared::runtime::scheduler::run(
+                task,
+                &state.db,
+                state.queue.as_deref(),
+                &state.config,
+            )
+            .await
             {
                 tracing::warn!(task, error = %e, "scheduled task failed");
             }

@@ -18,11 +18,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use shared::app::AppState;
 use shared::credits::purchases::stripe::{self, SIGNATURE_HEADER};
 use shared::credits::purchases::{self, PurchaseOrder};
-use shared::error::ApiError;
-use shared::http::ApiPath;
+use shared::kernel::error::ApiError;
+use shared::web::http::ApiPath;
+use shared::web::state::AppState;
 
 use crate::LOCAL_WEBHOOK_SECRET;
 

@@ -10,13 +10,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use shared::app::AppState;
-use shared::auth::dev_issuer::DevIssuer;
-use shared::error::ApiError;
-use shared::http::{ApiJson, ApiPath, ApiQuery};
-use shared::storage::content_type_of;
-use shared::storage::local::LocalObjectStore;
+use shared::kernel::error::ApiError;
+use shared::ports::storage::content_type_of;
+use shared::ports::storage::local::LocalObjectStore;
 use shared::users::fields;
+use shared::web::auth::dev_issuer::DevIssuer;
+use shared::web::http::{ApiJson, ApiPath, ApiQuery};
+use shared::web::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -33,13 +33,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::Stream;
 use serde_json::{Value, json};
-use shared::app::AppState;
-use shared::auth::Caller;
-use shared::db;
-use shared::error::ApiError;
-use shared::http::{ApiPath, resource_id};
 use shared::jobs::{JOB_COLUMNS, Job, JobStatus};
+use shared::kernel::error::ApiError;
+use shared::ports::db;
 use shared::users;
+use shared::web::auth::Caller;
+use shared::web::http::{ApiPath, resource_id};
+use shared::web::state::AppState;
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -65,7 +65,7 @@ pub fn routes(stopping: watch::Receiver<bool>) -> Router<AppState> {
 
 async fn job_events(
     state: AppState,
-    identity: shared::auth::Identity,
+    identity: shared::web::auth::Identity,
     id: String,
     stopping: watch::Receiver<bool>,
 ) -> Result<Response, ApiError> {

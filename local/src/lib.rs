@@ -15,15 +15,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use shared::app::{self, AppState};
-use shared::auth::dev_issuer::{DevIssuer, SigningKey};
-use shared::config::{
+use shared::AppState;
+use shared::jobs::worker::Worker;
+use shared::kernel::config::{
     AuthConfig, Config, CreditsConfig, DEFAULT_EMAIL_CLAIM, DatabaseConfig, GalleryConfig,
     GeneratorConfig, LogFormat, PaymentProvider, PaymentsConfig, SslMode,
 };
-use shared::queue::memory::MemoryQueue;
-use shared::storage::local::LocalObjectStore;
-use shared::worker::Worker;
+use shared::ports::queue::memory::MemoryQueue;
+use shared::ports::storage::local::LocalObjectStore;
+use shared::runtime::app;
+use shared::web::auth::dev_issuer::{DevIssuer, SigningKey};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -142,7 +143,7 @@ impl LocalStack {
         };
         let issuer = DevIssuer::new(signing_key, issuer_url.clone(), LOCAL_AUDIENCE);
         let config = local_config(&database.url, &issuer_url)?;
-        shared::metrics::init(&config.metrics);
+        shared::kernel::metrics::init(&config.metrics);
         let mut state = AppState::from_config(config).await?;
         let store = Arc::new(LocalObjectStore::new(
             options.data_dir.join("objects"),
@@ -163,19 +164,21 @@ impl LocalStack {
                     pool_size: 1,
                     ..state.config.database.clone()
                 };
-                let pool = shared::db::create_pool(&owner)?;
-                let report = shared::db::migrate(&pool).await;
+                let pool = shared::ports::db::create_pool(&owner)?;
+                let report = shared::ports::db::migrate(&pool).await;
                 pool.close();
                 report
             }
-            None => shared::db::migrate(&state.db).await,
+            None => shared::ports::db::migrate(&state.db).await,
         }
         .with_context(|| format!("migrating {}", database::redact(&database.url)))?;
         for name in &report.applied {
             tracing::info!(migration = %name, "applied");
         }
 
-        let generator = Arc::new(shared::generator::build_chain(&state.config.generator)?);
+        let generator = Arc::new(shared::ports::generator::build_chain(
+            &state.config.generator,
+        )?);
         let worker = Worker {
             db: state.db.clone(),
             storage: store.clone(),
@@ -240,7 +243,10 @@ impl LocalStack {
             let _ = shutdown.send(());
         }
         (&mut self.server).await??;
-        self.state.views.flush(&self.state.db).await?;
+        self.state
+            .cache::<shared::characters::views::ViewCounter>()
+            .flush(&self.state.db)
+            .await?;
         Ok(())
     }
 }
@@ -287,7 +293,7 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
         },
         // The GALLERY_* variables, as in Lambda.
         gallery: GalleryConfig::from_lookup(|name| std::env::var(name).ok())?,
-        views: shared::config::ViewsConfig::from_lookup(|name| std::env::var(name).ok())?,
+        views: shared::kernel::config::ViewsConfig::from_lookup(|name| std::env::var(name).ok())?,
         payments: PaymentsConfig {
             provider: PaymentProvider::Local,
             stripe_api_base: "https://api.stripe.com".into(),
@@ -301,26 +307,30 @@ fn local_config(database_url: &str, issuer_url: &str) -> anyhow::Result<Config> 
         },
         credits: CreditsConfig::default(),
         // EXPORT_INLINE_MAX_BYTES, as in Lambda (default 5 MiB).
-        gdpr: shared::config::GdprConfig::from_lookup(|name| std::env::var(name).ok())?,
+        gdpr: shared::kernel::config::GdprConfig::from_lookup(|name| std::env::var(name).ok())?,
         // No image server unless GENERATOR_PRIMARY_URL / _SECONDARY_URL point
         // at one: the procedural renderer serves every job.
         generator: GeneratorConfig::from_lookup(|name| std::env::var(name).ok())?,
         // Files and the in-process queue, set up by `LocalStack::start`; never AWS.
-        storage: shared::config::StorageConfig::default(),
-        queue: shared::config::QueueConfig {
+        storage: shared::kernel::config::StorageConfig::default(),
+        queue: shared::kernel::config::QueueConfig {
             job_queue_url: None,
             redelivery_after: JOB_REDELIVERY_AFTER,
-            max_redeliveries: shared::config::QueueConfig::default().max_redeliveries,
+            max_redeliveries: shared::kernel::config::QueueConfig::default().max_redeliveries,
         },
-        worker: shared::config::WorkerConfig {
+        worker: shared::kernel::config::WorkerConfig {
             job_timeout: JOB_TIMEOUT,
             max_attempts: JOB_MAX_ATTEMPTS,
             retry_base: JOB_RETRY_BASE,
             retry_max: JOB_RETRY_MAX,
         },
-        retention: shared::config::RetentionConfig::from_lookup(|name| std::env::var(name).ok())?,
+        retention: shared::kernel::config::RetentionConfig::from_lookup(|name| {
+            std::env::var(name).ok()
+        })?,
         log_format: LogFormat::Text,
         // Off unless METRICS=emf: the local stack's stdout is a terminal.
-        metrics: shared::metrics::MetricsConfig::from_lookup(|name| std::env::var(name).ok())?,
+        metrics: shared::kernel::config::MetricsConfig::from_lookup(|name| {
+            std::env::var(name).ok()
+        })?,
     })
 }

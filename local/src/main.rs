@@ -10,12 +10,12 @@
 //!   uses it.
 //! - `new-database NAME`: make sure a server answers, create database NAME on
 //!   it (if missing) and print its URL; `scripts/fuzz` serves from one.
-//! - `openapi`: print the OpenAPI document (`shared::openapi::json()`), which
+//! - `openapi`: print the OpenAPI document (`shared::runtime::openapi::json()`), which
 //!   is committed as `openapi.json`: `cargo run -p local -- openapi > openapi.json`.
 
 use anyhow::Context;
 use local::{LocalOptions, LocalStack, database};
-use shared::config::{DatabaseConfig, LogFormat, SslMode};
+use shared::kernel::config::{DatabaseConfig, LogFormat, SslMode};
 
 const USAGE: &str = "\
 usage: local [COMMAND]
@@ -49,10 +49,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("openapi") {
         // Nothing but the document on stdout: it is redirected into openapi.json.
-        print!("{}", shared::openapi::json());
+        print!("{}", shared::runtime::openapi::json());
         return Ok(());
     }
-    shared::telemetry::init(LogFormat::Text);
+    shared::kernel::telemetry::init(LogFormat::Text);
     let options = LocalOptions::from_env()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -131,7 +131,7 @@ async fn migrate(options: LocalOptions) -> anyhow::Result<()> {
     // DATABASE_URL's login as the runtime login (what the scheduler's
     // `migrate` task does on AWS).
     if config.migration_url.is_some() {
-        let report = shared::db::migrate_and_provision(&config).await?;
+        let report = shared::ports::db::migrate_and_provision(&config).await?;
         println!(
             "{}: applied {}; runtime login `{}` provisioned",
             database::redact(&url),
@@ -144,8 +144,8 @@ async fn migrate(options: LocalOptions) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let pool = shared::db::create_pool(&config)?;
-    let report = shared::db::migrate(&pool).await?;
+    let pool = shared::ports::db::create_pool(&config)?;
+    let report = shared::ports::db::migrate(&pool).await?;
     if report.applied.is_empty() {
         println!("{}: already up to date", database::redact(&url));
     } else {

@@ -66,7 +66,7 @@ async fn first_sign_in_creates_user_profile_and_credits_once_under_concurrency()
     statuses.sort();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 200, 200, 201]);
 
-    let subject = shared::auth::dev_issuer::DevIssuer::subject_for("new@example.com");
+    let subject = shared::web::auth::dev_issuer::DevIssuer::subject_for("new@example.com");
     assert_eq!(
         count(
             &stack,

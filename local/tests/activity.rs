@@ -130,6 +130,9 @@ async fn bad_parameters_are_refused_and_anonymous_callers_are_401() {
         ("cursor=garbage!", "cursor"),
         ("activity_type=DROP%20TABLE", "activity_type"),
         ("activity_type=", "activity_type"),
+        // Well-formed, but no activity of the platform has this type.
+        ("activity_type=nope", "activity_type"),
+        ("activity_type=LOGIN", "activity_type"),
         ("colour=red", "query"),
     ] {
         let reply = stack

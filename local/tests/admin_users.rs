@@ -7,7 +7,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::tier::Tier;
+use shared::kernel::tier::Tier;
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
 
@@ -541,7 +541,7 @@ async fn a_banned_users_token_is_refused_on_every_authenticated_route() {
 
     // Every operation the document says takes a token (optional ones included) refuses it,
     // each with a body it would otherwise accept.
-    let doc: Value = serde_json::from_str(&shared::openapi::json()).unwrap();
+    let doc: Value = serde_json::from_str(&shared::runtime::openapi::json()).unwrap();
     let member = format!("{collection}/characters/{character}");
     let collection_path = format!("/collections/{collection}");
     let job_path = format!("/jobs/{job}");

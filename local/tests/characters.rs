@@ -430,7 +430,7 @@ async fn views_are_counted_for_readers_other_than_the_owner() {
         stack
             .stack
             .state
-            .views
+            .cache::<shared::characters::views::ViewCounter>()
             .flush(&stack.stack.state.db)
             .await
             .unwrap();

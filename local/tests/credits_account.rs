@@ -1,7 +1,7 @@
 //! The caller's credit routes over real HTTP against real PostgreSQL: balance
 //! and history, the package catalogue, the price list, the daily bonus and
 //! gifts. Every step that moves credits is followed by the ledger invariants
-//! of DESIGN.md (`testkit::ledger::assert_invariants`), so a failure names the
+//! of docs/architecture.md (`testkit::ledger::assert_invariants`), so a failure names the
 //! step that broke them.
 
 use std::collections::HashSet;
@@ -704,7 +704,12 @@ async fn pricing_shows_tier_multipliers_access_and_usage_without_consuming_limit
         )
         .await
         .unwrap();
-        stack.stack.state.pricing.invalidate().await;
+        stack
+            .stack
+            .state
+            .cache::<shared::credits::engine::PricingCache>()
+            .invalidate()
+            .await;
         let anonymous = stack.get("/api/v1/pricing", None).await;
         assert_eq!(
             item(&anonymous, "cfg_generate")["allowed"],
@@ -738,7 +743,12 @@ async fn pricing_shows_tier_multipliers_access_and_usage_without_consuming_limit
     )
     .await
     .unwrap();
-    stack.stack.state.pricing.invalidate().await;
+    stack
+        .stack
+        .state
+        .cache::<shared::credits::engine::PricingCache>()
+        .invalidate()
+        .await;
 
     // Looking is free: far more reads than the per-minute limit, no window counted.
     db.execute(

@@ -13,7 +13,7 @@ use shared::credits::engine;
 use shared::credits::holds;
 use shared::credits::ledger::{self, Entry};
 use shared::credits::pricing::{PriceInputs, Quote};
-use shared::error::ApiError;
+use shared::kernel::error::ApiError;
 use shared::users::{USER_COLUMNS, User};
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
@@ -153,7 +153,18 @@ async fn quote(
     let mut client = stack.sql().await;
     let user = user_row(&client, email).await;
     let tx = client.transaction().await.unwrap();
-    let quoted = engine::quote(&tx, &stack.stack.state.pricing, &user, method, path, inputs).await;
+    let quoted = engine::quote(
+        &tx,
+        &stack
+            .stack
+            .state
+            .cache::<shared::credits::engine::PricingCache>(),
+        &user,
+        method,
+        path,
+        inputs,
+    )
+    .await;
     if quoted.is_ok() {
         tx.commit().await.unwrap();
     } else {
@@ -734,7 +745,10 @@ async fn a_pricing_change_takes_effect_for_quotes_at_once() {
     let ann = user_row(&client, "ann@example.com").await;
     let closed = engine::quote_generation(
         &client,
-        &stack.stack.state.pricing,
+        &stack
+            .stack
+            .state
+            .cache::<shared::credits::engine::PricingCache>(),
         &ann,
         path,
         &generation_inputs(),
@@ -816,7 +830,12 @@ async fn a_config_for_a_route_nothing_charges_is_refused_and_one_for_generation_
         )
         .await
         .unwrap();
-    stack.stack.state.pricing.invalidate().await;
+    stack
+        .stack
+        .state
+        .cache::<shared::credits::engine::PricingCache>()
+        .invalidate()
+        .await;
     let list = stack.get("/api/v1/pricing", None).await;
     assert_eq!(list.status, 200, "{}", list.body);
     let listed: Vec<&str> = list.body["items"]
@@ -1078,7 +1097,10 @@ async fn per_minute_and_daily_limits_allow_exactly_the_limit() {
     let ann = user_row(&client, "ann@example.com").await;
     let bob = user_row(&client, "bob@example.com").await;
     let mut at_once = client.transaction().await.unwrap();
-    let pricing = stack.stack.state.pricing.clone();
+    let pricing = stack
+        .stack
+        .state
+        .cache::<shared::credits::engine::PricingCache>();
     async fn quote_at(
         tx: &mut tokio_postgres::Transaction<'_>,
         pricing: &shared::credits::engine::PricingCache,

@@ -13,7 +13,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::worker::Worker;
+use shared::jobs::worker::Worker;
 use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
@@ -638,7 +638,12 @@ async fn an_endpoint_daily_limit_gives_one_window_of_calls_however_often_the_zon
     )
     .await
     .unwrap();
-    stack.stack.state.pricing.invalidate().await;
+    stack
+        .stack
+        .state
+        .cache::<shared::credits::engine::PricingCache>()
+        .invalidate()
+        .await;
     let (ann, ann_id) = stack.buyer("ann@example.com", "ann", 1000).await;
     // Ann's first window opens in the zone furthest west.
     set_timezone(&stack, &ann, WEST).await;
@@ -821,7 +826,7 @@ async fn the_schedulers_bulk_reset_and_the_lazy_reset_open_the_same_windows() {
         .await
         .unwrap();
     }
-    let report = shared::scheduler::run(
+    let report = shared::runtime::scheduler::run(
         "daily-reset",
         &stack.stack.state.db,
         None,

@@ -581,7 +581,7 @@ async fn flush(stack: &TestStack) {
     stack
         .stack
         .state
-        .views
+        .cache::<shared::characters::views::ViewCounter>()
         .flush(&stack.stack.state.db)
         .await
         .unwrap();
@@ -655,9 +655,10 @@ async fn a_viewer_counts_once_per_character_per_day() {
         .await
         .unwrap();
     let state = &stack.stack.state;
-    let report = shared::scheduler::run("idempotency-purge", &state.db, None, &state.config)
-        .await
-        .unwrap();
+    let report =
+        shared::runtime::scheduler::run("idempotency-purge", &state.db, None, &state.config)
+            .await
+            .unwrap();
     assert_eq!(report.outcome["view_keys_purged"], 5);
     let left: i64 = client
         .query_one("SELECT count(*) FROM character_view_keys", &[])

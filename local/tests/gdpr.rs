@@ -14,7 +14,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::generator::{
+use shared::ports::generator::{
     GeneratedImages, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
     ProceduralGenerator, ProgressReporter,
 };
@@ -180,7 +180,7 @@ async fn seed(stack: &TestStack, person: &Person) -> Seeded {
     Seeded {
         token,
         id,
-        subject: shared::auth::dev_issuer::DevIssuer::subject_for(person.email),
+        subject: shared::web::auth::dev_issuer::DevIssuer::subject_for(person.email),
         characters,
         collection,
     }
@@ -355,7 +355,7 @@ async fn auth_function(stack: &TestStack, inline_max: usize, storage: bool) -> S
     if !storage {
         state.storage = None;
     }
-    let app = shared::app::finish(shared::app::auth_routes(), state);
+    let app = shared::runtime::app::finish(shared::runtime::app::auth_routes(), state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -756,7 +756,7 @@ async fn the_written_document_has_exactly_the_documented_keys() {
     let (ann, _bob) = seed_both(&stack).await;
     let reply = stack.get("/api/v1/me/export", Some(&ann.token)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let spec = serde_json::to_value(shared::openapi::document()).unwrap();
+    let spec = serde_json::to_value(shared::runtime::openapi::document()).unwrap();
     let keys = |schema: &str| -> std::collections::BTreeSet<String> {
         spec["components"]["schemas"][schema]["properties"]
             .as_object()
@@ -1355,7 +1355,7 @@ async fn a_job_finishing_after_the_erasure_settles_nothing_and_keeps_no_image() 
     .unwrap();
     let job = generate(&stack, &ann.token, &ann.characters[0]).await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let worker = shared::worker::Worker {
+    let worker = shared::jobs::worker::Worker {
         generator: Arc::new(GeneratorChain::new(vec![Arc::new(GatedGenerator {
             gate: gate.clone(),
         })])),

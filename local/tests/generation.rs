@@ -9,8 +9,10 @@ use std::time::Duration;
 use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::generator::{A1111Generator, GeneratorChain, ImageGenerator, ProceduralGenerator};
-use shared::worker::Worker;
+use shared::jobs::worker::Worker;
+use shared::ports::generator::{
+    A1111Generator, GeneratorChain, ImageGenerator, ProceduralGenerator,
+};
 use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
 use testkit::{TestStack, spawn_stack};
@@ -46,7 +48,7 @@ async fn balance(stack: &TestStack) -> shared::credits::Balance {
         .await
         .unwrap()
         .get(0);
-    shared::credits::balance(&client, &id, shared::config::DEFAULT_GIFT_HOLD_DAYS)
+    shared::credits::balance(&client, &id, shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS)
         .await
         .unwrap()
 }
@@ -88,7 +90,7 @@ fn unreachable(name: &'static str) -> Arc<dyn ImageGenerator> {
         name,
         &format!("http://127.0.0.1:{port}"),
         Duration::from_secs(2),
-        shared::generator::a1111::client().unwrap(),
+        shared::ports::generator::a1111::client().unwrap(),
     ))
 }
 
@@ -103,7 +105,7 @@ async fn refusing(name: &'static str) -> Arc<dyn ImageGenerator> {
         name,
         &url,
         Duration::from_secs(5),
-        shared::generator::a1111::client().unwrap(),
+        shared::ports::generator::a1111::client().unwrap(),
     ))
 }
 
@@ -419,7 +421,12 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
         )
         .await
         .unwrap();
-    stack.stack.state.pricing.invalidate().await;
+    stack
+        .stack
+        .state
+        .cache::<shared::credits::engine::PricingCache>()
+        .invalidate()
+        .await;
     let server = StandIn::start().await;
     // Each round races 8 cancels against the worker, the worker held back by a
     // spread of delays (the cancel's HTTP round trip is slower than a claim, so

@@ -6,7 +6,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::worker::Worker;
+use shared::jobs::worker::Worker;
 use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
@@ -70,7 +70,7 @@ async fn balance(stack: &TestStack, user_id: &str) -> shared::credits::Balance {
     shared::credits::balance(
         &stack.sql().await,
         user_id,
-        shared::config::DEFAULT_GIFT_HOLD_DAYS,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
     )
     .await
     .unwrap()
@@ -148,7 +148,12 @@ async fn a_placeholder_is_labelled_and_costs_the_fallback_price() {
         )
         .await
         .unwrap();
-    stack.stack.state.pricing.invalidate().await;
+    stack
+        .stack
+        .state
+        .cache::<shared::credits::engine::PricingCache>()
+        .invalidate()
+        .await;
     stack
         .sql()
         .await
@@ -563,7 +568,12 @@ async fn a_preview_answers_exactly_what_dispatch_charges() {
         )
         .await
         .unwrap();
-    stack.stack.state.pricing.invalidate().await;
+    stack
+        .stack
+        .state
+        .cache::<shared::credits::engine::PricingCache>()
+        .invalidate()
+        .await;
     client
         .execute(
             "UPDATE users SET subscription_tier = 'PRO', daily_quota = 3",

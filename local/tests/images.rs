@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::worker::Worker;
+use shared::jobs::worker::Worker;
 use testkit::a1111::StandIn;
 use testkit::{Reply, TestStack, spawn_stack};
 
@@ -704,7 +704,7 @@ async fn variants_list_the_family_each_caller_may_see() {
         .assert_problem(404);
     // Unknown parameters, bad limits and foreign cursors are 422s (a cursor of the images
     // list is not one of this list).
-    let images_cursor = shared::pagination::encode(&shared::pagination::TimeKey {
+    let images_cursor = shared::web::pagination::encode(&shared::web::pagination::TimeKey {
         at: chrono::Utc::now(),
         id: root.clone(),
     });

@@ -12,12 +12,12 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::generator::{
+use shared::jobs::worker::Worker;
+use shared::ports::generator::{
     GeneratedImages, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
     ProceduralGenerator, Progress, ProgressReporter,
 };
-use shared::queue::JobQueue;
-use shared::worker::Worker;
+use shared::ports::queue::JobQueue;
 use testkit::a1111::StandIn;
 use testkit::ledger::assert_invariants;
 use testkit::{TestStack, spawn_stack};
@@ -61,7 +61,7 @@ async fn job_row(stack: &TestStack, job_id: &str) -> (String, i32, Option<Value>
 
 async fn outbox_sweep(stack: &TestStack) -> Value {
     let state = &stack.stack.state;
-    shared::scheduler::run(
+    shared::runtime::scheduler::run(
         "outbox-sweep",
         &state.db,
         state.queue.as_deref(),
@@ -90,7 +90,7 @@ async fn balance(stack: &TestStack, user: &str) -> shared::credits::Balance {
     shared::credits::balance(
         &stack.sql().await,
         user,
-        shared::config::DEFAULT_GIFT_HOLD_DAYS,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
     )
     .await
     .unwrap()

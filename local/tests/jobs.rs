@@ -44,7 +44,7 @@ async fn balance(stack: &TestStack, email: &str) -> shared::credits::Balance {
         .await
         .unwrap()
         .get(0);
-    shared::credits::balance(&client, &id, shared::config::DEFAULT_GIFT_HOLD_DAYS)
+    shared::credits::balance(&client, &id, shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS)
         .await
         .unwrap()
 }

@@ -198,7 +198,7 @@ async fn snapshot(stack: &TestStack) -> Vec<(String, String)> {
 /// Every operation of the OpenAPI document under `/api/v1/admin`, so that a new admin route
 /// is covered without touching this test.
 fn admin_operations() -> Vec<(Method, String, bool)> {
-    let doc: Value = serde_json::from_str(&shared::openapi::json()).unwrap();
+    let doc: Value = serde_json::from_str(&shared::runtime::openapi::json()).unwrap();
     let mut operations = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         if !path.starts_with("/api/v1/admin") {

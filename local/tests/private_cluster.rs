@@ -171,16 +171,17 @@ async fn require_ssl_connects_over_verified_tls() {
         .unwrap();
     drop(admin);
 
-    let config = |sslmode, root_cert: Option<std::path::PathBuf>| shared::config::DatabaseConfig {
-        migration_url: None,
-        url: format!("postgres://postgres@localhost:{port}/postgres"),
-        sslmode,
-        ssl_root_cert: root_cert,
-        pool_size: 1,
-        connect_timeout: std::time::Duration::from_secs(5),
-    };
-    let verified = shared::db::create_pool(&config(
-        shared::config::SslMode::Require,
+    let config =
+        |sslmode, root_cert: Option<std::path::PathBuf>| shared::kernel::config::DatabaseConfig {
+            migration_url: None,
+            url: format!("postgres://postgres@localhost:{port}/postgres"),
+            sslmode,
+            ssl_root_cert: root_cert,
+            pool_size: 1,
+            connect_timeout: std::time::Duration::from_secs(5),
+        };
+    let verified = shared::ports::db::create_pool(&config(
+        shared::kernel::config::SslMode::Require,
         Some(certs.join("ca.crt")),
     ))
     .unwrap();
@@ -212,7 +213,8 @@ async fn require_ssl_connects_over_verified_tls() {
     // Without the file, the compiled-in roots (webpki and the RDS CAs, built
     // on first use) do not know the private CA: the handshake refuses it.
     let unverified =
-        shared::db::create_pool(&config(shared::config::SslMode::Require, None)).unwrap();
+        shared::ports::db::create_pool(&config(shared::kernel::config::SslMode::Require, None))
+            .unwrap();
     let refused = unverified
         .get()
         .await

@@ -17,11 +17,11 @@ use axum::routing::post;
 use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::config::PaymentProvider;
 use shared::credits::holds;
 use shared::credits::ledger::{self, Entry};
 use shared::credits::pricing::Quote;
 use shared::credits::purchases::stripe;
+use shared::kernel::config::PaymentProvider;
 use testkit::ledger::assert_invariants;
 use testkit::{Reply, TestStack, spawn_stack};
 
@@ -339,7 +339,7 @@ async fn stripe_credits_function(stack: &TestStack, stripe_base: &str) -> String
     config.payments.checkout_success_url = "https://app.test/credits?checkout=success".into();
     config.payments.checkout_cancel_url = "https://app.test/credits?checkout=cancelled".into();
     state.config = Arc::new(config);
-    let app = shared::app::finish(shared::app::credits_routes(), state);
+    let app = shared::runtime::app::finish(shared::runtime::app::credits_routes(), state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -2145,7 +2145,7 @@ async fn credits_function_holding(stack: &TestStack, days: i32) -> String {
     let mut config = (*state.config).clone();
     config.credits.gift_hold_days = days;
     state.config = Arc::new(config);
-    let app = shared::app::finish(shared::app::credits_routes(), state);
+    let app = shared::runtime::app::finish(shared::runtime::app::credits_routes(), state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

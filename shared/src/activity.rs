@@ -1,16 +1,67 @@
 //! The audit trail: `user_activity_logs`, written in the same transaction as
 //! the action it records.
+//!
+//! The lowest domain: it may use the kernel, ports and web layers only, and
+//! every other domain may use it.
 
 use serde_json::Value;
 use tokio_postgres::GenericClient;
 
-use crate::http::RequestMeta;
+use crate::web::http::RequestMeta;
+
+crate::text_enum! {
+    /// What an activity row records (`user_activity_logs.activity_type`): every
+    /// kind the platform writes, so that a filter for anything else is refused.
+    pub enum ActivityType {
+        AdminCharacterFeatured => "admin_character_featured",
+        AdminCharacterHidden => "admin_character_hidden",
+        AdminCharacterUnfeatured => "admin_character_unfeatured",
+        AdminCharacterUnhidden => "admin_character_unhidden",
+        AdminCharacterUnpublished => "admin_character_unpublished",
+        AdminCreditAdjustment => "admin_credit_adjustment",
+        AdminJobRefunded => "admin_job_refunded",
+        AdminPackageCreated => "admin_package_created",
+        AdminPackageUpdated => "admin_package_updated",
+        AdminPricingCreated => "admin_pricing_created",
+        AdminPricingUpdated => "admin_pricing_updated",
+        AdminReportResolved => "admin_report_resolved",
+        AdminReportsListed => "admin_reports_listed",
+        AdminUserLookup => "admin_user_lookup",
+        AdminUserUpdated => "admin_user_updated",
+        CharacterCreated => "character_created",
+        CharacterDeleted => "character_deleted",
+        CharacterDownloaded => "character_downloaded",
+        CharacterImageDeleted => "character_image_deleted",
+        CharacterPrimaryImageSet => "character_primary_image_set",
+        CharacterRated => "character_rated",
+        CharacterUpdated => "character_updated",
+        DailyBonus => "daily_bonus",
+        Erasure => "erasure",
+        Export => "export",
+        GenerationCancelled => "generation_cancelled",
+        GenerationRequested => "generation_requested",
+        GiftReceived => "gift_received",
+        GiftSent => "gift_sent",
+        ImageGenerated => "image_generated",
+        JobFailed => "job_failed",
+        Login => "login",
+        PurchaseCompleted => "purchase_completed",
+        PurchaseDisputeDeferred => "purchase_dispute_deferred",
+        PurchaseDisputeLost => "purchase_dispute_lost",
+        PurchaseDisputeWon => "purchase_dispute_won",
+        PurchaseDisputed => "purchase_disputed",
+        PurchaseFailed => "purchase_failed",
+        PurchaseRefunded => "purchase_refunded",
+        RatingWithdrawn => "rating_withdrawn",
+        ReportFiled => "report_filed",
+        SubscriptionExpired => "subscription_expired",
+    }
+}
 
 /// One action worth recording.
 pub struct Activity<'a> {
     pub user_id: Option<&'a str>,
-    /// `login`, `character_created`, `image_generated`...
-    pub activity_type: &'a str,
+    pub activity_type: ActivityType,
     pub entity_type: Option<&'a str>,
     pub entity_id: Option<&'a str>,
     pub metadata: Value,
@@ -40,164 +91,4 @@ pub async fn record(
         )
         .await?;
     Ok(())
-}
-
-/// `GET /api/v1/me/activity`: the caller's own audit trail, newest first.
-pub mod routes {
-    use axum::extract::State;
-    use axum::routing::get;
-    use axum::{Json, Router};
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Serialize};
-    use serde_json::Value;
-    use utoipa::{IntoParams, ToSchema};
-
-    use crate::app::AppState;
-    use crate::auth::Caller;
-    use crate::db::begin_as;
-    use crate::error::{ApiError, FieldError, Problem};
-    use crate::http::ApiQuery;
-    use crate::input::finish;
-    use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
-    use crate::pagination::{self, Page, TimeKey};
-    use crate::users::repo::current_user;
-
-    pub fn router() -> Router<AppState> {
-        Router::new().route("/api/v1/me/activity", get(list))
-    }
-
-    /// One `user_activity_logs` row, every column.
-    #[derive(Debug, Clone, Serialize, ToSchema)]
-    pub struct ActivityEntry {
-        pub id: String,
-        pub user_id: Option<String>,
-        /// `login`, `character_created`, `image_generated`, `purchase_completed`...
-        pub activity_type: String,
-        /// `character`, `generation_job`, `purchase_order`, `user`...
-        pub entity_type: Option<String>,
-        pub entity_id: Option<String>,
-        /// The request id of the request that did it.
-        pub session_id: Option<String>,
-        /// The client's address as API Gateway saw it.
-        pub ip_address: Option<String>,
-        pub user_agent: Option<String>,
-        pub referrer: Option<String>,
-        pub metadata: Option<Value>,
-        pub created_at: DateTime<Utc>,
-    }
-
-    pub(crate) const COLUMNS: &str = "id, user_id, activity_type, entity_type, entity_id, \
-        session_id, host(ip_address) AS ip_address, user_agent, referrer, metadata, created_at";
-
-    impl ActivityEntry {
-        pub(crate) fn from_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
-            Ok(Self {
-                id: row.try_get("id")?,
-                user_id: row.try_get("user_id")?,
-                activity_type: row.try_get("activity_type")?,
-                entity_type: row.try_get("entity_type")?,
-                entity_id: row.try_get("entity_id")?,
-                session_id: row.try_get("session_id")?,
-                ip_address: row.try_get("ip_address")?,
-                user_agent: row.try_get("user_agent")?,
-                referrer: row.try_get("referrer")?,
-                metadata: row.try_get("metadata")?,
-                created_at: row.try_get("created_at")?,
-            })
-        }
-    }
-
-    /// Unknown parameters are refused with a 422.
-    #[derive(Debug, Default, Deserialize, IntoParams)]
-    #[serde(deny_unknown_fields)]
-    #[into_params(parameter_in = Query)]
-    pub(crate) struct ActivityQuery {
-        /// Page size, 1 to 100 (default 24).
-        #[param(minimum = 1, maximum = 100, nullable = false)]
-        limit: Option<i64>,
-        /// The `next_cursor` of the previous page.
-        #[param(nullable = false)]
-        cursor: Option<String>,
-        /// Only entries of this type (`login`, `character_created`...).
-        #[param(nullable = false, pattern = "^[a-z_]{1,64}$")]
-        activity_type: Option<String>,
-    }
-
-    /// The caller's activity log, newest first.
-    ///
-    /// Everything the platform recorded about the caller's actions (sign-ins, characters,
-    /// generations, purchases, gifts, ratings, reports, exports; for an admin, the admin
-    /// actions they took), with the request id, address, user agent and referrer of each. Entries
-    /// older than the retention period (`ACTIVITY_LOG_RETENTION_DAYS`, default 180) are gone.
-    /// Keyset-paginated on `(created_at, id)`.
-    #[utoipa::path(
-        get,
-        path = "/api/v1/me/activity",
-        tag = "auth",
-        operation_id = "list_my_activity",
-        security(("bearer" = [])),
-        params(ActivityQuery),
-        responses(
-            (status = 200, description = "A page of the caller's activity entries.", body = Page<ActivityEntry>),
-            (status = 401, response = Unauthorized),
-            (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-            (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
-            (status = 422, response = ValidationFailed),
-            (status = 503, response = ServiceUnavailable),
-            (status = 500, response = InternalError),
-        )
-    )]
-    pub(crate) async fn list(
-        State(state): State<AppState>,
-        Caller(identity): Caller,
-        ApiQuery(query): ApiQuery<ActivityQuery>,
-    ) -> Result<Json<Page<ActivityEntry>>, ApiError> {
-        let mut errors = Vec::new();
-        let (limit, after) =
-            pagination::time_page(&mut errors, query.limit, query.cursor.as_deref());
-        let kind = match query.activity_type {
-            Some(kind)
-                if !(1..=64).contains(&kind.len())
-                    || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
-            {
-                errors.push(FieldError::new(
-                    "activity_type",
-                    "must be 1 to 64 lowercase letters and underscores",
-                ));
-                None
-            }
-            kind => kind,
-        };
-        finish((), errors)?;
-
-        let mut client = state.db.get().await?;
-        let user = current_user(&**client, &identity).await?;
-        // Row-level security shows app_api only the caller's rows; the user_id
-        // condition is what lets the planner walk idx_user_activity_logs_user_id.
-        let tx = begin_as(&mut client, Some(&user.id)).await?;
-        let (after_at, after_id) = match after {
-            Some(k) => (Some(k.at), Some(k.id)),
-            None => (None, None),
-        };
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM user_activity_logs \
-                     WHERE user_id = $1 AND ($2::text IS NULL OR activity_type = $2) \
-                       AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::text)) \
-                     ORDER BY created_at DESC, id DESC LIMIT $5"
-                ),
-                &[&user.id, &kind, &after_at, &after_id, &(limit + 1)],
-            )
-            .await?;
-        tx.commit().await?;
-        let entries = rows
-            .iter()
-            .map(ActivityEntry::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Json(pagination::page(entries, limit, |e| TimeKey {
-            at: e.created_at,
-            id: e.id.clone(),
-        })))
-    }
 }

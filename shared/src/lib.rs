@@ -1,38 +1,37 @@
 //! Behaviour of the character platform backend, shared by every Lambda
-//! function, the local stack and the tests. See DESIGN.md and the README's
-//! architecture section.
+//! function, the local stack and the tests.
+//!
+//! The crate is layered; a module may use its own layer and the ones below
+//! it, never one above (checked by `tests/layers.rs`, explained in
+//! `docs/architecture.md`):
+//!
+//! 1. [`kernel`]: configuration, errors, telemetry, metrics and the words of
+//!    the domain (tiers, job types) — no I/O of its own.
+//! 2. [`ports`]: the outside world behind traits and their adapters —
+//!    PostgreSQL, object storage, the job queue, image generators, AWS.
+//! 3. [`web`]: HTTP plumbing — request ids, input decoding, pagination,
+//!    idempotency, authentication and the state every handler receives.
+//! 4. the domains, one folder each: [`activity`], [`users`], [`credits`],
+//!    [`characters`], [`collections`], [`social`], [`jobs`], [`moderation`],
+//!    [`gdpr`]; a domain may use another only where their graph stays acyclic.
+//! 5. [`runtime`]: the entry points — router assembly, the OpenAPI document,
+//!    the Lambda adapters and the scheduler's task list.
+
+pub mod kernel;
+pub mod ports;
+pub mod web;
 
 pub mod activity;
-pub mod app;
-pub mod auth;
-pub mod aws;
 pub mod characters;
 pub mod collections;
-pub mod config;
 pub mod credits;
-pub mod db;
-pub mod error;
 pub mod gdpr;
-pub mod generator;
-pub mod http;
-pub mod idempotency;
-pub mod input;
 pub mod jobs;
-pub mod lambda;
-pub mod metrics;
 pub mod moderation;
-pub mod openapi;
-pub mod pagination;
-pub mod queue;
-pub mod scheduler;
-pub mod secrets;
 pub mod social;
-pub mod storage;
-pub mod telemetry;
-pub mod text_enum;
-pub mod tier;
 pub mod users;
-pub mod worker;
 
-pub use app::AppState;
-pub use error::ApiError;
+pub mod runtime;
+
+pub use kernel::error::ApiError;
+pub use web::state::AppState;

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use shared::queue::sqs::SqsJobQueue;
-use shared::queue::{JobQueue, OutgoingMessage, QueueError};
-use shared::storage::s3::S3ObjectStore;
-use shared::storage::{ObjectStore, StorageError};
+use shared::ports::queue::sqs::SqsJobQueue;
+use shared::ports::queue::{JobQueue, OutgoingMessage, QueueError};
+use shared::ports::storage::s3::S3ObjectStore;
+use shared::ports::storage::{ObjectStore, StorageError};
 use testkit::moto;
 
 async fn store() -> S3ObjectStore {

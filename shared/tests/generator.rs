@@ -17,9 +17,10 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use shared::config::GeneratorConfig;
-use shared::generator::{
-    A1111Generator, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator, JobType,
+use shared::kernel::config::GeneratorConfig;
+use shared::kernel::vocabulary::JobType;
+use shared::ports::generator::{
+    A1111Generator, GenerationRequest, GeneratorChain, GeneratorError, ImageGenerator,
     ProceduralGenerator, Progress, ProgressReporter, build_chain, compose,
 };
 use tokio::sync::{Semaphore, watch};

@@ -10,9 +10,9 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
-use shared::auth::dev_issuer::{DevIssuer, SigningKey};
-use shared::auth::{AuthError, TokenVerifier};
-use shared::config::AuthConfig;
+use shared::kernel::config::AuthConfig;
+use shared::web::auth::dev_issuer::{DevIssuer, SigningKey};
+use shared::web::auth::{AuthError, TokenVerifier};
 use tokio::sync::RwLock;
 
 struct Issuer {
@@ -55,7 +55,7 @@ fn verifier(issuer: &Issuer, min_refresh: Duration) -> TokenVerifier {
         issuer: issuer.url.clone(),
         audiences: vec!["api".into()],
         jwks_url: format!("{}.well-known/jwks.json", issuer.url),
-        email_claim: shared::config::DEFAULT_EMAIL_CLAIM.into(),
+        email_claim: shared::kernel::config::DEFAULT_EMAIL_CLAIM.into(),
         leeway_seconds: 30,
         jwks_min_refresh: min_refresh,
         trust_gateway_claims: false,

@@ -7,7 +7,7 @@ use serde_json::json;
 use shared::credits::holds;
 use shared::credits::ledger::{self, Entry, LedgerError};
 use shared::credits::pricing::Quote;
-use shared::idempotency::{self, Claim};
+use shared::web::idempotency::{self, Claim};
 use testkit::ledger::assert_invariants;
 
 async fn user(client: &tokio_postgres::Client, email: &str) -> String {
@@ -46,11 +46,11 @@ fn quote(price: i32) -> Quote {
     }
 }
 
-async fn pool(url: &str) -> shared::db::DbPool {
-    shared::db::create_pool(&shared::config::DatabaseConfig {
+async fn pool(url: &str) -> shared::ports::db::DbPool {
+    shared::ports::db::create_pool(&shared::kernel::config::DatabaseConfig {
         migration_url: None,
         url: url.to_string(),
-        sslmode: shared::config::SslMode::Disable,
+        sslmode: shared::kernel::config::SslMode::Disable,
         ssl_root_cert: None,
         pool_size: 16,
         connect_timeout: std::time::Duration::from_secs(10),
@@ -102,9 +102,13 @@ async fn buckets_are_spent_in_order_and_settle_or_release_exactly_once() {
     let h4 = holds::hold(&client, &ann, &j4, &quote(30)).await.unwrap();
     assert_eq!((h4.allowance_credits, h4.reserved_credits), (0, 30));
     assert_invariants(&client).await;
-    let balance = shared::credits::balance(&client, &ann, shared::config::DEFAULT_GIFT_HOLD_DAYS)
-        .await
-        .unwrap();
+    let balance = shared::credits::balance(
+        &client,
+        &ann,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (
             balance.current_balance,
@@ -157,9 +161,13 @@ async fn buckets_are_spent_in_order_and_settle_or_release_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(transactions_before, transactions_after);
-    let balance = shared::credits::balance(&client, &ann, shared::config::DEFAULT_GIFT_HOLD_DAYS)
-        .await
-        .unwrap();
+    let balance = shared::credits::balance(
+        &client,
+        &ann,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap();
     assert_eq!(balance.available, 95);
     assert_eq!(
         balance.free_generations_left, 1,
@@ -227,9 +235,13 @@ async fn concurrent_spends_against_a_balance_for_exactly_37_succeed_exactly_37_t
     }))
     .await;
     assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 37);
-    let balance = shared::credits::balance(&client, &ann, shared::config::DEFAULT_GIFT_HOLD_DAYS)
-        .await
-        .unwrap();
+    let balance = shared::credits::balance(
+        &client,
+        &ann,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap();
     assert_eq!((balance.current_balance, balance.reserved_balance), (0, 0));
     let lowest: i32 = client
         .query_one("SELECT min(balance_after) FROM credit_transactions", &[])
@@ -343,10 +355,13 @@ async fn daily_counters_reset_at_the_users_local_midnight() {
         !tokyo_is_later,
         "UTC resets at UTC midnight"
     );
-    let ann_balance =
-        shared::credits::balance(&client, &ann, shared::config::DEFAULT_GIFT_HOLD_DAYS)
-            .await
-            .unwrap();
+    let ann_balance = shared::credits::balance(
+        &client,
+        &ann,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap();
     let expected_left = if tokyo_is_later { 10 } else { 0 };
     assert_eq!(ann_balance.daily_allowance_left, expected_left);
     assert_eq!(ann_balance.free_generations_used == 0, tokyo_is_later);

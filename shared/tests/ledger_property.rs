@@ -3,7 +3,7 @@
 //! balances and daily counters, runs random sequences of purchases, holds,
 //! settles, releases (and repeated ones), gifts, bonuses, daily resets, admin
 //! adjustments and admin job refunds, and after EVERY step checks the
-//! DESIGN.md invariants with SQL (`testkit::ledger::assert_invariants`) and
+//! ledger invariants (docs/architecture.md) with SQL (`testkit::ledger::assert_invariants`) and
 //! compares the model with the database row by row. A failure names the seed,
 //! the step and the operation.
 //!
@@ -28,8 +28,8 @@ use shared::credits::admin::refunds::{self, RefundOutcome};
 use shared::credits::holds;
 use shared::credits::ledger::{self, Entry, LedgerError};
 use shared::credits::pricing::Quote;
-use shared::error::ApiError;
-use shared::http::RequestMeta;
+use shared::kernel::error::ApiError;
+use shared::web::http::RequestMeta;
 use testkit::ledger::assert_invariants;
 use tokio::sync::Mutex;
 use tokio_postgres::GenericClient;
@@ -815,7 +815,7 @@ fn api_collision(err: &ApiError) -> bool {
     matches!(err, ApiError::ServiceUnavailable { .. })
 }
 
-async fn concurrent_task(shared: Arc<Shared>, pool: shared::db::DbPool, seed: u64) {
+async fn concurrent_task(shared: Arc<Shared>, pool: shared::ports::db::DbPool, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let meta = RequestMeta::default();
     for n in 0..OPS_PER_TASK {
@@ -1014,10 +1014,10 @@ async fn concurrent_random_operations_keep_every_invariant_and_the_exact_sums() 
         collisions: AtomicUsize::new(0),
         committed: AtomicUsize::new(0),
     });
-    let pool = shared::db::create_pool(&shared::config::DatabaseConfig {
+    let pool = shared::ports::db::create_pool(&shared::kernel::config::DatabaseConfig {
         migration_url: None,
         url: url.clone(),
-        sslmode: shared::config::SslMode::Disable,
+        sslmode: shared::kernel::config::SslMode::Disable,
         ssl_root_cert: None,
         pool_size: TASKS,
         connect_timeout: std::time::Duration::from_secs(30),
@@ -1168,10 +1168,10 @@ async fn concurrent_dispatches_of_one_user_never_deadlock() {
     ledger::post(&client, &ann, Entry::new("purchase", 1000, "pack"))
         .await
         .unwrap();
-    let pool = shared::db::create_pool(&shared::config::DatabaseConfig {
+    let pool = shared::ports::db::create_pool(&shared::kernel::config::DatabaseConfig {
         migration_url: None,
         url: url.clone(),
-        sslmode: shared::config::SslMode::Disable,
+        sslmode: shared::kernel::config::SslMode::Disable,
         ssl_root_cert: None,
         pool_size: 10,
         connect_timeout: std::time::Duration::from_secs(30),

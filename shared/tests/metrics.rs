@@ -1,4 +1,4 @@
-//! The metrics the HTTP side emits, read through `shared::metrics::capture`
+//! The metrics the HTTP side emits, read through `shared::kernel::metrics::capture`
 //! around a real router: database connection errors where the pool cannot
 //! connect, 5xx by route, and the Stripe webhook's outcomes (against real
 //! PostgreSQL, with the local stack's webhook secret).
@@ -15,7 +15,7 @@ const WEBHOOK: &str = "/api/v1/credits/webhooks/stripe";
 /// Serves `request` with `router` in this task, returning the status and the
 /// metrics documents emitted meanwhile.
 async fn serve(router: Router, request: Request<Body>) -> (u16, Vec<Value>) {
-    let (response, documents) = shared::metrics::capture(router.oneshot(request)).await;
+    let (response, documents) = shared::kernel::metrics::capture(router.oneshot(request)).await;
     (response.expect("infallible").status().as_u16(), documents)
 }
 
@@ -26,7 +26,7 @@ fn named<'a>(documents: &'a [Value], name: &str) -> Vec<&'a Value> {
 
 #[tokio::test]
 async fn an_unreachable_database_is_one_connection_error_and_a_5xx_of_its_route() {
-    let router = shared::app::credits_router(testkit::offline_state().await);
+    let router = shared::runtime::app::credits_router(testkit::offline_state().await);
     let request = Request::get("/api/v1/credits/packages")
         .body(Body::empty())
         .unwrap();
@@ -84,7 +84,7 @@ async fn each_webhook_delivery_is_counted_by_its_outcome() {
         .stripe_webhook_secret
         .clone()
         .expect("the local stack has a webhook secret");
-    let router = shared::app::credits_router(state);
+    let router = shared::runtime::app::credits_router(state);
     let signed = |body: &str| {
         let signature = stripe::sign(&secret, chrono::Utc::now().timestamp(), body.as_bytes());
         webhook_request(body, Some(signature))
@@ -133,7 +133,7 @@ async fn each_webhook_delivery_is_counted_by_its_outcome() {
     );
 
     // Not configured (no webhook secret, no database): failed, for Stripe to retry.
-    let offline = shared::app::credits_router(testkit::offline_state().await);
+    let offline = shared::runtime::app::credits_router(testkit::offline_state().await);
     let (status, documents) = serve(offline, signed(&dispute)).await;
     assert_eq!(status, 503);
     assert_eq!(webhook_outcome(&documents), ("failed".into(), Value::Null));

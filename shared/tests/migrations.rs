@@ -1,12 +1,12 @@
 //! The migrations against a real, empty PostgreSQL database: they create every
 //! table, column and index of the seed design (read from
 //! `docs/database-design.md` itself, not from a list copied into the test),
-//! with the fixes DESIGN.md asks for, and a second run changes nothing.
+//! with the fixes the README's Data section lists, and a second run changes nothing.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use shared::config::{DatabaseConfig, SslMode};
+use shared::kernel::config::{DatabaseConfig, SslMode};
 
 struct SeedColumn {
     table: String,
@@ -117,8 +117,8 @@ fn seed() -> Seed {
     seed
 }
 
-async fn pool(url: &str) -> shared::db::DbPool {
-    shared::db::create_pool(&DatabaseConfig {
+async fn pool(url: &str) -> shared::ports::db::DbPool {
+    shared::ports::db::create_pool(&DatabaseConfig {
         migration_url: None,
         url: url.to_string(),
         sslmode: SslMode::Disable,
@@ -179,8 +179,8 @@ async fn catalog_snapshot(client: &tokio_postgres::Client) -> BTreeSet<String> {
 async fn migrations_create_the_whole_seed_design_and_rerunning_changes_nothing() {
     let url = testkit::empty_database().await;
     let pool = pool(&url).await;
-    let first = shared::db::migrate(&pool).await.unwrap();
-    assert_eq!(first.applied, shared::db::embedded_migrations());
+    let first = shared::ports::db::migrate(&pool).await.unwrap();
+    assert_eq!(first.applied, shared::ports::db::embedded_migrations());
     let client = testkit::connect(&url).await;
 
     let seed = seed();
@@ -242,7 +242,7 @@ async fn migrations_create_the_whole_seed_design_and_rerunning_changes_nothing()
         assert!(found, "constraint {constraint} on {table} is missing");
     }
 
-    // The fixes DESIGN.md lists.
+    // The fixes the README's Data section lists.
     let fk: String = client
         .query_one(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'characters_collection_id_fkey'",
@@ -331,7 +331,7 @@ async fn migrations_create_the_whole_seed_design_and_rerunning_changes_nothing()
 
     // A second run applies nothing and changes nothing.
     let before = catalog_snapshot(&client).await;
-    let second = shared::db::migrate(&pool).await.unwrap();
+    let second = shared::ports::db::migrate(&pool).await.unwrap();
     assert!(second.applied.is_empty(), "{:?}", second.applied);
     assert_eq!(before, catalog_snapshot(&client).await);
     let history: i64 = client
@@ -339,7 +339,10 @@ async fn migrations_create_the_whole_seed_design_and_rerunning_changes_nothing()
         .await
         .unwrap()
         .get(0);
-    assert_eq!(history as usize, shared::db::embedded_migrations().len());
+    assert_eq!(
+        history as usize,
+        shared::ports::db::embedded_migrations().len()
+    );
 }
 
 #[tokio::test]
@@ -347,10 +350,13 @@ async fn concurrent_migrations_apply_each_migration_once() {
     let url = testkit::empty_database().await;
     let a = pool(&url).await;
     let b = pool(&url).await;
-    let (ra, rb) = tokio::join!(shared::db::migrate(&a), shared::db::migrate(&b));
+    let (ra, rb) = tokio::join!(
+        shared::ports::db::migrate(&a),
+        shared::ports::db::migrate(&b)
+    );
     let mut applied = ra.unwrap().applied;
     applied.extend(rb.unwrap().applied);
-    assert_eq!(applied, shared::db::embedded_migrations());
+    assert_eq!(applied, shared::ports::db::embedded_migrations());
 }
 
 #[tokio::test]
@@ -827,7 +833,11 @@ async fn the_domain_enums_match_the_check_constraints_of_their_columns() {
     let url = testkit::fresh_database().await;
     let client = testkit::connect(&url).await;
     let cases: [(&str, &str, &[&str]); 5] = [
-        ("users", "subscription_tier", &shared::tier::Tier::NAMES),
+        (
+            "users",
+            "subscription_tier",
+            &shared::kernel::tier::Tier::NAMES,
+        ),
         (
             "users",
             "account_status",
@@ -841,7 +851,7 @@ async fn the_domain_enums_match_the_check_constraints_of_their_columns() {
         (
             "generation_jobs",
             "job_type",
-            &shared::generator::JobType::NAMES,
+            &shared::kernel::vocabulary::JobType::NAMES,
         ),
         ("generation_jobs", "status", &shared::jobs::JobStatus::NAMES),
     ];

@@ -40,7 +40,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn document() -> Value {
-    serde_json::from_str(&shared::openapi::json()).expect("the document is JSON")
+    serde_json::from_str(&shared::runtime::openapi::json()).expect("the document is JSON")
 }
 
 /// Documented operations: path -> methods (lowercase).
@@ -66,7 +66,7 @@ fn operations(doc: &Value) -> BTreeMap<String, BTreeSet<String>> {
 fn the_committed_document_is_the_generated_one() {
     let path = repo_root().join("openapi.json");
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    let generated = shared::openapi::json();
+    let generated = shared::runtime::openapi::json();
     if committed != generated {
         let line = committed
             .lines()
@@ -228,7 +228,7 @@ fn declared_routes() -> BTreeMap<String, BTreeSet<String>> {
             rest = &rest[at + ".route(".len()..];
             let args = balanced(rest);
             let Some(literal) = args.trim_start().strip_prefix('"') else {
-                // `.route(crate::openapi::PATH, ...)` in `app::finish`: probed over HTTP.
+                // `.route(crate::runtime::openapi::PATH, ...)` in `app::finish`: probed over HTTP.
                 continue;
             };
             let (route, methods) = literal.split_once('"').expect("string literal");
@@ -280,7 +280,7 @@ fn called_methods(expression: &str) -> BTreeSet<String> {
 fn every_declared_route_is_documented_with_its_methods() {
     let doc = document();
     let mut documented = operations(&doc);
-    documented.remove(shared::openapi::PATH);
+    documented.remove(shared::runtime::openapi::PATH);
     let declared = declared_routes();
     assert!(
         declared.len() >= 10,
@@ -289,7 +289,7 @@ fn every_declared_route_is_documented_with_its_methods() {
     assert_eq!(
         declared, documented,
         "the routes declared in shared/src (left) and the documented ones (right) differ: \
-         annotate the handler with #[utoipa::path], list it in shared::openapi's paths(...), \
+         annotate the handler with #[utoipa::path], list it in shared::runtime::openapi's paths(...), \
          then run `{REGENERATE}`"
     );
     for path in LOCAL_ONLY {
@@ -374,7 +374,11 @@ async fn every_documented_operation_is_served() {
     // The document serves itself, byte for byte as committed.
     let response = stack
         .http
-        .get(format!("{}{}", stack.base_url, shared::openapi::PATH))
+        .get(format!(
+            "{}{}",
+            stack.base_url,
+            shared::runtime::openapi::PATH
+        ))
         .send()
         .await
         .expect("request");
@@ -385,7 +389,7 @@ async fn every_documented_operation_is_served() {
     );
     assert_eq!(
         response.text().await.expect("body"),
-        shared::openapi::json()
+        shared::runtime::openapi::json()
     );
     stack.stack.stop().await.expect("stop");
 }

@@ -7,7 +7,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
-use shared::app::{AppState, finish};
+use shared::AppState;
+use shared::runtime::app::finish;
 use tower::ServiceExt;
 
 async fn boom() -> String {

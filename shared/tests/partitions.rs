@@ -5,8 +5,8 @@
 //! boundaries land in the right partition.
 
 use chrono::{Datelike, Months, NaiveDate, Utc};
-use shared::config::RetentionConfig;
-use shared::scheduler::{PARTITIONS_AHEAD, partition_upkeep};
+use shared::kernel::config::RetentionConfig;
+use shared::runtime::scheduler::{PARTITIONS_AHEAD, partition_upkeep};
 
 fn first_of_month(date: NaiveDate) -> NaiveDate {
     date.with_day(1).unwrap()

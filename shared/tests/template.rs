@@ -238,7 +238,7 @@ Outputs:
 /// operation accepts anonymous callers (no `security`, or an empty requirement).
 fn documented_operations() -> BTreeMap<(String, String), bool> {
     let doc: serde_json::Value =
-        serde_json::from_str(&shared::openapi::json()).expect("the document is JSON");
+        serde_json::from_str(&shared::runtime::openapi::json()).expect("the document is JSON");
     let mut operations = BTreeMap::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("path item") {
@@ -294,13 +294,13 @@ fn the_http_api_routes_exactly_the_documented_operations_with_matching_auth() {
 }
 
 /// The router a function binary serves (functions/<name>/src/main.rs calls
-/// the matching `shared::app::*_router`).
-fn routes_of(binary: &str) -> Option<axum::Router<shared::app::AppState>> {
+/// the matching `shared::runtime::app::*_router`).
+fn routes_of(binary: &str) -> Option<axum::Router<shared::web::state::AppState>> {
     match binary {
-        "auth" => Some(shared::app::auth_routes()),
-        "characters" => Some(shared::app::characters_routes()),
-        "credits" => Some(shared::app::credits_routes()),
-        "jobs" => Some(shared::app::jobs_routes()),
+        "auth" => Some(shared::runtime::app::auth_routes()),
+        "characters" => Some(shared::runtime::app::characters_routes()),
+        "credits" => Some(shared::runtime::app::credits_routes()),
+        "jobs" => Some(shared::runtime::app::jobs_routes()),
         _ => None,
     }
 }
@@ -325,7 +325,7 @@ async fn each_routed_operation_is_served_by_the_function_it_is_routed_to() {
             }
             let routes = routes_of(binary)
                 .unwrap_or_else(|| panic!("{id} ({binary}) has HTTP routes but no router"));
-            let app = shared::app::finish(routes, state.clone());
+            let app = shared::runtime::app::finish(routes, state.clone());
             let uri = route.path.replace('{', "x-").replace('}', "");
             let request = axum::http::Request::builder()
                 .method(route.method.as_str())
@@ -365,7 +365,7 @@ fn every_scheduled_task_has_a_schedule_and_on_demand_tasks_have_none() {
             value["detail-type"].as_str().map(str::to_string)
         })
         .collect();
-    let tasks: BTreeSet<String> = shared::scheduler::TASKS
+    let tasks: BTreeSet<String> = shared::runtime::scheduler::TASKS
         .iter()
         .map(|t| t.to_string())
         .collect();
@@ -373,7 +373,7 @@ fn every_scheduled_task_has_a_schedule_and_on_demand_tasks_have_none() {
         scheduled, tasks,
         "each scheduler task needs exactly one ScheduleV2 event"
     );
-    for task in shared::scheduler::ON_DEMAND_TASKS {
+    for task in shared::runtime::scheduler::ON_DEMAND_TASKS {
         assert!(!scheduled.contains(task), "{task} must not be scheduled");
     }
 }
@@ -615,7 +615,7 @@ fn the_operations_alarms_exist_and_notify_the_alarm_topic() {
         );
         for name in body.lines().filter_map(|l| l.strip_prefix("MetricName: ")) {
             assert!(
-                shared::metrics::METRIC_NAMES.contains(&name.trim()),
+                shared::kernel::metrics::METRIC_NAMES.contains(&name.trim()),
                 "{id} watches {name}, which no code emits"
             );
         }
@@ -677,7 +677,7 @@ fn the_dashboard_shows_the_alarms_and_every_business_metric() {
         }
     }
     let namespace = format!("\\\"{METRICS_NAMESPACE}\\\"");
-    for name in shared::metrics::METRIC_NAMES {
+    for name in shared::kernel::metrics::METRIC_NAMES {
         let searched =
             body.contains(&format!("MetricName=\\\"{name}\\\"")) && body.contains(&namespace);
         let listed = body.contains(&format!("[\"{METRICS_NAMESPACE}\", \"{name}\"]"))
@@ -688,7 +688,7 @@ fn the_dashboard_shows_the_alarms_and_every_business_metric() {
     for part in body.split("MetricName=\\\"").skip(1) {
         let name = part.split('\\').next().unwrap_or_default();
         assert!(
-            shared::metrics::METRIC_NAMES.contains(&name),
+            shared::kernel::metrics::METRIC_NAMES.contains(&name),
             "the dashboard searches for {name}"
         );
     }

@@ -22,8 +22,8 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use shared::config::GeneratorConfig;
-use shared::generator::{GeneratorChain, build_chain};
+use shared::kernel::config::GeneratorConfig;
+use shared::ports::generator::{GeneratorChain, build_chain};
 
 #[derive(Clone, Default)]
 struct Shared {

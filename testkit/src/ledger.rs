@@ -1,4 +1,4 @@
-//! The ledger invariants of DESIGN.md, checked with SQL against the real
+//! The ledger invariants (docs/architecture.md, "Invariants"), checked with SQL against the real
 //! database. Tests call [`assert_invariants`] after every step.
 
 /// Panics naming the first user and invariant that does not hold:

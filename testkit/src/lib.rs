@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use local::{LocalOptions, LocalStack};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use shared::auth::dev_issuer::SigningKey;
-use shared::config::{DatabaseConfig, SslMode};
+use shared::kernel::config::{DatabaseConfig, SslMode};
+use shared::web::auth::dev_issuer::SigningKey;
 use tokio_postgres::NoTls;
 
 /// The server tests create their databases on: `TEST_DATABASE_URL`, else the
@@ -100,7 +100,10 @@ pub async fn fresh_database() -> String {
 
 async fn ensure_template(client: &tokio_postgres::Client, admin: &str) -> String {
     let month = chrono::Utc::now().format("%Y%m");
-    let template = format!("tpl_{}_{month}", shared::db::migrations_fingerprint());
+    let template = format!(
+        "tpl_{}_{month}",
+        shared::ports::db::migrations_fingerprint()
+    );
     if database_exists(client, &template).await {
         return template;
     }
@@ -122,7 +125,7 @@ async fn ensure_template(client: &tokio_postgres::Client, admin: &str) -> String
             .batch_execute(&format!("CREATE DATABASE \"{building}\""))
             .await
             .expect("create template");
-        let pool = shared::db::create_pool(&DatabaseConfig {
+        let pool = shared::ports::db::create_pool(&DatabaseConfig {
             migration_url: None,
             url: local::database::with_database(admin, &building),
             sslmode: SslMode::Disable,
@@ -131,7 +134,9 @@ async fn ensure_template(client: &tokio_postgres::Client, admin: &str) -> String
             connect_timeout: Duration::from_secs(10),
         })
         .expect("template pool");
-        shared::db::migrate(&pool).await.expect("migrate template");
+        shared::ports::db::migrate(&pool)
+            .await
+            .expect("migrate template");
         pool.close();
         drop(pool);
         // Renaming needs the template to have no sessions; the pool just closed.
@@ -222,7 +227,7 @@ async fn ensure_runtime_login(client: &tokio_postgres::Client) {
             .execute("SELECT pg_advisory_lock(7243120002)", &[])
             .await
             .expect("lock");
-        shared::db::provision_runtime_login(client, RUNTIME_USER, RUNTIME_PASSWORD)
+        shared::ports::db::provision_runtime_login(client, RUNTIME_USER, RUNTIME_PASSWORD)
             .await
             .expect("provision the tests' runtime login");
         client
@@ -242,8 +247,8 @@ pub fn signing_key() -> SigningKey {
 
 /// Application state whose database cannot be reached (connections are
 /// refused at once): for tests of routing and of what happens before any query.
-pub async fn offline_state() -> shared::app::AppState {
-    let config = shared::config::Config::from_lookup(|name| {
+pub async fn offline_state() -> shared::AppState {
+    let config = shared::kernel::config::Config::from_lookup(|name| {
         match name {
             "DATABASE_URL" => Some("postgres://nobody@127.0.0.1:1/none"),
             "DATABASE_CONNECT_TIMEOUT_SECONDS" => Some("1"),
@@ -254,7 +259,7 @@ pub async fn offline_state() -> shared::app::AppState {
         .map(str::to_string)
     })
     .expect("offline configuration");
-    shared::app::AppState::from_config(config)
+    shared::AppState::from_config(config)
         .await
         .expect("offline state")
 }
@@ -414,8 +419,11 @@ impl TestStack {
 
     /// The stack's worker with another image provider chain (the stack's own
     /// has only the procedural fallback).
-    pub fn worker_with(&self, chain: shared::generator::GeneratorChain) -> shared::worker::Worker {
-        shared::worker::Worker {
+    pub fn worker_with(
+        &self,
+        chain: shared::ports::generator::GeneratorChain,
+    ) -> shared::jobs::worker::Worker {
+        shared::jobs::worker::Worker {
             generator: std::sync::Arc::new(chain),
             ..self.stack.worker.clone()
         }

@@ -47,7 +47,7 @@ pub fn function_env() -> Vec<(&'static str, String)> {
 
 /// SDK configuration pointed at moto, with the workspace's HTTPS client.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    shared::aws::config_loader()
+    shared::ports::aws::config_loader()
         .endpoint_url(endpoint())
         .region(Region::new(REGION))
         .credentials_provider(Credentials::new(

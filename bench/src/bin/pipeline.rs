@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use local::{LocalOptions, LocalStack};
 use serde_json::json;
-use shared::auth::dev_issuer::DevIssuer;
+use shared::web::auth::dev_issuer::DevIssuer;
 use tokio::sync::Mutex;
 
 #[tokio::main]
@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     // The worker's image server: testkit's stand-in A1111 over real HTTP (flat
     // images, no GPU time), so every job takes the charged path of a real server.
     let server = testkit::a1111::StandIn::start().await;
-    let worker = shared::worker::Worker {
+    let worker = shared::jobs::worker::Worker {
         generator: Arc::new(server.chain()),
         ..stack.worker.clone()
     };
@@ -220,7 +220,7 @@ fn report(what: &str, samples: &[(&'static str, Duration)], time: Duration, clie
 
 /// One worker drains the queue one message at a time (as the template's
 /// BatchSize 1 delivers them), timing each job by type.
-async fn drain(stack: &LocalStack, worker: &shared::worker::Worker) -> anyhow::Result<()> {
+async fn drain(stack: &LocalStack, worker: &shared::jobs::worker::Worker) -> anyhow::Result<()> {
     let mut by_type: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
     let started = Instant::now();
     loop {

@@ -11,8 +11,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shared::generator::procedural::render;
-use shared::generator::{GenerationRequest, JobType, THUMBNAIL_MAX_SIDE, thumbnail};
+use shared::kernel::vocabulary::JobType;
+use shared::ports::generator::procedural::render;
+use shared::ports::generator::{GenerationRequest, THUMBNAIL_MAX_SIDE, thumbnail};
 
 const STYLES: [&str; 10] = [
     "anime",

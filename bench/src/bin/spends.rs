@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shared::config::{DatabaseConfig, SslMode};
 use shared::credits::ledger::{self, Entry};
+use shared::kernel::config::{DatabaseConfig, SslMode};
 
 const ACCOUNTS: i32 = 1000;
 const START_BALANCE: i32 = 1_000_000_000;
@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     }
     setup.batch_execute("ANALYZE").await?;
 
-    let pool = shared::db::create_pool(&DatabaseConfig {
+    let pool = shared::ports::db::create_pool(&DatabaseConfig {
         migration_url: None,
         url: url.clone(),
         sslmode: SslMode::Disable,
@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_ledger(
-    pool: &shared::db::DbPool,
+    pool: &shared::ports::db::DbPool,
     clients: usize,
     duration: Duration,
     hot: bool,

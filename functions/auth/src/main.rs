@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::lambda::run_http_function(shared::app::auth_router).await
+    shared::runtime::lambda::run_http_function(shared::runtime::app::auth_router).await
 }

@@ -87,7 +87,7 @@ async fn the_lambda_binary_serves_sample_http_api_events() {
     let (status, _, _) = http_reply(api.invoke(&sample_event("auth-get-public-user.json")).await);
     assert_eq!(status, 404);
 
-    // Every function serves the OpenAPI document (added by `shared::app::finish`).
+    // Every function serves the OpenAPI document (added by `shared::runtime::app::finish`).
     let mut event = sample_event("auth-get-public-user.json");
     event["routeKey"] = "GET /api/v1/openapi.json".into();
     event["rawPath"] = "/api/v1/openapi.json".into();
@@ -96,7 +96,7 @@ async fn the_lambda_binary_serves_sample_http_api_events() {
     let (status, headers, body) = http_reply(api.invoke(&event).await);
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["content-type"], "application/json");
-    let document: Value = serde_json::from_str(&shared::openapi::json()).unwrap();
+    let document: Value = serde_json::from_str(&shared::runtime::openapi::json()).unwrap();
     assert_eq!(body, document);
 }
 
@@ -104,7 +104,7 @@ async fn the_lambda_binary_serves_sample_http_api_events() {
 async fn gateway_verified_claims_are_used_only_when_trusted() {
     let stack = spawn_stack().await;
     stack.sign_in("ann@example.com").await;
-    let subject = shared::auth::dev_issuer::DevIssuer::subject_for("ann@example.com");
+    let subject = shared::web::auth::dev_issuer::DevIssuer::subject_for("ann@example.com");
     let mut event = sample_event("auth-get-me-gateway-claims.json");
     event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::String(subject);
 
@@ -170,7 +170,7 @@ async fn the_lambda_binary_exports_and_erases_an_account() {
     // issued before the erasure is refused, a later one may sign up again.
     let trusting = RuntimeApi::start().await;
     let _trusting = start_function(&trusting, &stack, true);
-    let subject = shared::auth::dev_issuer::DevIssuer::subject_for("ann@example.com");
+    let subject = shared::web::auth::dev_issuer::DevIssuer::subject_for("ann@example.com");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::lambda::run_http_function(shared::app::characters_router).await
+    shared::runtime::lambda::run_http_function(shared::runtime::app::characters_router).await
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::lambda::run_http_function(shared::app::jobs_router).await
+    shared::runtime::lambda::run_http_function(shared::runtime::app::jobs_router).await
 }

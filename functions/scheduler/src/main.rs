@@ -4,5 +4,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::lambda::run_scheduler().await
+    shared::runtime::lambda::run_scheduler().await
 }

@@ -105,9 +105,13 @@ async fn every_scheduled_task_runs_through_the_lambda_entry_point() {
         .unwrap()
         .get(0);
     assert_eq!(status, "timeout");
-    let balance = shared::credits::balance(&client, &user, shared::config::DEFAULT_GIFT_HOLD_DAYS)
-        .await
-        .unwrap();
+    let balance = shared::credits::balance(
+        &client,
+        &user,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap();
     assert_eq!((balance.available, balance.reserved_balance), (50, 0));
     testkit::ledger::assert_invariants(&client).await;
 
@@ -207,7 +211,7 @@ async fn the_migrate_task_brings_an_empty_database_to_the_current_schema_once() 
         .iter()
         .map(|m| m.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(applied, shared::db::embedded_migrations());
+    assert_eq!(applied, shared::ports::db::embedded_migrations());
     assert_eq!(first["known"], applied.len());
 
     // The schema is usable: the tables the other tasks need exist.
@@ -419,7 +423,10 @@ async fn migrate_as_the_schema_owner_provisions_a_runtime_login_that_owns_nothin
 
     let first = report(api.invoke(&sample("migrate")).await);
     assert_eq!(first["runtime_login"], runtime_user.as_str());
-    assert_eq!(first["known"], shared::db::embedded_migrations().len());
+    assert_eq!(
+        first["known"],
+        shared::ports::db::embedded_migrations().len()
+    );
     // Again (the next deploy): nothing to apply, the login is kept.
     let second = report(api.invoke(&sample("migrate")).await);
     assert_eq!(second["applied"], json!([]));
@@ -456,14 +463,14 @@ async fn migrate_as_the_schema_owner_provisions_a_runtime_login_that_owns_nothin
         .batch_execute(&format!("DROP TABLE \"{furthest}\""))
         .await
         .unwrap();
-    let scheduled = shared::scheduler::run(
+    let scheduled = shared::runtime::scheduler::run(
         "partition-upkeep",
-        &shared::db::create_pool(&shared::config::DatabaseConfig::for_url(
+        &shared::ports::db::create_pool(&shared::kernel::config::DatabaseConfig::for_url(
             runtime_url.as_str(),
         ))
         .unwrap(),
         None,
-        &shared::config::Config::from_lookup(|name| match name {
+        &shared::kernel::config::Config::from_lookup(|name| match name {
             "DATABASE_URL" => Some(runtime_url.to_string()),
             "AUTH_ISSUER" => Some("https://tenant.example.auth0.com/".into()),
             "AUTH_AUDIENCE" => Some("https://api.characters.app".into()),
@@ -509,9 +516,9 @@ async fn migrate_as_the_schema_owner_provisions_a_runtime_login_that_owns_nothin
     drop(runtime);
 
     // The two logins must differ: a runtime login that owns the schema is refused.
-    let same = shared::db::migrate_and_provision(&shared::config::DatabaseConfig {
+    let same = shared::ports::db::migrate_and_provision(&shared::kernel::config::DatabaseConfig {
         migration_url: Some(url.clone()),
-        ..shared::config::DatabaseConfig::for_url(url.clone())
+        ..shared::kernel::config::DatabaseConfig::for_url(url.clone())
     })
     .await
     .unwrap_err();

@@ -1,8 +1,8 @@
 //! The `worker` Lambda: SQS batches of generation jobs, each message claimed,
-//! rendered, stored and settled by `shared::worker::Worker`; failures to retry
+//! rendered, stored and settled by `shared::jobs::worker::Worker`; failures to retry
 //! come back as `batchItemFailures`.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::lambda::run_worker().await
+    shared::runtime::lambda::run_worker().await
 }

@@ -168,9 +168,13 @@ async fn the_worker_binary_completes_a_job_from_the_sample_sqs_batch() {
 
     // Exactly the quoted credits, in one usage entry; nothing held.
     assert_eq!(usage_amounts(&client).await, vec![-(quoted as i32)]);
-    let balance = shared::credits::balance(&client, &user, shared::config::DEFAULT_GIFT_HOLD_DAYS)
-        .await
-        .unwrap();
+    let balance = shared::credits::balance(
+        &client,
+        &user,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap();
     assert_eq!(balance.reserved_balance, 0);
     assert_invariants(&client).await;
 
@@ -179,9 +183,13 @@ async fn the_worker_binary_completes_a_job_from_the_sample_sqs_batch() {
     let response = batch_response(redelivered.outcome);
     assert_eq!(failures(&response), 0, "{response}");
     assert_eq!(usage_amounts(&client).await, vec![-(quoted as i32)]);
-    let again = shared::credits::balance(&client, &user, shared::config::DEFAULT_GIFT_HOLD_DAYS)
-        .await
-        .unwrap();
+    let again = shared::credits::balance(
+        &client,
+        &user,
+        shared::kernel::config::DEFAULT_GIFT_HOLD_DAYS,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (again.current_balance, again.reserved_balance),
         (balance.current_balance, balance.reserved_balance)

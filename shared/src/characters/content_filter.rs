@@ -6,7 +6,7 @@
 //! deliberately short and documented in the README: this is a first line that
 //! names the rule it applied, not a classifier.
 
-use crate::error::ApiError;
+use crate::kernel::error::ApiError;
 use crate::users::User;
 
 /// A rule: its id (named in the 422), the levels it applies at, its terms.

@@ -4,9 +4,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
-use crate::input::{check, decode_strict, finish, present, required_if_present};
+use crate::kernel::error::{ApiError, FieldError};
 use crate::users::fields::{self as common, STYLE_TYPES};
+use crate::web::input::{check, decode_strict, finish, present, required_if_present};
 
 /// Sampler names the generator accepts (AUTOMATIC1111's `sampler_name`s).
 pub const SAMPLERS: [&str; 22] = [
@@ -456,13 +456,13 @@ pub struct CharacterAttributes {
 }
 
 fn style_type_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&STYLE_TYPES, false, "The character's style type.")
+    crate::web::responses::string_enum(&STYLE_TYPES, false, "The character's style type.")
 }
 
 fn variant_type_schema() -> utoipa::openapi::Object {
     let mut values = vec!["original"];
     values.extend(VARIANT_TYPES);
-    crate::openapi::string_enum(
+    crate::web::responses::string_enum(
         &values,
         true,
         "How a variant differs from its parent: required with `parent_character_id` (one \
@@ -471,11 +471,11 @@ fn variant_type_schema() -> utoipa::openapi::Object {
 }
 
 fn sampler_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&SAMPLERS, false, "The sampler, by its AUTOMATIC1111 name.")
+    crate::web::responses::string_enum(&SAMPLERS, false, "The sampler, by its AUTOMATIC1111 name.")
 }
 
 fn license_type_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(
+    crate::web::responses::string_enum(
         &LICENSE_TYPES,
         false,
         "The license the character is shared under.",
@@ -483,8 +483,8 @@ fn license_type_schema() -> utoipa::openapi::Object {
 }
 
 fn color_palette_schema() -> utoipa::openapi::Array {
-    crate::openapi::array_of(
-        crate::openapi::short_string(Some("^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"), 7),
+    crate::web::responses::array_of(
+        crate::web::responses::short_string(Some("^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"), 7),
         MAX_COLORS,
         true,
         "Hex colours (`#1e90ff` or `#19f`), stored lowercased; at most 10, duplicates dropped.",
@@ -492,8 +492,8 @@ fn color_palette_schema() -> utoipa::openapi::Array {
 }
 
 fn tags_schema() -> utoipa::openapi::Array {
-    crate::openapi::array_of(
-        crate::openapi::short_string(None, MAX_TAG_LEN),
+    crate::web::responses::array_of(
+        crate::web::responses::short_string(None, MAX_TAG_LEN),
         MAX_TAGS,
         false,
         "Tags of 1 to 32 letters, digits, spaces, `-` or `_`, stored trimmed and lowercased; \

@@ -15,9 +15,9 @@ use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::{CHARACTER_COLUMNS, Character, GalleryItem, Owner};
-use crate::config::GalleryConfig;
-use crate::error::ApiError;
-use crate::pagination::{self, Page};
+use crate::kernel::config::GalleryConfig;
+use crate::kernel::error::ApiError;
+use crate::web::pagination::{self, Page};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -10,8 +10,8 @@
 //! ever see [`CharacterImage`], its presentation, where the keys became
 //! time-limited links.
 //!
-//! Every function takes a transaction opened with [`crate::db::begin_as`] (or
-//! switched with [`crate::db::act_as`]) unless it says otherwise, so
+//! Every function takes a transaction opened with [`crate::ports::db::begin_as`] (or
+//! switched with [`crate::ports::db::act_as`]) unless it says otherwise, so
 //! row-level security backs each check: `app_api` reads the images of the
 //! characters it can see, deletes only its own and sets `primary_image_id`
 //! only on its own characters.
@@ -25,11 +25,11 @@ use utoipa::ToSchema;
 
 use super::{CHARACTER_COLUMNS, Character};
 use crate::activity::{self, Activity};
-use crate::error::ApiError;
-use crate::http::RequestMeta;
-use crate::pagination::{self, Page, TimeKey};
-use crate::storage::ObjectStore;
+use crate::kernel::error::ApiError;
+use crate::ports::storage::ObjectStore;
 use crate::users::User;
+use crate::web::http::RequestMeta;
+use crate::web::pagination::{self, Page, TimeKey};
 
 /// The select list matching [`ImageRecord::from_row`], for `character_images i`
 /// joined to its `characters c`.
@@ -135,10 +135,10 @@ impl ImageRecord {
         std::iter::once(&self.storage_key).chain(&self.thumbnail_key)
     }
 
-    /// What a client sees: links (see [`crate::storage::image_link`]) instead
+    /// What a client sees: links (see [`crate::ports::storage::image_link`]) instead
     /// of keys, and `parameters` without any storage key.
     pub async fn present(self, storage: Option<&dyn ObjectStore>) -> CharacterImage {
-        use crate::storage::image_link;
+        use crate::ports::storage::image_link;
         let url = image_link(storage, Some(&self.storage_key)).await;
         let thumbnail_url = image_link(storage, self.thumbnail_key.as_deref()).await;
         CharacterImage {
@@ -270,7 +270,7 @@ pub async fn set_primary(
         tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "character_primary_image_set",
+            activity_type: crate::activity::ActivityType::CharacterPrimaryImageSet,
             entity_type: Some("character"),
             entity_id: Some(character_id),
             metadata: json!({"image_id": image_id}),
@@ -331,7 +331,7 @@ pub async fn delete(
         tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "character_image_deleted",
+            activity_type: crate::activity::ActivityType::CharacterImageDeleted,
             entity_type: Some("character"),
             entity_id: Some(character_id),
             metadata: json!({"image_id": image_id, "job_id": job_id}),
@@ -341,7 +341,7 @@ pub async fn delete(
     .await?;
     let mut keys: Vec<String> = std::iter::once(storage_key).chain(thumbnail_key).collect();
     // Only our own keys (an image hosted elsewhere is not ours to delete).
-    keys.retain(|k| crate::storage::validate_key(k).is_ok());
+    keys.retain(|k| crate::ports::storage::validate_key(k).is_ok());
     Ok(keys)
 }
 

@@ -1,5 +1,8 @@
 //! Characters: the creative workspace (create, edit, list, variants) and the
 //! public gallery.
+//!
+//! It may use [`crate::credits`] (a deleted character's holds are released),
+//! [`crate::users`] and [`crate::activity`]; jobs and gdpr use it.
 
 pub mod content_filter;
 pub mod fields;
@@ -94,9 +97,9 @@ pub const CHARACTER_COLUMNS: &str = "c.id, c.user_id, c.name, c.description, c.p
 
 impl Character {
     /// Replaces stored image keys with time-limited links (see
-    /// [`crate::storage::image_link`]): responses never carry bucket paths.
-    pub async fn present(&mut self, storage: Option<&dyn crate::storage::ObjectStore>) {
-        use crate::storage::{image_link, image_links};
+    /// [`crate::ports::storage::image_link`]): responses never carry bucket paths.
+    pub async fn present(&mut self, storage: Option<&dyn crate::ports::storage::ObjectStore>) {
+        use crate::ports::storage::{image_link, image_links};
         self.primary_image_url = image_link(storage, self.primary_image_url.as_deref()).await;
         self.thumbnail_url = image_link(storage, self.thumbnail_url.as_deref()).await;
         if let Some(additional) = &self.additional_images {

@@ -1,5 +1,5 @@
 //! SQL for characters. Every function takes a transaction opened with
-//! [`crate::db::begin_as`], so row-level security backs each check made here.
+//! [`crate::ports::db::begin_as`], so row-level security backs each check made here.
 //! Column names in the dynamic statements come from fixed lists, never from
 //! request text; every value is a bound parameter.
 
@@ -10,10 +10,10 @@ use tokio_postgres::types::ToSql;
 use super::fields::CharacterFields;
 use super::{CHARACTER_COLUMNS, Character, content_filter};
 use crate::activity::{self, Activity};
-use crate::error::ApiError;
-use crate::http::RequestMeta;
-use crate::pagination::{self, Page, TimeKey, VersionKey};
+use crate::kernel::error::ApiError;
 use crate::users::User;
+use crate::web::http::RequestMeta;
+use crate::web::pagination::{self, Page, TimeKey, VersionKey};
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
@@ -230,7 +230,7 @@ pub async fn create(
         tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "character_created",
+            activity_type: crate::activity::ActivityType::CharacterCreated,
             entity_type: Some("character"),
             entity_id: Some(&character.id),
             metadata: json!({"style_type": character.style_type, "parent_character_id": character.parent_character_id}),
@@ -315,7 +315,7 @@ pub async fn update(
         tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "character_updated",
+            activity_type: crate::activity::ActivityType::CharacterUpdated,
             entity_type: Some("character"),
             entity_id: Some(&character.id),
             metadata: json!({"fields": assignments.columns}),
@@ -339,7 +339,7 @@ pub async fn delete(
         tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "character_deleted",
+            activity_type: crate::activity::ActivityType::CharacterDeleted,
             entity_type: Some("character"),
             entity_id: Some(id),
             metadata: json!({}),
@@ -474,7 +474,7 @@ pub async fn stored_objects(tx: &Transaction<'_>, id: &str) -> Result<Vec<String
         }
         keys.push(key);
     }
-    keys.retain(|k| crate::storage::validate_key(k).is_ok());
+    keys.retain(|k| crate::ports::storage::validate_key(k).is_ok());
     keys.sort();
     keys.dedup();
     Ok(keys)

@@ -25,21 +25,21 @@ use super::fields::{self, CharacterPatch, NewCharacter, Purpose};
 use super::gallery::{self, GalleryFilter, Sort};
 use super::images::{self, CharacterImage};
 use super::repo::{self, ListFilter};
-use super::views::Viewer;
+use super::views::{ViewCounter, Viewer};
 use super::{Character, GalleryItem};
-use crate::app::AppState;
-use crate::auth::{Caller, Identity, OptionalCaller};
-use crate::db;
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
-use crate::input::finish;
-use crate::openapi::{
+use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::ports::db;
+use crate::users;
+use crate::users::fields::{STYLE_TYPES, one_of};
+use crate::web::auth::{Caller, Identity, OptionalCaller};
+use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
+use crate::web::input::finish;
+use crate::web::pagination::{self, Page};
+use crate::web::responses::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::pagination::{self, Page};
-use crate::users;
-use crate::users::fields::{STYLE_TYPES, one_of};
+use crate::web::state::AppState;
 
 pub const GENERATION_STATUSES: [&str; 5] =
     ["pending", "processing", "completed", "failed", "cancelled"];
@@ -147,8 +147,9 @@ pub(crate) async fn get_character(
             Some(user) => Viewer::User(&user.id),
             None => Viewer::Anonymous(&meta),
         };
-        if state.views.record(&character.id, who) {
-            state.views.flush_logged(&state.db).await;
+        let views = state.cache::<ViewCounter>();
+        if views.record(&character.id, who) {
+            views.flush_logged(&state.db).await;
         }
     }
     character.present(state.storage.as_deref()).await;
@@ -281,11 +282,11 @@ pub(crate) struct ListQuery {
 }
 
 fn style_type_param() -> utoipa::openapi::Object {
-    openapi::string_enum(&STYLE_TYPES, false, "Only characters of this style type.")
+    responses::string_enum(&STYLE_TYPES, false, "Only characters of this style type.")
 }
 
 fn generation_status_param() -> utoipa::openapi::Object {
-    openapi::string_enum(
+    responses::string_enum(
         &GENERATION_STATUSES,
         false,
         "Only characters in this generation status.",
@@ -293,7 +294,7 @@ fn generation_status_param() -> utoipa::openapi::Object {
 }
 
 fn sort_param() -> utoipa::openapi::Object {
-    let mut schema = openapi::string_enum(
+    let mut schema = responses::string_enum(
         &["recent", "popular", "top_rated"],
         false,
         "`recent`: newest publication first; `popular`: most views + likes + downloads \
@@ -583,7 +584,7 @@ pub(crate) async fn download_character(
         &tx,
         crate::activity::Activity {
             user_id: Some(&user.id),
-            activity_type: "character_downloaded",
+            activity_type: crate::activity::ActivityType::CharacterDownloaded,
             entity_type: Some("character"),
             entity_id: Some(id),
             metadata: serde_json::json!({}),
@@ -680,7 +681,7 @@ fn primary_image_id(body: Map<String, Value>) -> Result<String, ApiError> {
         #[serde(default)]
         image_id: Option<Value>,
     }
-    let raw: Raw = crate::input::decode_strict(body, &[])?;
+    let raw: Raw = crate::web::input::decode_strict(body, &[])?;
     match raw.image_id {
         None | Some(Value::Null) => Err(ApiError::validation("image_id", "is required")),
         Some(Value::String(id)) => {

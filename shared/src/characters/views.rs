@@ -45,10 +45,10 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::config::ViewsConfig;
-use crate::db::DbPool;
-use crate::error::ApiError;
-use crate::http::RequestMeta;
+use crate::kernel::config::ViewsConfig;
+use crate::kernel::error::ApiError;
+use crate::ports::db::DbPool;
+use crate::web::http::RequestMeta;
 
 /// Who reads: a signed-in user, or an anonymous client.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +65,7 @@ struct Pending {
     since: Option<Instant>,
 }
 
-/// A process's views not written yet; one per process, in [`crate::app::AppState`].
+/// A process's views not written yet; one per process, in [`crate::web::state::AppState`].
 pub struct ViewCounter {
     key: Vec<u8>,
     batch: usize,
@@ -79,6 +79,12 @@ impl std::fmt::Debug for ViewCounter {
             .field("batch", &self.batch)
             .field("flush_after", &self.flush_after)
             .finish_non_exhaustive()
+    }
+}
+
+impl crate::web::state::ProcessCache for ViewCounter {
+    fn build(config: &crate::kernel::config::Config) -> Self {
+        Self::new(&config.views)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
+use crate::kernel::error::{ApiError, FieldError};
 use crate::users::fields;
 
 /// Columns of `collections` a user can see but never set.
@@ -358,8 +358,8 @@ pub struct MemberPatch {
 }
 
 fn tags_schema() -> utoipa::openapi::Array {
-    crate::openapi::array_of(
-        crate::openapi::short_string(Some("^[a-z0-9_-]{1,32}$"), 32),
+    crate::web::responses::array_of(
+        crate::web::responses::short_string(Some("^[a-z0-9_-]{1,32}$"), 32),
         MAX_TAGS,
         true,
         "At most 20 slugs of 1 to 32 lowercase letters, digits, `-` or `_`, duplicates \

@@ -1,10 +1,12 @@
 //! Collections: named, optionally public groups of characters, and the
 //! membership of characters in them.
 //!
+//! It may use [`crate::users`]; only gdpr and the runtime use it.
+//!
 //! Visibility follows the `collections_read` policy: a collection is visible to
 //! its owner and, when public, to anyone. Only the owner changes a collection or
 //! its members. Handlers check this themselves and run their statements as
-//! `app_api` (see [`crate::db::begin_as`]), so row-level security is the second
+//! `app_api` (see [`crate::ports::db::begin_as`]), so row-level security is the second
 //! wall. `character_count` is kept by a trigger on `collection_characters`.
 
 pub mod input;
@@ -97,12 +99,12 @@ pub struct CharacterCard {
 }
 
 impl CharacterCard {
-    /// Stored image keys become time-limited links (see [`crate::storage::image_link`]).
-    pub async fn present(&mut self, storage: Option<&dyn crate::storage::ObjectStore>) {
+    /// Stored image keys become time-limited links (see [`crate::ports::storage::image_link`]).
+    pub async fn present(&mut self, storage: Option<&dyn crate::ports::storage::ObjectStore>) {
         self.thumbnail_url =
-            crate::storage::image_link(storage, self.thumbnail_url.as_deref()).await;
+            crate::ports::storage::image_link(storage, self.thumbnail_url.as_deref()).await;
         self.primary_image_url =
-            crate::storage::image_link(storage, self.primary_image_url.as_deref()).await;
+            crate::ports::storage::image_link(storage, self.primary_image_url.as_deref()).await;
     }
 }
 

@@ -1,5 +1,5 @@
 //! SQL for collections and their members. Every statement is parameterised and
-//! meant to run inside a [`crate::db::begin_as`] transaction, so row-level
+//! meant to run inside a [`crate::ports::db::begin_as`] transaction, so row-level
 //! security applies; writes name only the columns `app_api` may write.
 
 use chrono::{DateTime, Utc};
@@ -12,8 +12,8 @@ use super::input::{CollectionFields, MemberFields};
 use super::{
     CHARACTER_CARD_COLUMNS, COLLECTION_COLUMNS, Collection, CollectionMember, MEMBER_COLUMNS,
 };
-use crate::error::ApiError;
-use crate::pagination::TimeKey;
+use crate::kernel::error::ApiError;
+use crate::web::pagination::TimeKey;
 
 pub async fn insert_collection(
     client: &impl GenericClient,

@@ -29,17 +29,17 @@ use utoipa::IntoParams;
 use super::input::{CollectionPatch, MemberPatch, NewCollection};
 use super::repo::{self, MemberKey, PutOutcome};
 use super::{Collection, CollectionMember, input};
-use crate::app::AppState;
-use crate::auth::{Caller, OptionalCaller};
-use crate::db::begin_as;
-use crate::error::{ApiError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, Problem};
+use crate::ports::db::begin_as;
+use crate::users::repo::current_user;
+use crate::web::auth::{Caller, OptionalCaller};
+use crate::web::http::{ApiJson, ApiPath, ApiQuery};
+use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::pagination::{self, Page, TimeKey};
-use crate::users::repo::current_user;
+use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

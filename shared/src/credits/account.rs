@@ -32,12 +32,12 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use super::ledger::LedgerError;
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, PROBLEM_JSON, Problem};
-use crate::http::ApiQuery;
-use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::kernel::error::{ApiError, PROBLEM_JSON, Problem};
 use crate::users::repo::current_user;
+use crate::web::auth::Caller;
+use crate::web::http::ApiQuery;
+use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

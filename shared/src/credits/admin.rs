@@ -31,9 +31,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
 
-use crate::app::AppState;
-use crate::auth::{Authenticator, Caller, Identity};
-use crate::error::{ApiError, PROBLEM_JSON};
+use crate::kernel::error::{ApiError, PROBLEM_JSON};
+use crate::web::auth::{Authenticator, Caller, Identity};
+use crate::web::state::AppState;
 
 /// The permission every admin route requires.
 pub const ADMIN_PERMISSION: &str = "admin";
@@ -91,7 +91,7 @@ pub(crate) fn path_id(raw: &str, what: &str) -> Result<String, ApiError> {
 }
 
 /// The response of an error, with `needed` and `available` in the body of a
-/// 402: `ApiError`'s own rendering leaves them out, and DESIGN.md promises
+/// 402: `ApiError`'s own rendering leaves them out, and the API promises
 /// them to the client.
 pub(crate) fn error_response(err: ApiError) -> Response {
     let ApiError::PaymentRequired {

@@ -11,14 +11,23 @@ use tokio_postgres::GenericClient;
 
 use super::ledger;
 use super::pricing::{CostFormula, GENERATE, PriceConfig, PriceInputs, Quote, TierMultipliers};
-use crate::error::ApiError;
-use crate::tier::Tier;
+use crate::kernel::error::ApiError;
+use crate::kernel::tier::Tier;
 use crate::users::User;
 
 /// `api_credit_configs`, cached per Lambda instance.
 pub struct PricingCache {
     ttl: Duration,
     cached: RwLock<Option<(Instant, Arc<Vec<PriceConfig>>)>>,
+}
+
+/// How long a process trusts its copy of `api_credit_configs`.
+pub const PRICING_CACHE_TTL: Duration = Duration::from_secs(30);
+
+impl crate::web::state::ProcessCache for PricingCache {
+    fn build(_: &crate::kernel::config::Config) -> Self {
+        Self::new(PRICING_CACHE_TTL)
+    }
 }
 
 impl PricingCache {

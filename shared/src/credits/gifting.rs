@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::error::ApiError;
+use crate::kernel::error::ApiError;
 
 /// What the user could gift now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 
-use crate::error::ApiError;
+use crate::kernel::error::ApiError;
 
 /// `credit_transactions.transaction_type` values.
 pub const TRANSACTION_TYPES: [&str; 10] = [
@@ -200,7 +200,7 @@ async fn post_one(
     let balance_after: i32 = row.try_get(1)?;
     // Counted when posted: a transaction that fails after this (and is retried)
     // counts its postings again. The ledger itself stays the record.
-    crate::metrics::credits_posted(kind, amount);
+    crate::kernel::metrics::credits_posted(kind, amount);
     Ok(Posted {
         transaction_id: id,
         balance_after,

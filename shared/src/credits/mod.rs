@@ -1,5 +1,8 @@
 //! The credit engine: pricing, buckets and holds, the ledger, daily resets and
 //! bonuses. The ledger API here is what the job dispatcher and the worker call.
+//!
+//! It may use [`crate::users`] and [`crate::activity`]; characters, jobs,
+//! moderation and gdpr use it, never the other way round.
 
 pub mod account;
 pub mod admin;
@@ -15,7 +18,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::error::ApiError;
+use crate::kernel::error::ApiError;
 
 /// `GET /api/v1/credits`: the caller's balances and today's allowances.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, FieldError};
-use crate::tier::Tier;
+use crate::kernel::error::{ApiError, FieldError};
+use crate::kernel::tier::Tier;
 
 /// A route the pricing engine charges and limits: its requests are quoted
 /// through [`crate::credits::engine::quote`], which counts the config's rate
@@ -134,7 +134,7 @@ pub struct CostFormula {
 }
 
 /// Job types a formula may price: every one.
-pub const JOB_TYPES: [&str; 5] = crate::generator::JobType::NAMES;
+pub const JOB_TYPES: [&str; 5] = crate::kernel::vocabulary::JobType::NAMES;
 
 impl CostFormula {
     /// Parses and validates a formula as an admin writes it.

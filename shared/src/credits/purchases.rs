@@ -31,26 +31,25 @@ use tokio_postgres::{GenericClient, Row};
 use utoipa::{IntoParams, ToSchema};
 
 use self::stripe::{CheckoutRequest, CheckoutSession, StripeError};
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::config::PaymentProvider;
 use crate::credits::{engine, gifting};
-use crate::error::{ApiError, PROBLEM_JSON, Problem};
-use crate::http::ApiQuery;
-use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::input::decode_strict;
-use crate::openapi::{
+use crate::kernel::config::PaymentProvider;
+use crate::kernel::error::{ApiError, PROBLEM_JSON, Problem};
+use crate::users::repo::current_user;
+use crate::web::auth::Caller;
+use crate::web::http::ApiQuery;
+use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::input::decode_strict;
+use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
 };
-use crate::pagination::{self, Page, TimeKey};
-use crate::users::repo::current_user;
+use crate::web::state::AppState;
 
 /// The route pattern idempotency keys are stored under.
 const PURCHASES_ROUTE: &str = "/api/v1/credits/purchases";
 
-/// The `type` of the 502 problem [`bad_gateway`] renders (listed in the `Problem` schema).
-pub const PAYMENT_PROVIDER_PROBLEM: &str = "/problems/payment-provider-error";
+use crate::kernel::error::PAYMENT_PROVIDER_PROBLEM;
 
 pub fn router() -> Router<AppState> {
     // The path is spelled out (it is `PURCHASES_ROUTE`): shared/tests/openapi.rs finds the
@@ -288,7 +287,7 @@ pub(crate) async fn create_purchase(
     State(state): State<AppState>,
     Caller(identity): Caller,
     IdempotencyKey(key): IdempotencyKey,
-    crate::http::ApiJson(body): crate::http::ApiJson<Map<String, Value>>,
+    crate::web::http::ApiJson(body): crate::web::http::ApiJson<Map<String, Value>>,
 ) -> Result<Response, PurchaseError> {
     let key = key.ok_or_else(|| {
         ApiError::BadRequest(
@@ -427,7 +426,7 @@ fn local_session(issuer: &str, order_id: &str) -> CheckoutSession {
 async fn offered_package(
     client: &impl GenericClient,
     package_id: &str,
-    tier: crate::tier::Tier,
+    tier: crate::kernel::tier::Tier,
 ) -> Result<OfferedPackage, ApiError> {
     let row = client
         .query_opt(

@@ -3,7 +3,7 @@
 use axum::Router;
 
 use super::{account, admin, purchases};
-use crate::app::AppState;
+use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     account::router()

@@ -42,11 +42,11 @@ use serde_json::{Value, json};
 use tokio_postgres::{Client, Transaction};
 
 use crate::activity::{self, Activity};
-use crate::auth::Identity;
 use crate::credits::holds;
-use crate::error::ApiError;
-use crate::http::RequestMeta;
+use crate::kernel::error::ApiError;
 use crate::users::{USER_COLUMNS, User};
+use crate::web::auth::Identity;
+use crate::web::http::RequestMeta;
 
 /// What an erasure did.
 #[derive(Debug)]
@@ -95,7 +95,10 @@ pub async fn erase(
         )
         .await?;
     let Some(row) = found else {
-        return if crate::gdpr::erased_at(&tx, identity).await?.is_some() {
+        return if crate::users::receipts::erased_at(&tx, identity)
+            .await?
+            .is_some()
+        {
             Ok(Outcome::AlreadyErased)
         } else {
             Err(ApiError::NotFound(
@@ -159,7 +162,7 @@ pub async fn erase(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "erasure",
+            activity_type: crate::activity::ActivityType::Erasure,
             entity_type: Some("user"),
             entity_id: Some(&user.id),
             metadata: json!({
@@ -245,7 +248,7 @@ async fn stored_objects(tx: &Transaction<'_>, user_id: &str) -> Result<Vec<Strin
         }
     }
     // Only our own keys (images hosted elsewhere are not ours to delete).
-    keys.retain(|k| crate::storage::validate_key(k).is_ok());
+    keys.retain(|k| crate::ports::storage::validate_key(k).is_ok());
     keys.sort();
     keys.dedup();
     Ok(keys)
@@ -422,15 +425,15 @@ async fn tombstone(
         &[&user_id, &email],
     )
     .await?;
-    crate::gdpr::purge_expired_receipts(tx).await?;
+    crate::users::receipts::purge_expired_receipts(tx).await?;
     tx.execute(
         "INSERT INTO account_erasures (subject_digest, erased_at, expires_at) \
          VALUES ($1, now(), now() + make_interval(days => $2)) \
          ON CONFLICT (subject_digest) DO UPDATE \
            SET erased_at = EXCLUDED.erased_at, expires_at = EXCLUDED.expires_at",
         &[
-            &crate::gdpr::subject_digest(&identity.subject),
-            &crate::gdpr::RECEIPT_TTL_DAYS,
+            &crate::users::receipts::subject_digest(&identity.subject),
+            &crate::users::receipts::RECEIPT_TTL_DAYS,
         ],
     )
     .await?;

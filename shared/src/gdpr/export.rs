@@ -33,13 +33,13 @@ use crate::characters::images::{self, CharacterImage};
 use crate::characters::{CHARACTER_COLUMNS, Character};
 use crate::collections::{COLLECTION_COLUMNS, Collection};
 use crate::credits::purchases::{ORDER_COLUMNS, PurchaseOrder};
-use crate::db;
-use crate::error::ApiError;
-use crate::http::RequestMeta;
 use crate::jobs::{JOB_COLUMNS, Job};
+use crate::kernel::error::ApiError;
+use crate::ports::db;
+use crate::ports::storage::ObjectStore;
 use crate::social::{RATING_COLUMNS, REPORT_COLUMNS, Rating, Report};
-use crate::storage::ObjectStore;
 use crate::users::{Profile, USER_COLUMNS, User, repo};
+use crate::web::http::RequestMeta;
 
 /// `format` of the document.
 pub const FORMAT: &str = "charplat-export";
@@ -245,7 +245,7 @@ pub async fn export(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "export",
+            activity_type: crate::activity::ActivityType::Export,
             entity_type: Some("user"),
             entity_id: Some(&user.id),
             metadata,
@@ -257,7 +257,7 @@ pub async fn export(
     Ok(delivery)
 }
 
-fn unavailable(error: crate::storage::StorageError) -> ApiError {
+fn unavailable(error: crate::ports::storage::StorageError) -> ApiError {
     tracing::error!(%error, "cannot store an export");
     ApiError::ServiceUnavailable {
         detail: "the export could not be stored; retry shortly".into(),

@@ -19,17 +19,17 @@ use utoipa::ToSchema;
 
 use super::erasure::{self, Outcome};
 use super::export::{self, Delivery, ExportAnswer};
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{RawBody, RequestMeta};
-use crate::input::decode_strict;
-use crate::openapi::{
+use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::ports::storage::ObjectStore;
+use crate::users::repo::current_user;
+use crate::web::auth::Caller;
+use crate::web::http::{RawBody, RequestMeta};
+use crate::web::input::decode_strict;
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::storage::ObjectStore;
-use crate::users::repo::current_user;
+use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -24,13 +24,14 @@ use crate::characters::fields::{
 use crate::credits::engine;
 use crate::credits::holds;
 use crate::credits::pricing::{GENERATE, PriceInputs};
-use crate::error::{ApiError, FieldError};
-use crate::generator::{JobType, MAX_OUTPUT_SIDE};
-use crate::input::{check, decode_strict, finish};
-use crate::queue::{JobQueue, OutgoingMessage};
-use crate::tier::Tier;
+use crate::kernel::error::{ApiError, FieldError};
+use crate::kernel::tier::Tier;
+use crate::kernel::vocabulary::JobType;
+use crate::ports::generator::MAX_OUTPUT_SIDE;
+use crate::ports::queue::{JobQueue, OutgoingMessage};
 use crate::users::User;
 use crate::users::fields::{STYLE_TYPES, one_of};
+use crate::web::input::{check, decode_strict, finish};
 
 /// The body of `POST /api/v1/characters/{id}/generate`; every field is optional.
 /// Caps by tier (FREE / PREMIUM / PRO / ENTERPRISE): longest side 1024 / 1536 /
@@ -649,7 +650,7 @@ pub async fn enqueue(client: &impl GenericClient, queue: &dyn JobQueue, job: &Jo
             ),
         ]),
         // Each queue adapter honours the `priority` attribute its own way (see
-        // `shared::queue`).
+        // `shared::ports::queue`).
         delay: None,
     };
     match queue.send(&message).await {

@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::generator::{GenerationRequest, JobType};
+use crate::kernel::vocabulary::JobType;
+use crate::ports::generator::GenerationRequest;
 
 /// The character's look and the render's parameters, as the job will use
 /// them. A variant job's look already has the requested changes applied.

@@ -1,10 +1,15 @@
 //! Generation jobs: dispatch (price, hold, record, enqueue), reading them, and
 //! cancelling queued ones. [`input::GenerationInput`] is what a job renders,
 //! shared by dispatch and the worker.
+//!
+//! It may use [`crate::characters`], [`crate::credits`], [`crate::users`] and
+//! [`crate::activity`]; gdpr and the runtime (the worker's Lambda adapter, the
+//! scheduler) use it.
 
 pub mod dispatch;
 pub mod input;
 pub mod routes;
+pub mod worker;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -38,7 +43,7 @@ pub struct Job {
     pub id: String,
     pub user_id: String,
     pub character_id: Option<String>,
-    pub job_type: crate::generator::JobType,
+    pub job_type: crate::kernel::vocabulary::JobType,
     pub input_parameters: Value,
     pub generation_provider: Option<String>,
     pub status: Option<JobStatus>,
@@ -67,10 +72,10 @@ pub const JOB_COLUMNS: &str = "id, user_id, character_id, job_type, input_parame
 
 impl Job {
     /// Stored output keys become time-limited links (see
-    /// [`crate::storage::image_link`]); the source image's key leaves the input.
-    pub async fn present(&mut self, storage: Option<&dyn crate::storage::ObjectStore>) {
+    /// [`crate::ports::storage::image_link`]); the source image's key leaves the input.
+    pub async fn present(&mut self, storage: Option<&dyn crate::ports::storage::ObjectStore>) {
         if let Some(outputs) = &self.output_urls {
-            self.output_urls = Some(crate::storage::image_links(storage, outputs).await);
+            self.output_urls = Some(crate::ports::storage::image_links(storage, outputs).await);
         }
         self.hide_keys();
     }
@@ -113,4 +118,4 @@ pub struct JobMessage {
     pub job_id: String,
 }
 
-pub const JOB_TYPES: [&str; 5] = crate::generator::JobType::NAMES;
+pub const JOB_TYPES: [&str; 5] = crate::kernel::vocabulary::JobType::NAMES;

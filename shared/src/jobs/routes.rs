@@ -12,21 +12,21 @@ use utoipa::IntoParams;
 use super::dispatch::{self, GenerateBody};
 use super::{JOB_COLUMNS, Job};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
-use crate::auth::Caller;
 use crate::credits::{engine, holds};
-use crate::db;
-use crate::error::{ApiError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
-use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::input::finish;
-use crate::openapi::{
+use crate::kernel::error::{ApiError, Problem};
+use crate::ports::db;
+use crate::users;
+use crate::users::fields::one_of;
+use crate::web::auth::Caller;
+use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
+use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::input::finish;
+use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::pagination::{self, Page, TimeKey};
-use crate::users;
-use crate::users::fields::one_of;
+use crate::web::state::AppState;
 
 pub const JOB_STATUSES: [&str; 6] = super::JobStatus::NAMES;
 
@@ -112,7 +112,14 @@ pub(crate) async fn generate(
     if params.dry_run {
         // Exactly what the request would do, then undone: the preview and the
         // charge cannot disagree, and nothing is held, recorded or counted.
-        let (job, hold) = dispatch::record(&tx, &state.pricing, &user, id, &params).await?;
+        let (job, hold) = dispatch::record(
+            &tx,
+            &state.cache::<crate::credits::engine::PricingCache>(),
+            &user,
+            id,
+            &params,
+        )
+        .await?;
         tx.rollback().await?;
         return Ok(Json(preview(job, hold)).into_response());
     }
@@ -125,12 +132,19 @@ pub(crate) async fn generate(
             return Ok(Claim::replay(status, body));
         }
     }
-    let (mut job, _) = dispatch::record(&tx, &state.pricing, &user, id, &params).await?;
+    let (mut job, _) = dispatch::record(
+        &tx,
+        &state.cache::<crate::credits::engine::PricingCache>(),
+        &user,
+        id,
+        &params,
+    )
+    .await?;
     activity::record(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "generation_requested",
+            activity_type: crate::activity::ActivityType::GenerationRequested,
             entity_type: Some("generation_job"),
             entity_id: Some(&job.id),
             metadata: json!({"character_id": id, "job_type": job.job_type, "cost_credits": job.cost_credits}),
@@ -153,7 +167,7 @@ pub(crate) async fn generate(
 pub struct CostPreview {
     /// Always `true`.
     pub dry_run: bool,
-    pub job_type: crate::generator::JobType,
+    pub job_type: crate::kernel::vocabulary::JobType,
     /// What the job would hold and, delivered by an image server, charge.
     pub price: i32,
     /// What it would charge if only the procedural placeholder could serve it.
@@ -386,7 +400,7 @@ pub(crate) async fn cancel_job(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "generation_cancelled",
+            activity_type: crate::activity::ActivityType::GenerationCancelled,
             entity_type: Some("generation_job"),
             entity_id: Some(&job.id),
             metadata: json!({}),

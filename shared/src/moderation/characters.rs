@@ -14,12 +14,12 @@ use tokio_postgres::{GenericClient, Row};
 use utoipa::ToSchema;
 
 use crate::activity::{self, Activity};
-use crate::app::AppState;
 use crate::credits::admin::{Admin, changes, path_id};
-use crate::error::{ApiError, Problem};
-use crate::http::{ApiPath, RequestMeta};
-use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized};
+use crate::kernel::error::{ApiError, Problem};
 use crate::users;
+use crate::web::http::{ApiPath, RequestMeta};
+use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized};
+use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -113,13 +113,13 @@ pub enum Action {
 
 impl Action {
     /// The `user_activity_logs.activity_type` it is logged as.
-    pub fn activity_type(self) -> &'static str {
+    pub fn activity_type(self) -> crate::activity::ActivityType {
         match self {
-            Self::Feature => "admin_character_featured",
-            Self::Unfeature => "admin_character_unfeatured",
-            Self::Hide => "admin_character_hidden",
-            Self::Unhide => "admin_character_unhidden",
-            Self::Unpublish => "admin_character_unpublished",
+            Self::Feature => crate::activity::ActivityType::AdminCharacterFeatured,
+            Self::Unfeature => crate::activity::ActivityType::AdminCharacterUnfeatured,
+            Self::Hide => crate::activity::ActivityType::AdminCharacterHidden,
+            Self::Unhide => crate::activity::ActivityType::AdminCharacterUnhidden,
+            Self::Unpublish => crate::activity::ActivityType::AdminCharacterUnpublished,
         }
     }
 
@@ -242,7 +242,7 @@ pub async fn review(
 
 async fn moderate(
     state: AppState,
-    identity: crate::auth::Identity,
+    identity: crate::web::auth::Identity,
     meta: RequestMeta,
     id: String,
     action: Action,

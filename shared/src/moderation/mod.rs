@@ -1,5 +1,8 @@
 //! Moderation and user administration (permission `admin` in the token):
 //!
+//! It may use [`crate::credits`], [`crate::users`] and [`crate::activity`];
+//! only the runtime uses it.
+//!
 //! | route | function | what |
 //! |---|---|---|
 //! | `GET /api/v1/admin/reports` | characters | the report queue, oldest first |
@@ -43,7 +46,7 @@ pub mod users;
 
 use axum::Router;
 
-use crate::app::AppState;
+use crate::web::state::AppState;
 
 /// The characters function's moderation routes: the report queue and character actions.
 pub fn characters_routes() -> Router<AppState> {

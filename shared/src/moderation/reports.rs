@@ -16,19 +16,19 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::characters::{self, Action, MODERATED_COLUMNS, ModeratedCharacter};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
 use crate::credits::admin::fields::{self, Fields};
 use crate::credits::admin::{Admin, path_id};
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
-use crate::input::{check, finish};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::users;
+use crate::users::fields::one_of;
+use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::input::{check, finish};
+use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::pagination::{self, Page, TimeKey};
-use crate::users;
-use crate::users::fields::one_of;
+use crate::web::state::AppState;
 
 pub const REPORT_STATUSES: [&str; 3] = ["open", "actioned", "dismissed"];
 /// What a resolution may set.
@@ -192,7 +192,7 @@ pub(crate) async fn list(
         &tx,
         Activity {
             user_id: Some(&admin.id),
-            activity_type: "admin_reports_listed",
+            activity_type: crate::activity::ActivityType::AdminReportsListed,
             entity_type: Some("content_report"),
             entity_id: None,
             metadata: json!({
@@ -288,11 +288,11 @@ pub struct ResolutionBody {
 }
 
 fn status_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&RESOLVED_STATUSES, false, "The report's new status.")
+    crate::web::responses::string_enum(&RESOLVED_STATUSES, false, "The report's new status.")
 }
 
 fn action_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(
+    crate::web::responses::string_enum(
         &RESOLUTION_ACTIONS,
         false,
         "What to do to the character, in the same transaction: `hide` it from the gallery \
@@ -419,7 +419,7 @@ pub(crate) async fn resolve(
         &tx,
         Activity {
             user_id: Some(&admin.id),
-            activity_type: "admin_report_resolved",
+            activity_type: crate::activity::ActivityType::AdminReportResolved,
             entity_type: Some("content_report"),
             entity_id: Some(&id),
             metadata: json!({

@@ -2,7 +2,7 @@
 //! subscription dates and account status.
 //!
 //! A tier change sets `users.daily_quota` and `user_credits.daily_allowance`
-//! from the tier's terms ([`crate::tier`]) in the same transaction; it posts no
+//! from the tier's terms ([`crate::kernel::tier`]) in the same transaction; it posts no
 //! ledger entry (the allowance is not balance). Account status:
 //! - `suspended`: the user can still sign in and read, but not generate,
 //!   publish (characters or collections), like, rate or report (403); their
@@ -31,19 +31,19 @@ use tokio_postgres::GenericClient;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::activity::{self, Activity};
-use crate::app::AppState;
 use crate::credits::Balance;
 use crate::credits::admin::fields::{self, FieldResult, Fields, set};
 use crate::credits::admin::{Admin, changes as diff, path_id};
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::kernel::tier::Tier;
+use crate::users::AccountStatus;
+use crate::users::{self, USER_COLUMNS, User};
+use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::tier::Tier;
-use crate::users::AccountStatus;
-use crate::users::{self, USER_COLUMNS, User};
+use crate::web::state::AppState;
 
 /// The statuses an admin may set.
 pub const ADMIN_ACCOUNT_STATUSES: [&str; 3] = ["active", "suspended", "banned"];
@@ -184,7 +184,7 @@ pub(crate) async fn lookup(
             "give email, username or both to look a user up",
         ));
     }
-    crate::input::finish((), errors)?;
+    crate::web::input::finish((), errors)?;
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
@@ -225,7 +225,7 @@ pub(crate) async fn lookup(
         &tx,
         Activity {
             user_id: Some(&admin.id),
-            activity_type: "admin_user_lookup",
+            activity_type: crate::activity::ActivityType::AdminUserLookup,
             entity_type: Some("user"),
             entity_id: target,
             metadata: json!({
@@ -326,11 +326,11 @@ pub struct UserPatch {
 }
 
 fn tier_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&Tier::NAMES, false, "The subscription tier.")
+    crate::web::responses::string_enum(&Tier::NAMES, false, "The subscription tier.")
 }
 
 fn status_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(
+    crate::web::responses::string_enum(
         &ADMIN_ACCOUNT_STATUSES,
         false,
         "`suspended`: may sign in and read, not generate, publish, like, rate or report, out \
@@ -471,7 +471,7 @@ pub async fn apply(
         client,
         Activity {
             user_id: Some(admin_id),
-            activity_type: "admin_user_updated",
+            activity_type: crate::activity::ActivityType::AdminUserUpdated,
             entity_type: Some("user"),
             entity_id: Some(target_id),
             metadata: json!({

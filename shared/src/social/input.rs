@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
+use crate::kernel::error::{ApiError, FieldError};
 use crate::users::fields;
 
 /// `content_reports.reason` values (its CHECK constraint).
@@ -209,7 +209,7 @@ pub struct ReportBody {
 }
 
 fn reason_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&REPORT_REASONS, false, "Why the character is reported.")
+    crate::web::responses::string_enum(&REPORT_REASONS, false, "Why the character is reported.")
 }
 
 #[cfg(test)]

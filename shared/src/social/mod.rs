@@ -1,5 +1,8 @@
 //! The gallery's social layer: likes, ratings (with reviews) and content reports.
 //!
+//! It may use [`crate::users`] and [`crate::activity`]; only gdpr and the
+//! runtime use it.
+//!
 //! Counters on `characters` (`like_count`, `rating_count`, `rating_sum`,
 //! `rating_average`, `open_report_count`, `report_score`) are kept by triggers
 //! of migrations V3 and V18 (a report's weight: [`trust`]),

@@ -1,5 +1,5 @@
 //! SQL for likes, ratings and reports. Every function takes the request's
-//! transaction, opened with [`crate::db::begin_as`], so row-level security
+//! transaction, opened with [`crate::ports::db::begin_as`], so row-level security
 //! applies to every statement; every statement is parameterised, and writes
 //! name only the columns `app_api` may write.
 
@@ -8,8 +8,8 @@ use tokio_postgres::error::SqlState;
 
 use super::input::{RatingInput, ReportInput};
 use super::{PublicRating, RATING_COLUMNS, REPORT_COLUMNS, Rating, RatingSummary, Report};
-use crate::error::ApiError;
-use crate::pagination::TimeKey;
+use crate::kernel::error::ApiError;
+use crate::web::pagination::TimeKey;
 
 /// What the social routes need to know about a character the caller can see.
 #[derive(Debug, Clone)]

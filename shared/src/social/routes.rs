@@ -29,17 +29,17 @@ use super::repo;
 use super::trust;
 use super::{LikeState, RatingWithSummary, RatingsPage, Report};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
-use crate::auth::{Caller, OptionalCaller};
-use crate::db::{act_as_system, begin_as};
-use crate::error::{ApiError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, Problem};
+use crate::ports::db::{act_as_system, begin_as};
+use crate::users::repo::current_user;
+use crate::web::auth::{Caller, OptionalCaller};
+use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::pagination::{self, TimeKey};
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::pagination::{self, TimeKey};
-use crate::users::repo::current_user;
+use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -56,7 +56,7 @@ pub fn router() -> Router<AppState> {
 /// (empty, huge, or with control characters such as a NUL, which PostgreSQL
 /// text cannot even hold) names nothing: 404 without asking the database.
 fn character_id(raw: &str) -> Result<&str, ApiError> {
-    crate::http::resource_id(raw, "character")
+    crate::web::http::resource_id(raw, "character")
 }
 
 /// Like a character.
@@ -185,7 +185,7 @@ pub(crate) async fn put_rating(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "character_rated",
+            activity_type: crate::activity::ActivityType::CharacterRated,
             entity_type: Some("character"),
             entity_id: Some(&character.id),
             metadata: json!({"rating": upserted.rating.rating, "created": upserted.created}),
@@ -245,7 +245,7 @@ pub(crate) async fn delete_rating(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "rating_withdrawn",
+            activity_type: crate::activity::ActivityType::RatingWithdrawn,
             entity_type: Some("character"),
             entity_id: Some(&character.id),
             metadata: json!({}),
@@ -370,7 +370,7 @@ pub(crate) async fn file_report(
             &tx,
             Activity {
                 user_id: Some(&user.id),
-                activity_type: "report_filed",
+                activity_type: crate::activity::ActivityType::ReportFiled,
                 entity_type: Some("character"),
                 entity_id: Some(&character.id),
                 metadata: json!({"reason": filed.report.reason, "report_id": filed.report.id}),

@@ -33,8 +33,8 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
-use crate::config::GalleryConfig;
-use crate::error::ApiError;
+use crate::kernel::config::GalleryConfig;
+use crate::kernel::error::ApiError;
 
 /// What a reporter's weight depends on.
 #[derive(Debug, Clone, Copy, PartialEq)]

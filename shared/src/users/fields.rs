@@ -6,25 +6,13 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-use crate::error::FieldError;
+use crate::kernel::error::FieldError;
 
 pub const LANGUAGES: [&str; 4] = ["en", "zh", "ja", "ko"];
 pub const PROFILE_VISIBILITIES: [&str; 3] = ["public", "friends", "private"];
 pub const CONTENT_FILTER_LEVELS: [&str; 3] = ["strict", "moderate", "relaxed"];
 pub const EXPERIENCE_LEVELS: [&str; 4] = ["beginner", "intermediate", "advanced", "professional"];
-/// The `characters.style_type` values; also the allowed `favorite_art_styles`.
-pub const STYLE_TYPES: [&str; 10] = [
-    "anime",
-    "realistic",
-    "cartoon",
-    "fantasy",
-    "cyberpunk",
-    "steampunk",
-    "minimalist",
-    "comic",
-    "portrait",
-    "artistic",
-];
+pub use crate::kernel::vocabulary::STYLE_TYPES;
 /// Keys of `users.notification_settings`, each a boolean.
 pub const NOTIFICATION_CHANNELS: [&str; 2] = ["email", "push"];
 

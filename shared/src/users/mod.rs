@@ -1,6 +1,13 @@
 //! Users and their profiles: sign-in, the caller's own account, public profiles.
+//!
+//! It may use [`crate::activity`] (and the layers below the domains); every
+//! other domain may use it for the caller's account. The caller's own activity
+//! log route ([`activity_log`]) and the erasure receipts that sign-in checks
+//! ([`receipts`]) live here for that reason.
 
+pub mod activity_log;
 pub mod fields;
+pub mod receipts;
 pub mod repo;
 pub mod routes;
 
@@ -45,7 +52,7 @@ pub struct User {
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
     /// `FREE`, `PREMIUM`, `PRO` or `ENTERPRISE`.
-    pub subscription_tier: Option<crate::tier::Tier>,
+    pub subscription_tier: Option<crate::kernel::tier::Tier>,
     pub subscription_start_date: Option<DateTime<Utc>>,
     pub subscription_end_date: Option<DateTime<Utc>>,
     pub daily_quota: i32,
@@ -120,11 +127,11 @@ impl User {
 
     /// A suspended account may sign in and read, not act on what others see
     /// (publish, like, rate, report, generate): 403 naming `what` it tried.
-    pub fn require_active(&self, what: &str) -> Result<(), crate::error::ApiError> {
+    pub fn require_active(&self, what: &str) -> Result<(), crate::kernel::error::ApiError> {
         if self.account_status == Some(AccountStatus::Active) {
             return Ok(());
         }
-        Err(crate::error::ApiError::Forbidden(format!(
+        Err(crate::kernel::error::ApiError::Forbidden(format!(
             "a suspended account cannot {what}"
         )))
     }

@@ -6,9 +6,9 @@ use tokio_postgres::{Client, GenericClient};
 
 use super::{PROFILE_COLUMNS, Profile, USER_COLUMNS, User};
 use crate::activity::{self, Activity};
-use crate::auth::Identity;
-use crate::error::{ApiError, db_constraint};
-use crate::http::RequestMeta;
+use crate::kernel::error::{ApiError, db_constraint};
+use crate::web::auth::Identity;
+use crate::web::http::RequestMeta;
 
 pub struct SignIn {
     pub user: User,
@@ -48,7 +48,7 @@ pub async fn sign_in(
         }
         None => {
             // An erased account's old tokens do not sign up again; newer ones do.
-            if crate::gdpr::token_predates_erasure(&tx, identity).await? {
+            if crate::users::receipts::token_predates_erasure(&tx, identity).await? {
                 return Err(erased());
             }
             (create_user(&tx, identity).await?, true)
@@ -86,7 +86,7 @@ pub async fn sign_in(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "login",
+            activity_type: crate::activity::ActivityType::Login,
             entity_type: Some("user"),
             entity_id: Some(&user.id),
             metadata: json!({"first_sign_in": created}),
@@ -174,7 +174,7 @@ pub async fn current_user(
         )
         .await?;
     let Some(row) = row else {
-        if crate::gdpr::token_predates_erasure(client, identity).await? {
+        if crate::users::receipts::token_predates_erasure(client, identity).await? {
             return Err(erased());
         }
         return Err(ApiError::NotFound(

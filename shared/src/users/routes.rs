@@ -20,16 +20,16 @@ use utoipa::openapi::{Object, ObjectBuilder};
 use super::fields;
 use super::repo::{self, AccountChanges, ProfileFields};
 use super::{Profile, PublicUser, User};
-use crate::app::AppState;
-use crate::auth::{Caller, OptionalCaller};
-use crate::db::begin_as;
-use crate::error::{ApiError, Problem};
-use crate::http::{ApiJson, ApiPath, RequestMeta};
-use crate::input::{check, decode_strict, finish, present, required_if_present};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, Problem};
+use crate::ports::db::begin_as;
+use crate::web::auth::{Caller, OptionalCaller};
+use crate::web::http::{ApiJson, ApiPath, RequestMeta};
+use crate::web::input::{check, decode_strict, finish, present, required_if_present};
+use crate::web::responses::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
+use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -163,11 +163,11 @@ struct MePatch {
 }
 
 fn preferred_language_schema() -> Object {
-    openapi::string_enum(&fields::LANGUAGES, false, "The interface language.")
+    responses::string_enum(&fields::LANGUAGES, false, "The interface language.")
 }
 
 fn profile_visibility_schema() -> Object {
-    openapi::string_enum(
+    responses::string_enum(
         &fields::PROFILE_VISIBILITIES,
         false,
         "Who may see the public profile: `friends` is as private as `private` for now.",
@@ -175,7 +175,7 @@ fn profile_visibility_schema() -> Object {
 }
 
 fn content_filter_level_schema() -> Object {
-    openapi::string_enum(
+    responses::string_enum(
         &fields::CONTENT_FILTER_LEVELS,
         false,
         "How strictly the text of the caller's characters is filtered.",
@@ -403,7 +403,7 @@ fn social_links_schema() -> Object {
 }
 
 fn experience_level_schema() -> Object {
-    openapi::string_enum(
+    responses::string_enum(
         &fields::EXPERIENCE_LEVELS,
         true,
         "Experience with image generation.",
@@ -411,8 +411,8 @@ fn experience_level_schema() -> Object {
 }
 
 fn primary_use_case_schema() -> utoipa::openapi::Array {
-    openapi::array_of(
-        openapi::short_string(Some("^[a-z0-9_-]{1,32}$"), 32),
+    responses::array_of(
+        responses::short_string(Some("^[a-z0-9_-]{1,32}$"), 32),
         10,
         true,
         "Free-form use cases (`gaming`), at most 10; duplicates are dropped.",
@@ -420,8 +420,8 @@ fn primary_use_case_schema() -> utoipa::openapi::Array {
 }
 
 fn favorite_art_styles_schema() -> utoipa::openapi::Array {
-    openapi::array_of(
-        openapi::enum_item(&fields::STYLE_TYPES),
+    responses::array_of(
+        responses::enum_item(&fields::STYLE_TYPES),
         10,
         true,
         "Style types, at most 10; duplicates are dropped.",

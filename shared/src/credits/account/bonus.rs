@@ -23,15 +23,15 @@ use utoipa::ToSchema;
 
 use super::{DetailedProblem, Refusal};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::config::CreditsConfig;
 use crate::credits::ledger::{self, DailyWindow, Entry};
-use crate::error::{ApiError, Problem};
-use crate::http::{RawBody, RequestMeta};
-use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::openapi::{InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized};
+use crate::kernel::config::CreditsConfig;
+use crate::kernel::error::{ApiError, Problem};
 use crate::users::repo::current_user;
+use crate::web::auth::Caller;
+use crate::web::http::{RawBody, RequestMeta};
+use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::responses::{InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized};
+use crate::web::state::AppState;
 
 const ROUTE: &str = "/api/v1/credits/daily-bonus";
 
@@ -214,7 +214,7 @@ pub(crate) async fn claim(
         &tx,
         Activity {
             user_id: Some(&user.id),
-            activity_type: "daily_bonus",
+            activity_type: crate::activity::ActivityType::DailyBonus,
             entity_type: Some("credit_transaction"),
             entity_id: Some(&posted.transaction_id),
             metadata: json!({"amount": amount, "streak": streak, "bonus_date": today}),

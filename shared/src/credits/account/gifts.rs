@@ -23,21 +23,21 @@ use utoipa::ToSchema;
 
 use super::{DetailedProblem, Refusal};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::config::CreditsConfig;
 use crate::credits::gifting::{self, Giftable};
 use crate::credits::ledger::{self, Entry, LedgerError};
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, RequestMeta};
-use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::input::{check, decode_strict, finish};
-use crate::openapi::{
-    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
-};
+use crate::kernel::config::CreditsConfig;
+use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users::User;
 use crate::users::fields;
 use crate::users::repo::current_user;
+use crate::web::auth::Caller;
+use crate::web::http::{ApiJson, RequestMeta};
+use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::input::{check, decode_strict, finish};
+use crate::web::responses::{
+    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
+};
+use crate::web::state::AppState;
 
 const ROUTE: &str = "/api/v1/credits/gifts";
 pub const MAX_MESSAGE_CHARS: usize = 280;
@@ -365,7 +365,7 @@ async fn transfer(
         tx,
         Activity {
             user_id: Some(&sender.id),
-            activity_type: "gift_sent",
+            activity_type: crate::activity::ActivityType::GiftSent,
             entity_type: Some("gift_transfer"),
             entity_id: Some(&gift_id),
             metadata: json!({"amount": gift.amount, "to_username": to_username,
@@ -383,7 +383,7 @@ async fn transfer(
         tx,
         Activity {
             user_id: Some(&recipient_id),
-            activity_type: "gift_received",
+            activity_type: crate::activity::ActivityType::GiftReceived,
             entity_type: Some("gift_transfer"),
             entity_id: Some(&gift_id),
             metadata: json!({"amount": gift.amount, "from_username": from_username,

@@ -13,15 +13,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
-use crate::auth::Caller;
 use crate::credits::ledger::TRANSACTION_TYPES;
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::ApiQuery;
-use crate::input::finish;
-use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
-use crate::pagination::{self, Page, TimeKey};
+use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users::repo::current_user;
+use crate::web::auth::Caller;
+use crate::web::http::ApiQuery;
+use crate::web::input::finish;
+use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::state::AppState;
 
 /// One `credit_transactions` row, every column.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -91,7 +91,7 @@ pub(crate) struct HistoryQuery {
 }
 
 fn transaction_type_param() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(
+    crate::web::responses::string_enum(
         &TRANSACTION_TYPES,
         false,
         "Only entries of this transaction type.",

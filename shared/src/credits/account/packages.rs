@@ -8,14 +8,14 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::NoQuery;
-use crate::app::AppState;
-use crate::auth::OptionalCaller;
+use crate::web::auth::OptionalCaller;
+use crate::web::state::AppState;
 
 use crate::credits::engine::tier_of;
-use crate::error::{ApiError, Problem};
-use crate::http::ApiQuery;
-use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
-use crate::tier::Tier;
+use crate::kernel::error::{ApiError, Problem};
+use crate::kernel::tier::Tier;
+use crate::web::http::ApiQuery;
+use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 
 /// The public face of a `credit_packages` row.
 #[derive(Debug, Clone, Serialize, ToSchema)]

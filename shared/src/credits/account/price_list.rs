@@ -15,17 +15,17 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use super::NoQuery;
-use crate::app::AppState;
-use crate::auth::OptionalCaller;
+use crate::web::auth::OptionalCaller;
+use crate::web::state::AppState;
 
 use crate::credits::engine::tier_of;
 use crate::credits::ledger;
 use crate::credits::pricing::{CostFormula, PriceConfig, PriceInputs};
-use crate::error::{ApiError, Problem};
-use crate::http::ApiQuery;
-use crate::openapi::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
-use crate::tier::Tier;
+use crate::kernel::error::{ApiError, Problem};
+use crate::kernel::tier::Tier;
 use crate::users::User;
+use crate::web::http::ApiQuery;
+use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 
 /// The request every price in the list is quoted for.
 pub fn default_request() -> PriceInputs {
@@ -257,7 +257,10 @@ pub(crate) async fn show(
     let client: &mut tokio_postgres::Client = &mut client;
     // The balance read resets the daily counters lazily: a transaction, as the system role.
     let tx = client.transaction().await?;
-    let configs = state.pricing.configs(&tx).await?;
+    let configs = state
+        .cache::<crate::credits::engine::PricingCache>()
+        .configs(&tx)
+        .await?;
     let (buckets, windows) = match &user {
         Some(user) => {
             let balance =

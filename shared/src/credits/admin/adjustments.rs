@@ -14,15 +14,15 @@ use utoipa::ToSchema;
 use super::fields::{self, Fields};
 use super::{Admin, CreditTransaction, error_response};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, RequestMeta};
-use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::users;
+use crate::web::http::{ApiJson, RequestMeta};
+use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
-use crate::users;
+use crate::web::state::AppState;
 
 /// The route, as idempotency keys record it.
 pub const ROUTE: &str = "/api/v1/admin/credits/adjustments";
@@ -136,7 +136,7 @@ pub async fn adjust(
         client,
         Activity {
             user_id: Some(admin_id),
-            activity_type: "admin_credit_adjustment",
+            activity_type: crate::activity::ActivityType::AdminCreditAdjustment,
             entity_type: Some("user"),
             entity_id: Some(&adjustment.user_id),
             metadata: json!({

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
+use crate::kernel::error::{ApiError, FieldError};
 
 pub type FieldResult<T> = Result<T, FieldError>;
 
@@ -105,7 +105,7 @@ impl Fields {
 
     /// `Ok(value)` when every check passed, else a 422 listing every failure.
     pub fn finish<T>(self, value: T) -> Result<T, ApiError> {
-        crate::input::finish(value, self.errors)
+        crate::web::input::finish(value, self.errors)
     }
 }
 

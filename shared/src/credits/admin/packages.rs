@@ -15,16 +15,16 @@ use utoipa::{IntoParams, ToSchema};
 use super::fields::{self, FieldResult, Fields, set};
 use super::{Admin, changes, path_id};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::kernel::tier::Tier;
+use crate::users;
+use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::pagination::{self, Page};
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::pagination::{self, Page};
-use crate::tier::Tier;
-use crate::users;
+use crate::web::state::AppState;
 
 pub const PACKAGE_TYPES: [&str; 3] = ["one_time", "subscription_bonus", "promotional"];
 
@@ -487,8 +487,8 @@ fn price_schema() -> utoipa::openapi::Object {
 }
 
 fn target_tiers_schema() -> utoipa::openapi::Array {
-    let mut schema = crate::openapi::array_of(
-        crate::openapi::enum_item(&Tier::NAMES),
+    let mut schema = crate::web::responses::array_of(
+        crate::web::responses::enum_item(&Tier::NAMES),
         Tier::NAMES.len(),
         false,
         "The tiers the package is sold to, each once (default all); not `null`.",
@@ -498,7 +498,7 @@ fn target_tiers_schema() -> utoipa::openapi::Array {
 }
 
 fn package_type_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&PACKAGE_TYPES, false, "Default `one_time`; not `null`.")
+    crate::web::responses::string_enum(&PACKAGE_TYPES, false, "Default `one_time`; not `null`.")
 }
 
 /// Keyset position: packages are listed in display order, then by id.
@@ -631,7 +631,7 @@ pub async fn create(
         &tx,
         Activity {
             user_id: Some(&admin.id),
-            activity_type: "admin_package_created",
+            activity_type: crate::activity::ActivityType::AdminPackageCreated,
             entity_type: Some("credit_package"),
             entity_id: Some(&package.id),
             metadata: json!({"package_id": package.id, "package": package}),
@@ -733,7 +733,7 @@ pub async fn update(
         &tx,
         Activity {
             user_id: Some(&admin.id),
-            activity_type: "admin_package_updated",
+            activity_type: crate::activity::ActivityType::AdminPackageUpdated,
             entity_type: Some("credit_package"),
             entity_id: Some(&id),
             metadata: json!({"package_id": id, "name": after.name, "changes": changed}),

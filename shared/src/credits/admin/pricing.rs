@@ -21,19 +21,20 @@ use utoipa::{IntoParams, ToSchema};
 use super::fields::{self, FieldResult, Fields, set};
 use super::{Admin, changes, path_id};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
+use crate::credits::engine::PricingCache;
 use crate::credits::pricing::{
     CHARGEABLE_ENDPOINTS, CostFormula, TierMultipliers, chargeable_endpoint,
 };
-use crate::error::{ApiError, FieldError, Problem};
-use crate::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::kernel::tier::Tier;
+use crate::users;
+use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::pagination::{self, Page};
+use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::pagination::{self, Page};
-use crate::tier::Tier;
-use crate::users;
+use crate::web::state::AppState;
 
 pub const HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -492,11 +493,11 @@ pub struct PricingConfigPatch {
 }
 
 fn http_method_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(&HTTP_METHODS, false, "The priced route's method.")
+    crate::web::responses::string_enum(&HTTP_METHODS, false, "The priced route's method.")
 }
 
 fn minimum_tier_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(
+    crate::web::responses::string_enum(
         &Tier::NAMES,
         true,
         "The lowest tier that may call the route (403 below it); `null` or absent: any tier.",
@@ -640,7 +641,7 @@ pub async fn create(
         &tx,
         Activity {
             user_id: Some(&admin.id),
-            activity_type: "admin_pricing_created",
+            activity_type: crate::activity::ActivityType::AdminPricingCreated,
             entity_type: Some("api_credit_config"),
             entity_id: Some(&config.id),
             metadata: json!({"config_id": config.id, "config": config}),
@@ -651,7 +652,7 @@ pub async fn create(
     tx.commit().await?;
     // After the commit, so a concurrent reader cannot refill the cache with
     // the old rows.
-    state.pricing.invalidate().await;
+    state.cache::<PricingCache>().invalidate().await;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/admin/pricing/{}", config.id)) {
         headers.insert(header::LOCATION, location);
@@ -751,7 +752,7 @@ pub async fn update(
         &tx,
         Activity {
             user_id: Some(&admin.id),
-            activity_type: "admin_pricing_updated",
+            activity_type: crate::activity::ActivityType::AdminPricingUpdated,
             entity_type: Some("api_credit_config"),
             entity_id: Some(&id),
             metadata: json!({
@@ -765,7 +766,7 @@ pub async fn update(
     )
     .await?;
     tx.commit().await?;
-    state.pricing.invalidate().await;
+    state.cache::<PricingCache>().invalidate().await;
     Ok(Json(after))
 }
 

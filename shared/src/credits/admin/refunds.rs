@@ -20,15 +20,15 @@ use utoipa::ToSchema;
 use super::fields::{self, Fields};
 use super::{Admin, CreditTransaction, path_id};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
-use crate::error::{ApiError, Problem};
-use crate::http::{ApiPath, RequestMeta};
-use crate::idempotency::{self, Claim, IdempotencyKey};
-use crate::openapi::{
+use crate::kernel::error::{ApiError, Problem};
+use crate::users;
+use crate::web::http::{ApiPath, RequestMeta};
+use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
-use crate::users;
+use crate::web::state::AppState;
 
 /// The route, as idempotency keys record it.
 pub const ROUTE: &str = "/api/v1/admin/jobs/:id/refund";
@@ -163,7 +163,7 @@ pub async fn refund_job(
         client,
         Activity {
             user_id: Some(admin_id),
-            activity_type: "admin_job_refunded",
+            activity_type: crate::activity::ActivityType::AdminJobRefunded,
             entity_type: Some("generation_job"),
             entity_id: Some(job_id),
             metadata: json!({

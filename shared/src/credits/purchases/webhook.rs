@@ -52,12 +52,12 @@ use utoipa::ToSchema;
 use super::stripe::{self, SIGNATURE_HEADER};
 use super::{ORDER_COLUMNS, PurchaseOrder, is_plain_id};
 use crate::activity::{self, Activity};
-use crate::app::AppState;
 use crate::credits::ledger::{self, Entry};
-use crate::error::{ApiError, Problem};
-use crate::http::{RawBody, RequestMeta};
-use crate::metrics::WebhookOutcome;
-use crate::openapi::{InternalError, PayloadTooLarge};
+use crate::kernel::error::{ApiError, Problem};
+use crate::kernel::metrics::WebhookOutcome;
+use crate::web::http::{RawBody, RequestMeta};
+use crate::web::responses::{InternalError, PayloadTooLarge};
+use crate::web::state::AppState;
 
 /// A verified event: what the handlers read of it.
 #[derive(Debug)]
@@ -129,7 +129,7 @@ pub(crate) struct WebhookReceipt {
 }
 
 fn outcome_schema() -> utoipa::openapi::Object {
-    crate::openapi::string_enum(
+    crate::web::responses::string_enum(
         &[
             "credited",
             "credited_then_refunded",
@@ -229,7 +229,7 @@ pub(crate) async fn stripe_webhook(
         Err(e) if e.status().is_client_error() => (WebhookOutcome::Rejected, None),
         Err(_) => (WebhookOutcome::Failed, None),
     };
-    crate::metrics::webhook("stripe", outcome, detail);
+    crate::kernel::metrics::webhook("stripe", outcome, detail);
     answer
 }
 
@@ -494,7 +494,7 @@ async fn session_paid(
         tx,
         Activity {
             user_id: Some(user_id),
-            activity_type: "purchase_completed",
+            activity_type: crate::activity::ActivityType::PurchaseCompleted,
             entity_type: Some("purchase_order"),
             entity_id: Some(&order.id),
             metadata: json!({
@@ -553,7 +553,7 @@ async fn session_failed(
             tx,
             Activity {
                 user_id: Some(user_id),
-                activity_type: "purchase_failed",
+                activity_type: crate::activity::ActivityType::PurchaseFailed,
                 entity_type: Some("purchase_order"),
                 entity_id: Some(&order.id),
                 metadata: json!({"event_id": event.id, "reason": outcome}),
@@ -674,7 +674,7 @@ async fn apply_refund(
             tx,
             Activity {
                 user_id: Some(user_id),
-                activity_type: "purchase_refunded",
+                activity_type: crate::activity::ActivityType::PurchaseRefunded,
                 entity_type: Some("purchase_order"),
                 entity_id: Some(&order.id),
                 metadata: json!({

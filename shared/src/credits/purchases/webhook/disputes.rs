@@ -41,10 +41,10 @@ use super::{
     Event, Moved, Outcome, PurchaseOrder, id_of, is_plain_id, lock_order, lock_payment, lock_user,
     order_total, read_order, reconcile, refunded_share,
 };
-use crate::activity::{self, Activity};
+use crate::activity::{self, Activity, ActivityType};
 use crate::credits::gifting;
-use crate::error::ApiError;
-use crate::http::RequestMeta;
+use crate::kernel::error::ApiError;
+use crate::web::http::RequestMeta;
 
 /// What a dispute's status means for the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,9 +335,9 @@ async fn apply(
         }
     };
     let (activity_type, outcome) = match decision {
-        Decision::Open => ("purchase_disputed", "dispute_opened"),
-        Decision::Won => ("purchase_dispute_won", "dispute_won"),
-        Decision::Lost => ("purchase_dispute_lost", "dispute_lost"),
+        Decision::Open => (ActivityType::PurchaseDisputed, "dispute_opened"),
+        Decision::Won => (ActivityType::PurchaseDisputeWon, "dispute_won"),
+        Decision::Lost => (ActivityType::PurchaseDisputeLost, "dispute_lost"),
     };
     log(
         tx,
@@ -388,8 +388,8 @@ async fn close(
         Decision::Open | Decision::Lost => Moved::default(),
     };
     let (activity_type, outcome) = match decision {
-        Decision::Won => ("purchase_dispute_won", "dispute_won"),
-        Decision::Open | Decision::Lost => ("purchase_dispute_lost", "dispute_lost"),
+        Decision::Won => (ActivityType::PurchaseDisputeWon, "dispute_won"),
+        Decision::Open | Decision::Lost => (ActivityType::PurchaseDisputeLost, "dispute_lost"),
     };
     log(
         tx,
@@ -421,7 +421,7 @@ async fn defer(
     log(
         tx,
         order,
-        "purchase_dispute_deferred",
+        ActivityType::PurchaseDisputeDeferred,
         json!({"dispute_id": dispute_id, "event_id": event.id}),
         meta,
     )
@@ -433,7 +433,7 @@ async fn defer(
 async fn log(
     tx: &Transaction<'_>,
     order: &PurchaseOrder,
-    activity_type: &str,
+    activity_type: ActivityType,
     mut metadata: Value,
     meta: &RequestMeta,
 ) -> Result<(), ApiError> {

@@ -1,47 +1,25 @@
-//! Application state and router assembly, shared by the Lambda binaries, the
-//! local stack and the tests, so that all three serve exactly the same code.
+//! Router assembly, shared by the Lambda binaries, the local stack and the
+//! tests, so that all three serve exactly the same code; and the one place
+//! that chooses the adapters behind the state's ports
+//! ([`AppState::from_config`]).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::Authenticator;
-use crate::characters::views::ViewCounter;
-use crate::config::Config;
-use crate::credits::engine::PricingCache;
-use crate::db::{self, DbPool, DbSetupError};
-use crate::error::ApiError;
-use crate::http;
-use crate::queue::JobQueue;
-use crate::queue::sqs::SqsJobQueue;
-use crate::storage::ObjectStore;
-use crate::storage::s3::S3ObjectStore;
-
-/// How long a process trusts its copy of `api_credit_configs`.
-pub const PRICING_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Largest request body any route accepts.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-/// Everything a handler may need, built once per process (per cold start).
-#[derive(Clone)]
-pub struct AppState {
-    pub db: DbPool,
-    pub auth: Arc<Authenticator>,
-    pub config: Arc<Config>,
-    /// Image storage; `None` where none is configured (routes needing it answer 503).
-    pub storage: Option<Arc<dyn ObjectStore>>,
-    /// Where generation jobs are sent; `None` where none is configured
-    /// (dispatch then answers 503 before taking any credits).
-    pub queue: Option<Arc<dyn JobQueue>>,
-    /// `api_credit_configs`, cached for this process.
-    pub pricing: Arc<PricingCache>,
-    /// Views read but not written yet (see [`crate::characters::views`]).
-    pub views: Arc<ViewCounter>,
-}
+use crate::kernel::config::Config;
+use crate::kernel::error::ApiError;
+use crate::ports::db::{self, DbSetupError};
+use crate::ports::queue::JobQueue;
+use crate::ports::queue::sqs::SqsJobQueue;
+use crate::ports::storage::ObjectStore;
+use crate::ports::storage::s3::S3ObjectStore;
+use crate::web::auth::Authenticator;
+use crate::web::http;
+use crate::web::state::{AppState, MAX_BODY_BYTES};
 
 impl AppState {
     /// Builds the state; opens no connection (the pool connects lazily).
@@ -65,7 +43,7 @@ impl AppState {
         if config.storage.bucket.is_some() || config.queue.job_queue_url.is_some() {
             let sdk_config = match sdk_config {
                 Some(loaded) => loaded,
-                None => crate::aws::load_sdk_config().await,
+                None => crate::ports::aws::load_sdk_config().await,
             };
             if let Some(bucket) = &config.storage.bucket {
                 storage = Some(Arc::new(S3ObjectStore::new(&sdk_config, bucket)));
@@ -74,21 +52,13 @@ impl AppState {
                 queue = Some(Arc::new(SqsJobQueue::new(&sdk_config, url)));
             }
         }
-        Ok(Self {
-            db: db::create_pool(&config.database)?,
-            auth: Arc::new(Authenticator::new(&config.auth)),
-            views: Arc::new(ViewCounter::new(&config.views)),
-            config: Arc::new(config),
+        Ok(Self::new(
+            db::create_pool(&config.database)?,
+            Arc::new(Authenticator::new(&config.auth)),
+            Arc::new(config),
             storage,
             queue,
-            pricing: Arc::new(PricingCache::new(PRICING_CACHE_TTL)),
-        })
-    }
-}
-
-impl FromRef<AppState> for Arc<Authenticator> {
-    fn from_ref(state: &AppState) -> Self {
-        state.auth.clone()
+        ))
     }
 }
 
@@ -101,7 +71,10 @@ impl FromRef<AppState> for Arc<Authenticator> {
 /// route is added here, and axum panics when two merged routers define it.
 pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .route(crate::openapi::PATH, get(crate::openapi::serve))
+        .route(
+            crate::runtime::openapi::PATH,
+            get(crate::runtime::openapi::serve),
+        )
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -118,7 +91,7 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
 /// activity log, public profiles, GDPR export and erasure; user admin.
 pub fn auth_routes() -> Router<AppState> {
     crate::users::routes::router()
-        .merge(crate::activity::routes::router())
+        .merge(crate::users::activity_log::router())
         .merge(crate::gdpr::routes::router())
         .merge(crate::moderation::users_routes())
 }

@@ -35,7 +35,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::GeneratorConfig;
+use crate::kernel::config::GeneratorConfig;
 
 pub use a1111::A1111Generator;
 pub use chain::{ChainError, ChainOutcome, GeneratorChain, ProviderFailure};
@@ -54,31 +54,7 @@ pub const MAX_BATCH_SIZE: u32 = 16;
 /// AUTOMATIC1111's range for `upscaling_resize`.
 pub const UPSCALE_FACTOR_RANGE: std::ops::RangeInclusive<f64> = 1.0..=8.0;
 
-crate::text_enum! {
-    /// What a job asks for (`generation_jobs.job_type`).
-    pub enum JobType {
-        CharacterGeneration => "character_generation",
-        StyleTransfer => "style_transfer",
-        Upscale => "upscale",
-        Variation => "variation",
-        BackgroundRemoval => "background_removal",
-    }
-}
-
-impl JobType {
-    /// Whether the job starts from one of the character's images (all but a
-    /// generation).
-    pub fn needs_image(self) -> bool {
-        self != JobType::CharacterGeneration
-    }
-
-    /// Whether the job makes exactly one image and runs no sampler, so that
-    /// neither `batch_size` nor `steps` applies (upscales and background
-    /// removal).
-    pub fn is_single_pass(self) -> bool {
-        matches!(self, JobType::Upscale | JobType::BackgroundRemoval)
-    }
-}
+use crate::kernel::vocabulary::JobType;
 
 /// One generation, as the worker hands it to a provider. The dispatcher has
 /// already validated and capped the user's parameters; [`Self::validate`] only
@@ -456,33 +432,6 @@ pub(crate) fn decode_png(bytes: &[u8]) -> Result<image::DynamicImage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_types_round_trip_through_their_names() {
-        for t in JobType::ALL {
-            assert_eq!(JobType::parse(t.as_str()), Some(t));
-            assert_eq!(
-                serde_json::to_value(t).unwrap(),
-                serde_json::json!(t.as_str())
-            );
-        }
-        assert_eq!(JobType::parse("upscale"), Some(JobType::Upscale));
-        assert_eq!(JobType::parse("Upscale"), None);
-        // The same names the credit engine prices.
-        let names: Vec<&str> = JobType::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(names, JobType::NAMES);
-        let from_image: Vec<JobType> = JobType::ALL
-            .into_iter()
-            .filter(|t| t.needs_image())
-            .collect();
-        assert_eq!(from_image.len(), 4);
-        assert!(!from_image.contains(&JobType::CharacterGeneration));
-        let single: Vec<JobType> = JobType::ALL
-            .into_iter()
-            .filter(|t| t.is_single_pass())
-            .collect();
-        assert_eq!(single, [JobType::Upscale, JobType::BackgroundRemoval]);
-    }
 
     #[test]
     fn transient_errors_are_the_ones_a_retry_can_fix() {

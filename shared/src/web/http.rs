@@ -14,8 +14,8 @@ use lambda_http::request::RequestContext;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::error::ApiError;
-use crate::telemetry::Invocation;
+use crate::kernel::error::ApiError;
+use crate::kernel::telemetry::Invocation;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -27,7 +27,7 @@ pub struct RequestId(pub String);
 /// Middleware: assigns the request id, runs the request inside a span naming
 /// it (and, in Lambda, the invocation: `lambda_request_id`, `xray_trace_id`),
 /// echoes it in the response's `x-request-id`, and counts 4xx and 5xx answers
-/// by route ([`crate::metrics::http_error`]).
+/// by route ([`crate::kernel::metrics::http_error`]).
 ///
 /// It wraps every route (`Router::layer`), so the matched route template is
 /// known here; the fallbacks have none.
@@ -68,7 +68,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
             let response = next.run(request).await;
             let status = response.status().as_u16();
             tracing::info!(status, "served");
-            crate::metrics::http_error(&method, route.as_deref(), status);
+            crate::kernel::metrics::http_error(&method, route.as_deref(), status);
             response
         })
         .instrument(span)

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::jwks::JwksCache;
 use super::{AuthError, Identity};
-use crate::config::AuthConfig;
+use crate::kernel::config::AuthConfig;
 
 pub struct TokenVerifier {
     jwks: JwksCache,

@@ -17,7 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 
-use crate::error::ApiError;
+use crate::kernel::error::ApiError;
 
 pub const HEADER: &str = "idempotency-key";
 /// How long a key is remembered.

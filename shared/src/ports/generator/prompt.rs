@@ -552,7 +552,7 @@ mod tests {
 
     #[test]
     fn every_style_type_has_a_phrase() {
-        for style in crate::users::fields::STYLE_TYPES {
+        for style in crate::kernel::vocabulary::STYLE_TYPES {
             let (positive, negative) = style_terms(style);
             assert!(!positive.is_empty(), "{style}");
             let composed = compose(&GenerationRequest {

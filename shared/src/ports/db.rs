@@ -9,7 +9,7 @@ use std::sync::Arc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::config::{DatabaseConfig, SslMode};
+use crate::kernel::config::{DatabaseConfig, SslMode};
 
 pub use deadpool_postgres::{Object as PooledClient, Pool as DbPool};
 
@@ -94,7 +94,7 @@ impl deadpool_postgres::Connect for LazyRustlsConnect {
             .tls
             .get_or_init(|| {
                 let config = rustls_client_config(&DatabaseConfig::for_url(""))
-                    .expect("the compiled-in roots parse (tested in shared::db)");
+                    .expect("the compiled-in roots parse (tested in shared::ports::db)");
                 tokio_postgres_rustls::MakeRustlsConnect::new(config)
             })
             .clone();
@@ -116,7 +116,7 @@ impl deadpool_postgres::Connect for LazyRustlsConnect {
 /// endpoint presents a certificate from one of these, which the webpki roots
 /// do not include. (RDS Proxy presents an Amazon Trust Services one, which
 /// they do.)
-pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../certs/rds-global-bundle.pem");
+pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../../certs/rds-global-bundle.pem");
 
 /// Adds every certificate of a PEM bundle to `roots`; `source` names it in errors.
 fn add_pem_roots(

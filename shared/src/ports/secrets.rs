@@ -97,7 +97,7 @@ impl SecretSettings {
         self.values.is_empty()
     }
 
-    /// A lookup for [`crate::config::Config::from_lookup`]: these settings
+    /// A lookup for [`crate::kernel::config::Config::from_lookup`]: these settings
     /// first, then `fallback` (the process environment).
     pub fn overlay<'a>(
         &'a self,

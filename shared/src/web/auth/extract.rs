@@ -9,7 +9,7 @@ use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
 
 use super::{AuthError, Authenticator, Identity};
-use crate::error::ApiError;
+use crate::kernel::error::ApiError;
 
 /// The authenticated caller; a handler taking it answers 401 without one.
 #[derive(Debug, Clone)]

@@ -90,7 +90,7 @@ macro_rules! text_enum {
             fn to_sql(
                 &self,
                 ty: &tokio_postgres::types::Type,
-                out: &mut $crate::text_enum::BytesMut,
+                out: &mut $crate::kernel::text_enum::BytesMut,
             ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
                 tokio_postgres::types::ToSql::to_sql(&self.as_str(), ty, out)
             }

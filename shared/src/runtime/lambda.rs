@@ -2,24 +2,24 @@
 
 use axum::Router;
 
-use crate::app::AppState;
+use crate::web::state::AppState;
 use tracing::Instrument;
 
-use crate::config::Config;
-use crate::telemetry::{self, Invocation};
+use crate::kernel::config::Config;
+use crate::kernel::telemetry::{self, Invocation};
 
 /// The configuration of a Lambda function: the environment, plus the secrets
-/// it names by ARN fetched from Secrets Manager (see [`crate::secrets`]),
+/// it names by ARN fetched from Secrets Manager (see [`crate::ports::secrets`]),
 /// with the SDK configuration loaded for them, if any, for reuse.
 pub async fn load_config() -> Result<(Config, Option<aws_config::SdkConfig>), lambda_runtime::Error>
 {
     let env = |name: &str| std::env::var(name).ok();
-    if !crate::secrets::any_named(&env) {
+    if !crate::ports::secrets::any_named(&env) {
         return Ok((Config::from_env()?, None));
     }
-    let sdk_config = crate::aws::load_sdk_config().await;
-    let source = crate::secrets::SecretsManager::new(&sdk_config);
-    let settings = crate::secrets::resolve(env, &source).await?;
+    let sdk_config = crate::ports::aws::load_sdk_config().await;
+    let source = crate::ports::secrets::SecretsManager::new(&sdk_config);
+    let settings = crate::ports::secrets::resolve(env, &source).await?;
     let config = Config::from_lookup(settings.overlay(env))?;
     Ok((config, Some(sdk_config)))
 }
@@ -29,7 +29,7 @@ pub async fn load_config() -> Result<(Config, Option<aws_config::SdkConfig>), la
 async fn init() -> Result<AppState, lambda_runtime::Error> {
     let (config, sdk_config) = load_config().await?;
     telemetry::init(config.log_format);
-    crate::metrics::init(&config.metrics);
+    crate::kernel::metrics::init(&config.metrics);
     Ok(AppState::from_config_with_sdk(config, sdk_config).await?)
 }
 
@@ -42,7 +42,7 @@ pub async fn run_http_function(router: fn(AppState) -> Router) -> Result<(), lam
 }
 
 /// The scheduler function's `main`: EventBridge scheduled events whose
-/// `detail-type` names a [`crate::scheduler`] task. An unknown task is an
+/// `detail-type` names a [`crate::runtime::scheduler`] task. An unknown task is an
 /// error, so a misconfigured schedule shows up in the function's errors.
 pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
     use aws_lambda_events::event::eventbridge::EventBridgeEvent;
@@ -62,7 +62,7 @@ pub async fn run_scheduler() -> Result<(), lambda_runtime::Error> {
                     task = %task,
                 );
                 let report = invocation
-                    .scope(crate::scheduler::run(
+                    .scope(crate::runtime::scheduler::run(
                         &task,
                         &state.db,
                         state.queue.as_deref(),
@@ -85,15 +85,15 @@ pub enum WorkerInitError {
     )]
     NoStorage,
     #[error("cannot build the image generator chain: {0}")]
-    Generator(#[from] crate::generator::GeneratorError),
+    Generator(#[from] crate::ports::generator::GeneratorError),
 }
 
 /// Builds the worker from the state: the store (`STORAGE_BUCKET`) and the
 /// generator chain are required, the timeouts come from `WORKER_*`.
-pub fn build_worker(state: &AppState) -> Result<crate::worker::Worker, WorkerInitError> {
+pub fn build_worker(state: &AppState) -> Result<crate::jobs::worker::Worker, WorkerInitError> {
     let storage = state.storage.clone().ok_or(WorkerInitError::NoStorage)?;
-    let generator = crate::generator::build_chain(&state.config.generator)?;
-    Ok(crate::worker::Worker {
+    let generator = crate::ports::generator::build_chain(&state.config.generator)?;
+    Ok(crate::jobs::worker::Worker {
         db: state.db.clone(),
         storage,
         generator: std::sync::Arc::new(generator),

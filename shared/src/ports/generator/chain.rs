@@ -162,7 +162,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::generator::{ProceduralGenerator, Progress};
+    use crate::ports::generator::{ProceduralGenerator, Progress};
 
     /// Reports half-way, then fails.
     struct HalfWayThenFails;

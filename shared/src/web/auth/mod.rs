@@ -16,8 +16,8 @@ pub use verifier::TokenVerifier;
 
 use std::collections::HashMap;
 
-use crate::config::AuthConfig;
-use crate::error::ApiError;
+use crate::kernel::config::AuthConfig;
+use crate::kernel::error::ApiError;
 
 /// The authenticated principal of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+/// The `type` of the 502 problem a payment provider failure renders
+/// (`crate::credits::purchases`), listed in the `Problem` schema.
+pub const PAYMENT_PROVIDER_PROBLEM: &str = "/problems/payment-provider-error";
+
 /// One invalid input field, reported inside a 422 problem.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct FieldError {
@@ -228,7 +232,7 @@ fn problem_types() -> utoipa::openapi::Object {
     ]
     .map(|e| format!("/problems/{}", e.kind().0))
     .into_iter()
-    .chain([crate::credits::purchases::PAYMENT_PROVIDER_PROBLEM.to_string()]);
+    .chain([PAYMENT_PROVIDER_PROBLEM.to_string()]);
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .description(Some(
@@ -354,7 +358,7 @@ impl From<tokio_postgres::Error> for ApiError {
         use tokio_postgres::error::SqlState;
         if database_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
-            crate::metrics::database_connection_error("connection");
+            crate::kernel::metrics::database_connection_error("connection");
             return database_outage();
         }
         match err.code() {
@@ -412,7 +416,7 @@ impl From<deadpool_postgres::PoolError> for ApiError {
         // A backend error counts itself when it becomes an ApiError below.
         if let Some(kind) = pool_unavailable(&err).filter(|kind| *kind != "connection") {
             tracing::warn!(error = %err, "database unavailable");
-            crate::metrics::database_connection_error(kind);
+            crate::kernel::metrics::database_connection_error(kind);
         }
         match err {
             deadpool_postgres::PoolError::Timeout(_) => Self::ServiceUnavailable {

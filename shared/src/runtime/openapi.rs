@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of the API, generated from the handlers'
 //! `#[utoipa::path]` annotations and the `ToSchema` derives of the types they
 //! read and write. Served at `GET /api/v1/openapi.json` by every router (see
-//! [`crate::app::finish`]) and committed as `openapi.json` at the repository
+//! [`crate::runtime::app::finish`]) and committed as `openapi.json` at the repository
 //! root; `shared/tests/openapi.rs` fails when the two differ or when a served
 //! route is missing from the document.
 //!
@@ -12,12 +12,10 @@ use std::sync::LazyLock;
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{ArrayItems, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Components, Object, ObjectBuilder, RefOr};
-use utoipa::{Modify, OpenApi, ToResponse};
-
-use crate::error::Problem;
+use utoipa::openapi::{Components, RefOr};
+use utoipa::{Modify, OpenApi};
 
 const DESCRIPTION: &str = "\
 The character platform's HTTP API: accounts and profiles (the `auth` function), \
@@ -67,7 +65,7 @@ links; they exist only there and are not part of this document.";
         crate::users::routes::get_profile,
         crate::users::routes::put_profile,
         crate::users::routes::get_public_user,
-        crate::activity::routes::list,
+        crate::users::activity_log::list,
         crate::gdpr::routes::export_me,
         crate::gdpr::routes::erase,
         crate::characters::routes::create_character,
@@ -133,13 +131,13 @@ links; they exist only there and are not part of this document.";
         // description refers to this schema.
         schemas(crate::credits::purchases::webhook::StripeEvent),
         responses(
-            BadRequest,
-            Unauthorized,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            ValidationFailed,
-            ServiceUnavailable,
-            InternalError,
+            crate::web::responses::BadRequest,
+            crate::web::responses::Unauthorized,
+            crate::web::responses::PayloadTooLarge,
+            crate::web::responses::UnsupportedMediaType,
+            crate::web::responses::ValidationFailed,
+            crate::web::responses::ServiceUnavailable,
+            crate::web::responses::InternalError,
         )
     ),
     modifiers(
@@ -439,124 +437,4 @@ fn require_all(schema: &mut RefOr<Schema>) {
         RefOr::T(Schema::AnyOf(any_of)) => any_of.items.iter_mut().for_each(require_all),
         RefOr::T(_) => {}
     }
-}
-
-// ------------------------------------------------------------------------------------------
-// Problems shared by many operations (`components.responses`). Route-specific 403, 404 and
-// 409 problems are described at their operations.
-// ------------------------------------------------------------------------------------------
-
-/// The request could not be read: the body is not valid JSON (`/problems/bad-request`).
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-#[allow(dead_code)]
-pub struct BadRequest(Problem);
-
-/// No bearer token, or one that is malformed, expired, not yet valid, signed by an unknown
-/// key or with another algorithm than RS256, or issued by another issuer or for another
-/// audience (`/problems/unauthorized`).
-#[derive(ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"))
-)]
-#[allow(dead_code)]
-pub struct Unauthorized(Problem);
-
-/// The body is larger than 256 KiB (`/problems/payload-too-large`).
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-#[allow(dead_code)]
-pub struct PayloadTooLarge(Problem);
-
-/// The body was not sent as `Content-Type: application/json`
-/// (`/problems/unsupported-media-type`).
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-#[allow(dead_code)]
-pub struct UnsupportedMediaType(Problem);
-
-/// Invalid input: a field (or query parameter) that is unknown, read-only, of the wrong type
-/// or out of range, or a missing required one. `errors` names every one
-/// (`/problems/validation-error`).
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-#[allow(dead_code)]
-pub struct ValidationFailed(Problem);
-
-/// A dependency is briefly unavailable: the database is busy, the request collided with a
-/// concurrent change, or the token issuer's keys cannot be fetched. Retry after
-/// `Retry-After` seconds (`/problems/service-unavailable`).
-#[derive(ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))
-)]
-#[allow(dead_code)]
-pub struct ServiceUnavailable(Problem);
-
-/// An unexpected failure; it was logged, and the problem reveals nothing about it
-/// (`/problems/internal-error`).
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-#[allow(dead_code)]
-pub struct InternalError(Problem);
-
-// ------------------------------------------------------------------------------------------
-// Schemas of request fields whose constraints live in constants (`schema_with = ...`).
-// ------------------------------------------------------------------------------------------
-
-/// `t`, or `[t, "null"]`.
-fn json_type(t: Type, nullable: bool) -> SchemaType {
-    if nullable {
-        SchemaType::from_iter([t, Type::Null])
-    } else {
-        SchemaType::Type(t)
-    }
-}
-
-/// A string that must be one of `values` (or `null`, when `nullable`).
-pub(crate) fn string_enum(values: &[&str], nullable: bool, description: &str) -> Object {
-    let mut enum_values: Vec<serde_json::Value> = values.iter().map(|v| (*v).into()).collect();
-    if nullable {
-        enum_values.push(serde_json::Value::Null);
-    }
-    ObjectBuilder::new()
-        .schema_type(json_type(Type::String, nullable))
-        .description(Some(description))
-        .enum_values(Some(enum_values))
-        .build()
-}
-
-/// An array of `items` (or `null`, when `nullable`) with at most `max_items` entries.
-pub(crate) fn array_of(
-    items: impl Into<RefOr<Schema>>,
-    max_items: usize,
-    nullable: bool,
-    description: &str,
-) -> utoipa::openapi::Array {
-    utoipa::openapi::ArrayBuilder::new()
-        .schema_type(json_type(Type::Array, nullable))
-        .items(ArrayItems::RefOrSchema(Box::new(items.into())))
-        .max_items(Some(max_items))
-        .description(Some(description))
-        .build()
-}
-
-/// A string of 1 to `max_length` characters, matching `pattern` when given.
-pub(crate) fn short_string(pattern: Option<&str>, max_length: usize) -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .min_length(Some(1))
-        .max_length(Some(max_length))
-        .pattern(pattern)
-        .build()
-}
-
-/// A string that must be one of `values`, without a description (an array's items).
-pub(crate) fn enum_item(values: &[&str]) -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(values.iter().copied()))
-        .build()
 }

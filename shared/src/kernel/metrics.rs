@@ -44,10 +44,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::ConfigError;
-use crate::telemetry::Invocation;
-
-pub const DEFAULT_NAMESPACE: &str = "CharacterPlatform";
+use crate::kernel::config::{DEFAULT_NAMESPACE, MetricsConfig};
+use crate::kernel::telemetry::Invocation;
 
 /// Every metric name this module emits (the template's alarms and dashboard
 /// may name only these; `shared/tests/template.rs` checks).
@@ -67,62 +65,6 @@ pub const METRIC_NAMES: [&str; 14] = [
     "WebhookEvents",
     "DatabaseConnectionErrors",
 ];
-
-/// `METRICS` and `METRICS_NAMESPACE`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsConfig {
-    /// `METRICS=emf` (default inside Lambda) or `off` (default elsewhere).
-    pub enabled: bool,
-    /// `METRICS_NAMESPACE`: the CloudWatch namespace (default `CharacterPlatform`).
-    pub namespace: String,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            namespace: DEFAULT_NAMESPACE.to_string(),
-        }
-    }
-}
-
-impl MetricsConfig {
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let enabled = match get("METRICS").map(|v| v.to_ascii_lowercase()).as_deref() {
-            Some("emf") => true,
-            Some("off") => false,
-            None => get("AWS_LAMBDA_FUNCTION_NAME").is_some(),
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "METRICS",
-                    reason: format!("`{other}` is not one of emf, off"),
-                });
-            }
-        };
-        let namespace = get("METRICS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        if !valid_namespace(&namespace) {
-            return Err(ConfigError::Invalid {
-                name: "METRICS_NAMESPACE",
-                reason: "1 to 255 of A-Z a-z 0-9 . - _ / # :, not starting with `AWS/`".into(),
-            });
-        }
-        Ok(Self { enabled, namespace })
-    }
-}
-
-/// What CloudWatch accepts as a custom namespace.
-fn valid_namespace(namespace: &str) -> bool {
-    (1..=255).contains(&namespace.len())
-        && !namespace.starts_with("AWS/")
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_/#: ".contains(&b))
-}
 
 static SETTINGS: OnceLock<MetricsConfig> = OnceLock::new();
 
@@ -402,7 +344,7 @@ pub fn database_connection_error(kind: &'static str) {
 
 /// A job type as a dimension value: the known names, else `unknown`.
 fn job_type_label(job_type: &str) -> &'static str {
-    crate::generator::JobType::parse(job_type).map_or("unknown", |t| t.as_str())
+    crate::kernel::vocabulary::JobType::parse(job_type).map_or("unknown", |t| t.as_str())
 }
 
 /// A provider as a dimension value: the chain's names, else `none`.
@@ -541,7 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn captured_documents_name_the_invocation() {
-        let _one_at_a_time = crate::telemetry::SERVING_IN_TESTS.lock().await;
+        let _one_at_a_time = crate::kernel::telemetry::SERVING_IN_TESTS.lock().await;
         let invocation = Invocation {
             request_id: Some("8476a536-e9f4-11e8-9739-2dfe598c3fcd".into()),
             trace_id: Some("Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700".into()),

@@ -19,15 +19,15 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::tier::Tier;
+use crate::kernel::tier::Tier;
 
 use tokio_postgres::GenericClient;
 
-use crate::config::{Config, RetentionConfig};
 use crate::credits::{holds, ledger};
-use crate::db::DbPool;
-use crate::error::ApiError;
-use crate::queue::JobQueue;
+use crate::kernel::config::{Config, RetentionConfig};
+use crate::kernel::error::ApiError;
+use crate::ports::db::DbPool;
+use crate::ports::queue::JobQueue;
 
 pub const TASKS: [&str; 6] = [
     "daily-reset",
@@ -81,8 +81,8 @@ impl From<ApiError> for TaskError {
 
 impl From<tokio_postgres::Error> for TaskError {
     fn from(err: tokio_postgres::Error) -> Self {
-        if crate::error::database_unavailable(&err) {
-            crate::metrics::database_connection_error("connection");
+        if crate::kernel::error::database_unavailable(&err) {
+            crate::kernel::metrics::database_connection_error("connection");
             Self::Retryable(err.to_string())
         } else {
             Self::Failed(err.to_string())
@@ -99,8 +99,8 @@ impl From<ledger::LedgerError> for TaskError {
     }
 }
 
-impl From<crate::db::DbSetupError> for TaskError {
-    fn from(err: crate::db::DbSetupError) -> Self {
+impl From<crate::ports::db::DbSetupError> for TaskError {
+    fn from(err: crate::ports::db::DbSetupError) -> Self {
         Self::Failed(err.to_string())
     }
 }
@@ -123,19 +123,19 @@ pub async fn run(
         // schema owner migrates and provisions the runtime login; without one
         // (the single-login local set-up) the runtime login migrates.
         let outcome = if config.database.migration_url.is_some() {
-            let report = crate::db::migrate_and_provision(&config.database)
+            let report = crate::ports::db::migrate_and_provision(&config.database)
                 .await
                 .map_err(|e| TaskError::Failed(e.to_string()))?;
             json!({
                 "applied": report.applied,
-                "known": crate::db::embedded_migrations().len(),
+                "known": crate::ports::db::embedded_migrations().len(),
                 "runtime_login": report.runtime_login,
             })
         } else {
-            let report = crate::db::migrate(db).await?;
+            let report = crate::ports::db::migrate(db).await?;
             json!({
                 "applied": report.applied,
-                "known": crate::db::embedded_migrations().len(),
+                "known": crate::ports::db::embedded_migrations().len(),
             })
         };
         tracing::info!(task, %outcome, "scheduler task done");
@@ -166,8 +166,8 @@ pub async fn run(
         "partition-upkeep" => partition_upkeep(&*client, &config.retention).await?,
         "subscription-expiry" => json!({"expired": expire_subscriptions(&*client).await?}),
         "idempotency-purge" => json!({
-            "purged": crate::idempotency::purge_expired(&*client).await?,
-            "erasure_receipts_purged": crate::gdpr::purge_expired_receipts(&*client).await?,
+            "purged": crate::web::idempotency::purge_expired(&*client).await?,
+            "erasure_receipts_purged": crate::users::receipts::purge_expired_receipts(&*client).await?,
             "view_keys_purged": crate::characters::views::purge_old_keys(&*client).await?,
         }),
         other => return Err(TaskError::Unknown(other.to_string())),
@@ -255,7 +255,7 @@ pub async fn partition_upkeep(
 
 /// Subscriptions whose `subscription_end_date` has passed fall back to `FREE`:
 /// the tier, `users.daily_quota` and `user_credits.daily_allowance` take the
-/// `FREE` tier's terms ([`crate::tier`]), and each
+/// `FREE` tier's terms ([`crate::kernel::tier`]), and each
 /// user gets a `subscription_expired` activity row, in one statement. Pricing
 /// already treats a lapsed subscription as `FREE`
 /// ([`crate::credits::engine::tier_of`]); this ends the paid tier's free

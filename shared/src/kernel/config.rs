@@ -29,7 +29,7 @@ pub enum SslMode {
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/dbname` or tokio-postgres'
     /// `key=value` form (`DATABASE_URL`; on AWS derived from
-    /// `DATABASE_SECRET_ARN`, see [`crate::secrets`]). The runtime login: on AWS
+    /// `DATABASE_SECRET_ARN`, see [`crate::ports::secrets`]). The runtime login: on AWS
     /// and in the tests a member of `app_service` that owns nothing.
     pub url: String,
     /// `DATABASE_MIGRATION_URL`: the login that owns the schema and applies
@@ -353,7 +353,7 @@ impl Default for CreditsConfig {
     }
 }
 
-/// The image providers (`shared::generator::build_chain`): the configured
+/// The image providers (`shared::ports::generator::build_chain`): the configured
 /// AUTOMATIC1111 servers in order, then the built-in procedural renderer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GeneratorConfig {
@@ -526,7 +526,7 @@ fn redact_password(raw: &str) -> String {
     }
 }
 
-/// Object storage (`shared::storage`). In Lambda the S3 adapter is used when
+/// Object storage (`shared::ports::storage`). In Lambda the S3 adapter is used when
 /// `STORAGE_BUCKET` is set; otherwise the function has no store and the
 /// routes that need one answer 503. The local stack always uses files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -588,7 +588,7 @@ impl GdprConfig {
     }
 }
 
-/// The generation job queue (`shared::queue`).
+/// The generation job queue (`shared::ports::queue`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     /// `JOB_QUEUE_URL`: the SQS queue generation jobs are sent to
@@ -618,7 +618,7 @@ impl Default for QueueConfig {
     }
 }
 
-/// The generation worker (`shared::worker`).
+/// The generation worker (`shared::jobs::worker`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerConfig {
     /// `WORKER_JOB_TIMEOUT_SECONDS` (default 600, 10..=3600): how long a
@@ -750,7 +750,7 @@ impl WorkerConfig {
     }
 }
 
-/// How long data is kept (`shared::scheduler`'s `partition-upkeep`).
+/// How long data is kept (`shared::runtime::scheduler`'s `partition-upkeep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
     /// `ACTIVITY_LOG_RETENTION_DAYS` (default 180, 1..=3650): monthly partitions of
@@ -811,8 +811,8 @@ pub struct Config {
     /// (`JSON` or `Text`, the function's log-format control); unset too, JSON
     /// inside Lambda and text elsewhere.
     pub log_format: LogFormat,
-    /// `METRICS`, `METRICS_NAMESPACE` (see [`crate::metrics`]).
-    pub metrics: crate::metrics::MetricsConfig,
+    /// `METRICS`, `METRICS_NAMESPACE` (see [`crate::kernel::metrics`]).
+    pub metrics: MetricsConfig,
 }
 
 pub const DEFAULT_EMAIL_CLAIM: &str = "https://characters.app/email";
@@ -1023,7 +1023,7 @@ impl Config {
             worker,
             retention,
             log_format,
-            metrics: crate::metrics::MetricsConfig::from_lookup(&lookup)?,
+            metrics: MetricsConfig::from_lookup(&lookup)?,
         })
     }
 }
@@ -1084,6 +1084,64 @@ fn parse_bool(
             reason: format!("`{other}` is not a boolean"),
         }),
     }
+}
+
+pub const DEFAULT_NAMESPACE: &str = "CharacterPlatform";
+
+/// `METRICS` and `METRICS_NAMESPACE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// `METRICS=emf` (default inside Lambda) or `off` (default elsewhere).
+    pub enabled: bool,
+    /// `METRICS_NAMESPACE`: the CloudWatch namespace (default `CharacterPlatform`).
+    pub namespace: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            namespace: DEFAULT_NAMESPACE.to_string(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let enabled = match get("METRICS").map(|v| v.to_ascii_lowercase()).as_deref() {
+            Some("emf") => true,
+            Some("off") => false,
+            None => get("AWS_LAMBDA_FUNCTION_NAME").is_some(),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "METRICS",
+                    reason: format!("`{other}` is not one of emf, off"),
+                });
+            }
+        };
+        let namespace = get("METRICS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        if !valid_namespace(&namespace) {
+            return Err(ConfigError::Invalid {
+                name: "METRICS_NAMESPACE",
+                reason: "1 to 255 of A-Z a-z 0-9 . - _ / # :, not starting with `AWS/`".into(),
+            });
+        }
+        Ok(Self { enabled, namespace })
+    }
+}
+
+/// What CloudWatch accepts as a custom namespace.
+fn valid_namespace(namespace: &str) -> bool {
+    (1..=255).contains(&namespace.len())
+        && !namespace.starts_with("AWS/")
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_/#: ".contains(&b))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use rsa::{RsaPrivateKey, pkcs8::LineEnding};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::DEFAULT_EMAIL_CLAIM;
+use crate::kernel::config::DEFAULT_EMAIL_CLAIM;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevIssuerError {

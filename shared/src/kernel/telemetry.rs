@@ -10,7 +10,7 @@
 //!
 //! The level: `RUST_LOG` when set (an `EnvFilter`), else Lambda's
 //! `AWS_LAMBDA_LOG_LEVEL` (the function's log-level control), else `info`.
-//! The format is [`crate::config::Config::log_format`].
+//! The format is [`crate::kernel::config::Config::log_format`].
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -22,7 +22,7 @@ use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FmtSpan, FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::LogFormat;
+use crate::kernel::config::LogFormat;
 
 /// Installs the global subscriber, its filter read from the process
 /// environment (see [`filter_directives`]). Safe to call more than once

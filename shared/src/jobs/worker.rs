@@ -27,15 +27,16 @@ use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 use tracing::Instrument;
 
-use crate::config::WorkerConfig;
+use crate::activity::ActivityType;
 use crate::credits::holds::{self, Delivery};
-use crate::db::DbPool;
-use crate::generator::{ChainOutcome, GeneratorChain, thumbnail};
 use crate::jobs::input::GenerationInput;
 use crate::jobs::{JOB_COLUMNS, Job, JobMessage};
-use crate::queue::JobQueue;
-use crate::storage::{ObjectStore, StorageError};
-use crate::telemetry::Invocation;
+use crate::kernel::config::WorkerConfig;
+use crate::kernel::telemetry::Invocation;
+use crate::ports::db::DbPool;
+use crate::ports::generator::{ChainOutcome, GeneratorChain, thumbnail};
+use crate::ports::queue::JobQueue;
+use crate::ports::storage::{ObjectStore, StorageError};
 
 /// Longest side of a thumbnail.
 pub const THUMBNAIL_SIDE: u32 = 256;
@@ -82,9 +83,9 @@ impl WorkerError {
     fn database_unavailable(&self) -> Option<&'static str> {
         match self {
             Self::Database(e) | Self::Ledger(crate::credits::ledger::LedgerError::Database(e)) => {
-                crate::error::database_unavailable(e).then_some("connection")
+                crate::kernel::error::database_unavailable(e).then_some("connection")
             }
-            Self::Pool(e) => crate::error::pool_unavailable(e),
+            Self::Pool(e) => crate::kernel::error::pool_unavailable(e),
             _ => None,
         }
     }
@@ -193,7 +194,7 @@ impl Worker {
             // The database or storage failed us: the message comes back later.
             Err(e) => {
                 if let Some(kind) = e.database_unavailable() {
-                    crate::metrics::database_connection_error(kind);
+                    crate::kernel::metrics::database_connection_error(kind);
                 }
                 Processed::Retry {
                     reason: e.to_string(),
@@ -236,7 +237,7 @@ impl Worker {
                 return Ok(Processed::Acknowledge("failed"));
             }
         };
-        let (progress, updates) = crate::generator::ProgressReporter::channel();
+        let (progress, updates) = crate::ports::generator::ProgressReporter::channel();
         let tracker = tokio::spawn(
             track_progress(self.db.clone(), claimed.job.id.clone(), updates).in_current_span(),
         );
@@ -284,7 +285,7 @@ impl Worker {
             .await;
         match completed {
             Ok(Completion::Completed) => {
-                crate::metrics::job_completed(
+                crate::kernel::metrics::job_completed(
                     claimed.job.job_type.as_str(),
                     outcome.provider(),
                     render_time,
@@ -339,7 +340,7 @@ impl Worker {
         }
         tx.commit().await?;
         if let Some(ms) = queue_wait_ms {
-            crate::metrics::queue_wait(
+            crate::kernel::metrics::queue_wait(
                 job.job_type.as_str(),
                 Duration::from_secs_f64(ms.max(0.0) / 1000.0),
             );
@@ -383,7 +384,7 @@ impl Worker {
         let mut stored = Vec::with_capacity(images.len());
         for (i, image) in images.iter().enumerate() {
             let key = format!("{prefix}/image-{i}.png");
-            let size = crate::generator::png_dimensions(image).ok();
+            let size = crate::ports::generator::png_dimensions(image).ok();
             if let Err(e) = self.storage.put(&key, image.clone(), "image/png").await {
                 return Err((stored, e));
             }
@@ -436,7 +437,7 @@ impl Worker {
     ) -> Result<Processed, WorkerError> {
         if claimed.attempts < self.settings.max_attempts {
             self.requeue(&claimed.job.id, &details).await?;
-            crate::metrics::job_retried(claimed.job.job_type.as_str(), why);
+            crate::kernel::metrics::job_retried(claimed.job.job_type.as_str(), why);
             let after = self
                 .settings
                 .retry_delay(u32::try_from(claimed.attempts).unwrap_or(1));
@@ -495,11 +496,11 @@ impl Worker {
                 )
                 .await?;
             }
-            log_activity(&tx, job, "job_failed", details.clone()).await?;
+            log_activity(&tx, job, ActivityType::JobFailed, details.clone()).await?;
         }
         tx.commit().await?;
         if failed == 1 {
-            crate::metrics::job_failed(
+            crate::kernel::metrics::job_failed(
                 job.job_type.as_str(),
                 last_failed_provider(&details),
                 details
@@ -623,7 +624,7 @@ impl Worker {
         log_activity(
             &tx,
             job,
-            "image_generated",
+            ActivityType::ImageGenerated,
             json!({
                 "images": generated,
                 "provider": outcome.provider(),
@@ -782,7 +783,7 @@ async fn record_images(
 async fn track_progress(
     db: DbPool,
     job_id: String,
-    mut updates: tokio::sync::watch::Receiver<Option<crate::generator::Progress>>,
+    mut updates: tokio::sync::watch::Receiver<Option<crate::ports::generator::Progress>>,
 ) {
     let mut last_write: Option<Instant> = None;
     while updates.changed().await.is_ok() {
@@ -822,7 +823,7 @@ async fn track_progress(
 async fn log_activity(
     client: &impl GenericClient,
     job: &Job,
-    activity_type: &str,
+    activity_type: ActivityType,
     metadata: Value,
 ) -> Result<(), WorkerError> {
     client

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
+use crate::kernel::error::{ApiError, FieldError};
 
 /// Refuses `read_only` fields by name, then decodes the rest strictly (the
 /// target type should `deny_unknown_fields`).

@@ -1,0 +1,130 @@
+//! The OpenAPI pieces routes share: the problem responses many operations
+//! answer (`components.responses` of the document) and schema builders for
+//! request fields whose constraints live in constants. The document itself is
+//! assembled at the top, in [`crate::runtime::openapi`].
+
+use utoipa::ToResponse;
+use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
+use utoipa::openapi::{Object, ObjectBuilder, RefOr};
+
+use crate::kernel::error::Problem;
+
+// ------------------------------------------------------------------------------------------
+// Problems shared by many operations (`components.responses`). Route-specific 403, 404 and
+// 409 problems are described at their operations.
+// ------------------------------------------------------------------------------------------
+
+/// The request could not be read: the body is not valid JSON (`/problems/bad-request`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct BadRequest(Problem);
+
+/// No bearer token, or one that is malformed, expired, not yet valid, signed by an unknown
+/// key or with another algorithm than RS256, or issued by another issuer or for another
+/// audience (`/problems/unauthorized`).
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"))
+)]
+#[allow(dead_code)]
+pub struct Unauthorized(Problem);
+
+/// The body is larger than 256 KiB (`/problems/payload-too-large`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct PayloadTooLarge(Problem);
+
+/// The body was not sent as `Content-Type: application/json`
+/// (`/problems/unsupported-media-type`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct UnsupportedMediaType(Problem);
+
+/// Invalid input: a field (or query parameter) that is unknown, read-only, of the wrong type
+/// or out of range, or a missing required one. `errors` names every one
+/// (`/problems/validation-error`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct ValidationFailed(Problem);
+
+/// A dependency is briefly unavailable: the database is busy, the request collided with a
+/// concurrent change, or the token issuer's keys cannot be fetched. Retry after
+/// `Retry-After` seconds (`/problems/service-unavailable`).
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))
+)]
+#[allow(dead_code)]
+pub struct ServiceUnavailable(Problem);
+
+/// An unexpected failure; it was logged, and the problem reveals nothing about it
+/// (`/problems/internal-error`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct InternalError(Problem);
+
+// ------------------------------------------------------------------------------------------
+// Schemas of request fields whose constraints live in constants (`schema_with = ...`).
+// ------------------------------------------------------------------------------------------
+
+/// `t`, or `[t, "null"]`.
+fn json_type(t: Type, nullable: bool) -> SchemaType {
+    if nullable {
+        SchemaType::from_iter([t, Type::Null])
+    } else {
+        SchemaType::Type(t)
+    }
+}
+
+/// A string that must be one of `values` (or `null`, when `nullable`).
+pub(crate) fn string_enum(values: &[&str], nullable: bool, description: &str) -> Object {
+    let mut enum_values: Vec<serde_json::Value> = values.iter().map(|v| (*v).into()).collect();
+    if nullable {
+        enum_values.push(serde_json::Value::Null);
+    }
+    ObjectBuilder::new()
+        .schema_type(json_type(Type::String, nullable))
+        .description(Some(description))
+        .enum_values(Some(enum_values))
+        .build()
+}
+
+/// An array of `items` (or `null`, when `nullable`) with at most `max_items` entries.
+pub(crate) fn array_of(
+    items: impl Into<RefOr<Schema>>,
+    max_items: usize,
+    nullable: bool,
+    description: &str,
+) -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .schema_type(json_type(Type::Array, nullable))
+        .items(ArrayItems::RefOrSchema(Box::new(items.into())))
+        .max_items(Some(max_items))
+        .description(Some(description))
+        .build()
+}
+
+/// A string of 1 to `max_length` characters, matching `pattern` when given.
+pub(crate) fn short_string(pattern: Option<&str>, max_length: usize) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max_length))
+        .pattern(pattern)
+        .build()
+}
+
+/// A string that must be one of `values`, without a description (an array's items).
+pub(crate) fn enum_item(values: &[&str]) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
