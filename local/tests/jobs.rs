@@ -386,7 +386,7 @@ async fn generation_fails_closed_without_pricing_and_the_sweep_resends_straggler
         )
         .await
         .unwrap();
-    let sent = shared::jobs::dispatch::resend_unsent(
+    let sent = shared::jobs::outbox::resend_unsent(
         &client,
         stack.stack.queue.as_ref(),
         std::time::Duration::from_secs(60),
@@ -395,7 +395,7 @@ async fn generation_fails_closed_without_pricing_and_the_sweep_resends_straggler
     .unwrap();
     assert_eq!(sent, 1);
     assert_eq!(stack.stack.queue.len(), 1);
-    let again = shared::jobs::dispatch::resend_unsent(
+    let again = shared::jobs::outbox::resend_unsent(
         &client,
         stack.stack.queue.as_ref(),
         std::time::Duration::from_secs(60),

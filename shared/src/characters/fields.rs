@@ -33,9 +33,6 @@ pub const SAMPLERS: [&str; 22] = [
     "PLMS",
     "UniPC",
 ];
-/// The seed's column defaults, for characters that never set them.
-pub const DEFAULT_SAMPLER: &str = "DPM++ 2M Karras";
-pub const DEFAULT_CFG_SCALE: f64 = 7.5;
 pub const LICENSE_TYPES: [&str; 3] = ["standard", "commercial", "creative_commons"];
 /// Variants a new character may declare towards its parent (the seed's, plus
 /// `variation`, the job type that had no variant type to record it by).

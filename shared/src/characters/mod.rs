@@ -7,6 +7,7 @@
 pub mod content_filter;
 pub mod fields;
 pub mod gallery;
+pub mod generate;
 pub mod images;
 pub mod repo;
 pub mod routes;

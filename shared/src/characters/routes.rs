@@ -225,18 +225,7 @@ pub(crate) async fn delete_character(
     // As the system role: the caller's jobs still queued for this character are
     // cancelled and their credits released, so nobody pays for an image of a
     // character that no longer exists. Then the deletion itself, under RLS.
-    let queued = tx
-        .query(
-            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
-               error_details = '{\"error\": \"the character was deleted\"}'::jsonb \
-             WHERE character_id = $1 AND user_id = $2 AND status = 'queued' RETURNING id",
-            &[&id, &user.id],
-        )
-        .await?;
-    for job in &queued {
-        let job_id: String = job.try_get(0)?;
-        crate::credits::holds::release(&tx, &job_id).await?;
-    }
+    crate::jobs::lifecycle::cancel_for_character(&tx, id, &user.id).await?;
     db::act_as(&tx, Some(&user.id)).await?;
     repo::owned(&tx, &user, id).await?;
     let objects = repo::stored_objects(&tx, id).await?;

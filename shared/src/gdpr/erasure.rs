@@ -42,7 +42,6 @@ use serde_json::{Value, json};
 use tokio_postgres::{Client, Transaction};
 
 use crate::activity::{self, Activity};
-use crate::credits::holds;
 use crate::kernel::error::ApiError;
 use crate::users::{USER_COLUMNS, User};
 use crate::web::auth::Identity;
@@ -181,18 +180,8 @@ pub async fn erase(
 
 /// Cancels the user's queued and processing jobs and releases their holds.
 async fn cancel_jobs(tx: &Transaction<'_>, user_id: &str) -> Result<usize, ApiError> {
-    let cancelled = tx
-        .query(
-            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
-               error_details = '{\"error\": \"the account was erased\"}'::jsonb \
-             WHERE user_id = $1 AND status IN ('queued', 'processing') RETURNING id",
-            &[&user_id],
-        )
-        .await?;
-    for job in &cancelled {
-        let job_id: String = job.try_get(0)?;
-        holds::release(tx, &job_id).await?;
-    }
+    let cancelled =
+        crate::jobs::lifecycle::cancel_for_user(tx, user_id, "the account was erased").await?;
     Ok(cancelled.len())
 }
 

@@ -10,6 +10,11 @@ use serde_json::Value;
 use crate::kernel::vocabulary::JobType;
 use crate::ports::generator::GenerationRequest;
 
+/// The sampler a job renders with when neither the request nor the character names one.
+pub const DEFAULT_SAMPLER: &str = "DPM++ 2M Karras";
+/// The CFG scale a job renders with when neither the request nor the character sets one.
+pub const DEFAULT_CFG_SCALE: f64 = 7.5;
+
 /// The character's look and the render's parameters, as the job will use
 /// them. A variant job's look already has the requested changes applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,11 +90,11 @@ pub struct VariantPlan {
 }
 
 fn default_sampler() -> String {
-    crate::characters::fields::DEFAULT_SAMPLER.to_string()
+    DEFAULT_SAMPLER.to_string()
 }
 
 fn default_cfg_scale() -> f64 {
-    crate::characters::fields::DEFAULT_CFG_SCALE
+    DEFAULT_CFG_SCALE
 }
 
 /// Keys of `input_parameters` that are ours, never a client's to see.

@@ -6,8 +6,9 @@
 //! [`crate::activity`]; gdpr and the runtime (the worker's Lambda adapter, the
 //! scheduler) use it.
 
-pub mod dispatch;
 pub mod input;
+pub mod lifecycle;
+pub mod outbox;
 pub mod routes;
 pub mod worker;
 

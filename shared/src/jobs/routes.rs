@@ -1,206 +1,32 @@
 //! Routes of the `jobs` function.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::json;
 use utoipa::IntoParams;
 
-use super::dispatch::{self, GenerateBody};
-use super::{JOB_COLUMNS, Job};
+use super::{JOB_COLUMNS, Job, lifecycle};
 use crate::activity::{self, Activity};
-use crate::credits::{engine, holds};
 use crate::kernel::error::{ApiError, Problem};
 use crate::ports::db;
 use crate::users;
 use crate::users::fields::one_of;
 use crate::web::auth::Caller;
-use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
-use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::http::{ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
 pub const JOB_STATUSES: [&str; 6] = super::JobStatus::NAMES;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/characters/{id}/generate", post(generate))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
-}
-
-/// Start a generation job for one of the caller's characters, or preview its cost.
-///
-/// Prices the request from `api_credit_configs`, holds the credits (a free
-/// daily generation, then the daily allowance, then purchased credits),
-/// records the job and queues it: 202 with the job. Accepts `Idempotency-Key`.
-/// `variation` and `style_transfer` create a variant character when they
-/// complete (`result_character_id`); `upscale` and `background_removal` add an
-/// image to the same character. With `"dry_run": true` the same request is
-/// priced and its buckets chosen exactly as a real one, then undone: 200 with
-/// the preview, nothing held, recorded or counted against limits.
-#[utoipa::path(
-    post,
-    path = "/api/v1/characters/{id}/generate",
-    tag = "jobs",
-    security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "The character's id."),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the stored response for a repeated request (24 h)."),
-    ),
-    request_body = GenerateBody,
-    responses(
-        (status = 200, description = "`dry_run`: what the job would cost and which buckets would pay.", body = CostPreview),
-        (status = 202, description = "The queued job.", body = Job),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 402, description = "Not enough credits: `needed` and `available` in the problem.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the caller's character, an account that may not generate, or a tier or subscription the pricing requires.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such character (or no account yet).", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The job type starts from the character's image and it has none, or a request with this Idempotency-Key is in progress.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = ValidationFailed),
-        (status = 429, description = "A rate, daily or concurrent-job limit; see Retry-After.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
-    )
-)]
-pub(crate) async fn generate(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
-    meta: RequestMeta,
-    IdempotencyKey(key): IdempotencyKey,
-    ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<Map<String, Value>>,
-) -> Result<Response, ApiError> {
-    let id = resource_id(&id, "character")?;
-    let Some(queue) = state.queue.clone() else {
-        return Err(ApiError::ServiceUnavailable {
-            detail: "generation is not available: no job queue is configured".into(),
-            retry_after: 60,
-        });
-    };
-    let request_body = Value::Object(body.clone());
-    let parsed = GenerateBody::parse(body)?;
-    let mut conn = state.db.get().await?;
-    let user = users::repo::current_user(&**conn, &identity).await?;
-    if user.account_status != Some(crate::users::AccountStatus::Active) {
-        return Err(ApiError::Forbidden(
-            "a suspended account cannot generate images".into(),
-        ));
-    }
-    let (tier, _) = engine::tier_of(&user);
-    let client: &mut tokio_postgres::Client = &mut conn;
-    let tx = client.transaction().await?;
-    let default_steps: Option<i32> = tx
-        .query_opt("SELECT steps FROM characters WHERE id = $1", &[&id])
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?
-        .flatten();
-    let params = parsed.validate(tier, i64::from(default_steps.unwrap_or(20)))?;
-    if params.dry_run {
-        // Exactly what the request would do, then undone: the preview and the
-        // charge cannot disagree, and nothing is held, recorded or counted.
-        let (job, hold) = dispatch::record(
-            &tx,
-            &state.cache::<crate::credits::engine::PricingCache>(),
-            &user,
-            id,
-            &params,
-        )
-        .await?;
-        tx.rollback().await?;
-        return Ok(Json(preview(job, hold)).into_response());
-    }
-    let route = "/api/v1/characters/{id}/generate";
-    if let Some(key) = &key {
-        let body_with_target = json!({"character_id": id, "body": request_body});
-        if let Claim::Replay { status, body } =
-            idempotency::claim(&tx, &user.id, key, "POST", route, &body_with_target).await?
-        {
-            return Ok(Claim::replay(status, body));
-        }
-    }
-    let (mut job, _) = dispatch::record(
-        &tx,
-        &state.cache::<crate::credits::engine::PricingCache>(),
-        &user,
-        id,
-        &params,
-    )
-    .await?;
-    activity::record(
-        &tx,
-        Activity {
-            user_id: Some(&user.id),
-            activity_type: crate::activity::ActivityType::GenerationRequested,
-            entity_type: Some("generation_job"),
-            entity_id: Some(&job.id),
-            metadata: json!({"character_id": id, "job_type": job.job_type, "cost_credits": job.cost_credits}),
-        },
-        &meta,
-    )
-    .await?;
-    job.hide_keys();
-    let response = serde_json::to_value(&job).map_err(ApiError::internal)?;
-    if let Some(key) = &key {
-        idempotency::complete(&tx, &user.id, key, StatusCode::ACCEPTED, &response).await?;
-    }
-    tx.commit().await?;
-    dispatch::enqueue(&**conn, queue.as_ref(), &job).await;
-    Ok((StatusCode::ACCEPTED, Json(response)).into_response())
-}
-
-/// What `dry_run: true` answers.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CostPreview {
-    /// Always `true`.
-    pub dry_run: bool,
-    pub job_type: crate::kernel::vocabulary::JobType,
-    /// What the job would hold and, delivered by an image server, charge.
-    pub price: i32,
-    /// What it would charge if only the procedural placeholder could serve it.
-    pub fallback_price: i32,
-    /// Which buckets would pay: `{free_generation, daily_allowance, purchased_credits}`.
-    #[schema(value_type = Object)]
-    pub paid_with: Value,
-    /// How the price came out (base, terms, tier multiplier), as the job would record it.
-    #[schema(value_type = Object)]
-    pub cost_calculation: Value,
-    /// The parameters the job would render with (its size is what it is priced on).
-    #[schema(value_type = Object)]
-    pub input_parameters: Value,
-}
-
-fn preview(job: Job, hold: holds::Hold) -> CostPreview {
-    let metadata = job.processing_metadata.unwrap_or_default();
-    CostPreview {
-        dry_run: true,
-        job_type: job.job_type,
-        price: hold.price,
-        fallback_price: hold.fallback_price,
-        paid_with: json!({
-            "free_generation": hold.free_generation,
-            "daily_allowance": hold.allowance_credits,
-            "purchased_credits": hold.reserved_credits,
-        }),
-        cost_calculation: metadata
-            .get("cost_calculation")
-            .cloned()
-            .unwrap_or_default(),
-        input_parameters: super::input::public_view(&job.input_parameters),
-    }
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -360,16 +186,7 @@ pub(crate) async fn cancel_job(
     let user = users::repo::current_user(&**conn, &identity).await?;
     let client: &mut tokio_postgres::Client = &mut conn;
     let tx = client.transaction().await?;
-    let cancelled = tx
-        .query_opt(
-            &format!(
-                "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0 \
-                 WHERE id = $1 AND user_id = $2 AND status = 'queued' RETURNING {JOB_COLUMNS}"
-            ),
-            &[&id, &user.id],
-        )
-        .await?;
-    let Some(row) = cancelled else {
+    let Some(mut job) = lifecycle::cancel_queued(&tx, &id, &user.id).await? else {
         let status: Option<Option<String>> = tx
             .query_opt(
                 "SELECT status FROM generation_jobs WHERE id = $1 AND user_id = $2",
@@ -386,16 +203,6 @@ pub(crate) async fn cancel_job(
             )),
         });
     };
-    let mut job = Job::from_row(&row)?;
-    holds::release(&tx, &job.id).await?;
-    if let Some(character_id) = &job.character_id {
-        tx.execute(
-            "UPDATE characters SET generation_status = 'cancelled' WHERE id = $1 AND generation_status = 'pending' \
-             AND NOT EXISTS (SELECT 1 FROM generation_jobs j WHERE j.character_id = $1 AND j.status IN ('queued', 'processing'))",
-            &[character_id],
-        )
-        .await?;
-    }
     activity::record(
         &tx,
         Activity {

@@ -24,13 +24,11 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::{Value, json};
-use tokio_postgres::GenericClient;
 use tracing::Instrument;
 
 use crate::activity::ActivityType;
-use crate::credits::holds::{self, Delivery};
 use crate::jobs::input::GenerationInput;
-use crate::jobs::{JOB_COLUMNS, Job, JobMessage};
+use crate::jobs::{Job, JobMessage};
 use crate::kernel::config::WorkerConfig;
 use crate::kernel::telemetry::Invocation;
 use crate::ports::db::DbPool;
@@ -314,30 +312,16 @@ impl Worker {
         let mut conn = self.db.get().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         let tx = client.transaction().await?;
-        let row = tx
-            .query_opt(
-                &format!(
-                    "UPDATE generation_jobs SET status = 'processing', started_at = now(), attempts = attempts + 1, \
-                       timeout_at = now() + make_interval(secs => $2) \
-                     WHERE id = $1 AND status = 'queued' RETURNING {JOB_COLUMNS}, attempts, \
-                       (extract(epoch FROM now() - coalesce(enqueued_at, queued_at)) * 1000)::float8 AS queue_wait_ms"
-                ),
-                &[&job_id, &self.settings.job_timeout.as_secs_f64()],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(claim) =
+            super::lifecycle::claim(&tx, job_id, self.settings.job_timeout.as_secs_f64()).await?
+        else {
             return Ok(None);
         };
-        let job = Job::from_row(&row)?;
-        let attempts: i32 = row.try_get("attempts")?;
-        let queue_wait_ms: Option<f64> = row.try_get("queue_wait_ms")?;
-        if let Some(character_id) = &job.character_id {
-            tx.execute(
-                "UPDATE characters SET generation_status = 'processing', processing_started_at = now() WHERE id = $1",
-                &[character_id],
-            )
-            .await?;
-        }
+        let super::lifecycle::Claim {
+            job,
+            attempts,
+            queue_wait_ms,
+        } = claim;
         tx.commit().await?;
         if let Some(ms) = queue_wait_ms {
             crate::kernel::metrics::queue_wait(
@@ -455,13 +439,7 @@ impl Worker {
     /// time is now as far as the scheduler's lost-message check goes.
     async fn requeue(&self, job_id: &str, details: &Value) -> Result<(), WorkerError> {
         let conn = self.db.get().await?;
-        conn.execute(
-            "UPDATE generation_jobs SET status = 'queued', started_at = NULL, timeout_at = NULL, \
-               error_details = $2, enqueued_at = now(), processing_metadata = processing_metadata - 'progress' \
-             WHERE id = $1 AND status = 'processing'",
-            &[&job_id, details],
-        )
-        .await?;
+        super::lifecycle::requeue(&**conn, job_id, details).await?;
         Ok(())
     }
 
@@ -471,35 +449,9 @@ impl Worker {
         let mut conn = self.db.get().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         let tx = client.transaction().await?;
-        let failed = tx
-            .execute(
-                "UPDATE generation_jobs SET status = 'failed', completed_at = now(), error_details = $2, \
-                   cost_credits = 0, processing_metadata = processing_metadata - 'progress' \
-                 WHERE id = $1 AND status = 'processing'",
-                &[&job.id, &details],
-            )
-            .await?;
-        if failed == 1 {
-            holds::release(&tx, &job.id).await?;
-            if let Some(character_id) = &job.character_id {
-                let message = details
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("generation failed")
-                    .chars()
-                    .take(500)
-                    .collect::<String>();
-                tx.execute(
-                    "UPDATE characters SET generation_status = 'failed', error_message = $2, retry_count = $3, \
-                       processing_completed_at = now() WHERE id = $1",
-                    &[character_id, &message, &claimed.attempts],
-                )
-                .await?;
-            }
-            log_activity(&tx, job, ActivityType::JobFailed, details.clone()).await?;
-        }
+        let failed = super::lifecycle::fail(&tx, job, &details, claimed.attempts).await?;
         tx.commit().await?;
-        if failed == 1 {
+        if failed {
             crate::kernel::metrics::job_failed(
                 job.job_type.as_str(),
                 last_failed_provider(&details),
@@ -529,21 +481,14 @@ impl Worker {
         let mut conn = self.db.get().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         let tx = client.transaction().await?;
-        // Lock order everywhere: job, user, character.
-        let row = tx
-            .query_opt(
-                "SELECT character_id FROM generation_jobs WHERE id = $1 AND status = 'processing' FOR UPDATE",
-                &[&job.id],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(character_id) =
+            super::lifecycle::lock_for_completion(&tx, &job.id, &job.user_id).await?
+        else {
             tx.rollback().await?;
             return Ok(Completion::Abandoned("job no longer processing"));
         };
-        let character_id: Option<String> = row.try_get(0)?;
-        crate::credits::ledger::lock_user(&tx, &job.user_id).await?;
         let Some(character_id) = character_id else {
-            abandon_for_deleted_character(&tx, job).await?;
+            super::lifecycle::abandon_for_deleted_character(&tx, &job.id).await?;
             tx.commit().await?;
             return Ok(Completion::Abandoned("character deleted"));
         };
@@ -573,55 +518,32 @@ impl Worker {
             )
             .await?;
         }
-        let delivery = if placeholder {
-            Delivery::Placeholder
-        } else {
-            Delivery::Generated
-        };
-        let settlement = holds::settle_for(&tx, &job.id, delivery).await?;
-        let charged = settlement.as_ref().map(|s| s.charged);
-        let provider = match outcome.provider() {
-            p @ ("primary" | "secondary" | "fallback") => Some(p.to_string()),
-            _ => None,
-        };
-        let metadata = json!({
-            "generation": outcome.metadata(),
-            "elapsed_ms": elapsed.as_millis() as u64,
-            "images": stored.len(),
-            "image_ids": image_ids,
-            "placeholder": placeholder,
-            "charge": settlement.as_ref().map(|s| json!({
-                "held": s.hold.price,
-                "charged": s.charged,
-                "delivery": if placeholder { "placeholder" } else { "generated" },
-                "transaction_id": s.transaction_id,
-            })),
-            "progress": {"fraction": 1.0, "eta_seconds": 0.0, "updated_at": chrono::Utc::now()},
-        });
         let gpu_seconds = outcome
             .images
             .gpu_time_ms
             .map(|ms| i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX));
-        let keys: Vec<&String> = stored.iter().map(|s| &s.key).collect();
-        tx.execute(
-            "UPDATE generation_jobs SET status = 'completed', completed_at = now(), output_urls = $2, \
-               processing_metadata = coalesce(processing_metadata, '{}'::jsonb) || $3, generation_provider = $4, \
-               gpu_time_seconds = $5, memory_used_mb = $6, error_details = NULL, \
-               cost_credits = coalesce($7, cost_credits), result_character_id = $8 \
-             WHERE id = $1",
-            &[
-                &job.id,
-                &json!(keys),
-                &metadata,
-                &provider,
-                &gpu_seconds,
-                &peak_memory_mb(),
-                &charged,
-                &input.variant.as_ref().map(|p| p.character_id.clone()),
-            ],
-        )
-        .await?;
-        log_activity(
+        let delivered = super::lifecycle::Delivered {
+            output_keys: stored.iter().map(|s| &s.key).collect(),
+            metadata: json!({
+                "generation": outcome.metadata(),
+                "elapsed_ms": elapsed.as_millis() as u64,
+                "images": stored.len(),
+                "image_ids": image_ids,
+                "placeholder": placeholder,
+                "progress": {"fraction": 1.0, "eta_seconds": 0.0, "updated_at": chrono::Utc::now()},
+            }),
+            provider: match outcome.provider() {
+                p @ ("primary" | "secondary" | "fallback") => Some(p.to_string()),
+                _ => None,
+            },
+            gpu_seconds,
+            memory_used_mb: peak_memory_mb(),
+            placeholder,
+            result_character_id: input.variant.as_ref().map(|p| p.character_id.clone()),
+        };
+        let settlement = super::lifecycle::complete(&tx, &job.id, delivered).await?;
+        let charged = settlement.as_ref().map(|s| s.charged);
+        super::lifecycle::log_activity(
             &tx,
             job,
             ActivityType::ImageGenerated,
@@ -653,23 +575,6 @@ fn last_failed_provider(details: &Value) -> Option<&str> {
 enum Completion {
     Completed,
     Abandoned(&'static str),
-}
-
-/// The job's character was deleted while it rendered: nobody wants the
-/// images, so the job ends cancelled and its hold is released.
-async fn abandon_for_deleted_character(
-    tx: &tokio_postgres::Transaction<'_>,
-    job: &Job,
-) -> Result<(), WorkerError> {
-    tx.execute(
-        "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
-           error_details = '{\"error\": \"the character was deleted while the job ran\"}'::jsonb \
-         WHERE id = $1",
-        &[&job.id],
-    )
-    .await?;
-    holds::release(tx, &job.id).await?;
-    Ok(())
 }
 
 /// Creates the variant character a job's plan describes: the source
@@ -818,22 +723,6 @@ async fn track_progress(
         }
         last_write = Some(Instant::now());
     }
-}
-
-async fn log_activity(
-    client: &impl GenericClient,
-    job: &Job,
-    activity_type: ActivityType,
-    metadata: Value,
-) -> Result<(), WorkerError> {
-    client
-        .execute(
-            "INSERT INTO user_activity_logs (user_id, activity_type, entity_type, entity_id, metadata) \
-             VALUES ($1, $2, 'generation_job', $3, $4)",
-            &[&job.user_id, &activity_type, &job.id, &metadata],
-        )
-        .await?;
-    Ok(())
 }
 
 /// The process's peak resident memory in MiB (Linux), for `memory_used_mb`.

@@ -503,33 +503,8 @@ async fn cancel_jobs(
     user_id: &str,
     status: Option<&str>,
 ) -> Result<Vec<String>, ApiError> {
-    let reason = json!({"error": format!("the account was {}", status.unwrap_or("suspended"))});
-    let rows = client
-        .query(
-            "UPDATE generation_jobs SET status = 'cancelled', completed_at = now(), cost_credits = 0, \
-               error_details = $2 \
-             WHERE user_id = $1 AND status IN ('queued', 'processing') RETURNING id, character_id",
-            &[&user_id, &reason],
-        )
-        .await?;
-    let mut cancelled = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let job_id: String = row.try_get(0)?;
-        crate::credits::holds::release(client, &job_id).await?;
-        cancelled.push(job_id);
-    }
-    // Their characters stop waiting for an image.
-    client
-        .execute(
-            "UPDATE characters c SET generation_status = 'cancelled' \
-             WHERE c.user_id = $1 AND c.generation_status IN ('pending', 'processing') \
-               AND NOT EXISTS (SELECT 1 FROM generation_jobs j \
-                               WHERE j.character_id = c.id AND j.status IN ('queued', 'processing'))",
-            &[&user_id],
-        )
-        .await?;
-    cancelled.sort();
-    Ok(cancelled)
+    let reason = format!("the account was {}", status.unwrap_or("suspended"));
+    Ok(crate::jobs::lifecycle::cancel_for_user(client, user_id, &reason).await?)
 }
 
 /// Change a user's tier, subscription dates or account status.

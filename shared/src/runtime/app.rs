@@ -129,7 +129,7 @@ pub fn credits_router(state: AppState) -> Router {
 
 /// The jobs function's routes: start, list, read and cancel generation jobs.
 pub fn jobs_routes() -> Router<AppState> {
-    crate::jobs::routes::router()
+    crate::jobs::routes::router().merge(crate::characters::generate::router())
 }
 
 /// The jobs function's finished router.

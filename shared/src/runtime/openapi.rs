@@ -94,7 +94,7 @@ links; they exist only there and are not part of this document.";
         crate::social::routes::delete_rating,
         crate::social::routes::list_ratings,
         crate::social::routes::file_report,
-        crate::jobs::routes::generate,
+        crate::characters::generate::generate,
         crate::jobs::routes::list_jobs,
         crate::jobs::routes::get_job,
         crate::jobs::routes::cancel_job,

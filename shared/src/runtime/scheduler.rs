@@ -23,7 +23,7 @@ use crate::kernel::tier::Tier;
 
 use tokio_postgres::GenericClient;
 
-use crate::credits::{holds, ledger};
+use crate::credits::ledger;
 use crate::kernel::config::{Config, RetentionConfig};
 use crate::kernel::error::ApiError;
 use crate::ports::db::DbPool;
@@ -151,14 +151,14 @@ pub async fn run(
         "job-timeouts" => json!({"timed_out": time_out_jobs(client).await?}),
         "outbox-sweep" => match queue {
             Some(queue) => {
-                let recovered = crate::jobs::dispatch::recover_lost_messages(
+                let recovered = crate::jobs::outbox::recover_lost_messages(
                     client,
                     config.queue.redelivery_after,
                     config.queue.max_redeliveries,
                 )
                 .await?;
                 let sent =
-                    crate::jobs::dispatch::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
+                    crate::jobs::outbox::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
                 json!({"resent": sent, "redelivered": recovered.redelivered, "failed": recovered.failed})
             }
             None => json!({"resent": 0, "skipped": "no queue configured"}),
@@ -196,25 +196,7 @@ pub async fn time_out_jobs(client: &mut tokio_postgres::Client) -> Result<usize,
     let mut timed_out = 0;
     for job_id in due {
         let tx = client.transaction().await?;
-        let changed = tx
-            .query_opt(
-                "UPDATE generation_jobs SET status = 'timeout', completed_at = now(), cost_credits = 0, \
-                   error_details = coalesce(error_details, '{}'::jsonb) || '{\"error\": \"timed out\"}'::jsonb \
-                 WHERE id = $1 AND status = 'processing' AND timeout_at < now() RETURNING character_id",
-                &[&job_id],
-            )
-            .await?;
-        if let Some(row) = changed {
-            let character_id: Option<String> = row.try_get(0)?;
-            holds::release(&tx, &job_id).await?;
-            if let Some(character_id) = character_id {
-                tx.execute(
-                    "UPDATE characters SET generation_status = 'failed', error_message = 'generation timed out' \
-                     WHERE id = $1 AND generation_status = 'processing'",
-                    &[&character_id],
-                )
-                .await?;
-            }
+        if crate::jobs::lifecycle::time_out(&tx, &job_id).await? {
             timed_out += 1;
         }
         tx.commit().await?;
