@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts that need Python tools (scripts/test: moto;
 # scripts/validate-template: cfn-lint, SAM; scripts/fuzz: Schemathesis).
 # Each tool set lives in its own project-local virtual environment,
@@ -18,6 +19,7 @@ venv_ensure() {
   local name="$1"
   local requirements="scripts/requirements-$name.txt"
   local dir=".venv/$name"
+  # shellcheck disable=SC2034 # read by the scripts that source this file
   VENV="$dir"
   if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c '' >/dev/null 2>&1 &&
     cmp -s "$requirements" "$dir/requirements.txt"; then
