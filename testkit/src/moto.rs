@@ -3,9 +3,11 @@
 //!
 //! [`endpoint`] is `MOTO_ENDPOINT_URL` when set (the test script starts one
 //! server for the whole run); otherwise the test process starts its own
-//! `moto_server` on a free port, once, so `cargo test` alone works too. That
-//! server runs under a small shell that kills it when the test process's end
-//! of its stdin closes, i.e. when the test binary exits, however it exits.
+//! `moto_server` on a free port, once, so `cargo test` alone works too: the
+//! one in the project's virtual environment `.venv/test` (which `scripts/test`
+//! makes on first use), else the one on `PATH`. That server runs under a small
+//! shell that kills it when the test process's end of its stdin closes, i.e.
+//! when the test binary exits, however it exits.
 //!
 //! moto keeps state per server, so every test uses its own bucket and queue
 //! names ([`unique_name`]).
@@ -110,31 +112,42 @@ pub async fn create_secret(prefix: &str, value: &serde_json::Value) -> String {
     created.arn().expect("moto returns the ARN").to_string()
 }
 
+/// How to install moto where this module looks for it.
+const INSTALL_HINT: &str = "run scripts/test once (it makes .venv/test from \
+     scripts/requirements-test.txt), or put moto_server on PATH, or set MOTO_ENDPOINT_URL";
+
 fn start_own_server() -> String {
     static SERVER: OnceLock<Mutex<Child>> = OnceLock::new();
+    // The workspace's virtual environment first (testkit sits at its root).
+    let venv_server =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/test/bin/moto_server");
+    let server = if venv_server.is_file() {
+        venv_server.to_string_lossy().into_owned()
+    } else {
+        "moto_server".to_string()
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port for moto_server");
     // `read` returns when the test process exits and its end of the pipe
-    // closes; the shell then stops the server.
+    // closes; the shell then stops the server. A missing server exits 127 at
+    // once rather than leaving the wait below to time out.
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"moto_server -H 127.0.0.1 -p "$0" >/dev/null 2>&1 & pid=$!; read _ignored; kill "$pid""#)
+        .arg(r#"command -v "$1" >/dev/null || exit 127; "$1" -H 127.0.0.1 -p "$0" >/dev/null 2>&1 & pid=$!; read _ignored; kill "$pid""#)
         .arg(port.to_string())
+        .arg(&server)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start moto_server (install it: python3 -m pip install 'moto[server]')");
+        .unwrap_or_else(|e| panic!("start {server}: {e}; {INSTALL_HINT}"));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "moto_server exited ({status}) before answering; install it with \
-                 python3 -m pip install 'moto[server]', or set MOTO_ENDPOINT_URL"
-            );
+            panic!("{server} exited ({status}) before answering; {INSTALL_HINT}");
         }
         if Instant::now() > deadline {
             if let Some(stdin) = child.stdin.as_mut() {
