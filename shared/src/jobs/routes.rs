@@ -186,7 +186,7 @@ pub(crate) async fn cancel_job(
     let user = users::repo::current_user(&**conn, &identity).await?;
     let client: &mut tokio_postgres::Client = &mut conn;
     let tx = client.transaction().await?;
-    let Some(mut job) = lifecycle::cancel_queued(&tx, &id, &user.id).await? else {
+    let Some(mut job) = lifecycle::cancel_queued(&tx, id, &user.id).await? else {
         let status: Option<Option<String>> = tx
             .query_opt(
                 "SELECT status FROM generation_jobs WHERE id = $1 AND user_id = $2",
