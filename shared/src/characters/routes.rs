@@ -30,6 +30,7 @@ use super::{Character, GalleryItem};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::ports::db;
 use crate::users;
+use crate::users::account::Account;
 use crate::users::fields::{STYLE_TYPES, one_of};
 use crate::web::auth::{Caller, Identity, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
@@ -93,14 +94,12 @@ pub fn router() -> Router<AppState> {
 )]
 pub(crate) async fn create_character(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let fields = fields::parse(body, Purpose::Create)?;
-    let mut client = state.db.get().await?;
-    let user = users::repo::current_user(&**client, &identity).await?;
-    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let mut character = repo::create(&tx, &user, &fields, &meta).await?;
     tx.commit().await?;
     character.present(state.storage.as_deref()).await;
@@ -179,16 +178,14 @@ pub(crate) async fn get_character(
 )]
 pub(crate) async fn update_character(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Character>, ApiError> {
     let id = resource_id(&id, "character")?;
     let fields = fields::parse(body, Purpose::Update)?;
-    let mut client = state.db.get().await?;
-    let user = users::repo::current_user(&**client, &identity).await?;
-    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let mut character = repo::update(&tx, &user, id, &fields, &meta).await?;
     tx.commit().await?;
     character.present(state.storage.as_deref()).await;
@@ -213,15 +210,12 @@ pub(crate) async fn update_character(
 )]
 pub(crate) async fn delete_character(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = resource_id(&id, "character")?;
-    let mut client = state.db.get().await?;
-    let user = users::repo::current_user(&**client, &identity).await?;
-    let client: &mut tokio_postgres::Client = &mut client;
-    let tx = client.transaction().await?;
+    let (tx, user) = account.begin_system().await?;
     // As the system role: the caller's jobs still queued for this character are
     // cancelled and their credits released, so nobody pays for an image of a
     // character that no longer exists. Then the deletion itself, under RLS.
@@ -340,7 +334,7 @@ fn common_filters(
 )]
 pub(crate) async fn list_characters(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Character>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
@@ -362,9 +356,7 @@ pub(crate) async fn list_characters(
         },
         errors,
     )?;
-    let mut client = state.db.get().await?;
-    let user = users::repo::current_user(&**client, &identity).await?;
-    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let mut page = repo::list_own(&tx, &user, &filter, limit, after).await?;
     tx.commit().await?;
     for character in &mut page.items {
@@ -527,14 +519,12 @@ pub struct DownloadLink {
 )]
 pub(crate) async fn download_character(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DownloadLink>, ApiError> {
     let id = resource_id(&id, "character")?;
-    let mut client = state.db.get().await?;
-    let user = users::repo::current_user(&**client, &identity).await?;
-    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let character = repo::visible(&tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such character".into()))?;
@@ -757,16 +747,13 @@ pub(crate) async fn set_primary_image(
 )]
 pub(crate) async fn delete_image(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath((id, image_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id = resource_id(&id, "character")?;
     let image_id = resource_id(&image_id, "image of this character")?;
-    let mut client = state.db.get().await?;
-    let user = users::repo::current_user(&**client, &identity).await?;
-    let client: &mut tokio_postgres::Client = &mut client;
-    let tx = client.transaction().await?;
+    let (tx, user) = account.begin_system().await?;
     // As the system role, scoped to the caller's own image: its job stops listing it.
     // Then the checks and the deletion, under RLS; a refusal rolls both back.
     images::forget_job_output(&tx, &user, id, image_id).await?;

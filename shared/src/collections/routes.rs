@@ -31,6 +31,7 @@ use super::repo::{self, MemberKey, PutOutcome};
 use super::{Collection, CollectionMember, input};
 use crate::kernel::error::{ApiError, Problem};
 use crate::ports::db::begin_as;
+use crate::users::account::Account;
 use crate::users::repo::current_user;
 use crate::web::auth::{Caller, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery};
@@ -179,15 +180,12 @@ pub(crate) struct PageQuery {
     )
 )]
 pub(crate) async fn list_collections(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Collection>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
     let after = pagination::decode_time_key(query.cursor.as_deref())?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let rows = repo::list_own_collections(&tx, &user.id, after.as_ref(), limit).await?;
     tx.commit().await?;
     Ok(Json(pagination::page(rows, limit, |c| TimeKey {
@@ -295,13 +293,10 @@ pub(crate) async fn patch_collection(
     )
 )]
 pub(crate) async fn delete_collection(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     owned_collection(&tx, &id, &user.id).await?;
     if !repo::delete_collection(&tx, &id, &user.id).await? {
         return Err(no_such_collection());
@@ -381,14 +376,12 @@ pub(crate) async fn list_members(
 )]
 pub(crate) async fn put_member(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiPath((id, character_id)): ApiPath<(String, String)>,
     OptionalApiJson(body): OptionalApiJson<Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let fields = input::member(body)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     owned_collection(&tx, &id, &user.id).await?;
     // Only characters the owner may see can be filed: their own or public ones.
     if !input::plausible_id(&character_id) {
@@ -431,13 +424,10 @@ pub(crate) async fn put_member(
     )
 )]
 pub(crate) async fn remove_member(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiPath((id, character_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     owned_collection(&tx, &id, &user.id).await?;
     // Removal does not look at the character: the owner can take out a member
     // whose character has since become private to someone else.

@@ -10,10 +10,8 @@ use utoipa::IntoParams;
 use super::{JOB_COLUMNS, Job, lifecycle};
 use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, Problem};
-use crate::ports::db;
-use crate::users;
+use crate::users::account::Account;
 use crate::users::fields::one_of;
-use crate::web::auth::Caller;
 use crate::web::http::{ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
@@ -66,7 +64,7 @@ pub(crate) struct JobsQuery {
 )]
 pub(crate) async fn list_jobs(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<Page<Job>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
@@ -78,9 +76,7 @@ pub(crate) async fn list_jobs(
             .ok()
     });
     finish((), errors)?;
-    let mut conn = state.db.get().await?;
-    let user = users::repo::current_user(&**conn, &identity).await?;
-    let tx = db::begin_as(&mut conn, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let (after_at, after_id) = after
         .map(|k| (Some(k.at), Some(k.id)))
         .unwrap_or((None, None));
@@ -135,13 +131,11 @@ pub(crate) async fn list_jobs(
 )]
 pub(crate) async fn get_job(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = resource_id(&id, "job")?;
-    let mut conn = state.db.get().await?;
-    let user = users::repo::current_user(&**conn, &identity).await?;
-    let tx = db::begin_as(&mut conn, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let row = tx
         .query_opt(
             &format!("SELECT {JOB_COLUMNS} FROM generation_jobs WHERE id = $1 AND user_id = $2"),
@@ -177,15 +171,12 @@ pub(crate) async fn get_job(
 )]
 pub(crate) async fn cancel_job(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = resource_id(&id, "job")?;
-    let mut conn = state.db.get().await?;
-    let user = users::repo::current_user(&**conn, &identity).await?;
-    let client: &mut tokio_postgres::Client = &mut conn;
-    let tx = client.transaction().await?;
+    let (tx, user) = account.begin_system().await?;
     let Some(mut job) = lifecycle::cancel_queued(&tx, id, &user.id).await? else {
         let status: Option<Option<String>> = tx
             .query_opt(

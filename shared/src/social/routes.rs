@@ -31,6 +31,7 @@ use super::{LikeState, RatingWithSummary, RatingsPage, Report};
 use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, Problem};
 use crate::ports::db::{act_as_system, begin_as};
+use crate::users::account::Account;
 use crate::users::repo::current_user;
 use crate::web::auth::{Caller, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
@@ -79,15 +80,12 @@ fn character_id(raw: &str) -> Result<&str, ApiError> {
     )
 )]
 pub(crate) async fn like(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<LikeState>, ApiError> {
     let id = character_id(&id)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    user.require_active("like characters")?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    account.user.require_active("like characters")?;
+    let (tx, user) = account.begin_as_user().await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let like_count = repo::like(&tx, &character.id, &user.id).await?;
     tx.commit().await?;
@@ -117,14 +115,11 @@ pub(crate) async fn like(
     )
 )]
 pub(crate) async fn unlike(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<LikeState>, ApiError> {
     let id = character_id(&id)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let like_count = repo::unlike(&tx, &character.id, &user.id).await?;
     tx.commit().await?;
@@ -162,18 +157,15 @@ pub(crate) async fn unlike(
     )
 )]
 pub(crate) async fn put_rating(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<RatingWithSummary>), ApiError> {
     let id = character_id(&id)?;
     let input = RatingInput::from_body(&body)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    user.require_active("rate characters")?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    account.user.require_active("rate characters")?;
+    let (tx, user) = account.begin_as_user().await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     if character.user_id == user.id {
         return Err(ApiError::Forbidden(
@@ -226,15 +218,12 @@ pub(crate) async fn put_rating(
     )
 )]
 pub(crate) async fn delete_rating(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = character_id(&id)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     if !repo::delete_rating(&tx, &character.id, &user.id).await? {
         return Err(ApiError::NotFound(

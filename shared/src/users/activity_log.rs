@@ -1,7 +1,6 @@
 //! `GET /api/v1/me/activity`: the caller's own audit trail, newest first
 //! (the rows [`crate::activity::record`] writes).
 
-use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -11,9 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::activity::ActivityType;
 use crate::kernel::error::{ApiError, FieldError, Problem};
-use crate::ports::db::begin_as;
-use crate::users::repo::current_user;
-use crate::web::auth::Caller;
+use crate::users::account::Account;
 use crate::web::http::ApiQuery;
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
@@ -110,8 +107,7 @@ fn activity_type_schema() -> utoipa::openapi::Object {
     )
 )]
 pub(crate) async fn list(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiQuery(query): ApiQuery<ActivityQuery>,
 ) -> Result<Json<Page<ActivityEntry>>, ApiError> {
     let mut errors = Vec::new();
@@ -129,11 +125,9 @@ pub(crate) async fn list(
     };
     finish((), errors)?;
 
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
     // Row-level security shows app_api only the caller's rows; the user_id
     // condition is what lets the planner walk idx_user_activity_logs_user_id.
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let (after_at, after_id) = match after {
         Some(k) => (Some(k.at), Some(k.id)),
         None => (None, None),

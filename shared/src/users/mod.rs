@@ -5,6 +5,7 @@
 //! log route ([`activity_log`]) and the erasure receipts that sign-in checks
 //! ([`receipts`]) live here for that reason.
 
+pub mod account;
 pub mod activity_log;
 pub mod fields;
 pub mod receipts;

@@ -22,6 +22,7 @@ use super::repo::{self, AccountChanges, ProfileFields};
 use super::{Profile, PublicUser, User};
 use crate::kernel::error::{ApiError, Problem};
 use crate::ports::db::begin_as;
+use crate::users::account::Account;
 use crate::web::auth::{Caller, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, RequestMeta};
 use crate::web::input::{check, decode_strict, finish, present, required_if_present};
@@ -315,14 +316,9 @@ pub(crate) async fn patch_me(
         (status = 500, response = InternalError),
     )
 )]
-pub(crate) async fn get_profile(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
-) -> Result<Json<Profile>, ApiError> {
-    let mut client = state.db.get().await?;
-    let user = repo::current_user(&**client, &identity).await?;
+pub(crate) async fn get_profile(mut account: Account) -> Result<Json<Profile>, ApiError> {
     // As app_api: user_profiles' row-level security (V18) is the second wall.
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let profile = match repo::profile(&tx, &user.id).await? {
         Some(profile) => profile,
         // Sign-in creates the row; a missing one is created empty on first read.
@@ -496,14 +492,11 @@ impl ProfilePut {
     )
 )]
 pub(crate) async fn put_profile(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Profile>, ApiError> {
     let fields = decode_strict::<ProfilePut>(body, &READ_ONLY_PROFILE_FIELDS)?.validate()?;
-    let mut client = state.db.get().await?;
-    let user = repo::current_user(&**client, &identity).await?;
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let profile = repo::replace_profile(&tx, &user.id, &fields).await?;
     tx.commit().await?;
     Ok(Json(profile))

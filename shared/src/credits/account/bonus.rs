@@ -26,8 +26,7 @@ use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, DailyWindow, Entry};
 use crate::kernel::config::CreditsConfig;
 use crate::kernel::error::{ApiError, Problem};
-use crate::users::repo::current_user;
-use crate::web::auth::Caller;
+use crate::users::account::Account;
 use crate::web::http::{RawBody, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::responses::{InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized};
@@ -139,16 +138,13 @@ pub(crate) struct DailyBonus {
 )]
 pub(crate) async fn claim(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     IdempotencyKey(key): IdempotencyKey,
     meta: RequestMeta,
     RawBody(body): RawBody,
 ) -> Result<Response, Refusal> {
     let request = no_body(&body)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let client: &mut tokio_postgres::Client = &mut client;
-    let tx = client.transaction().await?;
+    let (tx, user) = account.begin_system().await?;
     if let Some(key) = &key
         && let Claim::Replay { status, body } =
             idempotency::claim(&tx, &user.id, key, "POST", ROUTE, &request).await?
