@@ -1131,11 +1131,10 @@ async fn per_minute_and_daily_limits_allow_exactly_the_limit() {
     let wait = retry_after(refused);
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
     // A refused request is not counted, and another user has their own window.
-    assert!(
-        quote_at(&mut at_once, &pricing, &ann, path, &inputs)
-            .await
-            .is_err()
-    );
+    let again = quote_at(&mut at_once, &pricing, &ann, path, &inputs)
+        .await
+        .unwrap_err();
+    assert!((1..=60).contains(&retry_after(again)), "still limited");
     assert!(
         quote_at(&mut at_once, &pricing, &bob, path, &inputs)
             .await
@@ -1158,11 +1157,10 @@ async fn per_minute_and_daily_limits_allow_exactly_the_limit() {
             .await
             .is_ok()
     );
-    assert!(
-        quote_at(&mut at_once, &pricing, &ann, path, &inputs)
-            .await
-            .is_err()
-    );
+    let over = quote_at(&mut at_once, &pricing, &ann, path, &inputs)
+        .await
+        .unwrap_err();
+    assert!((1..=60).contains(&retry_after(over)), "limited at four");
     at_once.commit().await.unwrap();
 
     // Daily limit 2 (per-minute off): the third is refused until local midnight.
