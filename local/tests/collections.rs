@@ -1219,13 +1219,18 @@ async fn row_level_security_hides_and_protects_other_users_collections() {
     sp.rollback().await.unwrap();
     // Nor can Bob create a collection in Ann's name.
     let sp = tx.savepoint("forge").await.unwrap();
-    assert!(
-        sp.execute(
+    let forged = sp
+        .execute(
             "INSERT INTO collections (user_id, name) VALUES ($1, 'Forged')",
             &[&ann_id],
         )
         .await
-        .is_err()
+        .unwrap_err();
+    // Row-level security's WITH CHECK refuses the row.
+    assert_eq!(
+        forged.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{forged:?}"
     );
     sp.rollback().await.unwrap();
     tx.rollback().await.unwrap();

@@ -6,7 +6,8 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, NaiveDate, NaiveTime, Timelike, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use futures::StreamExt;
 use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -1083,14 +1084,7 @@ async fn daily_bonus_follows_the_users_local_day_in_tokyo() {
     let token = stack.user("kenji@example.com", "kenji").await;
     set_timezone(&stack, &token, "Asia/Tokyo").await;
     let id = user_id(&db, "kenji@example.com").await;
-    let row = db
-        .query_one(
-            "SELECT user_local_date('Asia/Tokyo'), (now() AT TIME ZONE 'UTC')::date",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (tokyo_today, utc_today): (NaiveDate, NaiveDate) = (row.get(0), row.get(1));
+    let tokyo_today = local_today(&db, &id).await;
 
     // The streak continues from the Tokyo yesterday, and the claim is dated in Tokyo.
     set_last_bonus(&db, &id, Some(tokyo_today - chrono::Days::new(1)), 2).await;
@@ -1118,48 +1112,84 @@ async fn daily_bonus_follows_the_users_local_day_in_tokyo() {
     );
     let balance = stack.get("/api/v1/credits", Some(&token)).await;
     assert_eq!(balance.body["local_date"], tokyo_today.to_string());
+}
 
-    if utc_today != tokyo_today {
-        // After 15:00 UTC Tokyo is a day ahead: a claim dated on the UTC date is
-        // Tokyo's yesterday, so today's is open and the streak continues.
-        set_last_bonus(&db, &id, Some(utc_today), 3).await;
-        let reply = claim_bonus(&stack, &token).await;
-        assert_eq!(reply.status, 201, "{}", reply.body);
-        assert_eq!(reply.body["daily_login_streak"], 4);
-        assert_eq!(reply.body["bonus_date"], tokyo_today.to_string());
-        assert_invariants(&db).await;
-    }
+/// Two zones exactly a day apart (UTC+14 and UTC-10, +13 and -11, or +12 and
+/// -12): at every instant the one's local date is the other's plus one, and
+/// the UTC date is one of the two, so one of them is always on another date
+/// than UTC, whatever the hour. Of the three pairs, the one whose shared
+/// midnight (10:00, 11:00 or 12:00 UTC) is furthest from now (at least an
+/// hour), so no local date turns while the test runs.
+async fn zones_a_day_apart(db: &tokio_postgres::Client) -> (String, String) {
+    let row = db
+        .query_one(
+            "SELECT format('Etc/GMT-%s', 24 - o), format('Etc/GMT+%s', o) \
+             FROM unnest(ARRAY[10, 11, 12]) o, \
+                  LATERAL (SELECT abs(extract(epoch FROM (now() AT TIME ZONE 'UTC')::time) \
+                                      - o * 3600) AS d) gap \
+             ORDER BY least(gap.d, 86400 - gap.d) DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
 
-    // Whatever the hour, one of these zones is on another date than UTC: the
-    // local date decides, never the UTC one.
-    let far = stack.user("far@example.com", "far_away").await;
-    let far_id = user_id(&db, "far@example.com").await;
-    let zone = if Utc::now().hour() >= 11 {
-        "Pacific/Kiritimati"
-    } else {
-        "Pacific/Pago_Pago"
-    };
-    set_timezone(&stack, &far, zone).await;
-    let local = local_today(&db, &far_id).await;
+#[tokio::test]
+async fn daily_bonus_follows_the_local_date_whichever_side_of_utc_it_is() {
+    let stack = spawn_stack().await;
+    let db = stack.sql().await;
+    let (ahead_zone, behind_zone) = zones_a_day_apart(&db).await;
+    let ahead = stack.user("ahead@example.com", "ahead").await;
+    let behind = stack.user("behind@example.com", "behind").await;
+    set_timezone(&stack, &ahead, &ahead_zone).await;
+    set_timezone(&stack, &behind, &behind_zone).await;
+    let (ahead_id, behind_id) = (
+        user_id(&db, "ahead@example.com").await,
+        user_id(&db, "behind@example.com").await,
+    );
+    let ahead_today = local_today(&db, &ahead_id).await;
+    let behind_today = local_today(&db, &behind_id).await;
     let utc_today: NaiveDate = db
         .query_one("SELECT (now() AT TIME ZONE 'UTC')::date", &[])
         .await
         .unwrap()
         .get(0);
-    assert_ne!(local, utc_today, "{zone} should be on another date now");
-    if local > utc_today {
-        // Kiritimati is a day ahead: a claim on the UTC date was yesterday there.
-        set_last_bonus(&db, &far_id, Some(utc_today), 1).await;
-        let reply = claim_bonus(&stack, &far).await;
-        assert_eq!(reply.status, 201, "{}", reply.body);
-        assert_eq!(reply.body["daily_login_streak"], 2);
-        assert_eq!(reply.body["bonus_date"], local.to_string());
-    } else {
-        // Pago Pago is a day behind: a claim on its date is today's, even though
-        // the UTC date has moved on.
-        set_last_bonus(&db, &far_id, Some(local), 1).await;
-        claim_bonus(&stack, &far).await.assert_problem(409);
-    }
+    assert_eq!(ahead_today, behind_today + chrono::Days::new(1));
+    assert!(
+        [ahead_today, behind_today].contains(&utc_today),
+        "UTC is between {ahead_zone} and {behind_zone}"
+    );
+
+    // Ahead: a claim dated the other zone's today was yesterday here, so
+    // today's is open and the streak continues. (Were the UTC date used, the
+    // hours when it is the behind zone's date would refuse this claim.)
+    set_last_bonus(&db, &ahead_id, Some(behind_today), 1).await;
+    let reply = claim_bonus(&stack, &ahead).await;
+    assert_eq!(reply.status, 201, "{ahead_zone}: {}", reply.body);
+    assert_eq!(reply.body["daily_login_streak"], 2);
+    assert_eq!(reply.body["bonus_date"], ahead_today.to_string());
+
+    // Behind: a claim dated its own today is today's, although the date has
+    // moved on a zone further east (and, at the hours when UTC has the ahead
+    // zone's date, in UTC too).
+    set_last_bonus(&db, &behind_id, Some(behind_today), 1).await;
+    claim_bonus(&stack, &behind).await.assert_problem(409);
+    set_last_bonus(
+        &db,
+        &behind_id,
+        Some(behind_today - chrono::Days::new(1)),
+        1,
+    )
+    .await;
+    let reply = claim_bonus(&stack, &behind).await;
+    assert_eq!(reply.status, 201, "{behind_zone}: {}", reply.body);
+    assert_eq!(reply.body["daily_login_streak"], 2);
+    assert_eq!(reply.body["bonus_date"], behind_today.to_string());
+
+    // Both claims fell in the days read above: no local date turned meanwhile.
+    assert_eq!(local_today(&db, &ahead_id).await, ahead_today);
+    assert_eq!(local_today(&db, &behind_id).await, behind_today);
     assert_invariants(&db).await;
 }
 
@@ -1477,7 +1507,15 @@ async fn crossing_gifts_between_two_users_never_deadlock_and_add_up() {
         requests.push(futures::future::Either::Left(a));
         requests.push(futures::future::Either::Right(b));
     }
-    let replies = join_all(requests).await;
+    // As many in flight as the stack has database connections: all of them
+    // crossing on the two users' locks, none waiting for a connection (with
+    // all 60 at once, the last ones waited past the pool's timeout on a busy
+    // machine and were answered 503 "the database is busy").
+    let connections = stack.stack.state.db.status().max_size;
+    let replies: Vec<Reply> = futures::stream::iter(requests)
+        .buffered(connections)
+        .collect()
+        .await;
     let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     assert_eq!(wallet(&db, &ann_id).await, (300 - 120 + 180, 0));

@@ -1131,11 +1131,10 @@ async fn per_minute_and_daily_limits_allow_exactly_the_limit() {
     let wait = retry_after(refused);
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
     // A refused request is not counted, and another user has their own window.
-    assert!(
-        quote_at(&mut at_once, &pricing, &ann, path, &inputs)
-            .await
-            .is_err()
-    );
+    let again = quote_at(&mut at_once, &pricing, &ann, path, &inputs)
+        .await
+        .unwrap_err();
+    assert!((1..=60).contains(&retry_after(again)), "still limited");
     assert!(
         quote_at(&mut at_once, &pricing, &bob, path, &inputs)
             .await
@@ -1158,11 +1157,10 @@ async fn per_minute_and_daily_limits_allow_exactly_the_limit() {
             .await
             .is_ok()
     );
-    assert!(
-        quote_at(&mut at_once, &pricing, &ann, path, &inputs)
-            .await
-            .is_err()
-    );
+    let over = quote_at(&mut at_once, &pricing, &ann, path, &inputs)
+        .await
+        .unwrap_err();
+    assert!((1..=60).contains(&retry_after(over)), "limited at four");
     at_once.commit().await.unwrap();
 
     // Daily limit 2 (per-minute off): the third is refused until local midnight.
@@ -1551,12 +1549,17 @@ async fn adjustments_credit_and_debit_but_never_below_available() {
     let replies =
         join_all((0..8).map(|_| call_with_key(&stack, path, &token, Some(body.clone()), "adj-2")))
             .await;
-    let ids: std::collections::HashSet<String> = replies
+    // Each duplicate waits for the first to commit, then replays it: all are
+    // 201 with the same body, and exactly one is not a replay.
+    for reply in &replies {
+        assert_eq!(reply.status, 201, "{replies:?}");
+        assert_eq!(reply.body, replies[0].body, "{replies:?}");
+    }
+    let originals = replies
         .iter()
-        .filter(|r| r.status == 201)
-        .map(|r| r.body["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(ids.len(), 1, "{replies:?}");
+        .filter(|r| r.headers.get("idempotent-replayed").is_none())
+        .count();
+    assert_eq!(originals, 1, "{replies:?}");
     assert_eq!(balance(&client, &ann).await, (60, 50));
     assert_invariants(&client).await;
 

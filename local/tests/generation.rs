@@ -411,7 +411,7 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
         .execute("UPDATE users SET subscription_tier = 'ENTERPRISE'", &[])
         .await
         .unwrap();
-    // Several rounds of 8 generations exceed the seed's 10 a minute.
+    // More generations than the seed's 10 a minute.
     stack
         .sql()
         .await
@@ -428,22 +428,25 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
         .invalidate()
         .await;
     let server = StandIn::start().await;
-    // Each round races 8 cancels against the worker, the worker held back by a
-    // spread of delays (the cancel's HTTP round trip is slower than a claim, so
-    // without them the worker always wins). Rounds widen the spread until both
-    // outcomes were seen, so the test proves each path, whatever the load.
+
+    // Both outcomes, each forced: the cancel and the worker are both in
+    // flight, queued on the job's row lock in a chosen order, so each path of
+    // the race is taken on every run, whatever the machine's speed.
     let (mut completed, mut cancelled) = (0, 0);
-    for round in 0..6u32 {
-        let spread = Duration::from_millis(25 << round);
-        let (c, x) = race_round(&stack, &token, &character, &server, spread).await;
+    for cancel_first in [true, false, true, false] {
+        let (c, x) = ordered_race(&stack, &token, &character, &server, cancel_first).await;
+        assert_eq!((c, x), if cancel_first { (0, 1) } else { (1, 0) });
         completed += c;
         cancelled += x;
-        if completed > 0 && cancelled > 0 {
-            break;
-        }
+    }
+    // Then free races, in whatever order they fall: still one winner each.
+    for _ in 0..2 {
+        let (c, x) = race_round(&stack, &token, &character, &server).await;
+        completed += c;
+        cancelled += x;
     }
     assert!(
-        completed > 0 && cancelled > 0,
+        completed >= 2 && cancelled >= 2,
         "both outcomes must occur: {completed} completed, {cancelled} cancelled"
     );
     let client = stack.sql().await;
@@ -466,15 +469,118 @@ async fn cancel_racing_the_worker_has_exactly_one_winner() {
     assert_invariants(&client).await;
 }
 
-/// Eight jobs, each raced by a cancel and the worker (held back by an even
-/// share of `spread`): exactly one of them wins each job, and its answer says
-/// so. Returns (completed, cancelled).
+/// Backends of this test's database waiting for a lock.
+async fn lock_waiters(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Polls until `n` backends wait for a lock (deadline: 30 s).
+async fn until_lock_waiters(client: &tokio_postgres::Client, n: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lock_waiters(client).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} lock waiters never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One job whose cancel and worker race with their order fixed: the test
+/// holds the job's row lock, starts the first contender, waits until it
+/// queues on the lock, starts the second, waits until it queues too, then
+/// lets go. PostgreSQL grants a row's lock to its waiters in arrival order,
+/// so the first one started wins. Returns (completed, cancelled).
+async fn ordered_race(
+    stack: &TestStack,
+    token: &str,
+    character: &str,
+    server: &StandIn,
+    cancel_first: bool,
+) -> (i32, i32) {
+    let job_id = generate(stack, token, character, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let batch = stack.stack.queue.receive(10);
+    assert_eq!(batch.records.len(), 1);
+
+    let watcher = stack.sql().await;
+    assert_eq!(lock_waiters(&watcher).await, 0);
+    let mut holder = stack.sql().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.query(
+        "SELECT 1 FROM generation_jobs WHERE id = $1 FOR UPDATE",
+        &[&job_id],
+    )
+    .await
+    .unwrap();
+
+    let start_cancel = || {
+        let request = stack
+            .http
+            .post(format!("{}/api/v1/jobs/{job_id}/cancel", stack.base_url))
+            .bearer_auth(token)
+            .send();
+        tokio::spawn(async move { request.await.unwrap().status().as_u16() })
+    };
+    let start_worker = || {
+        let worker = ai_worker(stack, server);
+        let batch = batch.clone();
+        tokio::spawn(async move { worker.handle_batch(batch).await })
+    };
+    let (cancel, work) = if cancel_first {
+        let cancel = start_cancel();
+        until_lock_waiters(&watcher, 1).await;
+        let work = start_worker();
+        until_lock_waiters(&watcher, 2).await;
+        (cancel, work)
+    } else {
+        let work = start_worker();
+        until_lock_waiters(&watcher, 1).await;
+        let cancel = start_cancel();
+        until_lock_waiters(&watcher, 2).await;
+        (cancel, work)
+    };
+    lock.commit().await.unwrap();
+    let cancel_status = cancel.await.unwrap();
+    let processed = work.await.unwrap();
+    assert!(processed.batch_item_failures.is_empty());
+    outcome(stack, &job_id, cancel_status).await
+}
+
+/// What became of a raced job; its cancel's answer must agree.
+/// Returns (completed, cancelled).
+async fn outcome(stack: &TestStack, job_id: &str, cancel_status: u16) -> (i32, i32) {
+    match job_status(stack, job_id).await.as_str() {
+        "cancelled" => {
+            assert_eq!(cancel_status, 200, "{job_id}");
+            (0, 1)
+        }
+        "completed" => {
+            assert_eq!(cancel_status, 409, "{job_id}");
+            (1, 0)
+        }
+        other => panic!("job {job_id} ended {other}"),
+    }
+}
+
+/// Eight jobs, each raced by a cancel and the worker with nothing steering
+/// the order: exactly one of them wins each job, and its answer says so.
+/// Returns (completed, cancelled).
 async fn race_round(
     stack: &TestStack,
     token: &str,
     character: &str,
     server: &StandIn,
-    spread: Duration,
 ) -> (i32, i32) {
     let mut jobs = Vec::new();
     for _ in 0..8 {
@@ -487,7 +593,7 @@ async fn race_round(
     }
     let batch = stack.stack.queue.receive(10);
     assert_eq!(batch.records.len(), 8);
-    let races = jobs.iter().enumerate().map(|(i, job_id)| {
+    let races = jobs.iter().map(|job_id| {
         let worker = ai_worker(stack, server);
         let mut event = batch.clone();
         event.records.retain(|r| {
@@ -500,31 +606,18 @@ async fn race_round(
             .post(format!("{}/api/v1/jobs/{job_id}/cancel", stack.base_url))
             .bearer_auth(token)
             .send();
-        let hold_back = spread * i as u32 / 7;
         async move {
-            let work = async {
-                tokio::time::sleep(hold_back).await;
-                worker.handle_batch(event).await
-            };
-            let (processed, cancelled) = tokio::join!(work, cancel);
+            let (processed, cancelled) = tokio::join!(worker.handle_batch(event), cancel);
             assert!(processed.batch_item_failures.is_empty());
             cancelled.unwrap().status().as_u16()
         }
     });
-    let outcomes = join_all(races).await;
+    let statuses = join_all(races).await;
     let (mut completed, mut cancelled) = (0, 0);
-    for (job_id, cancel_status) in jobs.iter().zip(&outcomes) {
-        match job_status(stack, job_id).await.as_str() {
-            "cancelled" => {
-                assert_eq!(*cancel_status, 200, "{job_id}");
-                cancelled += 1;
-            }
-            "completed" => {
-                assert_eq!(*cancel_status, 409, "{job_id}");
-                completed += 1;
-            }
-            other => panic!("job {job_id} ended {other}"),
-        }
+    for (job_id, status) in jobs.iter().zip(statuses) {
+        let (c, x) = outcome(stack, job_id, status).await;
+        completed += c;
+        cancelled += x;
     }
     (completed, cancelled)
 }

@@ -778,8 +778,14 @@ async fn a_hidden_character_stays_out_of_the_gallery_until_unhidden() {
             "BEGIN; SELECT set_config('role', 'app_api', true), set_config('app.user_id', '{ann_id}', true); \
              UPDATE characters SET moderation_hidden = false WHERE id = '{a}'; COMMIT;"
         ))
-        .await;
-    assert!(refused.is_err(), "app_api wrote moderation_hidden");
+        .await
+        .expect_err("app_api wrote moderation_hidden");
+    // Refused by the column privileges, not by some other failure.
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused:?}"
+    );
     client.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(gallery(&stack).await, vec![b.clone()]);
 

@@ -256,19 +256,47 @@ async fn liking_twice_keeps_one_like_and_unliking_never_goes_negative() {
     assert_eq!(like_count(&stack, &ember).await, 0);
     assert_eq!(like_rows(&stack, &ember).await, 0);
 
-    // Liking and unliking raced against each other end in a consistent state.
-    join_all((0..20).map(|i| {
-        let method = if i % 2 == 0 {
-            Method::PUT
-        } else {
-            Method::DELETE
-        };
-        stack.call(method, &like, Some(&bob), None)
-    }))
+    // Liking and unliking raced against each other: every request succeeds and
+    // says what it did, and they end in a consistent state.
+    let methods: Vec<Method> = (0..20)
+        .map(|i| {
+            if i % 2 == 0 {
+                Method::PUT
+            } else {
+                Method::DELETE
+            }
+        })
+        .collect();
+    let replies = join_all(
+        methods
+            .iter()
+            .map(|method| stack.call(method.clone(), &like, Some(&bob), None)),
+    )
     .await;
+    for (method, reply) in methods.iter().zip(&replies) {
+        assert_status(reply, 200);
+        assert_eq!(reply.body["character_id"], ember.as_str(), "{method}");
+        assert_eq!(reply.body["liked"], *method == Method::PUT, "{method}");
+        // Bob is the only one who can like it: the count a request read is
+        // 0 or 1 (one that changed nothing may read a racing one's commit).
+        let seen = reply.body["like_count"].as_i64();
+        assert!(matches!(seen, Some(0 | 1)), "{method}: {}", reply.body);
+    }
     let rows = like_rows(&stack, &ember).await;
     assert!(rows <= 1);
     assert_eq!(like_count(&stack, &ember).await, rows);
+    // The race started unliked, so some like inserted the row and read its own
+    // count of 1; if it ended unliked, some unlike deleted it and read 0.
+    let saw = |method: Method, count: i64| {
+        methods
+            .iter()
+            .zip(&replies)
+            .any(|(m, r)| *m == method && r.body["like_count"] == count)
+    };
+    assert!(saw(Method::PUT, 1), "no like took effect: {replies:?}");
+    if rows == 0 {
+        assert!(saw(Method::DELETE, 0), "no unlike took effect: {replies:?}");
+    }
 }
 
 #[tokio::test]
@@ -422,26 +450,65 @@ async fn twenty_concurrent_raters_keep_the_aggregate_exact() {
 
     // Now at once: even raters change their mind (twice, racing themselves),
     // odd raters withdraw.
-    join_all(tokens.iter().enumerate().flat_map(|(i, t)| {
-        if i % 2 == 0 {
-            vec![
-                stack.call(Method::PUT, &rating, Some(t), Some(json!({"rating": 5}))),
-                stack.call(
-                    Method::PUT,
-                    &rating,
-                    Some(t),
-                    Some(json!({"rating": 5, "review_text": "on reflection"})),
-                ),
-            ]
-        } else {
-            vec![stack.call(Method::DELETE, &rating, Some(t), None)]
-        }
+    let requests: Vec<(usize, Method, Option<&str>)> = (0..tokens.len())
+        .flat_map(|i| {
+            if i % 2 == 0 {
+                vec![
+                    (i, Method::PUT, None),
+                    (i, Method::PUT, Some("on reflection")),
+                ]
+            } else {
+                vec![(i, Method::DELETE, None)]
+            }
+        })
+        .collect();
+    let replies = join_all(requests.iter().map(|(i, method, review)| {
+        let body = (*method == Method::PUT).then(|| match review {
+            Some(text) => json!({"rating": 5, "review_text": text}),
+            None => json!({"rating": 5}),
+        });
+        stack.call(method.clone(), &rating, Some(&tokens[*i]), body)
     }))
     .await;
+    // Every rating existed before the race: each change replaces it (200,
+    // never a second 201) and each withdrawal finds it (204, never a 404).
+    for ((i, method, review), reply) in requests.iter().zip(&replies) {
+        if *method == Method::PUT {
+            assert_status(reply, 200);
+            assert_eq!(reply.body["rating"], 5, "rater {i}: {}", reply.body);
+            assert_eq!(reply.body["review_text"], json!(review), "rater {i}");
+            // What the aggregate was when it committed: between all withdrawals
+            // done (10 ratings) and none (20).
+            let count = reply.body["rating_count"].as_i64().unwrap_or(-1);
+            assert!((10..=20).contains(&count), "rater {i}: {}", reply.body);
+        } else {
+            assert_status(reply, 204);
+        }
+    }
     assert_eq!(
         assert_rating_aggregate_matches_rows(&stack, &ember).await,
         (10, Some(5.0))
     );
+    // Each even rater's one row holds one of the two texts they sent.
+    let texts: Vec<Option<String>> = stack
+        .sql()
+        .await
+        .query(
+            "SELECT review_text FROM character_ratings WHERE character_id = $1",
+            &[&ember],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(texts.len(), 10);
+    for text in &texts {
+        assert!(
+            matches!(text.as_deref(), None | Some("on reflection")),
+            "{text:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! design assumes (visibility timeout, redrive to a dead-letter queue).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use shared::ports::queue::sqs::SqsJobQueue;
@@ -44,6 +44,63 @@ async fn receive(
         .unwrap()
         .messages
         .unwrap_or_default()
+}
+
+/// Long-polls `queue_url` (one second at a time) until a receive returns
+/// messages, failing the test after `within`; with how long after `since`
+/// they came. Waiting for a message that is due is done by asking SQS,
+/// never by sleeping for a guessed time.
+async fn receive_within(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    visibility: Option<i32>,
+    since: Instant,
+    within: Duration,
+) -> (Vec<aws_sdk_sqs::types::Message>, Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .set_visibility_timeout(visibility)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if !got.is_empty() {
+            return (got, since.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing arrived on {queue_url} within {within:?}"
+        );
+    }
+}
+
+/// The queue's (visible, in flight, delayed) message counts.
+async fn queue_depths(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> (String, String, String) {
+    let mut attributes = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    let mut take = |name| attributes.remove(&name).unwrap_or_default();
+    (
+        take(QueueAttributeName::ApproximateNumberOfMessages),
+        take(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        take(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+    )
 }
 
 fn receive_count(message: &aws_sdk_sqs::types::Message) -> String {
@@ -143,12 +200,11 @@ async fn sqs_queue_sends_attributes_and_delays_by_priority() {
     };
     let id = queue.send(&urgent).await.unwrap();
     assert!(!id.is_empty());
-    // Priority 4 (one below the default): visible two seconds later.
-    let mut later = urgent.clone();
-    later.body = r#"{"job_id":"job-later"}"#.into();
-    later.attributes.insert("priority".into(), "4".into());
-    queue.send(&later).await.unwrap();
-
+    // Visible at once: one waiting, none delayed, and the next receive gets it.
+    assert_eq!(
+        queue_depths(&sqs, &queue_url).await,
+        ("1".into(), "0".into(), "0".into())
+    );
     let now = receive(&sqs, &queue_url, Some(60)).await;
     assert_eq!(now.len(), 1, "{now:?}");
     let message = &now[0];
@@ -164,10 +220,29 @@ async fn sqs_queue_sends_attributes_and_delays_by_priority() {
         assert_eq!(attribute.string_value(), Some(value), "{name}");
     }
 
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let delayed = receive(&sqs, &queue_url, Some(60)).await;
+    // Priority 4 (one below the default): held back two seconds, then
+    // delivered. However slow the machine, it cannot arrive sooner than that
+    // after it was sent (less 50 ms: moto's clock is the wall clock, ours is
+    // monotonic).
+    let mut later = urgent.clone();
+    later.body = r#"{"job_id":"job-later"}"#.into();
+    later.attributes.insert("priority".into(), "4".into());
+    let sent_later = Instant::now();
+    queue.send(&later).await.unwrap();
+    let (delayed, after) = receive_within(
+        &sqs,
+        &queue_url,
+        Some(60),
+        sent_later,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(delayed.len(), 1, "{delayed:?}");
     assert_eq!(delayed[0].body(), Some(r#"{"job_id":"job-later"}"#));
+    assert!(
+        after >= Duration::from_millis(1950),
+        "delivered {after:?} after the send, before its two-second delay"
+    );
 }
 
 #[tokio::test]
@@ -183,13 +258,18 @@ async fn sqs_message_not_deleted_comes_back_after_the_visibility_timeout() {
     message.attributes.insert("priority".into(), "10".into());
     queue.send(&message).await.unwrap();
 
+    let received_at = Instant::now();
     let first = receive(&sqs, &queue_url, None).await;
     assert_eq!(first.len(), 1);
     assert_eq!(receive_count(&first[0]), "1");
-    // In flight: invisible until the timeout passes.
-    assert!(receive(&sqs, &queue_url, None).await.is_empty());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = receive(&sqs, &queue_url, None).await;
+    // In flight, it is invisible until the timeout has passed (however slow
+    // the machine, not sooner: less 50 ms for moto's wall clock), then back.
+    let (again, after) =
+        receive_within(&sqs, &queue_url, None, received_at, Duration::from_secs(30)).await;
+    assert!(
+        after >= Duration::from_millis(950),
+        "back {after:?} after the receive, within its visibility timeout"
+    );
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].body(), Some(r#"{"job_id":"j1"}"#));
     assert_eq!(receive_count(&again[0]), "2");
@@ -201,7 +281,11 @@ async fn sqs_message_not_deleted_comes_back_after_the_visibility_timeout() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing is left to come back: none visible, in flight or delayed.
+    assert_eq!(
+        queue_depths(&sqs, &queue_url).await,
+        ("0".into(), "0".into(), "0".into())
+    );
     assert!(receive(&sqs, &queue_url, None).await.is_empty());
 }
 

@@ -294,17 +294,24 @@ async fn migrations_create_the_whole_seed_design_and_rerunning_changes_nothing()
         .unwrap();
     let same_email = client
         .execute("INSERT INTO users (email) VALUES ('ann@example.COM')", &[])
-        .await;
-    assert!(same_email.is_err(), "case-insensitive email uniqueness");
+        .await
+        .expect_err("case-insensitive email uniqueness");
+    assert_eq!(
+        same_email.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+        "{same_email:?}"
+    );
     let same_username = client
         .execute(
             "INSERT INTO users (email, username) VALUES ('bob@example.com', 'ANN')",
             &[],
         )
-        .await;
-    assert!(
-        same_username.is_err(),
-        "case-insensitive username uniqueness"
+        .await
+        .expect_err("case-insensitive username uniqueness");
+    assert_eq!(
+        same_username.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+        "{same_username:?}"
     );
     client.execute("DELETE FROM users", &[]).await.unwrap();
 

@@ -14,7 +14,7 @@
 //! rows (by user id), then ledger posts.
 
 pub(crate) mod bonus;
-pub(crate) mod gifts;
+pub mod gifts;
 pub(crate) mod history;
 pub(crate) mod packages;
 pub(crate) mod price_list;

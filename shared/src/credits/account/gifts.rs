@@ -55,10 +55,10 @@ struct GiftBody {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct GiftRequest {
-    to_username: String,
-    amount: i32,
-    message: Option<String>,
+pub struct GiftRequest {
+    pub to_username: String,
+    pub amount: i32,
+    pub message: Option<String>,
 }
 
 fn validate(body: Map<String, Value>, config: &CreditsConfig) -> Result<GiftRequest, ApiError> {
@@ -243,7 +243,11 @@ fn is_active(status: Option<&str>) -> bool {
     matches!(status, None | Some("active"))
 }
 
-async fn transfer(
+/// The gift itself, in the caller's transaction (everything the route does
+/// after its Idempotency-Key): the locks, the checks, both entries and both
+/// activity rows; the JSON answer. Public so that the ledger's property
+/// tests race the real thing against the engine's other writers.
+pub async fn transfer(
     tx: &Transaction<'_>,
     config: &CreditsConfig,
     sender: &User,

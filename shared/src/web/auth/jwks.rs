@@ -12,6 +12,7 @@
 //! of the identity provider never becomes a fetch storm from every instance.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
@@ -64,8 +65,13 @@ impl Cached {
     }
 }
 
+/// Where the cache reads the time: [`Instant::now`], unless a test moves a
+/// clock of its own by hand to check the intervals exactly.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
 pub struct JwksCache {
     url: String,
+    clock: Clock,
     http: reqwest::Client,
     min_refresh: Duration,
     max_age: Duration,
@@ -82,12 +88,23 @@ impl JwksCache {
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {
             url,
+            clock: Arc::new(Instant::now),
             http,
             min_refresh,
             max_age: Duration::from_secs(3600),
             cached: RwLock::new(Cached::default()),
             fetching: Mutex::new(()),
         }
+    }
+
+    /// The same cache reading the time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn since(&self, at: Instant) -> Duration {
+        (self.clock)().saturating_duration_since(at)
     }
 
     /// The RS256 verification key with this `kid`.
@@ -105,7 +122,7 @@ impl JwksCache {
             (
                 cached
                     .attempted_at
-                    .is_some_and(|at| at.elapsed() < cached.wait(self.min_refresh)),
+                    .is_some_and(|at| self.since(at) < cached.wait(self.min_refresh)),
                 cached.failures > 0,
                 cached.keys.get(kid).cloned(),
             )
@@ -121,7 +138,7 @@ impl JwksCache {
         }
         let fetched = self.fetch().await;
         let mut cached = self.cached.write().await;
-        cached.attempted_at = Some(Instant::now());
+        cached.attempted_at = Some((self.clock)());
         match fetched {
             Ok(keys) => {
                 let found = keys.get(kid).cloned();
@@ -145,7 +162,7 @@ impl JwksCache {
         let cached = self.cached.read().await;
         let fresh = cached
             .fetched_at
-            .is_some_and(|at| at.elapsed() < self.max_age);
+            .is_some_and(|at| self.since(at) < self.max_age);
         if fresh {
             cached.keys.get(kid).cloned()
         } else {

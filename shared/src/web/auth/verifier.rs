@@ -4,7 +4,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::JwksCache;
+use super::jwks::{Clock, JwksCache};
 use super::{AuthError, Identity};
 use crate::kernel::config::AuthConfig;
 
@@ -31,6 +31,12 @@ impl TokenVerifier {
             validation,
             email_claim: config.email_claim.clone(),
         }
+    }
+
+    /// The same verifier, its key cache reading the time from `clock`.
+    pub fn with_jwks_clock(mut self, clock: Clock) -> Self {
+        self.jwks = self.jwks.with_clock(clock);
+        self
     }
 
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
