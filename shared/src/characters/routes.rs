@@ -100,7 +100,7 @@ pub(crate) async fn create_character(
 ) -> Result<impl IntoResponse, ApiError> {
     let fields = fields::parse(body, Purpose::Create)?;
     let (tx, user) = account.begin_as_user().await?;
-    let mut character = repo::create(&tx, &user, &fields, &meta).await?;
+    let mut character = repo::create(&tx, user, &fields, &meta).await?;
     tx.commit().await?;
     character.present(state.storage.as_deref()).await;
     Ok((StatusCode::CREATED, Json(character)))
@@ -186,7 +186,7 @@ pub(crate) async fn update_character(
     let id = resource_id(&id, "character")?;
     let fields = fields::parse(body, Purpose::Update)?;
     let (tx, user) = account.begin_as_user().await?;
-    let mut character = repo::update(&tx, &user, id, &fields, &meta).await?;
+    let mut character = repo::update(&tx, user, id, &fields, &meta).await?;
     tx.commit().await?;
     character.present(state.storage.as_deref()).await;
     Ok(Json(character))
@@ -221,9 +221,9 @@ pub(crate) async fn delete_character(
     // character that no longer exists. Then the deletion itself, under RLS.
     crate::jobs::lifecycle::cancel_for_character(&tx, id, &user.id).await?;
     db::act_as(&tx, Some(&user.id)).await?;
-    repo::owned(&tx, &user, id).await?;
+    repo::owned(&tx, user, id).await?;
     let objects = repo::stored_objects(&tx, id).await?;
-    repo::delete(&tx, &user, id, &meta).await?;
+    repo::delete(&tx, user, id, &meta).await?;
     tx.commit().await?;
     // The rows are gone; now the images. A failure here leaves an orphan for
     // the bucket's lifecycle rule, never a character pointing at nothing.
@@ -357,7 +357,7 @@ pub(crate) async fn list_characters(
         errors,
     )?;
     let (tx, user) = account.begin_as_user().await?;
-    let mut page = repo::list_own(&tx, &user, &filter, limit, after).await?;
+    let mut page = repo::list_own(&tx, user, &filter, limit, after).await?;
     tx.commit().await?;
     for character in &mut page.items {
         character.present(state.storage.as_deref()).await;
@@ -756,10 +756,10 @@ pub(crate) async fn delete_image(
     let (tx, user) = account.begin_system().await?;
     // As the system role, scoped to the caller's own image: its job stops listing it.
     // Then the checks and the deletion, under RLS; a refusal rolls both back.
-    images::forget_job_output(&tx, &user, id, image_id).await?;
+    images::forget_job_output(&tx, user, id, image_id).await?;
     db::act_as(&tx, Some(&user.id)).await?;
-    repo::owned(&tx, &user, id).await?;
-    let objects = images::delete(&tx, &user, id, image_id, &meta).await?;
+    repo::owned(&tx, user, id).await?;
+    let objects = images::delete(&tx, user, id, image_id, &meta).await?;
     tx.commit().await?;
     // The row is gone; now the files. A failure leaves an orphan for the
     // bucket's lifecycle rule, never an image row pointing at nothing.
