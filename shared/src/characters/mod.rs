@@ -1,8 +1,9 @@
 //! Characters: the creative workspace (create, edit, list, variants) and the
 //! public gallery.
 //!
-//! It may use [`crate::credits`] (a deleted character's holds are released),
-//! [`crate::users`] and [`crate::activity`]; jobs and gdpr use it.
+//! It may use [`crate::jobs`] (starting a generation, cancelling a deleted
+//! character's jobs), [`crate::credits`], [`crate::users`] and
+//! [`crate::activity`]; only gdpr and the runtime use it.
 
 pub mod content_filter;
 pub mod fields;

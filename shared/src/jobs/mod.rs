@@ -1,10 +1,13 @@
-//! Generation jobs: dispatch (price, hold, record, enqueue), reading them, and
-//! cancelling queued ones. [`input::GenerationInput`] is what a job renders,
-//! shared by dispatch and the worker.
+//! Generation jobs: every transition of a job ([`lifecycle`]), sending their
+//! messages after commit ([`outbox`]), rendering them ([`worker`]), and the
+//! routes that list, read and cancel them. [`input::GenerationInput`] is what
+//! a job renders, written by `characters::generate` and read by the worker.
 //!
-//! It may use [`crate::characters`], [`crate::credits`], [`crate::users`] and
-//! [`crate::activity`]; gdpr and the runtime (the worker's Lambda adapter, the
-//! scheduler) use it.
+//! It may use [`crate::credits`] (holds), [`crate::users`] and
+//! [`crate::activity`], never [`crate::characters`]: characters use it (a
+//! generation starts in `characters::generate`, a deleted character cancels
+//! its jobs through [`lifecycle`]), and so do moderation, gdpr and the
+//! runtime (the worker's Lambda adapter, the scheduler).
 
 pub mod input;
 pub mod lifecycle;
