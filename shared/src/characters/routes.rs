@@ -40,6 +40,7 @@ use crate::web::responses::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::state::AppState;
 
 pub const GENERATION_STATUSES: [&str; 5] =
@@ -84,7 +85,7 @@ pub fn router() -> Router<AppState> {
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The account is banned or erased, or suspended and the character is public.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, response = NoAccountYet),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -122,7 +123,7 @@ pub(crate) async fn create_character(
     responses(
         (status = 200, description = "The character.", body = Character),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -325,8 +326,8 @@ fn common_filters(
     responses(
         (status = 200, description = "A page of the caller's characters.", body = Page<Character>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -444,7 +445,7 @@ async fn gallery_page(
     responses(
         (status = 200, description = "A page of the gallery.", body = Page<GalleryItem>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -470,7 +471,7 @@ pub(crate) async fn list_gallery(
     responses(
         (status = 200, description = "A page of featured gallery characters.", body = Page<GalleryItem>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -509,7 +510,7 @@ pub struct DownloadLink {
     responses(
         (status = 200, description = "The link.", body = DownloadLink),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The character has no image yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Image storage is not configured (`Retry-After: 60`), or the database or the token issuer's keys are briefly unavailable.", body = Problem, content_type = "application/problem+json",
@@ -605,7 +606,7 @@ pub(crate) struct PageQuery {
     responses(
         (status = 200, description = "A page of the character's images.", body = Page<CharacterImage>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
@@ -788,7 +789,7 @@ pub(crate) async fn delete_image(
     responses(
         (status = 200, description = "A page of the family, by version number.", body = Page<Character>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),

@@ -36,6 +36,7 @@ use crate::users::repo::current_user;
 use crate::web::auth::{Caller, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery};
 use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -118,7 +119,7 @@ async fn owned_collection(
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The account is banned or erased, or suspended and the collection is public.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, response = NoAccountYet),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -172,8 +173,8 @@ pub(crate) struct PageQuery {
     responses(
         (status = 200, description = "A page of the caller's collections.", body = Page<Collection>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -207,7 +208,7 @@ pub(crate) async fn list_collections(
     responses(
         (status = 200, description = "The collection.", body = Collection),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such collection, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -319,7 +320,7 @@ pub(crate) async fn delete_collection(
     responses(
         (status = 200, description = "A page of members.", body = Page<CollectionMember>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such collection, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),

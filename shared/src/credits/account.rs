@@ -36,6 +36,7 @@ use crate::kernel::error::{ApiError, PROBLEM_JSON, Problem};
 use crate::users::repo::current_user;
 use crate::web::auth::Caller;
 use crate::web::http::ApiQuery;
+use crate::web::responses::AccountRefused;
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
@@ -87,7 +88,7 @@ pub(crate) struct BalanceView {
     responses(
         (status = 200, description = "The caller's balance.", body = BalanceView),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No account (or no credit account) yet: sign in first.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),

@@ -40,6 +40,7 @@ use crate::web::http::ApiQuery;
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::decode_strict;
 use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
@@ -272,7 +273,7 @@ fn bad_gateway(detail: &str) -> Response {
         (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is missing or malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The package is not offered to the caller's tier, or the account is banned or erased (`/problems/forbidden`); or one of the caller's payments is disputed, and purchases are frozen until the dispute closes (`/problems/account-frozen`; the Idempotency-Key stays unused).", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, response = NoAccountYet),
         (status = 409, description = "A request with this Idempotency-Key is still in progress (its checkout is being created), or the package is misconfigured and cannot be bought now.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -516,8 +517,8 @@ pub(crate) struct PageQuery {
     responses(
         (status = 200, description = "A page of the caller's orders.", body = Page<PurchaseOrder>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),

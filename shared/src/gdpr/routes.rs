@@ -25,6 +25,7 @@ use crate::users::repo::current_user;
 use crate::web::auth::Caller;
 use crate::web::http::{RawBody, RequestMeta};
 use crate::web::input::decode_strict;
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -58,8 +59,8 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "The export document (`format: charplat-export`), or, when it is larger than `EXPORT_INLINE_MAX_BYTES`, a link to it (`format: charplat-export-link`). Sent with `Cache-Control: no-store`.", body = ExportAnswer),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 503, description = "The document is too large to send inline and storage is not configured or failed (nothing was logged), or the database is briefly unavailable. Retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = 500, response = InternalError),

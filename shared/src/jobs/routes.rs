@@ -15,6 +15,7 @@ use crate::users::fields::one_of;
 use crate::web::http::{ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
@@ -55,8 +56,8 @@ pub(crate) struct JobsQuery {
     responses(
         (status = 200, description = "A page of the caller's jobs.", body = Page<Job>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -123,7 +124,7 @@ pub(crate) async fn list_jobs(
     responses(
         (status = 200, description = "The job.", body = Job),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such job of the caller's.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -162,7 +163,7 @@ pub(crate) async fn get_job(
     responses(
         (status = 200, description = "The cancelled job.", body = Job),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such job of the caller's.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job is no longer queued.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),

@@ -18,6 +18,7 @@ use crate::credits::admin::{Admin, changes, path_id};
 use crate::kernel::error::{ApiError, Problem};
 use crate::users;
 use crate::web::http::{ApiPath, RequestMeta};
+use crate::web::responses::AdminRefused;
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized};
 use crate::web::state::AppState;
 
@@ -270,7 +271,7 @@ async fn moderate(
     responses(
         (status = 200, description = "The character, featured.", body = ModeratedCharacter),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The character is not in the gallery (private, hidden, or its owner is inactive or does not allow showcase).", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
@@ -300,7 +301,7 @@ pub(crate) async fn feature(
     responses(
         (status = 200, description = "The character, not featured.", body = ModeratedCharacter),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -331,7 +332,7 @@ pub(crate) async fn unfeature(
     responses(
         (status = 200, description = "The character, hidden.", body = ModeratedCharacter),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -362,7 +363,7 @@ pub(crate) async fn hide(
     responses(
         (status = 200, description = "The character, not hidden.", body = ModeratedCharacter),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -393,7 +394,7 @@ pub(crate) async fn unhide(
     responses(
         (status = 200, description = "The character, private.", body = ModeratedCharacter),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),

@@ -24,6 +24,7 @@ use crate::users::fields::one_of;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::{check, finish};
 use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{AdminNoAccountYet, AdminRefused};
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -139,8 +140,8 @@ pub(crate) struct ReportsQuery {
     responses(
         (status = 200, description = "A page of reports, oldest first.", body = Page<ReportItem>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
+        (status = 404, response = AdminNoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -329,7 +330,7 @@ pub struct ResolvedReport {
         (status = 200, description = "The resolved report, with the character as it is now.", body = ResolvedReport),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such report, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The report is not open (already actioned or dismissed). Nothing changed.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),

@@ -39,6 +39,7 @@ use crate::kernel::tier::Tier;
 use crate::users::AccountStatus;
 use crate::users::{self, USER_COLUMNS, User};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::responses::AdminRefused;
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -161,7 +162,7 @@ fn lookup_value(
     responses(
         (status = 200, description = "The user.", body = AdminUser),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No user matches, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),

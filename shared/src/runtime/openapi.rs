@@ -138,6 +138,10 @@ links; they exist only there and are not part of this document.";
             crate::web::responses::ValidationFailed,
             crate::web::responses::ServiceUnavailable,
             crate::web::responses::InternalError,
+            crate::web::responses::AccountRefused,
+            crate::web::responses::NoAccountYet,
+            crate::web::responses::AdminRefused,
+            crate::web::responses::AdminNoAccountYet,
         )
     ),
     modifiers(

@@ -36,6 +36,7 @@ use crate::users::repo::current_user;
 use crate::web::auth::{Caller, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::pagination::{self, TimeKey};
+use crate::web::responses::AccountRefused;
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -108,7 +109,7 @@ pub(crate) async fn like(
     responses(
         (status = 200, description = "The caller does not like the character.", body = LikeState),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -211,7 +212,7 @@ pub(crate) async fn put_rating(
     responses(
         (status = 204, description = "The rating is gone."),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character (or not visible to the caller), the caller has not rated it, or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -272,7 +273,7 @@ pub(crate) struct ListQuery {
     responses(
         (status = 200, description = "A page of ratings.", body = RatingsPage),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),

@@ -30,6 +30,7 @@ use crate::web::responses::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -54,7 +55,7 @@ pub fn router() -> Router<AppState> {
         (status = 200, description = "Signed in to an existing account.", body = User),
         (status = 201, description = "First sign-in: the account was created.", body = User),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 409, description = "The token's email belongs to an account bound to another identity.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "First sign-in with a token that carries no valid email claim (`errors[].field` is `token.email`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
@@ -85,7 +86,7 @@ pub(crate) async fn create_session(
     responses(
         (status = 200, description = "The caller's `users` row.", body = User),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No account yet: sign in with `POST /api/v1/auth/session` first.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -278,8 +279,8 @@ impl MePatch {
         (status = 200, description = "The changed account.", body = User),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 409, description = "The username is taken (regardless of case).", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -310,8 +311,8 @@ pub(crate) async fn patch_me(
     responses(
         (status = 200, description = "The caller's `user_profiles` row.", body = Profile),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
     )
@@ -482,8 +483,8 @@ impl ProfilePut {
         (status = 200, description = "The replaced profile.", body = Profile),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -516,7 +517,7 @@ pub(crate) async fn put_profile(
     responses(
         (status = 200, description = "The public profile.", body = PublicUser),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "No such user, or their profile is not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),

@@ -70,6 +70,34 @@ pub struct ServiceUnavailable(Problem);
 #[allow(dead_code)]
 pub struct InternalError(Problem);
 
+/// The caller's account is suspended where the route needs an active one, banned, or erased
+/// (`/problems/forbidden`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct AccountRefused(Problem);
+
+/// The token is valid but its identity has no account yet: sign in first with
+/// `POST /api/v1/auth/session` (`/problems/not-found`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct NoAccountYet(Problem);
+
+/// The token lacks the `admin` permission, or the admin's own account is banned or erased
+/// (`/problems/forbidden`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct AdminRefused(Problem);
+
+/// The admin's token is valid but its identity has no account yet: sign in first
+/// (`/problems/not-found`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct AdminNoAccountYet(Problem);
+
 // ------------------------------------------------------------------------------------------
 // Schemas of request fields whose constraints live in constants (`schema_with = ...`).
 // ------------------------------------------------------------------------------------------

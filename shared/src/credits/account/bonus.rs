@@ -29,6 +29,7 @@ use crate::kernel::error::{ApiError, Problem};
 use crate::users::account::Account;
 use crate::web::http::{RawBody, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized};
 use crate::web::state::AppState;
 
@@ -127,8 +128,8 @@ pub(crate) struct DailyBonus {
         (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = Unauthorized),
         (status = 413, response = PayloadTooLarge),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 409, description = "This window's bonus is already claimed: the problem carries `next_available_at` (when the daily window ends, also as `Retry-After`), `last_daily_bonus_date` and `daily_login_streak`. Or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the next bonus opens (when already claimed)."))),
         (status = 422, description = "The body is JSON other than `{}` (this route takes no fields), or the Idempotency-Key was already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),

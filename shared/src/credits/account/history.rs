@@ -14,12 +14,13 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::credits::ledger::TRANSACTION_TYPES;
-use crate::kernel::error::{ApiError, FieldError, Problem};
+use crate::kernel::error::{ApiError, FieldError};
 use crate::users::repo::current_user;
 use crate::web::auth::Caller;
 use crate::web::http::ApiQuery;
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
@@ -112,8 +113,8 @@ fn transaction_type_param() -> utoipa::openapi::Object {
     responses(
         (status = 200, description = "A page of the caller's ledger entries.", body = Page<LedgerEntry>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
+        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),

@@ -9,10 +9,11 @@ use utoipa::ToSchema;
 
 use super::NoQuery;
 use crate::web::auth::OptionalCaller;
+use crate::web::responses::AccountRefused;
 use crate::web::state::AppState;
 
 use crate::credits::engine::tier_of;
-use crate::kernel::error::{ApiError, Problem};
+use crate::kernel::error::ApiError;
 use crate::kernel::tier::Tier;
 use crate::web::http::ApiQuery;
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
@@ -62,7 +63,7 @@ pub(crate) struct PackageList {
     responses(
         (status = 200, description = "The packages the caller can buy now.", body = PackageList),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use super::NoQuery;
 use crate::web::auth::OptionalCaller;
+use crate::web::responses::AccountRefused;
 use crate::web::state::AppState;
 
 use crate::credits::engine::tier_of;
@@ -239,7 +240,7 @@ fn window(used: i32, limit: Option<i32>, resets_at: DateTime<Utc>) -> Window {
     responses(
         (status = 200, description = "The price list for the caller.", body = PriceList),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The caller's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AccountRefused),
         (status = 404, description = "The caller's account has no credit account.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),

@@ -20,6 +20,7 @@ use crate::kernel::tier::Tier;
 use crate::users;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::pagination::{self, Page};
+use crate::web::responses::{AdminNoAccountYet, AdminRefused};
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -521,8 +522,8 @@ struct PackageKey {
     responses(
         (status = 200, description = "A page of credit packages.", body = Page<CreditPackage>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
+        (status = 404, response = AdminNoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -579,8 +580,8 @@ pub async fn list(
             headers(("Location" = String, description = "The package's URL path."))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
+        (status = 404, response = AdminNoAccountYet),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -663,7 +664,7 @@ pub async fn create(
         (status = 200, description = "The package, changed.", body = CreditPackage),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such credit package, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),

@@ -30,6 +30,7 @@ use crate::kernel::tier::Tier;
 use crate::users;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::pagination::{self, Page};
+use crate::web::responses::{AdminNoAccountYet, AdminRefused};
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -524,8 +525,8 @@ struct PricingKey {
     responses(
         (status = 200, description = "A page of pricing configs.", body = Page<PricingConfig>),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
+        (status = 404, response = AdminNoAccountYet),
         (status = 422, response = ValidationFailed),
         (status = 503, response = ServiceUnavailable),
         (status = 500, response = InternalError),
@@ -590,8 +591,8 @@ pub async fn list(
             headers(("Location" = String, description = "The config's URL path."))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin has no account yet: sign in first.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
+        (status = 404, response = AdminNoAccountYet),
         (status = 409, description = "Another config of the same method matches some of the same paths (the engine prices a request by one config only).", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -679,7 +680,7 @@ pub async fn create(
         (status = 200, description = "The config, changed.", body = PricingConfig),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "The token lacks the `admin` permission, or the admin's account is banned or erased.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, response = AdminRefused),
         (status = 404, description = "No such pricing config, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The new pattern or method would match some of the same paths as another config of that method.", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
