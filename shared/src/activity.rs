@@ -92,3 +92,35 @@ pub async fn record(
         .await?;
     Ok(())
 }
+
+/// `{field: {from, to}}` for every listed field whose value differs between
+/// two serialised rows: what an update changed, for the audit row.
+pub fn changes(before: &Value, after: &Value, fields: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    for field in fields {
+        let (from, to) = (&before[*field], &after[*field]);
+        if from != to {
+            out.insert(
+                (*field).to_string(),
+                serde_json::json!({"from": from, "to": to}),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changes_list_only_what_differs() {
+        let before = json!({"a": 1, "b": "x", "c": null});
+        let after = json!({"a": 2, "b": "x", "c": [1]});
+        assert_eq!(
+            changes(&before, &after, &["a", "b", "c"]),
+            json!({"a": {"from": 1, "to": 2}, "c": {"from": null, "to": [1]}})
+        );
+    }
+}

@@ -18,12 +18,9 @@ pub mod packages;
 pub mod pricing;
 pub mod refunds;
 
-use std::sync::Arc;
-
 use axum::Router;
-use axum::extract::{FromRef, FromRequestParts};
+
 use axum::http::header;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use chrono::{DateTime, Utc};
@@ -32,11 +29,7 @@ use serde_json::Value;
 use tokio_postgres::GenericClient;
 
 use crate::kernel::error::{ApiError, PROBLEM_JSON};
-use crate::web::auth::{Authenticator, Caller, Identity};
 use crate::web::state::AppState;
-
-/// The permission every admin route requires.
-pub const ADMIN_PERMISSION: &str = "admin";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -55,39 +48,6 @@ pub fn router() -> Router<AppState> {
             post(adjustments::create),
         )
         .route("/api/v1/admin/jobs/{id}/refund", post(refunds::create))
-}
-
-/// An authenticated caller whose token carries the `admin` permission. As the
-/// first extractor of a handler it answers 401/403 before the body is read.
-#[derive(Debug, Clone)]
-pub struct Admin(pub Identity);
-
-impl<S> FromRequestParts<S> for Admin
-where
-    S: Send + Sync,
-    Arc<Authenticator>: FromRef<S>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Caller(identity) = Caller::from_request_parts(parts, state).await?;
-        if !identity.has_permission(ADMIN_PERMISSION) {
-            return Err(ApiError::Forbidden(
-                "this route needs the admin permission".into(),
-            ));
-        }
-        Ok(Admin(identity))
-    }
-}
-
-/// A path id as stored ids look; anything else names no row (404) rather
-/// than reaching the database as a malformed parameter.
-pub(crate) fn path_id(raw: &str, what: &str) -> Result<String, ApiError> {
-    if (1..=200).contains(&raw.len()) && !raw.chars().any(char::is_control) {
-        Ok(raw.to_string())
-    } else {
-        Err(ApiError::NotFound(format!("no such {what}")))
-    }
 }
 
 /// The response of an error, with `needed` and `available` in the body of a
@@ -170,26 +130,9 @@ impl CreditTransaction {
     }
 }
 
-/// `{field: {from, to}}` for every listed field whose value differs between
-/// two serialised rows: what an update changed, for the audit row.
-pub(crate) fn changes(before: &Value, after: &Value, fields: &[&str]) -> Value {
-    let mut out = serde_json::Map::new();
-    for field in fields {
-        let (from, to) = (&before[*field], &after[*field]);
-        if from != to {
-            out.insert(
-                (*field).to_string(),
-                serde_json::json!({"from": from, "to": to}),
-            );
-        }
-    }
-    Value::Object(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[tokio::test]
     async fn a_402_names_what_was_needed_and_available() {
@@ -210,23 +153,5 @@ mod tests {
             (Some(11), Some(10))
         );
         assert_eq!(body["detail"], "short");
-    }
-
-    #[test]
-    fn changes_list_only_what_differs() {
-        let before = json!({"a": 1, "b": "x", "c": null});
-        let after = json!({"a": 2, "b": "x", "c": [1]});
-        assert_eq!(
-            changes(&before, &after, &["a", "b", "c"]),
-            json!({"a": {"from": 1, "to": 2}, "c": {"from": null, "to": [1]}})
-        );
-    }
-
-    #[test]
-    fn path_ids_are_bounded() {
-        assert!(path_id("cfg_generate", "config").is_ok());
-        assert!(path_id("", "config").is_err());
-        assert!(path_id("a\0b", "config").is_err());
-        assert!(path_id(&"x".repeat(201), "config").is_err());
     }
 }

@@ -13,10 +13,12 @@ use serde_json::json;
 use tokio_postgres::{GenericClient, Row};
 use utoipa::ToSchema;
 
+use crate::activity::changes;
 use crate::activity::{self, Activity};
-use crate::credits::admin::{Admin, changes, path_id};
 use crate::kernel::error::{ApiError, Problem};
 use crate::users;
+use crate::web::auth::Admin;
+use crate::web::http::resource_id;
 use crate::web::http::{ApiPath, RequestMeta};
 use crate::web::responses::AdminRefused;
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized};
@@ -248,11 +250,11 @@ async fn moderate(
     id: String,
     action: Action,
 ) -> Result<Json<ModeratedCharacter>, ApiError> {
-    let id = path_id(&id, "character")?;
+    let id = resource_id(&id, "character")?;
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
-    let character = apply(&tx, &admin.id, &id, action, None, &meta).await?;
+    let character = apply(&tx, &admin.id, id, action, None, &meta).await?;
     tx.commit().await?;
     Ok(Json(character))
 }

@@ -17,10 +17,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::characters::{self, Action, MODERATED_COLUMNS, ModeratedCharacter};
 use crate::activity::{self, Activity};
 use crate::credits::admin::fields::{self, Fields};
-use crate::credits::admin::{Admin, path_id};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users;
 use crate::users::fields::one_of;
+use crate::web::auth::Admin;
+use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::{check, finish};
 use crate::web::pagination::{self, Page, TimeKey};
@@ -347,7 +348,7 @@ pub(crate) async fn resolve(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<ResolvedReport>, ApiError> {
-    let id = path_id(&id, "report")?;
+    let id = resource_id(&id, "report")?;
     let resolution = Resolution::parse(body)?;
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
@@ -384,7 +385,7 @@ pub(crate) async fn resolve(
         )));
     }
     if let Some(action) = resolution.action {
-        characters::apply(&tx, &admin.id, &character_id, action, Some(&id), &meta).await?;
+        characters::apply(&tx, &admin.id, &character_id, action, Some(id), &meta).await?;
     }
     let resolved = tx
         .query(
@@ -422,7 +423,7 @@ pub(crate) async fn resolve(
             user_id: Some(&admin.id),
             activity_type: crate::activity::ActivityType::AdminReportResolved,
             entity_type: Some("content_report"),
-            entity_id: Some(&id),
+            entity_id: Some(id),
             metadata: json!({
                 "report_id": id,
                 "character_id": character_id,
@@ -436,7 +437,7 @@ pub(crate) async fn resolve(
         &meta,
     )
     .await?;
-    let report = ReportItem::load(&tx, &id)
+    let report = ReportItem::load(&tx, id)
         .await?
         .ok_or_else(|| ApiError::internal(format!("report {id} vanished")))?;
     tx.commit().await?;

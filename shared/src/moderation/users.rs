@@ -30,14 +30,16 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::activity::changes as diff;
 use crate::activity::{self, Activity};
 use crate::credits::Balance;
 use crate::credits::admin::fields::{self, FieldResult, Fields, set};
-use crate::credits::admin::{Admin, changes as diff, path_id};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::kernel::tier::Tier;
 use crate::users::AccountStatus;
 use crate::users::{self, USER_COLUMNS, User};
+use crate::web::auth::Admin;
+use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::responses::AdminRefused;
 use crate::web::responses::{
@@ -543,7 +545,7 @@ pub(crate) async fn update(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<AdminUser>, ApiError> {
-    let id = path_id(&id, "user")?;
+    let id = resource_id(&id, "user")?;
     let changes = UserChanges::parse(body)?;
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
@@ -551,7 +553,7 @@ pub(crate) async fn update(
     let user = apply(
         &tx,
         &admin.id,
-        &id,
+        id,
         &changes,
         state.config.credits.gift_hold_days,
         &meta,

@@ -12,11 +12,12 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use super::fields::{self, Fields};
-use super::{Admin, CreditTransaction, error_response};
+use super::{CreditTransaction, error_response};
 use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, Entry};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users;
+use crate::web::auth::Admin;
 use crate::web::http::{ApiJson, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::responses::{

@@ -13,11 +13,13 @@ use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::fields::{self, FieldResult, Fields, set};
-use super::{Admin, changes, path_id};
+use crate::activity::changes;
 use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::kernel::tier::Tier;
 use crate::users;
+use crate::web::auth::Admin;
+use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::pagination::{self, Page};
 use crate::web::responses::{AdminNoAccountYet, AdminRefused};
@@ -680,7 +682,7 @@ pub async fn update(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<CreditPackage>, ApiError> {
-    let id = path_id(&id, "credit package")?;
+    let id = resource_id(&id, "credit package")?;
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
@@ -736,7 +738,7 @@ pub async fn update(
             user_id: Some(&admin.id),
             activity_type: crate::activity::ActivityType::AdminPackageUpdated,
             entity_type: Some("credit_package"),
-            entity_id: Some(&id),
+            entity_id: Some(id),
             metadata: json!({"package_id": id, "name": after.name, "changes": changed}),
         },
         &meta,

@@ -19,7 +19,7 @@ use tokio_postgres::GenericClient;
 use utoipa::{IntoParams, ToSchema};
 
 use super::fields::{self, FieldResult, Fields, set};
-use super::{Admin, changes, path_id};
+use crate::activity::changes;
 use crate::activity::{self, Activity};
 use crate::credits::engine::PricingCache;
 use crate::credits::pricing::{
@@ -28,6 +28,8 @@ use crate::credits::pricing::{
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::kernel::tier::Tier;
 use crate::users;
+use crate::web::auth::Admin;
+use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::pagination::{self, Page};
 use crate::web::responses::{AdminNoAccountYet, AdminRefused};
@@ -697,7 +699,7 @@ pub async fn update(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<PricingConfig>, ApiError> {
-    let id = path_id(&id, "pricing config")?;
+    let id = resource_id(&id, "pricing config")?;
     let mut client = state.db.get().await?;
     let admin = users::repo::current_user(&**client, &identity).await?;
     let tx = (**client).transaction().await?;
@@ -715,7 +717,7 @@ pub async fn update(
     if values.endpoint_pattern != before.endpoint_pattern
         || values.http_method != before.http_method
     {
-        refuse_overlap(&tx, &values, Some(&id)).await?;
+        refuse_overlap(&tx, &values, Some(id)).await?;
     }
     let row = tx
         .query_one(
@@ -755,7 +757,7 @@ pub async fn update(
             user_id: Some(&admin.id),
             activity_type: crate::activity::ActivityType::AdminPricingUpdated,
             entity_type: Some("api_credit_config"),
-            entity_id: Some(&id),
+            entity_id: Some(id),
             metadata: json!({
                 "config_id": id,
                 "endpoint_pattern": after.endpoint_pattern,

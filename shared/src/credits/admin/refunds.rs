@@ -17,12 +17,14 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
+use super::CreditTransaction;
 use super::fields::{self, Fields};
-use super::{Admin, CreditTransaction, path_id};
 use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, Entry};
 use crate::kernel::error::{ApiError, Problem};
 use crate::users;
+use crate::web::auth::Admin;
+use crate::web::http::resource_id;
 use crate::web::http::{ApiPath, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::responses::{
@@ -300,7 +302,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let job_id = path_id(&id, "generation job")?;
+    let job_id = resource_id(&id, "generation job")?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
@@ -321,7 +323,7 @@ pub async fn create(
         return Ok(Claim::replay(status, body));
     }
     let (status, refund) =
-        match refund_job(&tx, &admin.id, &job_id, reason.as_deref(), &meta).await? {
+        match refund_job(&tx, &admin.id, job_id, reason.as_deref(), &meta).await? {
             RefundOutcome::Refunded(refund) => (StatusCode::CREATED, refund),
             RefundOutcome::AlreadyRefunded(refund) => (StatusCode::OK, refund),
         };

@@ -20,6 +20,33 @@ pub struct Caller(pub Identity);
 #[derive(Debug, Clone)]
 pub struct OptionalCaller(pub Option<Identity>);
 
+/// The permission every admin route requires.
+pub const ADMIN_PERMISSION: &str = "admin";
+
+/// An authenticated caller whose token carries the `admin` permission. As the
+/// first extractor of a handler it answers 401/403 before the body is read.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Identity);
+
+impl<S> FromRequestParts<S> for Admin
+where
+    S: Send + Sync,
+    Arc<Authenticator>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Caller(identity) =
+            <Caller as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        if !identity.has_permission(ADMIN_PERMISSION) {
+            return Err(ApiError::Forbidden(
+                "this route needs the admin permission".into(),
+            ));
+        }
+        Ok(Admin(identity))
+    }
+}
+
 impl<S> FromRequestParts<S> for Caller
 where
     S: Send + Sync,

@@ -11,7 +11,7 @@ mod extract;
 pub mod jwks;
 mod verifier;
 
-pub use extract::{Caller, OptionalCaller};
+pub use extract::{ADMIN_PERMISSION, Admin, Caller, OptionalCaller};
 pub use verifier::TokenVerifier;
 
 use std::collections::HashMap;
