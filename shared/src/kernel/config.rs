@@ -832,151 +832,15 @@ impl Config {
                 .filter(|v| !v.is_empty())
         };
 
-        let url = get("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?;
-        url.parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::Invalid {
-                name: "DATABASE_URL",
-                reason: e.to_string(),
-            })?;
-        let sslmode = match get("DATABASE_SSLMODE").as_deref() {
-            None | Some("disable") => SslMode::Disable,
-            Some("require") | Some("verify-full") => SslMode::Require,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "DATABASE_SSLMODE",
-                    reason: format!("`{other}` is not one of disable, require"),
-                });
-            }
-        };
-        let migration_url = get("DATABASE_MIGRATION_URL");
-        if let Some(raw) = &migration_url {
-            raw.parse::<tokio_postgres::Config>()
-                .map_err(|e| ConfigError::Invalid {
-                    name: "DATABASE_MIGRATION_URL",
-                    reason: e.to_string(),
-                })?;
-        }
-        let database = DatabaseConfig {
-            url,
-            migration_url,
-            sslmode,
-            ssl_root_cert: get("DATABASE_SSL_ROOT_CERT").map(PathBuf::from),
-            pool_size: parse_number(&get, "DATABASE_POOL_SIZE", 2, 1, 64)? as usize,
-            connect_timeout: Duration::from_secs(parse_number(
-                &get,
-                "DATABASE_CONNECT_TIMEOUT_SECONDS",
-                5,
-                1,
-                60,
-            )?),
-        };
+        let database = DatabaseConfig::from_lookup(&get)?;
 
-        let issuer = get("AUTH_ISSUER").ok_or(ConfigError::Missing("AUTH_ISSUER"))?;
-        let issuer = normalise_issuer(&issuer).map_err(|reason| ConfigError::Invalid {
-            name: "AUTH_ISSUER",
-            reason,
-        })?;
-        let audiences: Vec<String> = get("AUTH_AUDIENCE")
-            .ok_or(ConfigError::Missing("AUTH_AUDIENCE"))?
-            .split(',')
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty())
-            .collect();
-        if audiences.is_empty() {
-            return Err(ConfigError::Missing("AUTH_AUDIENCE"));
-        }
-        let jwks_url =
-            get("AUTH_JWKS_URL").unwrap_or_else(|| format!("{issuer}.well-known/jwks.json"));
-        url::Url::parse(&jwks_url).map_err(|e| ConfigError::Invalid {
-            name: "AUTH_JWKS_URL",
-            reason: e.to_string(),
-        })?;
-        let auth = AuthConfig {
-            issuer,
-            audiences,
-            jwks_url,
-            email_claim: get("AUTH_EMAIL_CLAIM").unwrap_or_else(|| DEFAULT_EMAIL_CLAIM.to_string()),
-            leeway_seconds: parse_number(&get, "AUTH_LEEWAY_SECONDS", 30, 0, 300)?,
-            jwks_min_refresh: Duration::from_secs(parse_number(
-                &get,
-                "AUTH_JWKS_MIN_REFRESH_SECONDS",
-                60,
-                5,
-                86_400,
-            )?),
-            trust_gateway_claims: parse_bool(&get, "AUTH_TRUST_GATEWAY_CLAIMS", false)?,
-        };
+        let auth = AuthConfig::from_lookup(&get)?;
 
         let gallery = GalleryConfig::from_lookup(&lookup)?;
         let views = ViewsConfig::from_lookup(&lookup)?;
 
-        let payments = PaymentsConfig {
-            provider: match get("PAYMENT_PROVIDER").as_deref() {
-                None | Some("stripe") => PaymentProvider::Stripe,
-                Some("local") => PaymentProvider::Local,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        name: "PAYMENT_PROVIDER",
-                        reason: format!("`{other}` is not one of stripe, local"),
-                    });
-                }
-            },
-            stripe_api_base: get("STRIPE_API_BASE")
-                .unwrap_or_else(|| "https://api.stripe.com".into())
-                .trim_end_matches('/')
-                .to_string(),
-            stripe_secret_key: get("STRIPE_SECRET_KEY"),
-            stripe_webhook_secret: get("STRIPE_WEBHOOK_SECRET"),
-            checkout_success_url: get("CHECKOUT_SUCCESS_URL")
-                .unwrap_or_else(|| "https://characters.app/credits?checkout=success".into()),
-            checkout_cancel_url: get("CHECKOUT_CANCEL_URL")
-                .unwrap_or_else(|| "https://characters.app/credits?checkout=cancelled".into()),
-        };
-        let defaults = CreditsConfig::default();
-        let credits = CreditsConfig {
-            daily_bonus_base: parse_number(
-                &get,
-                "DAILY_BONUS_BASE",
-                defaults.daily_bonus_base as u64,
-                0,
-                10_000,
-            )? as i32,
-            daily_bonus_step: parse_number(
-                &get,
-                "DAILY_BONUS_STEP",
-                defaults.daily_bonus_step as u64,
-                0,
-                10_000,
-            )? as i32,
-            daily_bonus_max_streak: parse_number(
-                &get,
-                "DAILY_BONUS_MAX_STREAK",
-                defaults.daily_bonus_max_streak as u64,
-                1,
-                365,
-            )? as i32,
-            gift_max_amount: parse_number(
-                &get,
-                "GIFT_MAX_AMOUNT",
-                defaults.gift_max_amount as u64,
-                1,
-                1_000_000,
-            )? as i32,
-            gift_daily_cap: parse_number(
-                &get,
-                "GIFT_DAILY_CAP",
-                defaults.gift_daily_cap as u64,
-                1,
-                10_000_000,
-            )? as i32,
-            gift_hold_days: parse_number(
-                &get,
-                "GIFT_HOLD_DAYS",
-                defaults.gift_hold_days as u64,
-                0,
-                365,
-            )? as i32,
-        };
+        let payments = PaymentsConfig::from_lookup(&get)?;
+        let credits = CreditsConfig::from_lookup(&get)?;
 
         let gdpr = GdprConfig::from_lookup(&lookup)?;
         let generator = GeneratorConfig::from_lookup(&lookup)?;
@@ -1142,6 +1006,170 @@ fn valid_namespace(namespace: &str) -> bool {
         && namespace
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-_/#: ".contains(&b))
+}
+
+impl DatabaseConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let url = get("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?;
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::Invalid {
+                name: "DATABASE_URL",
+                reason: e.to_string(),
+            })?;
+        let sslmode = match get("DATABASE_SSLMODE").as_deref() {
+            None | Some("disable") => SslMode::Disable,
+            Some("require") | Some("verify-full") => SslMode::Require,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "DATABASE_SSLMODE",
+                    reason: format!("`{other}` is not one of disable, require"),
+                });
+            }
+        };
+        let migration_url = get("DATABASE_MIGRATION_URL");
+        if let Some(raw) = &migration_url {
+            raw.parse::<tokio_postgres::Config>()
+                .map_err(|e| ConfigError::Invalid {
+                    name: "DATABASE_MIGRATION_URL",
+                    reason: e.to_string(),
+                })?;
+        }
+        let database = DatabaseConfig {
+            url,
+            migration_url,
+            sslmode,
+            ssl_root_cert: get("DATABASE_SSL_ROOT_CERT").map(PathBuf::from),
+            pool_size: parse_number(get, "DATABASE_POOL_SIZE", 2, 1, 64)? as usize,
+            connect_timeout: Duration::from_secs(parse_number(
+                get,
+                "DATABASE_CONNECT_TIMEOUT_SECONDS",
+                5,
+                1,
+                60,
+            )?),
+        };
+        Ok(database)
+    }
+}
+
+impl AuthConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let issuer = get("AUTH_ISSUER").ok_or(ConfigError::Missing("AUTH_ISSUER"))?;
+        let issuer = normalise_issuer(&issuer).map_err(|reason| ConfigError::Invalid {
+            name: "AUTH_ISSUER",
+            reason,
+        })?;
+        let audiences: Vec<String> = get("AUTH_AUDIENCE")
+            .ok_or(ConfigError::Missing("AUTH_AUDIENCE"))?
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if audiences.is_empty() {
+            return Err(ConfigError::Missing("AUTH_AUDIENCE"));
+        }
+        let jwks_url =
+            get("AUTH_JWKS_URL").unwrap_or_else(|| format!("{issuer}.well-known/jwks.json"));
+        url::Url::parse(&jwks_url).map_err(|e| ConfigError::Invalid {
+            name: "AUTH_JWKS_URL",
+            reason: e.to_string(),
+        })?;
+        let auth = AuthConfig {
+            issuer,
+            audiences,
+            jwks_url,
+            email_claim: get("AUTH_EMAIL_CLAIM").unwrap_or_else(|| DEFAULT_EMAIL_CLAIM.to_string()),
+            leeway_seconds: parse_number(get, "AUTH_LEEWAY_SECONDS", 30, 0, 300)?,
+            jwks_min_refresh: Duration::from_secs(parse_number(
+                get,
+                "AUTH_JWKS_MIN_REFRESH_SECONDS",
+                60,
+                5,
+                86_400,
+            )?),
+            trust_gateway_claims: parse_bool(get, "AUTH_TRUST_GATEWAY_CLAIMS", false)?,
+        };
+        Ok(auth)
+    }
+}
+
+impl PaymentsConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let payments = PaymentsConfig {
+            provider: match get("PAYMENT_PROVIDER").as_deref() {
+                None | Some("stripe") => PaymentProvider::Stripe,
+                Some("local") => PaymentProvider::Local,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "PAYMENT_PROVIDER",
+                        reason: format!("`{other}` is not one of stripe, local"),
+                    });
+                }
+            },
+            stripe_api_base: get("STRIPE_API_BASE")
+                .unwrap_or_else(|| "https://api.stripe.com".into())
+                .trim_end_matches('/')
+                .to_string(),
+            stripe_secret_key: get("STRIPE_SECRET_KEY"),
+            stripe_webhook_secret: get("STRIPE_WEBHOOK_SECRET"),
+            checkout_success_url: get("CHECKOUT_SUCCESS_URL")
+                .unwrap_or_else(|| "https://characters.app/credits?checkout=success".into()),
+            checkout_cancel_url: get("CHECKOUT_CANCEL_URL")
+                .unwrap_or_else(|| "https://characters.app/credits?checkout=cancelled".into()),
+        };
+        Ok(payments)
+    }
+}
+
+impl CreditsConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = CreditsConfig::default();
+        let credits = CreditsConfig {
+            daily_bonus_base: parse_number(
+                get,
+                "DAILY_BONUS_BASE",
+                defaults.daily_bonus_base as u64,
+                0,
+                10_000,
+            )? as i32,
+            daily_bonus_step: parse_number(
+                get,
+                "DAILY_BONUS_STEP",
+                defaults.daily_bonus_step as u64,
+                0,
+                10_000,
+            )? as i32,
+            daily_bonus_max_streak: parse_number(
+                get,
+                "DAILY_BONUS_MAX_STREAK",
+                defaults.daily_bonus_max_streak as u64,
+                1,
+                365,
+            )? as i32,
+            gift_max_amount: parse_number(
+                get,
+                "GIFT_MAX_AMOUNT",
+                defaults.gift_max_amount as u64,
+                1,
+                1_000_000,
+            )? as i32,
+            gift_daily_cap: parse_number(
+                get,
+                "GIFT_DAILY_CAP",
+                defaults.gift_daily_cap as u64,
+                1,
+                10_000_000,
+            )? as i32,
+            gift_hold_days: parse_number(
+                get,
+                "GIFT_HOLD_DAYS",
+                defaults.gift_hold_days as u64,
+                0,
+                365,
+            )? as i32,
+        };
+        Ok(credits)
+    }
 }
 
 #[cfg(test)]
