@@ -839,7 +839,7 @@ async fn the_runtime_role_has_a_policy_on_every_protected_table_and_owns_nothing
 async fn the_domain_enums_match_the_check_constraints_of_their_columns() {
     let url = testkit::fresh_database().await;
     let client = testkit::connect(&url).await;
-    let cases: [(&str, &str, &[&str]); 5] = [
+    let cases: [(&str, &str, &[&str]); 6] = [
         (
             "users",
             "subscription_tier",
@@ -854,6 +854,11 @@ async fn the_domain_enums_match_the_check_constraints_of_their_columns() {
             "users",
             "profile_visibility",
             &shared::users::ProfileVisibility::NAMES,
+        ),
+        (
+            "users",
+            "content_filter_level",
+            &shared::users::ContentFilterLevel::NAMES,
         ),
         (
             "generation_jobs",

@@ -7,19 +7,20 @@
 //! names the rule it applied, not a classifier.
 
 use crate::kernel::error::ApiError;
-use crate::users::User;
+use crate::users::{ContentFilterLevel, User};
 
 /// A rule: its id (named in the 422), the levels it applies at, its terms.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rule {
     pub id: &'static str,
-    pub levels: &'static [&'static str],
+    pub levels: &'static [ContentFilterLevel],
     pub terms: &'static [&'static str],
 }
 
-const ALL: &[&str] = &["strict", "moderate", "relaxed"];
-const MODERATE_AND_STRICT: &[&str] = &["strict", "moderate"];
-const STRICT: &[&str] = &["strict"];
+const ALL: &[ContentFilterLevel] = &ContentFilterLevel::ALL;
+const MODERATE_AND_STRICT: &[ContentFilterLevel] =
+    &[ContentFilterLevel::Strict, ContentFilterLevel::Moderate];
+const STRICT: &[ContentFilterLevel] = &[ContentFilterLevel::Strict];
 
 pub const RULES: &[Rule] = &[
     Rule {
@@ -97,12 +98,13 @@ pub const RULES: &[Rule] = &[
 ];
 
 /// The level a user's text is checked at: their `content_filter_level`, `moderate` when unset.
-pub fn level_of(user: &User) -> &str {
-    user.content_filter_level.as_deref().unwrap_or("moderate")
+pub fn level_of(user: &User) -> ContentFilterLevel {
+    user.content_filter_level
+        .unwrap_or(ContentFilterLevel::Moderate)
 }
 
 /// A 422 naming `field` and the rule when `text` breaks a rule of `level`.
-pub fn check(level: &str, field: &str, text: &str) -> Result<(), ApiError> {
+pub fn check(level: ContentFilterLevel, field: &str, text: &str) -> Result<(), ApiError> {
     match violation(level, text) {
         Some(rule) => Err(ApiError::validation(
             field,
@@ -123,7 +125,7 @@ fn words(text: &str) -> Vec<String> {
 }
 
 /// The first rule of `level` that `text` breaks, if any.
-pub fn violation(level: &str, text: &str) -> Option<&'static Rule> {
+pub fn violation(level: ContentFilterLevel, text: &str) -> Option<&'static Rule> {
     let words = words(text);
     RULES
         .iter()
@@ -145,34 +147,50 @@ mod tests {
     #[test]
     fn levels_apply_their_rules() {
         assert_eq!(
-            violation("moderate", "A NSFW elf").map(|r| r.id),
+            violation(ContentFilterLevel::Moderate, "A NSFW elf").map(|r| r.id),
             Some("explicit-sexual")
         );
-        assert_eq!(violation("relaxed", "A NSFW elf"), None);
+        assert_eq!(violation(ContentFilterLevel::Relaxed, "A NSFW elf"), None);
         assert_eq!(
-            violation("strict", "elf in a bikini").map(|r| r.id),
+            violation(ContentFilterLevel::Strict, "elf in a bikini").map(|r| r.id),
             Some("suggestive")
         );
-        assert_eq!(violation("moderate", "elf in a bikini"), None);
         assert_eq!(
-            violation("relaxed", "an underage character").map(|r| r.id),
+            violation(ContentFilterLevel::Moderate, "elf in a bikini"),
+            None
+        );
+        assert_eq!(
+            violation(ContentFilterLevel::Relaxed, "an underage character").map(|r| r.id),
             Some("minor-safety")
         );
     }
 
     #[test]
     fn terms_match_whole_words_and_phrases() {
-        assert_eq!(violation("moderate", "a knight from Sussex"), None);
-        assert_eq!(violation("strict", "a gunslinger"), None);
         assert_eq!(
-            violation("relaxed", "white-power banner").map(|r| r.id),
+            violation(ContentFilterLevel::Moderate, "a knight from Sussex"),
+            None
+        );
+        assert_eq!(violation(ContentFilterLevel::Strict, "a gunslinger"), None);
+        assert_eq!(
+            violation(ContentFilterLevel::Relaxed, "white-power banner").map(|r| r.id),
             Some("hate-symbols")
         );
-        assert_eq!(violation("relaxed", "a white horse of power"), None);
+        assert_eq!(
+            violation(ContentFilterLevel::Relaxed, "a white horse of power"),
+            None
+        );
     }
 
     #[test]
-    fn unknown_levels_apply_nothing() {
-        assert_eq!(violation("none", "nsfw"), None);
+    fn only_the_three_levels_exist_and_each_applies_the_rules_of_all_levels() {
+        assert_eq!(ContentFilterLevel::parse("none"), None);
+        assert_eq!(ContentFilterLevel::parse("Strict"), None);
+        for level in ContentFilterLevel::ALL {
+            assert!(
+                violation(level, "an underage character").is_some(),
+                "{level}"
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::kernel::error::FieldError;
 
 pub const LANGUAGES: [&str; 4] = ["en", "zh", "ja", "ko"];
 pub const PROFILE_VISIBILITIES: [&str; 3] = ["public", "friends", "private"];
-pub const CONTENT_FILTER_LEVELS: [&str; 3] = ["strict", "moderate", "relaxed"];
+pub const CONTENT_FILTER_LEVELS: [&str; 3] = super::ContentFilterLevel::NAMES;
 pub const EXPERIENCE_LEVELS: [&str; 4] = ["beginner", "intermediate", "advanced", "professional"];
 pub use crate::kernel::vocabulary::STYLE_TYPES;
 /// Keys of `users.notification_settings`, each a boolean.

@@ -34,6 +34,16 @@ crate::text_enum! {
 }
 
 crate::text_enum! {
+    /// `users.content_filter_level`: which prompt rules a user's own texts are
+    /// checked against (see `characters::content_filter`); `moderate` when unset.
+    pub enum ContentFilterLevel {
+        Strict => "strict",
+        Moderate => "moderate",
+        Relaxed => "relaxed",
+    }
+}
+
+crate::text_enum! {
     /// `users.profile_visibility`: who sees the public profile. The platform has
     /// no friendships yet, so `friends` is as private as `private`.
     pub enum ProfileVisibility {
@@ -69,7 +79,7 @@ pub struct User {
     pub profile_visibility: Option<ProfileVisibility>,
     pub allow_gallery_showcase: Option<bool>,
     /// `strict`, `moderate` or `relaxed`.
-    pub content_filter_level: Option<String>,
+    pub content_filter_level: Option<ContentFilterLevel>,
     pub total_characters_created: i32,
     pub total_images_generated: i32,
     /// `active`, `suspended`, `banned` or `deleted`.
