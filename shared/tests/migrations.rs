@@ -839,7 +839,7 @@ async fn the_runtime_role_has_a_policy_on_every_protected_table_and_owns_nothing
 async fn the_domain_enums_match_the_check_constraints_of_their_columns() {
     let url = testkit::fresh_database().await;
     let client = testkit::connect(&url).await;
-    let cases: [(&str, &str, &[&str]); 6] = [
+    let cases: [(&str, &str, &[&str]); 8] = [
         (
             "users",
             "subscription_tier",
@@ -866,6 +866,16 @@ async fn the_domain_enums_match_the_check_constraints_of_their_columns() {
             &shared::kernel::vocabulary::JobType::NAMES,
         ),
         ("generation_jobs", "status", &shared::jobs::JobStatus::NAMES),
+        (
+            "generation_jobs",
+            "generation_provider",
+            &shared::kernel::vocabulary::GenerationProvider::NAMES,
+        ),
+        (
+            "character_images",
+            "generation_provider",
+            &shared::kernel::vocabulary::GenerationProvider::NAMES,
+        ),
     ];
     for (table, column, names) in cases {
         // The constraint on exactly this column, as PostgreSQL prints it:

@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 use super::{CHARACTER_COLUMNS, Character};
 use crate::activity::{self, Activity};
 use crate::kernel::error::ApiError;
+use crate::kernel::vocabulary::GenerationProvider;
 use crate::ports::storage::ObjectStore;
 use crate::users::User;
 use crate::web::http::RequestMeta;
@@ -58,7 +59,7 @@ pub struct ImageRecord {
     pub byte_size: Option<i64>,
     pub content_type: String,
     pub seed: Option<i64>,
-    pub generation_provider: Option<String>,
+    pub generation_provider: Option<GenerationProvider>,
     pub parameters: Value,
     pub source_image_id: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -86,8 +87,8 @@ pub struct CharacterImage {
     pub content_type: String,
     /// The seed it was rendered with (a batch renders seed, seed + 1, ...).
     pub seed: Option<i64>,
-    /// `primary`, `secondary` or `fallback`.
-    pub generation_provider: Option<String>,
+    /// Which link of the generator chain made it.
+    pub generation_provider: Option<GenerationProvider>,
     /// `true` for a procedural placeholder (provider `fallback`), not AI output.
     pub placeholder: bool,
     /// Whether this is the character's primary image (its `primary_image_url`).
@@ -142,7 +143,7 @@ impl ImageRecord {
         let url = image_link(storage, Some(&self.storage_key)).await;
         let thumbnail_url = image_link(storage, self.thumbnail_key.as_deref()).await;
         CharacterImage {
-            placeholder: self.generation_provider.as_deref() == Some("fallback"),
+            placeholder: self.generation_provider == Some(GenerationProvider::Fallback),
             parameters: without_keys(self.parameters),
             id: self.id,
             character_id: self.character_id,

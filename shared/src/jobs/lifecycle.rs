@@ -34,7 +34,7 @@ use crate::activity::ActivityType;
 use crate::credits::holds::{self, Delivery, Hold};
 use crate::credits::ledger::LedgerError;
 use crate::credits::pricing::Quote;
-use crate::kernel::vocabulary::JobType;
+use crate::kernel::vocabulary::{GenerationProvider, JobType};
 
 /// What a new job is.
 pub struct NewJob<'a> {
@@ -228,8 +228,8 @@ pub struct Delivered<'a> {
     /// What the generator and the worker say about the run, merged into
     /// `processing_metadata`.
     pub metadata: Value,
-    /// `primary`, `secondary` or `fallback`.
-    pub provider: Option<String>,
+    /// Which link of the generator chain made the images.
+    pub provider: Option<GenerationProvider>,
     pub gpu_seconds: Option<i32>,
     pub memory_used_mb: Option<i32>,
     /// A placeholder from the procedural fallback rather than an image server's.

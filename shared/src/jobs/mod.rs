@@ -49,7 +49,7 @@ pub struct Job {
     pub character_id: Option<String>,
     pub job_type: crate::kernel::vocabulary::JobType,
     pub input_parameters: Value,
-    pub generation_provider: Option<String>,
+    pub generation_provider: Option<crate::kernel::vocabulary::GenerationProvider>,
     pub status: Option<JobStatus>,
     pub priority: Option<i32>,
     pub queued_at: DateTime<Utc>,

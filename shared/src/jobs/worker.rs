@@ -31,6 +31,7 @@ use crate::jobs::input::GenerationInput;
 use crate::jobs::{Job, JobMessage};
 use crate::kernel::config::WorkerConfig;
 use crate::kernel::telemetry::Invocation;
+use crate::kernel::vocabulary::GenerationProvider;
 use crate::ports::db::DbPool;
 use crate::ports::generator::{ChainOutcome, GeneratorChain, thumbnail};
 use crate::ports::queue::JobQueue;
@@ -492,7 +493,7 @@ impl Worker {
             tx.commit().await?;
             return Ok(Completion::Abandoned("character deleted"));
         };
-        let placeholder = outcome.provider() == "fallback";
+        let placeholder = outcome.provider_kind() == Some(GenerationProvider::Fallback);
         let target = match &input.variant {
             Some(plan) => {
                 create_variant(&tx, job, &character_id, input, plan).await?;
@@ -532,10 +533,7 @@ impl Worker {
                 "placeholder": placeholder,
                 "progress": {"fraction": 1.0, "eta_seconds": 0.0, "updated_at": chrono::Utc::now()},
             }),
-            provider: match outcome.provider() {
-                p @ ("primary" | "secondary" | "fallback") => Some(p.to_string()),
-                _ => None,
-            },
+            provider: outcome.provider_kind(),
             gpu_seconds,
             memory_used_mb: peak_memory_mb(),
             placeholder,
@@ -635,8 +633,7 @@ async fn record_images(
     stored: &[StoredImage],
     outcome: &ChainOutcome,
 ) -> Result<Vec<String>, WorkerError> {
-    let provider = outcome.provider();
-    let provider = matches!(provider, "primary" | "secondary" | "fallback").then_some(provider);
+    let provider = outcome.provider_kind();
     let parameters = json!({
         "input": crate::jobs::input::public_view(&input.to_value()),
         "provider_info": outcome.images.info,

@@ -1,6 +1,7 @@
 //! Words of the domain that several layers name: what a job asks for
 //! ([`JobType`]: the queue's messages, the generators, the prices and the
-//! metrics all speak of it) and the style types a character may have (the
+//! metrics all speak of it), which generator made its images
+//! ([`GenerationProvider`]) and the style types a character may have (the
 //! prompt composer reads them, the domains validate against them).
 
 crate::text_enum! {
@@ -26,6 +27,17 @@ impl JobType {
     /// removal).
     pub fn is_single_pass(self) -> bool {
         matches!(self, JobType::Upscale | JobType::BackgroundRemoval)
+    }
+}
+
+crate::text_enum! {
+    /// Which link of the generator chain made a job's images
+    /// (`generation_jobs.generation_provider`, `character_images.generation_provider`):
+    /// the primary or secondary image server, or the procedural placeholder.
+    pub enum GenerationProvider {
+        Primary => "primary",
+        Secondary => "secondary",
+        Fallback => "fallback",
     }
 }
 

@@ -47,6 +47,12 @@ impl ChainOutcome {
         &self.images.provider
     }
 
+    /// [`Self::provider`] as the schema stores it; `None` for a provider
+    /// outside the chain's three links (a test double).
+    pub fn provider_kind(&self) -> Option<crate::kernel::vocabulary::GenerationProvider> {
+        crate::kernel::vocabulary::GenerationProvider::parse(&self.images.provider)
+    }
+
     /// What the worker keeps in `processing_metadata`.
     pub fn metadata(&self) -> serde_json::Value {
         serde_json::json!({
