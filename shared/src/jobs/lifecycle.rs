@@ -30,11 +30,12 @@ use tokio_postgres::GenericClient;
 
 use super::input::GenerationInput;
 use super::{JOB_COLUMNS, Job};
-use crate::activity::ActivityType;
+use crate::activity::{self, Activity, ActivityType};
 use crate::credits::holds::{self, Delivery, Hold};
 use crate::credits::ledger::LedgerError;
 use crate::credits::pricing::Quote;
 use crate::kernel::vocabulary::{GenerationProvider, JobType};
+use crate::web::http::RequestMeta;
 
 /// What a new job is.
 pub struct NewJob<'a> {
@@ -288,20 +289,32 @@ pub async fn complete(
     Ok(settlement)
 }
 
-/// One activity row about a job, for its user.
+/// One activity row about a job, for its user (no request: the worker or
+/// the scheduler acts).
 pub(crate) async fn log_activity(
     client: &impl GenericClient,
     job: &Job,
     activity_type: ActivityType,
     metadata: Value,
 ) -> Result<(), LedgerError> {
-    client
-        .execute(
-            "INSERT INTO user_activity_logs (user_id, activity_type, entity_type, entity_id, metadata) \
-             VALUES ($1, $2, 'generation_job', $3, $4)",
-            &[&job.user_id, &activity_type, &job.id, &metadata],
-        )
-        .await?;
+    log_job_activity(client, &job.user_id, &job.id, activity_type, metadata).await
+}
+
+async fn log_job_activity(
+    client: &impl GenericClient,
+    user_id: &str,
+    job_id: &str,
+    activity_type: ActivityType,
+    metadata: Value,
+) -> Result<(), LedgerError> {
+    let activity = Activity {
+        user_id: Some(user_id),
+        activity_type,
+        entity_type: Some("generation_job"),
+        entity_id: Some(job_id),
+        metadata,
+    };
+    activity::record(client, activity, &RequestMeta::default()).await?;
     Ok(())
 }
 
@@ -356,11 +369,7 @@ pub async fn cancel_for_character(
             &[&character_id, &user_id],
         )
         .await?;
-    for job in &queued {
-        let job_id: String = job.try_get(0)?;
-        holds::release(client, &job_id).await?;
-    }
-    Ok(queued.len())
+    Ok(release_each(client, &queued).await?.len())
 }
 
 /// queued or processing → cancelled for every job of a user whose account
@@ -382,12 +391,7 @@ pub async fn cancel_for_user(
             &[&user_id, &json!({ "error": reason })],
         )
         .await?;
-    let mut cancelled = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let job_id: String = row.try_get(0)?;
-        holds::release(client, &job_id).await?;
-        cancelled.push(job_id);
-    }
+    let mut cancelled = release_each(client, &rows).await?;
     client
         .execute(
             "UPDATE characters c SET generation_status = 'cancelled' \
@@ -399,6 +403,21 @@ pub async fn cancel_for_user(
         .await?;
     cancelled.sort();
     Ok(cancelled)
+}
+
+/// Releases the hold of each job whose id is the first column of `rows` (the
+/// `RETURNING id` of a cancel); answers the ids.
+async fn release_each(
+    client: &impl GenericClient,
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<String>, LedgerError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        let job_id: String = row.try_get(0)?;
+        holds::release(client, &job_id).await?;
+        ids.push(job_id);
+    }
+    Ok(ids)
 }
 
 /// processing → cancelled for a job whose character was deleted while it
@@ -486,18 +505,14 @@ pub async fn fail_lost_message(
             .await?;
     }
     let user_id: String = row.try_get(1)?;
-    client
-        .execute(
-            "INSERT INTO user_activity_logs (user_id, activity_type, entity_type, entity_id, metadata) \
-             VALUES ($1, $2, 'generation_job', $3, $4)",
-            &[
-                &user_id,
-                &ActivityType::JobFailed,
-                &job_id,
-                &json!({"error": "queue message lost", "stage": "queue"}),
-            ],
-        )
-        .await?;
+    log_job_activity(
+        client,
+        &user_id,
+        job_id,
+        ActivityType::JobFailed,
+        json!({"error": "queue message lost", "stage": "queue"}),
+    )
+    .await?;
     Ok(true)
 }
 

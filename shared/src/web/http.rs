@@ -257,6 +257,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resource_ids_are_bounded_and_free_of_control_characters() {
+        assert_eq!(
+            resource_id("cfg_generate", "config").unwrap(),
+            "cfg_generate"
+        );
+        assert!(resource_id(&"x".repeat(128), "config").is_ok());
+        for bad in [String::new(), "a\0b".into(), "a\nb".into(), "x".repeat(129)] {
+            let err = resource_id(&bad, "config").unwrap_err();
+            assert!(matches!(err, ApiError::NotFound(_)), "{bad:?}: {err:?}");
+        }
+    }
+
+    #[test]
     fn request_ids_from_clients_are_sanitised() {
         assert!(is_safe_request_id("abc-123_x.y"));
         assert!(!is_safe_request_id(""));
