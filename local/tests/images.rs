@@ -332,7 +332,7 @@ async fn the_owner_chooses_the_primary_image_and_nobody_else_can() {
         (json!({}), "image_id"),
         (
             json!({"image_id": newer_id, "primary_image_url": "x"}),
-            "body",
+            "primary_image_url",
         ),
     ] {
         let reply = set_primary(&stack, &ann, &public, body.clone()).await;

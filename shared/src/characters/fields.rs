@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::kernel::error::{ApiError, FieldError};
-use crate::users::fields::{self as common, STYLE_TYPES};
-use crate::web::input::{check, decode_strict, finish, present, required_if_present};
+use crate::users::fields::STYLE_TYPES;
+use crate::web::input::checks::{self, check};
+use crate::web::input::{RequestBody, decode, present, required_if_present};
 
 /// Sampler names the generator accepts (AUTOMATIC1111's `sampler_name`s).
 pub const SAMPLERS: [&str; 22] = [
@@ -113,51 +114,6 @@ pub struct CharacterFields {
     pub variant_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFields {
-    #[serde(default, deserialize_with = "present")]
-    name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    description: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    prompt: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    negative_prompt: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    style_type: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    art_style: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    mood: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    color_palette: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "present")]
-    model_version: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    generation_seed: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
-    cfg_scale: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "present")]
-    steps: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
-    sampler: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    collection_id: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    tags: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "present")]
-    is_public: Option<Option<bool>>,
-    #[serde(default, deserialize_with = "present")]
-    allow_commercial_use: Option<Option<bool>>,
-    #[serde(default, deserialize_with = "present")]
-    license_type: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    parent_character_id: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    variant_type: Option<Option<String>>,
-}
-
 /// Whether the body creates a character or edits one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -167,123 +123,275 @@ pub enum Purpose {
 
 /// Decodes and validates a create or patch body.
 pub fn parse(body: Map<String, Value>, purpose: Purpose) -> Result<CharacterFields, ApiError> {
-    let mut read_only: Vec<&str> = READ_ONLY.to_vec();
-    if purpose == Purpose::Update {
-        // Lineage is fixed at creation.
-        read_only.extend(["parent_character_id", "variant_type"]);
+    match purpose {
+        Purpose::Create => decode::<NewCharacter>(body),
+        Purpose::Update => decode::<CharacterPatch>(body),
     }
-    let raw: RawFields = decode_strict(body, &read_only)?;
-    let mut errors = Vec::new();
-    let mut out = CharacterFields::default();
-    let e = &mut errors;
+}
 
-    let nullable_text = |e: &mut Vec<FieldError>,
-                         field: &str,
-                         value: Option<Option<String>>,
-                         max: usize,
-                         multiline: bool| {
-        value.map(|v| match v {
-            None => None,
-            Some(text) => check(e, common::text(field, &text, max, multiline)).flatten(),
-        })
-    };
-    let required_text = |e: &mut Vec<FieldError>,
-                         field: &str,
-                         value: Option<Option<String>>,
-                         max: usize,
-                         multiline: bool| {
-        let value = required_if_present(field, value, e)?;
-        match check(e, common::text(field, &value, max, multiline))? {
-            Some(text) => Some(text),
-            None => {
-                e.push(FieldError::new(field, "must not be empty"));
-                None
-            }
-        }
-    };
+/// A new character. Text is trimmed and may not contain control characters (multi-line
+/// fields allow newlines and tabs); `name`, `description` and `prompt` are checked against
+/// the caller's content filter. Read-only columns (ids, images and processing, counters,
+/// ratings, timestamps, `owner`) and unknown fields are refused with a 422 naming them.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewCharacter {
+    /// 1 to 100 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 100)]
+    name: Option<Option<String>>,
+    /// The generation prompt: 1 to 2000 characters, multi-line.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 2000)]
+    prompt: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(required = true, schema_with = style_type_schema)]
+    style_type: Option<Option<String>>,
+    /// Makes the new character a variant of this one, which must be the caller's own or
+    /// a public one (else 422). Fixed at creation.
+    #[serde(default)]
+    parent_character_id: Option<String>,
+    #[serde(default)]
+    #[schema(schema_with = variant_type_schema)]
+    variant_type: Option<String>,
+    #[serde(flatten)]
+    attributes: CharacterAttributes,
+}
 
-    out.name = required_text(e, "name", raw.name, 100, false);
-    out.description = nullable_text(e, "description", raw.description, 2000, true);
-    out.prompt = required_text(e, "prompt", raw.prompt, 2000, true);
-    out.negative_prompt = nullable_text(e, "negative_prompt", raw.negative_prompt, 2000, true);
-    if let Some(style) = required_if_present("style_type", raw.style_type, e) {
-        out.style_type = check(e, common::one_of("style_type", &style, &STYLE_TYPES));
-    }
-    out.art_style = nullable_text(e, "art_style", raw.art_style, 50, false);
-    out.mood = nullable_text(e, "mood", raw.mood, 50, false);
-    out.color_palette = raw
-        .color_palette
-        .map(|v| v.and_then(|colors| check(e, color_palette(&colors))));
-    if let Some(version) = required_if_present("model_version", raw.model_version, e) {
-        out.model_version = check(e, model_version(&version));
-    }
-    out.generation_seed = raw.generation_seed.map(|v| {
-        v.and_then(|seed| {
-            check(
-                e,
-                i32::try_from(seed).ok().filter(|s| *s >= 0).ok_or_else(|| {
-                    FieldError::new(
-                        "generation_seed",
-                        "must be a whole number from 0 to 2147483647",
-                    )
-                }),
-            )
-        })
-    });
-    if let Some(cfg) = required_if_present("cfg_scale", raw.cfg_scale, e) {
-        out.cfg_scale_tenths = check(e, cfg_scale_tenths(cfg));
-    }
-    if let Some(steps) = required_if_present("steps", raw.steps, e) {
-        out.steps = check(
-            e,
-            i32::try_from(steps)
-                .ok()
-                .filter(|s| (1..=150).contains(s))
-                .ok_or_else(|| FieldError::new("steps", "must be a whole number from 1 to 150")),
-        );
-    }
-    if let Some(sampler) = required_if_present("sampler", raw.sampler, e) {
-        out.sampler = check(e, common::one_of("sampler", &sampler, &SAMPLERS));
-    }
-    out.collection_id = raw.collection_id;
-    if let Some(tags) = required_if_present("tags", raw.tags, e) {
-        out.tags = check(e, common::tag_list("tags", &tags, MAX_TAGS, tag));
-    }
-    out.is_public = required_if_present("is_public", raw.is_public, e);
-    out.allow_commercial_use =
-        required_if_present("allow_commercial_use", raw.allow_commercial_use, e);
-    if let Some(license) = required_if_present("license_type", raw.license_type, e) {
-        out.license_type = check(e, common::one_of("license_type", &license, &LICENSE_TYPES));
-    }
-    out.parent_character_id = raw.parent_character_id.flatten();
-    out.variant_type = raw.variant_type.flatten();
+/// Changes to a character: only the fields sent change. Besides the read-only columns,
+/// `parent_character_id` and `variant_type` are refused (a character's lineage is fixed at
+/// creation).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CharacterPatch {
+    /// 1 to 100 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, min_length = 1, max_length = 100)]
+    name: Option<Option<String>>,
+    /// The generation prompt: 1 to 2000 characters, multi-line.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, min_length = 1, max_length = 2000)]
+    prompt: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = style_type_schema)]
+    style_type: Option<Option<String>>,
+    #[serde(flatten)]
+    attributes: CharacterAttributes,
+}
 
-    if purpose == Purpose::Create {
+/// The optional settable fields of a character. `null` clears the nullable ones; the
+/// others may be absent but not `null`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CharacterAttributes {
+    /// At most 2000 characters, multi-line.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    description: Option<Option<String>>,
+    /// At most 2000 characters, multi-line.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    negative_prompt: Option<Option<String>>,
+    /// At most 50 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 50)]
+    art_style: Option<Option<String>>,
+    /// At most 50 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 50)]
+    mood: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = color_palette_schema)]
+    color_palette: Option<Option<Vec<String>>>,
+    /// 1 to 32 letters, digits, `.`, `-` or `_`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(
+        value_type = String,
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9._-]{1,32}$"
+    )]
+    model_version: Option<Option<String>>,
+    /// 0 to 2147483647.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, minimum = 0)]
+    generation_seed: Option<Option<i64>>,
+    /// 1.0 to 30.0 with at most one decimal.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = f64, minimum = 1.0, maximum = 30.0, multiple_of = 0.1)]
+    cfg_scale: Option<Option<f64>>,
+    /// Sampling steps, 1 to 150.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = i32, minimum = 1, maximum = 150)]
+    steps: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = sampler_schema)]
+    sampler: Option<Option<String>>,
+    /// One of the caller's collections (else 422); the character is also filed in it.
+    /// `null` takes the character out of its collection field (not out of the
+    /// collection's members).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    collection_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = tags_schema)]
+    tags: Option<Option<Vec<String>>>,
+    /// Public characters are visible to anyone and may appear in the gallery; a suspended
+    /// account cannot publish (403).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = bool)]
+    is_public: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = bool)]
+    allow_commercial_use: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = license_type_schema)]
+    license_type: Option<Option<String>>,
+}
+
+impl RequestBody for NewCharacter {
+    type Valid = CharacterFields;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY.contains(&field)
+    }
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> CharacterFields {
+        let mut out = self.attributes.validate(errors);
+        core_fields(&mut out, self.name, self.prompt, self.style_type, errors);
         for (field, missing) in [
             ("name", out.name.is_none()),
             ("prompt", out.prompt.is_none()),
             ("style_type", out.style_type.is_none()),
         ] {
-            if missing && !errors.iter().any(|err| err.field == field) {
+            if missing {
                 errors.push(FieldError::new(field, "is required"));
             }
         }
-        match (&out.parent_character_id, out.variant_type.as_deref()) {
-            (None, None | Some("original")) => out.variant_type = None,
-            (None, Some(_)) => errors.push(FieldError::new(
+        out.parent_character_id = self.parent_character_id;
+        out.variant_type = lineage(&out.parent_character_id, self.variant_type, errors);
+        out
+    }
+}
+
+impl RequestBody for CharacterPatch {
+    type Valid = CharacterFields;
+
+    fn read_only(field: &str) -> bool {
+        // Lineage is fixed at creation.
+        READ_ONLY.contains(&field) || matches!(field, "parent_character_id" | "variant_type")
+    }
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> CharacterFields {
+        let mut out = self.attributes.validate(errors);
+        core_fields(&mut out, self.name, self.prompt, self.style_type, errors);
+        out
+    }
+}
+
+/// `name`, `prompt` and `style_type`: absent or a value, never `null`.
+fn core_fields(
+    out: &mut CharacterFields,
+    name: Option<Option<String>>,
+    prompt: Option<Option<String>>,
+    style_type: Option<Option<String>>,
+    errors: &mut Vec<FieldError>,
+) {
+    if let Some(name) = required_if_present("name", name, errors) {
+        out.name = check(errors, checks::nonblank("name", &name, 100, false));
+    }
+    if let Some(prompt) = required_if_present("prompt", prompt, errors) {
+        out.prompt = check(errors, checks::nonblank("prompt", &prompt, 2000, true));
+    }
+    if let Some(style) = required_if_present("style_type", style_type, errors) {
+        out.style_type = check(errors, checks::one_of("style_type", &style, &STYLE_TYPES));
+    }
+}
+
+/// A new character's variant type: none for an original, one of [`VARIANT_TYPES`] for a
+/// variant.
+fn lineage(
+    parent: &Option<String>,
+    variant_type: Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    match (parent, variant_type.as_deref()) {
+        (None, None | Some("original")) => None,
+        (None, Some(_)) => {
+            errors.push(FieldError::new(
                 "variant_type",
                 "only a variant (with parent_character_id) can have a variant type other than original",
-            )),
-            (Some(_), None) => errors.push(FieldError::new(
-                "variant_type",
-                format!("is required for a variant: one of {}", VARIANT_TYPES.join(", ")),
-            )),
-            (Some(_), Some(variant)) => {
-                check(&mut errors, common::one_of("variant_type", variant, &VARIANT_TYPES));
-            }
+            ));
+            None
         }
+        (Some(_), None) => {
+            errors.push(FieldError::new(
+                "variant_type",
+                format!(
+                    "is required for a variant: one of {}",
+                    VARIANT_TYPES.join(", ")
+                ),
+            ));
+            None
+        }
+        (Some(_), Some(variant)) => check(
+            errors,
+            checks::one_of("variant_type", variant, &VARIANT_TYPES),
+        ),
     }
-    finish(out, errors)
+}
+
+impl CharacterAttributes {
+    fn validate(self, errors: &mut Vec<FieldError>) -> CharacterFields {
+        let e = errors;
+        let nullable_text = |e: &mut Vec<FieldError>,
+                             field: &str,
+                             value: Option<Option<String>>,
+                             max,
+                             multiline| {
+            value.map(|v| {
+                v.and_then(|text| check(e, checks::text(field, &text, max, multiline)).flatten())
+            })
+        };
+        let mut out = CharacterFields {
+            description: nullable_text(e, "description", self.description, 2000, true),
+            negative_prompt: nullable_text(e, "negative_prompt", self.negative_prompt, 2000, true),
+            art_style: nullable_text(e, "art_style", self.art_style, 50, false),
+            mood: nullable_text(e, "mood", self.mood, 50, false),
+            color_palette: self
+                .color_palette
+                .map(|v| v.and_then(|colors| check(e, color_palette(&colors)))),
+            collection_id: self.collection_id,
+            ..CharacterFields::default()
+        };
+        if let Some(version) = required_if_present("model_version", self.model_version, e) {
+            out.model_version = check(e, model_version(&version));
+        }
+        out.generation_seed = self.generation_seed.map(|v| {
+            v.and_then(|seed| {
+                check(
+                    e,
+                    checks::whole("generation_seed", seed, 0, i32::MAX.into()),
+                )
+            })
+        });
+        if let Some(cfg) = required_if_present("cfg_scale", self.cfg_scale, e) {
+            out.cfg_scale_tenths = check(e, cfg_scale_tenths(cfg));
+        }
+        if let Some(steps) = required_if_present("steps", self.steps, e) {
+            out.steps = check(e, checks::whole("steps", steps, 1, 150));
+        }
+        if let Some(sampler) = required_if_present("sampler", self.sampler, e) {
+            out.sampler = check(e, checks::one_of("sampler", &sampler, &SAMPLERS));
+        }
+        if let Some(tags) = required_if_present("tags", self.tags, e) {
+            out.tags = check(e, checks::tag_list("tags", &tags, MAX_TAGS, tag));
+        }
+        out.is_public = required_if_present("is_public", self.is_public, e);
+        out.allow_commercial_use =
+            required_if_present("allow_commercial_use", self.allow_commercial_use, e);
+        if let Some(license) = required_if_present("license_type", self.license_type, e) {
+            out.license_type = check(e, checks::one_of("license_type", &license, &LICENSE_TYPES));
+        }
+        out
+    }
 }
 
 /// `1.0..=30.0` with at most one decimal, as exact tenths.
@@ -306,7 +414,7 @@ pub fn cfg_scale_tenths(value: f64) -> Result<i32, FieldError> {
 
 /// Colours as `#rrggbb` (or `#rgb`), lowercased; at most ten, no duplicates.
 pub fn color_palette(colors: &[String]) -> Result<Vec<String>, FieldError> {
-    common::tag_list("color_palette", colors, MAX_COLORS, |field, raw| {
+    checks::tag_list("color_palette", colors, MAX_COLORS, |field, raw| {
         let hex = raw.strip_prefix('#').unwrap_or("");
         if matches!(hex.len(), 3 | 6) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
             Ok(raw.to_ascii_lowercase())
@@ -349,107 +457,6 @@ fn model_version(raw: &str) -> Result<String, FieldError> {
             "must be 1 to 32 letters, digits, '.', '-' or '_'",
         ))
     }
-}
-
-// ------------------------------------------------------------------------------------------
-// Request bodies, as documented in the OpenAPI document. [`parse`] decodes the bodies; these
-// types only describe what it accepts.
-// ------------------------------------------------------------------------------------------
-
-/// A new character. Text is trimmed and may not contain control characters (multi-line
-/// fields allow newlines and tabs); `name`, `description` and `prompt` are checked against
-/// the caller's content filter. Read-only columns (ids, images and processing, counters,
-/// ratings, timestamps, `owner`) and unknown fields are refused with a 422 naming them.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct NewCharacter {
-    /// 1 to 100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    name: String,
-    /// The generation prompt: 1 to 2000 characters, multi-line.
-    #[schema(min_length = 1, max_length = 2000)]
-    prompt: String,
-    #[schema(schema_with = style_type_schema)]
-    style_type: String,
-    /// Makes the new character a variant of this one, which must be the caller's own or
-    /// a public one (else 422). Fixed at creation.
-    parent_character_id: Option<String>,
-    #[schema(schema_with = variant_type_schema)]
-    variant_type: Option<String>,
-    #[serde(flatten)]
-    attributes: CharacterAttributes,
-}
-
-/// Changes to a character: only the fields sent change. Besides the read-only columns,
-/// `parent_character_id` and `variant_type` are refused (a character's lineage is fixed at
-/// creation).
-#[derive(Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct CharacterPatch {
-    /// 1 to 100 characters.
-    #[schema(required = false, min_length = 1, max_length = 100)]
-    name: String,
-    /// The generation prompt: 1 to 2000 characters, multi-line.
-    #[schema(required = false, min_length = 1, max_length = 2000)]
-    prompt: String,
-    #[schema(required = false, schema_with = style_type_schema)]
-    style_type: String,
-    #[serde(flatten)]
-    attributes: CharacterAttributes,
-}
-
-/// The optional settable fields of a character. `null` clears the nullable ones; the
-/// others may be absent but not `null`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct CharacterAttributes {
-    /// At most 2000 characters, multi-line.
-    #[schema(max_length = 2000)]
-    description: Option<String>,
-    /// At most 2000 characters, multi-line.
-    #[schema(max_length = 2000)]
-    negative_prompt: Option<String>,
-    /// At most 50 characters.
-    #[schema(max_length = 50)]
-    art_style: Option<String>,
-    /// At most 50 characters.
-    #[schema(max_length = 50)]
-    mood: Option<String>,
-    #[schema(schema_with = color_palette_schema)]
-    color_palette: Option<Vec<String>>,
-    /// 1 to 32 letters, digits, `.`, `-` or `_`.
-    #[schema(
-        required = false,
-        min_length = 1,
-        max_length = 32,
-        pattern = "^[A-Za-z0-9._-]{1,32}$"
-    )]
-    model_version: String,
-    /// 0 to 2147483647.
-    #[schema(minimum = 0)]
-    generation_seed: Option<i32>,
-    /// 1.0 to 30.0 with at most one decimal.
-    #[schema(required = false, minimum = 1.0, maximum = 30.0, multiple_of = 0.1)]
-    cfg_scale: f64,
-    /// Sampling steps, 1 to 150.
-    #[schema(required = false, minimum = 1, maximum = 150)]
-    steps: i32,
-    #[schema(required = false, schema_with = sampler_schema)]
-    sampler: String,
-    /// One of the caller's collections (else 422); the character is also filed in it.
-    /// `null` takes the character out of its collection field (not out of the
-    /// collection's members).
-    collection_id: Option<String>,
-    #[schema(required = false, schema_with = tags_schema)]
-    tags: Vec<String>,
-    /// Public characters are visible to anyone and may appear in the gallery; a suspended
-    /// account cannot publish (403).
-    #[schema(required = false)]
-    is_public: bool,
-    #[schema(required = false)]
-    allow_commercial_use: bool,
-    #[schema(required = false, schema_with = license_type_schema)]
-    license_type: String,
 }
 
 fn style_type_schema() -> utoipa::openapi::Object {

@@ -31,11 +31,12 @@ use crate::kernel::tier::Tier;
 use crate::kernel::vocabulary::JobType;
 use crate::ports::generator::MAX_OUTPUT_SIDE;
 use crate::users::User;
-use crate::users::fields::{STYLE_TYPES, one_of};
+use crate::users::fields::STYLE_TYPES;
 use crate::web::auth::Caller;
 use crate::web::http::{ApiJson, ApiPath, RequestMeta, resource_id};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
-use crate::web::input::{check, decode_strict, finish};
+use crate::web::input::checks::one_of;
+use crate::web::input::{RequestBody, check, decode, finish};
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -136,12 +137,25 @@ pub struct VariantRequest {
     pub changes: CharacterFields,
 }
 
+impl RequestBody for GenerateBody {
+    /// Checked against the caller's tier afterwards: [`GenerateBody::validate`].
+    type Valid = Self;
+
+    fn read_only(field: &str) -> bool {
+        matches!(
+            field,
+            "id" | "user_id" | "character_id" | "status" | "cost_credits"
+        )
+    }
+
+    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+        self
+    }
+}
+
 impl GenerateBody {
     pub fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
-        decode_strict(
-            body,
-            &["id", "user_id", "character_id", "status", "cost_credits"],
-        )
+        decode::<Self>(body)
     }
 
     /// Validates and caps the parameters for a user of `tier`.
@@ -309,7 +323,7 @@ fn variant_request(
                 Err(ApiError::Validation { errors: found, .. }) => {
                     errors.extend(found.into_iter().map(|mut e| {
                         e.field = match e.field.as_str() {
-                            // The decoder's own complaint (a wrong JSON type).
+                            // A value the decoder could not hold at all.
                             "body" => "changes".to_string(),
                             field => format!("changes.{field}"),
                         };
@@ -940,7 +954,7 @@ mod tests {
             ),
             (
                 json!({"job_type": "variation", "changes": {"name": 5}}),
-                "changes",
+                "changes.name",
             ),
         ] {
             let err = GenerateBody::parse(request.as_object().cloned().unwrap())

@@ -31,10 +31,11 @@ use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::ports::db;
 use crate::users;
 use crate::users::account::Account;
-use crate::users::fields::{STYLE_TYPES, one_of};
+use crate::users::fields::STYLE_TYPES;
 use crate::web::auth::{Caller, Identity, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
-use crate::web::input::finish;
+use crate::web::input::checks::one_of;
+use crate::web::input::{RequestBody, decode, finish, required};
 use crate::web::pagination::{self, Page};
 use crate::web::responses::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -641,40 +642,32 @@ pub(crate) async fn list_images(
 }
 
 /// The body of `PUT /api/v1/characters/{id}/primary-image`. Unknown fields are refused with
-/// a 422.
-// It only documents the body: `primary_image_id` reads it.
+/// a 422 naming them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub(crate) struct PrimaryImageChoice {
     /// One of the character's images (see `GET /api/v1/characters/{id}/images`).
-    #[schema(min_length = 1, max_length = 128)]
-    image_id: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 128)]
+    image_id: Option<String>,
 }
 
-/// The image id of a primary-image body: a 422 naming `image_id` for anything but a
-/// plausible id.
-fn primary_image_id(body: Map<String, Value>) -> Result<String, ApiError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Raw {
-        #[serde(default)]
-        image_id: Option<Value>,
-    }
-    let raw: Raw = crate::web::input::decode_strict(body, &[])?;
-    match raw.image_id {
-        None | Some(Value::Null) => Err(ApiError::validation("image_id", "is required")),
-        Some(Value::String(id)) => {
-            if (1..=128).contains(&id.len()) && !id.chars().any(char::is_control) {
-                Ok(id)
-            } else {
-                Err(ApiError::validation(
-                    "image_id",
-                    "is not an image of this character",
-                ))
-            }
+impl RequestBody for PrimaryImageChoice {
+    type Valid = String;
+
+    /// A 422 naming `image_id` for anything but a plausible id.
+    fn validate(self, errors: &mut Vec<FieldError>) -> String {
+        let id = required("image_id", self.image_id, errors).unwrap_or_default();
+        if !errors.is_empty() {
+            return id;
         }
-        Some(_) => Err(ApiError::validation("image_id", "must be a string")),
+        if !(1..=128).contains(&id.len()) || id.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                "image_id",
+                "is not an image of this character",
+            ));
+        }
+        id
     }
 }
 
@@ -713,7 +706,7 @@ pub(crate) async fn set_primary_image(
     let mut client = state.db.get().await?;
     // The account first: a banned caller is refused whatever the body says.
     let user = users::repo::current_user(&**client, &identity).await?;
-    let image_id = primary_image_id(body)?;
+    let image_id = decode::<PrimaryImageChoice>(body)?;
     let tx = db::begin_as(&mut client, Some(&user.id)).await?;
     repo::owned(&tx, &user, id).await?;
     let mut character = images::set_primary(&tx, &user, id, &image_id, &meta).await?;

@@ -13,7 +13,6 @@
 //! `user_activity_logs` row naming the admin who did it.
 
 pub mod adjustments;
-pub mod fields;
 pub mod packages;
 pub mod pricing;
 pub mod refunds;

@@ -38,7 +38,7 @@ use crate::users::repo::current_user;
 use crate::web::auth::Caller;
 use crate::web::http::ApiQuery;
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
-use crate::web::input::decode_strict;
+use crate::web::input::{RequestBody, decode};
 use crate::web::pagination::{self, Page, TimeKey};
 use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{
@@ -167,7 +167,18 @@ fn is_plain_id(id: &str) -> bool {
 #[serde(deny_unknown_fields)]
 struct PurchaseRequest {
     /// A package on offer to the caller now (see `GET /api/v1/credits/packages`).
-    package_id: String,
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
+    package_id: Option<String>,
+}
+
+impl RequestBody for PurchaseRequest {
+    /// The package's id.
+    type Valid = String;
+
+    fn validate(self, errors: &mut Vec<crate::kernel::error::FieldError>) -> String {
+        crate::web::input::required("package_id", self.package_id, errors).unwrap_or_default()
+    }
 }
 
 // Documents the object `create_purchase` builds with `json!`; nothing builds one.
@@ -297,8 +308,8 @@ pub(crate) async fn create_purchase(
         )
     })?;
     let request_body = Value::Object(body.clone());
-    let request: PurchaseRequest = decode_strict(body, &[])?;
-    if !is_plain_id(&request.package_id) {
+    let package_id = decode::<PurchaseRequest>(body)?;
+    if !is_plain_id(&package_id) {
         return Err(ApiError::validation("package_id", "is not a package on offer").into());
     }
     let payments = &state.config.payments;
@@ -327,7 +338,7 @@ pub(crate) async fn create_purchase(
         return Ok(Claim::replay(status, body));
     }
     gifting::refuse_if_frozen(&tx, &user.id, "purchases").await?;
-    let package = offered_package(&tx, &request.package_id, tier).await?;
+    let package = offered_package(&tx, &package_id, tier).await?;
     let provider = match payments.provider {
         PaymentProvider::Stripe => "stripe",
         PaymentProvider::Local => "local",

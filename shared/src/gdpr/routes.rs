@@ -24,7 +24,7 @@ use crate::ports::storage::ObjectStore;
 use crate::users::repo::current_user;
 use crate::web::auth::Caller;
 use crate::web::http::{RawBody, RequestMeta};
-use crate::web::input::decode_strict;
+use crate::web::input::{RequestBody, decode};
 use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -104,7 +104,25 @@ pub(crate) struct EraseRequest {
     /// The email address of the account being erased (compared regardless of case).
     #[serde(default)]
     #[schema(value_type = String, format = "email", example = "ann@example.com", required = true)]
-    confirm: Option<Value>,
+    confirm: Option<String>,
+}
+
+impl RequestBody for EraseRequest {
+    /// The confirmation, compared with the account's email by the caller.
+    type Valid = String;
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> String {
+        match self.confirm {
+            Some(confirm) if !confirm.trim().is_empty() => confirm,
+            _ => {
+                errors.push(FieldError::new(
+                    "confirm",
+                    "is required: the email address of the account, to confirm its erasure",
+                ));
+                String::new()
+            }
+        }
+    }
 }
 
 /// Erase the caller's account.
@@ -180,18 +198,7 @@ fn confirmation(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
             }
         }
     };
-    let request: EraseRequest = decode_strict(map, &[])?;
-    match request.confirm {
-        Some(Value::String(confirm)) if !confirm.trim().is_empty() => Ok(confirm),
-        None | Some(Value::Null) => Err(ApiError::from_field_errors(vec![FieldError::new(
-            "confirm",
-            "is required: the email address of the account, to confirm its erasure",
-        )])),
-        Some(_) => Err(ApiError::validation(
-            "confirm",
-            "must be the email address of the account, as a string",
-        )),
-    }
+    decode::<EraseRequest>(map)
 }
 
 /// `application/json` or a `+json` type, as axum's `Json` accepts.

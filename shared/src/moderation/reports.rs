@@ -16,14 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::characters::{self, Action, MODERATED_COLUMNS, ModeratedCharacter};
 use crate::activity::{self, Activity};
-use crate::credits::admin::fields::{self, Fields};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users;
-use crate::users::fields::one_of;
 use crate::web::auth::Admin;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
-use crate::web::input::{check, finish};
+use crate::web::input::checks::{self, one_of};
+use crate::web::input::{RequestBody, check, decode, finish, required};
 use crate::web::pagination::{self, Page, TimeKey};
 use crate::web::responses::{AdminNoAccountYet, AdminRefused};
 use crate::web::responses::{
@@ -223,70 +222,78 @@ pub struct Resolution {
 
 impl Resolution {
     pub fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
-        let mut f = Fields::new(
-            body,
-            &["status", "note", "action"],
-            &[
-                "id",
-                "character_id",
-                "reporter_id",
-                "reason",
-                "details",
-                "resolution_note",
-                "resolved_by",
-                "resolved_at",
-                "created_at",
-                "updated_at",
-            ],
-            "a resolution",
-        )?;
-        f.require("status");
-        let status = f.value("status", fields::one_of(&RESOLVED_STATUSES));
-        let note = f
-            .nullable("note", fields::text(MAX_NOTE, true))
-            .flatten()
-            .flatten();
-        let action = f
-            .value("action", fields::one_of(&RESOLUTION_ACTIONS))
-            .unwrap_or_else(|| "none".into());
-        let action = match action.as_str() {
-            "hide" => Some(Action::Hide),
-            "unpublish" => Some(Action::Unpublish),
-            _ => None,
-        };
-        if status.as_deref() == Some("dismissed") && action.is_some() {
-            f.error(FieldError::new(
-                "action",
-                "must be none (or absent) when dismissing: a dismissed report leads to no action",
-            ));
-        }
-        let resolution = status.map(|status| Self {
-            status,
-            note,
-            action,
-        });
-        f.finish(resolution)?
-            .ok_or_else(|| ApiError::validation("status", "is required"))
+        decode::<ResolutionBody>(body)?.ok_or_else(|| ApiError::validation("status", "is required"))
     }
 }
 
-// Documents the body `Resolution::parse` reads; nothing builds one.
+/// Columns of a report that a resolution cannot set.
+const RESOLUTION_READ_ONLY: [&str; 10] = [
+    "id",
+    "character_id",
+    "reporter_id",
+    "reason",
+    "details",
+    "resolution_note",
+    "resolved_by",
+    "resolved_at",
+    "created_at",
+    "updated_at",
+];
+
 /// A report's resolution. Unknown and read-only fields are refused with a 422 naming them.
-#[derive(Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct ResolutionBody {
     /// `actioned`: the character was dealt with; every open report of it is resolved with
     /// this one. `dismissed`: this report leads to nothing; the character's other reports
     /// stay open.
-    #[schema(schema_with = status_schema)]
-    status: String,
+    #[serde(default)]
+    #[schema(required = true, schema_with = status_schema)]
+    status: Option<String>,
     /// Why, for the record (stored as `resolution_note`): at most 2000 characters,
     /// multi-line, trimmed; empty or `null` stores none.
+    #[serde(default)]
     #[schema(max_length = 2000)]
     note: Option<String>,
-    #[schema(required = false, schema_with = action_schema)]
-    action: String,
+    #[serde(default)]
+    #[schema(schema_with = action_schema)]
+    action: Option<String>,
+}
+
+impl RequestBody for ResolutionBody {
+    /// `None` when a check failed (and named its field).
+    type Valid = Option<Resolution>;
+
+    fn read_only(field: &str) -> bool {
+        RESOLUTION_READ_ONLY.contains(&field)
+    }
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> Option<Resolution> {
+        let status = required("status", self.status, errors)
+            .and_then(|status| check(errors, one_of("status", &status, &RESOLVED_STATUSES)));
+        let note = self
+            .note
+            .and_then(|note| check(errors, checks::text("note", &note, MAX_NOTE, true)).flatten());
+        let action = self
+            .action
+            .and_then(|action| check(errors, one_of("action", &action, &RESOLUTION_ACTIONS)));
+        let action = match action.as_deref() {
+            Some("hide") => Some(Action::Hide),
+            Some("unpublish") => Some(Action::Unpublish),
+            _ => None,
+        };
+        if status.as_deref() == Some("dismissed") && action.is_some() {
+            errors.push(FieldError::new(
+                "action",
+                "must be none (or absent) when dismissing: a dismissed report leads to no action",
+            ));
+        }
+        Some(Resolution {
+            status: status?,
+            note,
+            action,
+        })
+    }
 }
 
 fn status_schema() -> utoipa::openapi::Object {

@@ -33,7 +33,6 @@ use utoipa::{IntoParams, ToSchema};
 use crate::activity::changes as diff;
 use crate::activity::{self, Activity};
 use crate::credits::Balance;
-use crate::credits::admin::fields::{self, FieldResult, Fields, set};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::kernel::tier::Tier;
 use crate::users::AccountStatus;
@@ -41,6 +40,9 @@ use crate::users::{self, USER_COLUMNS, User};
 use crate::web::auth::Admin;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::input::checks::FieldResult;
+use crate::web::input::values::{self, nullable, raw, value};
+use crate::web::input::{RequestBody, decode};
 use crate::web::responses::AdminRefused;
 use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
@@ -265,16 +267,58 @@ fn account_status(field: &str, value: &Value) -> FieldResult<AccountStatus> {
             "cannot be set to deleted here: accounts are deleted by erasure (DELETE /api/v1/me)",
         ));
     }
-    let named = fields::one_of(&ADMIN_ACCOUNT_STATUSES)(field, value)?;
+    let named = values::one_of(&ADMIN_ACCOUNT_STATUSES)(field, value)?;
     AccountStatus::parse(&named)
         .ok_or_else(|| FieldError::new(field, format!("`{named}` is not an account status")))
 }
 
 impl UserChanges {
     pub fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
-        let mut f = Fields::new(body, &WRITABLE_FIELDS, &READ_ONLY_FIELDS, "a user update")?;
-        if WRITABLE_FIELDS.iter().all(|name| !f.has(name)) {
-            f.error(FieldError::new(
+        decode::<UserPatch>(body)
+    }
+}
+
+/// Changes to a user's subscription and status; at least one field. Every other field of the
+/// user is refused with a 422 naming it, as are unknown fields.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    /// Also sets `daily_quota` and the credit account's `daily_allowance` from the tier table
+    /// (FREE 3/0, PREMIUM 10/50, PRO 25/200, ENTERPRISE 100/1000), even when unchanged.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(schema_with = tier_schema)]
+    subscription_tier: Option<Value>,
+    /// RFC 3339; `null` clears it. Must be before the end date when both are set.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    subscription_start_date: Option<Value>,
+    /// RFC 3339; `null` clears it (no end). A tier whose subscription has ended prices as
+    /// FREE.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    subscription_end_date: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(schema_with = status_schema)]
+    account_status: Option<Value>,
+}
+
+impl RequestBody for UserPatch {
+    type Valid = UserChanges;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY_FIELDS.contains(&field)
+    }
+
+    fn validate(self, e: &mut Vec<FieldError>) -> UserChanges {
+        let given = [
+            &self.subscription_tier,
+            &self.subscription_start_date,
+            &self.subscription_end_date,
+            &self.account_status,
+        ];
+        // A field refused while decoding was sent, so something was asked.
+        if e.is_empty() && given.iter().all(|field| field.is_none()) {
+            e.push(FieldError::new(
                 "body",
                 format!(
                     "nothing to change: send at least one of {}",
@@ -282,50 +326,29 @@ impl UserChanges {
                 ),
             ));
         }
-        let mut changes = Self::default();
-        set(
-            &mut changes.subscription_tier,
-            f.value("subscription_tier", fields::one_of(&Tier::NAMES))
-                .map(Some),
+        let tier = value(
+            e,
+            "subscription_tier",
+            self.subscription_tier,
+            values::one_of(&Tier::NAMES),
         );
-        set(
-            &mut changes.subscription_start_date,
-            f.nullable("subscription_start_date", fields::timestamp)
-                .map(Some),
-        );
-        set(
-            &mut changes.subscription_end_date,
-            f.nullable("subscription_end_date", fields::timestamp)
-                .map(Some),
-        );
-        set(
-            &mut changes.account_status,
-            f.value("account_status", account_status).map(Some),
-        );
-        f.finish(changes)
+        UserChanges {
+            subscription_tier: tier,
+            subscription_start_date: nullable(
+                e,
+                "subscription_start_date",
+                self.subscription_start_date,
+                values::timestamp,
+            ),
+            subscription_end_date: nullable(
+                e,
+                "subscription_end_date",
+                self.subscription_end_date,
+                values::timestamp,
+            ),
+            account_status: value(e, "account_status", self.account_status, account_status),
+        }
     }
-}
-
-// Documents the body `UserChanges::parse` reads; nothing builds one.
-/// Changes to a user's subscription and status; at least one field. Every other field of the
-/// user is refused with a 422 naming it, as are unknown fields.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct UserPatch {
-    /// Also sets `daily_quota` and the credit account's `daily_allowance` from the tier table
-    /// (FREE 3/0, PREMIUM 10/50, PRO 25/200, ENTERPRISE 100/1000), even when unchanged.
-    #[schema(required = false, schema_with = tier_schema)]
-    subscription_tier: String,
-    /// RFC 3339; `null` clears it. Must be before the end date when both are set.
-    #[schema(required = false)]
-    subscription_start_date: Option<DateTime<Utc>>,
-    /// RFC 3339; `null` clears it (no end). A tier whose subscription has ended prices as
-    /// FREE.
-    #[schema(required = false)]
-    subscription_end_date: Option<DateTime<Utc>>,
-    #[schema(required = false, schema_with = status_schema)]
-    account_status: String,
 }
 
 fn tier_schema() -> utoipa::openapi::Object {

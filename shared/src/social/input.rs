@@ -4,10 +4,13 @@
 //! field, never a constraint error from the database. All problems of a body
 //! are reported together.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::kernel::error::{ApiError, FieldError};
-use crate::users::fields;
+use crate::web::input::checks::{self, check};
+use crate::web::input::{RequestBody, decode};
 
 /// `content_reports.reason` values (its CHECK constraint).
 pub const REPORT_REASONS: [&str; 8] = [
@@ -36,7 +39,6 @@ const RATING_READ_ONLY: [&str; 7] = [
     "rating_count",
     "rating_average",
 ];
-const RATING_FIELDS: [&str; 2] = ["rating", "review_text"];
 
 /// Columns of `content_reports` that only the platform or a moderator sets.
 const REPORT_READ_ONLY: [&str; 9] = [
@@ -50,7 +52,6 @@ const REPORT_READ_ONLY: [&str; 9] = [
     "created_at",
     "updated_at",
 ];
-const REPORT_FIELDS: [&str; 2] = ["reason", "details"];
 
 /// A validated `PUT /characters/{id}/rating` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,143 +70,109 @@ pub struct ReportInput {
 
 impl RatingInput {
     pub fn from_body(body: &Map<String, Value>) -> Result<Self, ApiError> {
-        let mut errors = foreign_fields(body, &RATING_READ_ONLY, &RATING_FIELDS);
-        let rating = collect(&mut errors, rating("rating", body.get("rating")));
-        let review_text = collect(
-            &mut errors,
-            optional_text("review_text", body.get("review_text"), MAX_REVIEW_CHARS),
-        );
-        match (rating, review_text) {
-            (Some(rating), Some(review_text)) if errors.is_empty() => Ok(Self {
-                rating,
-                review_text,
-            }),
-            _ => Err(ApiError::from_field_errors(errors)),
-        }
+        decode::<RatingBody>(body.clone())
     }
 }
 
 impl ReportInput {
     pub fn from_body(body: &Map<String, Value>) -> Result<Self, ApiError> {
-        let mut errors = foreign_fields(body, &REPORT_READ_ONLY, &REPORT_FIELDS);
-        let reason = collect(&mut errors, reason("reason", body.get("reason")));
-        let details = collect(
-            &mut errors,
-            optional_text("details", body.get("details"), MAX_REPORT_DETAILS_CHARS),
-        );
-        match (reason, details) {
-            (Some(reason), Some(details)) if errors.is_empty() => Ok(Self { reason, details }),
-            _ => Err(ApiError::from_field_errors(errors)),
-        }
+        decode::<ReportBody>(body.clone())
     }
 }
-
-fn collect<T>(errors: &mut Vec<FieldError>, result: Result<T, FieldError>) -> Option<T> {
-    result.map_err(|e| errors.push(e)).ok()
-}
-
-/// Read-only fields, named as such, and fields the route does not know.
-fn foreign_fields(
-    body: &Map<String, Value>,
-    read_only: &[&str],
-    allowed: &[&str],
-) -> Vec<FieldError> {
-    body.keys()
-        .filter_map(|key| {
-            if read_only.contains(&key.as_str()) {
-                Some(FieldError::new(
-                    key,
-                    "is read-only and cannot be set through this route",
-                ))
-            } else if allowed.contains(&key.as_str()) {
-                None
-            } else {
-                Some(FieldError::new(
-                    key,
-                    format!("is not a field of this request ({})", allowed.join(", ")),
-                ))
-            }
-        })
-        .collect()
-}
-
-/// A whole number of stars, 1 to 5: `2.5`, `5.0` and `"5"` are refused rather
-/// than rounded or coerced.
-fn rating(field: &str, value: Option<&Value>) -> Result<i32, FieldError> {
-    let invalid = || FieldError::new(field, "must be a whole number from 1 to 5");
-    match value {
-        None | Some(Value::Null) => Err(FieldError::new(
-            field,
-            "is required: a whole number from 1 to 5",
-        )),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .filter(|n| (1..=5).contains(n))
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(invalid),
-        Some(_) => Err(invalid()),
-    }
-}
-
-fn reason(field: &str, value: Option<&Value>) -> Result<String, FieldError> {
-    match value {
-        None | Some(Value::Null) => Err(FieldError::new(
-            field,
-            format!("is required: one of {}", REPORT_REASONS.join(", ")),
-        )),
-        Some(Value::String(raw)) => fields::one_of(field, raw, &REPORT_REASONS),
-        Some(_) => Err(FieldError::new(
-            field,
-            format!("must be one of {}", REPORT_REASONS.join(", ")),
-        )),
-    }
-}
-
-/// Optional multi-line text; absent, `null` and blank all mean none.
-fn optional_text(
-    field: &str,
-    value: Option<&Value>,
-    max: usize,
-) -> Result<Option<String>, FieldError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(raw)) => fields::text(field, raw, max, true),
-        Some(_) => Err(FieldError::new(field, "must be a string or null")),
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Request bodies, as documented in the OpenAPI document. `from_body` decodes the bodies;
-// these types only describe what it accepts.
-// ------------------------------------------------------------------------------------------
 
 /// The caller's rating of a character. Read-only fields (`id`, `character_id`, `user_id`,
 /// timestamps, `rating_count`, `rating_average`) and unknown fields are refused with a 422
 /// naming them.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct RatingBody {
     /// Whole stars, 1 to 5: `2.5`, `5.0` and `"5"` are refused.
-    #[schema(minimum = 1, maximum = 5)]
-    rating: i32,
+    #[serde(default)]
+    #[schema(value_type = i32, required = true, minimum = 1, maximum = 5)]
+    rating: Option<i64>,
     /// A review of at most 2000 characters, multi-line, trimmed; `null` or blank is none.
+    #[serde(default)]
     #[schema(max_length = 2000)]
     review_text: Option<String>,
+}
+
+impl RequestBody for RatingBody {
+    type Valid = RatingInput;
+
+    fn read_only(field: &str) -> bool {
+        RATING_READ_ONLY.contains(&field)
+    }
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> RatingInput {
+        let rating = match self.rating {
+            None => {
+                errors.push(FieldError::new(
+                    "rating",
+                    "is required: a whole number from 1 to 5",
+                ));
+                None
+            }
+            Some(stars) => check(errors, checks::whole("rating", stars, 1, 5)),
+        };
+        let review_text = self.review_text.and_then(|text| {
+            check(
+                errors,
+                checks::text("review_text", &text, MAX_REVIEW_CHARS, true),
+            )
+            .flatten()
+        });
+        RatingInput {
+            rating: rating.unwrap_or_default(),
+            review_text,
+        }
+    }
 }
 
 /// A report of a character. Read-only fields (`id`, `character_id`, `reporter_id`,
 /// `status`, the resolution fields, timestamps) and unknown fields are refused with a 422
 /// naming them.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct ReportBody {
-    #[schema(schema_with = reason_schema)]
-    reason: String,
+    #[serde(default)]
+    #[schema(required = true, schema_with = reason_schema)]
+    reason: Option<String>,
     /// At most 2000 characters, multi-line, trimmed; `null` or blank is none.
+    #[serde(default)]
     #[schema(max_length = 2000)]
     details: Option<String>,
+}
+
+impl RequestBody for ReportBody {
+    type Valid = ReportInput;
+
+    fn read_only(field: &str) -> bool {
+        REPORT_READ_ONLY.contains(&field)
+    }
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> ReportInput {
+        let reason = match self.reason {
+            None => {
+                errors.push(FieldError::new(
+                    "reason",
+                    format!("is required: one of {}", REPORT_REASONS.join(", ")),
+                ));
+                None
+            }
+            Some(reason) => check(errors, checks::one_of("reason", &reason, &REPORT_REASONS)),
+        };
+        let details = self.details.and_then(|text| {
+            check(
+                errors,
+                checks::text("details", &text, MAX_REPORT_DETAILS_CHARS, true),
+            )
+            .flatten()
+        });
+        ReportInput {
+            reason: reason.unwrap_or_default(),
+            details,
+        }
+    }
 }
 
 fn reason_schema() -> utoipa::openapi::Object {
@@ -292,6 +259,8 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(fields_of(err), ["id", "rating", "review_text"]);
+        let err = RatingInput::from_body(&body(json!({"rating": "9", "stars": 1}))).unwrap_err();
+        assert_eq!(fields_of(err), ["rating", "stars"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 use crate::kernel::error::FieldError;
+use crate::web::input::checks::{FieldResult, text};
 
 pub const LANGUAGES: [&str; 4] = ["en", "zh", "ja", "ko"];
 pub const PROFILE_VISIBILITIES: [&str; 3] = ["public", "friends", "private"];
@@ -15,10 +16,6 @@ pub const EXPERIENCE_LEVELS: [&str; 4] = ["beginner", "intermediate", "advanced"
 pub use crate::kernel::vocabulary::STYLE_TYPES;
 /// Keys of `users.notification_settings`, each a boolean.
 pub const NOTIFICATION_CHANNELS: [&str; 2] = ["email", "push"];
-
-pub const MAX_URL_LEN: usize = 2048;
-
-type FieldResult<T> = Result<T, FieldError>;
 
 /// `^[a-zA-Z0-9_]{3,30}$`, as `users_username_format`.
 pub fn username(field: &str, raw: &str) -> FieldResult<String> {
@@ -64,55 +61,6 @@ pub fn timezone(field: &str, raw: &str) -> FieldResult<String> {
     chrono_tz::Tz::from_str(raw)
         .map(|tz| tz.name().to_string())
         .map_err(|_| FieldError::new(field, "must be an IANA time zone name such as Europe/Paris"))
-}
-
-pub fn one_of(field: &str, raw: &str, allowed: &[&str]) -> FieldResult<String> {
-    if allowed.contains(&raw) {
-        Ok(raw.to_string())
-    } else {
-        Err(FieldError::new(
-            field,
-            format!("must be one of {}", allowed.join(", ")),
-        ))
-    }
-}
-
-/// An absolute http(s) URL with a host.
-pub fn http_url(field: &str, raw: &str) -> FieldResult<String> {
-    let invalid = || FieldError::new(field, "must be an absolute http(s) URL");
-    if raw.len() > MAX_URL_LEN {
-        return Err(FieldError::new(
-            field,
-            format!("must be at most {MAX_URL_LEN} characters"),
-        ));
-    }
-    let url = url::Url::parse(raw).map_err(|_| invalid())?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid());
-    }
-    Ok(url.to_string())
-}
-
-/// Free text of at most `max` characters, trimmed, without control characters
-/// (newlines and tabs allowed only when `multiline`). Empty means absent.
-pub fn text(field: &str, raw: &str, max: usize, multiline: bool) -> FieldResult<Option<String>> {
-    let trimmed = raw.trim();
-    if trimmed.chars().count() > max {
-        return Err(FieldError::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-    let bad_control = trimmed
-        .chars()
-        .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')));
-    if bad_control {
-        return Err(FieldError::new(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok((!trimmed.is_empty()).then(|| trimmed.to_string()))
 }
 
 /// `{"email": true, "push": false}`: a subset of the known channels, booleans.
@@ -172,48 +120,10 @@ pub fn social_links(field: &str, value: &Value) -> FieldResult<Map<String, Value
     Ok(clean)
 }
 
-/// A list of at most `max_items` distinct short tags, each validated by `item`.
-pub fn tag_list(
-    field: &str,
-    values: &[String],
-    max_items: usize,
-    item: impl Fn(&str, &str) -> FieldResult<String>,
-) -> FieldResult<Vec<String>> {
-    if values.len() > max_items {
-        return Err(FieldError::new(
-            field,
-            format!("must have at most {max_items} entries"),
-        ));
-    }
-    let mut out: Vec<String> = Vec::with_capacity(values.len());
-    for (i, value) in values.iter().enumerate() {
-        let value = item(&format!("{field}[{i}]"), value)?;
-        if !out.contains(&value) {
-            out.push(value);
-        }
-    }
-    Ok(out)
-}
-
-/// `[a-z0-9_-]{1,32}`: a free-form use case such as `gaming`.
-pub fn slug(field: &str, raw: &str) -> FieldResult<String> {
-    let ok = (1..=32).contains(&raw.len())
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
-        Ok(raw.to_string())
-    } else {
-        Err(FieldError::new(
-            field,
-            "must be 1 to 32 lowercase letters, digits, - or _",
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::input::checks::{http_url, one_of, slug, tag_list};
     use serde_json::json;
 
     #[test]

@@ -20,12 +20,13 @@ use utoipa::openapi::{Object, ObjectBuilder};
 use super::fields;
 use super::repo::{self, AccountChanges, ProfileFields};
 use super::{Profile, PublicUser, User};
-use crate::kernel::error::{ApiError, Problem};
+use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::ports::db::begin_as;
 use crate::users::account::Account;
 use crate::web::auth::{Caller, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, RequestMeta};
-use crate::web::input::{check, decode_strict, finish, present, required_if_present};
+use crate::web::input::checks::{self, check};
+use crate::web::input::{RequestBody, decode, present, required_if_present};
 use crate::web::responses::{
     self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
@@ -201,70 +202,71 @@ fn notification_settings_schema() -> Object {
     builder.build()
 }
 
-impl MePatch {
-    fn validate(self) -> Result<AccountChanges, ApiError> {
-        let mut errors = Vec::new();
+impl RequestBody for MePatch {
+    type Valid = AccountChanges;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY_ACCOUNT_FIELDS.contains(&field)
+    }
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> AccountChanges {
         let mut changes = AccountChanges::default();
-        if let Some(raw) = required_if_present("username", self.username, &mut errors) {
-            changes.username = check(&mut errors, fields::username("username", &raw));
+        if let Some(raw) = required_if_present("username", self.username, errors) {
+            changes.username = check(errors, fields::username("username", &raw));
         }
         if let Some(raw) = self.display_name {
             changes.display_name = match raw {
                 None => Some(None),
-                Some(raw) => check(&mut errors, fields::text("display_name", &raw, 50, false)),
+                Some(raw) => check(errors, checks::text("display_name", &raw, 50, false)),
             };
         }
         if let Some(raw) = self.avatar_url {
             changes.avatar_url = match raw {
                 None => Some(None),
-                Some(raw) => check(&mut errors, fields::http_url("avatar_url", &raw)).map(Some),
+                Some(raw) => check(errors, checks::http_url("avatar_url", &raw)).map(Some),
             };
         }
         if let Some(raw) =
-            required_if_present("preferred_language", self.preferred_language, &mut errors)
+            required_if_present("preferred_language", self.preferred_language, errors)
         {
             changes.preferred_language = check(
-                &mut errors,
-                fields::one_of("preferred_language", &raw, &fields::LANGUAGES),
+                errors,
+                checks::one_of("preferred_language", &raw, &fields::LANGUAGES),
             );
         }
-        if let Some(raw) = required_if_present("timezone", self.timezone, &mut errors) {
-            changes.timezone = check(&mut errors, fields::timezone("timezone", &raw));
+        if let Some(raw) = required_if_present("timezone", self.timezone, errors) {
+            changes.timezone = check(errors, fields::timezone("timezone", &raw));
         }
-        if let Some(raw) = required_if_present(
-            "notification_settings",
-            self.notification_settings,
-            &mut errors,
-        ) {
+        if let Some(raw) =
+            required_if_present("notification_settings", self.notification_settings, errors)
+        {
             changes.notification_settings = check(
-                &mut errors,
+                errors,
                 fields::notification_settings("notification_settings", &raw),
             );
         }
         if let Some(raw) =
-            required_if_present("profile_visibility", self.profile_visibility, &mut errors)
+            required_if_present("profile_visibility", self.profile_visibility, errors)
         {
             changes.profile_visibility = check(
-                &mut errors,
-                fields::one_of("profile_visibility", &raw, &fields::PROFILE_VISIBILITIES),
+                errors,
+                checks::one_of("profile_visibility", &raw, &fields::PROFILE_VISIBILITIES),
             );
         }
         changes.allow_gallery_showcase = required_if_present(
             "allow_gallery_showcase",
             self.allow_gallery_showcase,
-            &mut errors,
+            errors,
         );
-        if let Some(raw) = required_if_present(
-            "content_filter_level",
-            self.content_filter_level,
-            &mut errors,
-        ) {
+        if let Some(raw) =
+            required_if_present("content_filter_level", self.content_filter_level, errors)
+        {
             changes.content_filter_level = check(
-                &mut errors,
-                fields::one_of("content_filter_level", &raw, &fields::CONTENT_FILTER_LEVELS),
+                errors,
+                checks::one_of("content_filter_level", &raw, &fields::CONTENT_FILTER_LEVELS),
             );
         }
-        finish(changes, errors)
+        changes
     }
 }
 
@@ -294,7 +296,7 @@ pub(crate) async fn patch_me(
     Caller(identity): Caller,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<User>, ApiError> {
-    let changes = decode_strict::<MePatch>(body, &READ_ONLY_ACCOUNT_FIELDS)?.validate()?;
+    let changes = decode::<MePatch>(body)?;
     let client = state.db.get().await?;
     let user = repo::current_user(&**client, &identity).await?;
     Ok(Json(
@@ -425,12 +427,16 @@ fn favorite_art_styles_schema() -> utoipa::openapi::Array {
     )
 }
 
-impl ProfilePut {
-    fn validate(self) -> Result<ProfileFields, ApiError> {
-        let mut errors = Vec::new();
+impl RequestBody for ProfilePut {
+    type Valid = ProfileFields;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY_PROFILE_FIELDS.contains(&field)
+    }
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> ProfileFields {
         let mut text = |field: &str, value: Option<String>, max: usize, multiline: bool| {
-            value
-                .and_then(|v| check(&mut errors, fields::text(field, &v, max, multiline)).flatten())
+            value.and_then(|v| check(errors, checks::text(field, &v, max, multiline)).flatten())
         };
         let mut out = ProfileFields {
             first_name: text("first_name", self.first_name, 100, false),
@@ -443,32 +449,32 @@ impl ProfilePut {
         };
         out.website_url = self
             .website_url
-            .and_then(|v| check(&mut errors, fields::http_url("website_url", &v)));
+            .and_then(|v| check(errors, checks::http_url("website_url", &v)));
         out.social_links = self
             .social_links
-            .and_then(|v| check(&mut errors, fields::social_links("social_links", &v)))
+            .and_then(|v| check(errors, fields::social_links("social_links", &v)))
             .unwrap_or_default();
         out.experience_level = self.experience_level.and_then(|v| {
             check(
-                &mut errors,
-                fields::one_of("experience_level", &v, &fields::EXPERIENCE_LEVELS),
+                errors,
+                checks::one_of("experience_level", &v, &fields::EXPERIENCE_LEVELS),
             )
         });
         out.primary_use_case = self.primary_use_case.and_then(|v| {
             check(
-                &mut errors,
-                fields::tag_list("primary_use_case", &v, 10, fields::slug),
+                errors,
+                checks::tag_list("primary_use_case", &v, 10, checks::slug),
             )
         });
         out.favorite_art_styles = self.favorite_art_styles.and_then(|v| {
             check(
-                &mut errors,
-                fields::tag_list("favorite_art_styles", &v, 10, |f, s| {
-                    fields::one_of(f, s, &fields::STYLE_TYPES)
+                errors,
+                checks::tag_list("favorite_art_styles", &v, 10, |f, s| {
+                    checks::one_of(f, s, &fields::STYLE_TYPES)
                 }),
             )
         });
-        finish(out, errors)
+        out
     }
 }
 
@@ -496,7 +502,7 @@ pub(crate) async fn put_profile(
     mut account: Account,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Profile>, ApiError> {
-    let fields = decode_strict::<ProfilePut>(body, &READ_ONLY_PROFILE_FIELDS)?.validate()?;
+    let fields = decode::<ProfilePut>(body)?;
     let (tx, user) = account.begin_as_user().await?;
     let profile = repo::replace_profile(&tx, &user.id, &fields).await?;
     tx.commit().await?;

@@ -25,7 +25,7 @@ use super::{DetailedProblem, Refusal};
 use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, DailyWindow, Entry};
 use crate::kernel::config::CreditsConfig;
-use crate::kernel::error::{ApiError, Problem};
+use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users::account::Account;
 use crate::web::http::{RawBody, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
@@ -73,6 +73,12 @@ fn no_body(body: &Bytes) -> Result<Value, ApiError> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) if map.is_empty() => Ok(json!({})),
+        // Each field named, as every route names an unknown field.
+        Ok(Value::Object(map)) => Err(ApiError::from_field_errors(
+            map.keys()
+                .map(|key| FieldError::new(key, crate::web::input::UNKNOWN))
+                .collect(),
+        )),
         Ok(_) => Err(ApiError::validation(
             "body",
             "this route takes no fields; send no body or {}",

@@ -33,7 +33,8 @@ use crate::users::repo::current_user;
 use crate::web::auth::Caller;
 use crate::web::http::{ApiJson, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
-use crate::web::input::{check, decode_strict, finish};
+use crate::web::input::checks::{self, check};
+use crate::web::input::{RequestBody, decode_with, required};
 use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
@@ -41,18 +42,6 @@ use crate::web::state::AppState;
 
 const ROUTE: &str = "/api/v1/credits/gifts";
 pub const MAX_MESSAGE_CHARS: usize = 280;
-
-/// Fields arrive as raw JSON so that each bad one gets its own message.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GiftBody {
-    #[serde(default)]
-    to_username: Option<Value>,
-    #[serde(default)]
-    amount: Option<Value>,
-    #[serde(default)]
-    message: Option<Value>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GiftRequest {
@@ -62,88 +51,79 @@ pub struct GiftRequest {
 }
 
 fn validate(body: Map<String, Value>, config: &CreditsConfig) -> Result<GiftRequest, ApiError> {
-    let raw: GiftBody = decode_strict(body, &[])?;
-    let mut errors = Vec::new();
-    let to_username = match raw.to_username {
-        Some(Value::String(name)) => check(&mut errors, fields::username("to_username", &name)),
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new("to_username", "is required"));
-            None
-        }
-        Some(_) => {
-            errors.push(FieldError::new("to_username", "must be a string"));
-            None
-        }
-    };
-    let max = config.gift_max_amount;
-    let whole = || {
-        FieldError::new(
-            "amount",
-            format!("must be a whole number of credits from 1 to {max}"),
-        )
-    };
-    let amount = match raw.amount {
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new("amount", "is required"));
-            None
-        }
-        // Integers only: 1.5, 1e2, "10" and numbers beyond i64 are refused.
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(a) if (1..=i64::from(max)).contains(&a) => i32::try_from(a).ok(),
-            _ => {
-                errors.push(whole());
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(whole());
-            None
-        }
-    };
-    let message = match raw.message {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => check(
-            &mut errors,
-            fields::text("message", &text, MAX_MESSAGE_CHARS, true),
-        )
-        .flatten(),
-        Some(_) => {
-            errors.push(FieldError::new("message", "must be a string"));
-            None
-        }
-    };
-    let request = match (to_username, amount) {
-        (Some(to_username), Some(amount)) => Some(GiftRequest {
-            to_username,
-            amount,
-            message,
-        }),
-        _ => None,
-    };
-    finish(request, errors)?.ok_or_else(|| ApiError::validation("body", "is not a gift"))
+    decode_with::<NewGift, _>(body, |raw, errors| checked(raw, config, errors))?
+        .ok_or_else(|| ApiError::validation("body", "is not a gift"))
 }
 
-// ------------------------------------------------------------------------------------------
-// The request and response bodies, as documented in the OpenAPI document. `validate` decodes
-// the body and `transfer` builds the response; these types only describe them.
-// ------------------------------------------------------------------------------------------
+/// The gift, once its fields pass the gift settings' bounds; `None` when one does not.
+fn checked(
+    raw: NewGift,
+    config: &CreditsConfig,
+    errors: &mut Vec<FieldError>,
+) -> Option<GiftRequest> {
+    let to_username = required("to_username", raw.to_username, errors)
+        .and_then(|name| check(errors, fields::username("to_username", &name)));
+    let max = config.gift_max_amount;
+    // Integers only: 1.5, 1e2 and "10" were refused while decoding.
+    let amount = required("amount", raw.amount, errors).and_then(|amount| {
+        let valid = i32::try_from(amount)
+            .ok()
+            .filter(|a| (1..=max).contains(a))
+            .ok_or_else(|| {
+                FieldError::new(
+                    "amount",
+                    format!("must be a whole number of credits from 1 to {max}"),
+                )
+            });
+        check(errors, valid)
+    });
+    let message = raw.message.and_then(|text| {
+        check(
+            errors,
+            checks::text("message", &text, MAX_MESSAGE_CHARS, true),
+        )
+        .flatten()
+    });
+    Some(GiftRequest {
+        to_username: to_username?,
+        amount: amount?,
+        message,
+    })
+}
 
 /// A gift of credits. Unknown fields are refused with a 422 naming them.
-#[derive(Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub(crate) struct NewGift {
     /// The recipient's username (any case): an active user other than the caller.
-    #[schema(min_length = 3, max_length = 30, pattern = "^[a-zA-Z0-9_]{3,30}$")]
-    to_username: String,
+    #[serde(default)]
+    #[schema(
+        value_type = String,
+        required = true,
+        min_length = 3,
+        max_length = 30,
+        pattern = "^[a-zA-Z0-9_]{3,30}$"
+    )]
+    to_username: Option<String>,
     /// Whole credits, 1 to `GIFT_MAX_AMOUNT` (default 1000): `2.5`, `1.0` and `"10"` are
     /// refused.
-    #[schema(minimum = 1)]
-    amount: i32,
+    #[serde(default)]
+    #[schema(value_type = i32, required = true, minimum = 1)]
+    amount: Option<i64>,
     /// Shown to the recipient: at most 280 characters, multi-line, trimmed; `null` or blank
     /// is none.
+    #[serde(default)]
     #[schema(max_length = 280)]
     message: Option<String>,
+}
+
+impl RequestBody for NewGift {
+    /// Checked against the gift settings afterwards: `validate`.
+    type Valid = Self;
+
+    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+        self
+    }
 }
 
 /// A gift sent.
@@ -581,7 +561,7 @@ mod tests {
             ),
             (
                 json!({"to_username": "bob", "amount": 5, "from": "x"}),
-                "body",
+                "from",
             ),
         ] {
             assert_eq!(
@@ -592,7 +572,7 @@ mod tests {
         }
         assert_eq!(
             fields_of(validate(body(json!({"message": 1})), &config)),
-            ["to_username", "amount", "message"]
+            ["message", "to_username", "amount"]
         );
         // 280 characters (not bytes) are fine.
         let long = "é".repeat(280);

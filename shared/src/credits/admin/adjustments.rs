@@ -11,7 +11,6 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
-use super::fields::{self, Fields};
 use super::{CreditTransaction, error_response};
 use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, Entry};
@@ -20,6 +19,8 @@ use crate::users;
 use crate::web::auth::Admin;
 use crate::web::http::{ApiJson, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::input::checks::{self, check};
+use crate::web::input::{RequestBody, decode, required};
 use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
@@ -42,68 +43,66 @@ pub struct Adjustment {
 
 impl Adjustment {
     pub fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
-        let mut f = Fields::new(
-            body,
-            &["user_id", "amount", "description"],
-            &[],
-            "an adjustment",
-        )?;
-        for required in ["user_id", "amount", "description"] {
-            f.require(required);
-        }
-        let user_id = f.value("user_id", |field, value| {
-            let raw = fields::string(field, value)?;
-            if (1..=200).contains(&raw.len()) && !raw.chars().any(char::is_control) {
-                Ok(raw.to_string())
+        decode::<NewAdjustment>(body)?.ok_or_else(|| ApiError::validation("body", "is incomplete"))
+    }
+}
+
+/// An adjustment of a user's balance. Unknown fields are refused with a 422 naming them.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAdjustment {
+    /// The user whose balance changes (not the admin's own).
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 200)]
+    user_id: Option<String>,
+    /// Whole credits, not 0, from -10000000 to 10000000: positive credits the user, negative
+    /// debits them (never below their available balance: 402).
+    #[serde(default)]
+    #[schema(value_type = i32, required = true, minimum = -10_000_000, maximum = 10_000_000)]
+    amount: Option<i64>,
+    /// The reason, kept as the ledger entry's description: 1 to 500 characters, multi-line,
+    /// trimmed.
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 500)]
+    description: Option<String>,
+}
+
+impl RequestBody for NewAdjustment {
+    /// `None` when a check failed (and named its field).
+    type Valid = Option<Adjustment>;
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> Option<Adjustment> {
+        let user_id = required("user_id", self.user_id, errors).and_then(|id| {
+            let plausible = (1..=200).contains(&id.len()) && !id.chars().any(char::is_control);
+            let checked = if plausible {
+                Ok(id)
             } else {
-                Err(FieldError::new(field, "is not a user id"))
-            }
+                Err(FieldError::new("user_id", "is not a user id"))
+            };
+            check(errors, checked)
         });
-        let amount = f.value("amount", |field, value| {
-            value
-                .as_i64()
+        let amount = required("amount", self.amount, errors).and_then(|n| {
+            let valid = Some(n)
                 .filter(|n| *n != 0 && n.abs() <= MAX_ADJUSTMENT)
                 .and_then(|n| i32::try_from(n).ok())
                 .ok_or_else(|| {
                     FieldError::new(
-                        field,
+                        "amount",
                         format!(
                             "must be a non-zero whole number from -{MAX_ADJUSTMENT} to {MAX_ADJUSTMENT}"
                         ),
                     )
-                })
+                });
+            check(errors, valid)
         });
-        let description = f.value("description", fields::required_text(500, true));
-        let adjustment = match (user_id, amount, description) {
-            (Some(user_id), Some(amount), Some(description)) => Some(Self {
-                user_id,
-                amount,
-                description,
-            }),
-            _ => None,
-        };
-        f.finish(adjustment)?
-            .ok_or_else(|| ApiError::validation("body", "is incomplete"))
+        let description = required("description", self.description, errors)
+            .and_then(|text| check(errors, checks::nonblank("description", &text, 500, true)));
+        Some(Adjustment {
+            user_id: user_id?,
+            amount: amount?,
+            description: description?,
+        })
     }
-}
-
-// Documents the body `Adjustment::parse` reads; nothing builds one.
-/// An adjustment of a user's balance. Unknown fields are refused with a 422 naming them.
-#[derive(serde::Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct NewAdjustment {
-    /// The user whose balance changes (not the admin's own).
-    #[schema(min_length = 1, max_length = 200)]
-    user_id: String,
-    /// Whole credits, not 0, from -10000000 to 10000000: positive credits the user, negative
-    /// debits them (never below their available balance: 402).
-    #[schema(minimum = -10_000_000, maximum = 10_000_000)]
-    amount: i32,
-    /// The reason, kept as the ledger entry's description: 1 to 500 characters, multi-line,
-    /// trimmed.
-    #[schema(min_length = 1, max_length = 500)]
-    description: String,
 }
 
 /// Posts the adjustment and its audit row in the caller's transaction.

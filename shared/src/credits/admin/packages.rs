@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::fields::{self, FieldResult, Fields, set};
 use crate::activity::changes;
 use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, FieldError, Problem};
@@ -21,6 +20,9 @@ use crate::users;
 use crate::web::auth::Admin;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::input::checks::FieldResult;
+use crate::web::input::values::{self, nullable, raw, require, set, value};
+use crate::web::input::{RequestBody, decode_with};
 use crate::web::pagination::{self, Page};
 use crate::web::responses::{AdminNoAccountYet, AdminRefused};
 use crate::web::responses::{
@@ -171,98 +173,137 @@ impl PackageValues {
             highlight_color: None,
             badge_text: None,
         };
-        let mut fields = Fields::new(
-            body,
-            &WRITABLE_FIELDS,
-            &READ_ONLY_FIELDS,
-            "a credit package",
-        )?;
-        for required in ["name", "credit_amount", "price_usd"] {
-            fields.require(required);
-        }
-        values.apply(&mut fields);
-        fields.finish(values)
+        decode_with::<NewCreditPackage, _>(body, |body, errors| {
+            require(errors, "name", &body.name);
+            require(errors, "credit_amount", &body.credit_amount);
+            require(errors, "price_usd", &body.price_usd);
+            values.apply_offer(body.name, body.credit_amount, body.price_usd, errors);
+            values.apply(body.settings, errors);
+            values
+        })
     }
 
     pub fn patched(mut self, body: Map<String, Value>) -> Result<Self, ApiError> {
-        let mut fields = Fields::new(
-            body,
-            &WRITABLE_FIELDS,
-            &READ_ONLY_FIELDS,
-            "a credit package",
-        )?;
-        self.apply(&mut fields);
-        fields.finish(self)
+        decode_with::<CreditPackagePatch, _>(body, |body, errors| {
+            self.apply_offer(body.name, body.credit_amount, body.price_usd, errors);
+            self.apply(body.settings, errors);
+            self
+        })
     }
 
-    fn apply(&mut self, f: &mut Fields) {
+    /// What the package is: its name, credits and price.
+    fn apply_offer(
+        &mut self,
+        name: Option<Value>,
+        credit_amount: Option<Value>,
+        price_usd: Option<Value>,
+        e: &mut Vec<FieldError>,
+    ) {
         set(
             &mut self.name,
-            f.value("name", fields::required_text(100, false)),
-        );
-        set(
-            &mut self.description,
-            f.nullable("description", fields::text(500, true))
-                .map(Option::flatten),
+            value(e, "name", name, values::required_text(100, false)),
         );
         set(
             &mut self.credit_amount,
-            f.value("credit_amount", fields::whole(1, MAX_CREDITS)),
+            value(
+                e,
+                "credit_amount",
+                credit_amount,
+                values::whole(1, MAX_CREDITS),
+            ),
+        );
+        set(&mut self.price_usd, value(e, "price_usd", price_usd, price));
+    }
+
+    fn apply(&mut self, body: PackageSettings, e: &mut Vec<FieldError>) {
+        set(
+            &mut self.description,
+            nullable(e, "description", body.description, values::text(500, true))
+                .map(Option::flatten),
         );
         set(
             &mut self.bonus_credits,
-            f.value("bonus_credits", fields::whole(0, MAX_CREDITS))
-                .map(Some),
+            value(
+                e,
+                "bonus_credits",
+                body.bonus_credits,
+                values::whole(0, MAX_CREDITS),
+            )
+            .map(Some),
         );
-        set(&mut self.price_usd, f.value("price_usd", price));
         set(
             &mut self.price_currency,
-            f.value("price_currency", currency).map(Some),
+            value(e, "price_currency", body.price_currency, currency).map(Some),
         );
         set(
             &mut self.discount_percentage,
-            f.value("discount_percentage", fields::whole(0, 100))
-                .map(Some),
+            value(
+                e,
+                "discount_percentage",
+                body.discount_percentage,
+                values::whole(0, 100),
+            )
+            .map(Some),
         );
         set(
             &mut self.is_available,
-            f.value("is_available", fields::boolean).map(Some),
+            value(e, "is_available", body.is_available, values::boolean).map(Some),
         );
         set(
             &mut self.target_tiers,
-            f.value("target_tiers", target_tiers).map(Some),
+            value(e, "target_tiers", body.target_tiers, target_tiers).map(Some),
         );
         set(
             &mut self.promotion_start_date,
-            f.nullable("promotion_start_date", fields::timestamp),
+            nullable(
+                e,
+                "promotion_start_date",
+                body.promotion_start_date,
+                values::timestamp,
+            ),
         );
         set(
             &mut self.promotion_end_date,
-            f.nullable("promotion_end_date", fields::timestamp),
+            nullable(
+                e,
+                "promotion_end_date",
+                body.promotion_end_date,
+                values::timestamp,
+            ),
         );
         set(
             &mut self.package_type,
-            f.value("package_type", fields::one_of(&PACKAGE_TYPES))
-                .map(Some),
+            value(
+                e,
+                "package_type",
+                body.package_type,
+                values::one_of(&PACKAGE_TYPES),
+            )
+            .map(Some),
         );
         set(
             &mut self.display_order,
-            f.value("display_order", fields::whole(0, MAX_DISPLAY_ORDER))
-                .map(Some),
+            value(
+                e,
+                "display_order",
+                body.display_order,
+                values::whole(0, MAX_DISPLAY_ORDER),
+            )
+            .map(Some),
         );
         set(
             &mut self.highlight_color,
-            f.nullable("highlight_color", hex_colour),
+            nullable(e, "highlight_color", body.highlight_color, hex_colour),
         );
         set(
             &mut self.badge_text,
-            f.nullable("badge_text", fields::text(30, false))
+            nullable(e, "badge_text", body.badge_text, values::text(30, false))
                 .map(Option::flatten),
         );
         if let (Some(start), Some(end)) = (self.promotion_start_date, self.promotion_end_date)
             && start >= end
         {
-            f.error(FieldError::new(
+            e.push(FieldError::new(
                 "promotion_end_date",
                 "must be after promotion_start_date",
             ));
@@ -314,7 +355,7 @@ pub fn price(field: &str, value: &Value) -> FieldResult<String> {
 
 /// Three uppercase letters (ISO 4217).
 pub fn currency(field: &str, value: &Value) -> FieldResult<String> {
-    let raw = fields::string(field, value)?;
+    let raw = values::string(field, value)?;
     if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(raw.to_string())
     } else {
@@ -352,7 +393,7 @@ pub fn target_tiers(field: &str, value: &Value) -> FieldResult<Vec<String>> {
 
 /// `#rgb` or `#rrggbb`.
 pub fn hex_colour(field: &str, value: &Value) -> FieldResult<String> {
-    let raw = fields::string(field, value)?;
+    let raw = values::string(field, value)?;
     let ok = raw.strip_prefix('#').is_some_and(|hex| {
         matches!(hex.len(), 3 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit())
     });
@@ -376,105 +417,119 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-// ------------------------------------------------------------------------------------------
-// Request bodies, as documented in the OpenAPI document. `PackageValues` decodes the bodies;
-// these types only describe what it accepts.
-// ------------------------------------------------------------------------------------------
-
 /// A new credit package. Read-only (`id`, timestamps) and unknown fields are refused with a
 /// 422 naming them; every invalid field is named at once.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct NewCreditPackage {
     /// 1 to 100 characters, trimmed.
-    #[schema(min_length = 1, max_length = 100)]
-    name: String,
-    /// At most 500 characters, multi-line, trimmed; blank is none.
-    #[schema(max_length = 500)]
-    description: Option<String>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 100)]
+    name: Option<Value>,
     /// 1 to 10000000 credits.
-    #[schema(minimum = 1, maximum = 10_000_000)]
-    credit_amount: i32,
-    /// 0 to 10000000 credits added with the purchase (default 0); not `null`.
-    #[schema(required = false, minimum = 0, maximum = 10_000_000)]
-    bonus_credits: i32,
-    #[schema(schema_with = price_schema)]
-    price_usd: String,
-    /// Three uppercase letters (default `USD`); not `null`.
-    #[schema(required = false, pattern = "^[A-Z]{3}$")]
-    price_currency: String,
-    /// 0 to 100 (default 0); not `null`.
-    #[schema(required = false, minimum = 0, maximum = 100)]
-    discount_percentage: i32,
-    /// Default `true`; not `null`.
-    #[schema(required = false)]
-    is_available: bool,
-    #[schema(required = false, schema_with = target_tiers_schema)]
-    target_tiers: Vec<String>,
-    /// An RFC 3339 instant; `null` or absent: no start.
-    promotion_start_date: Option<DateTime<Utc>>,
-    /// An RFC 3339 instant after `promotion_start_date`; `null` or absent: no end.
-    promotion_end_date: Option<DateTime<Utc>>,
-    #[schema(required = false, schema_with = package_type_schema)]
-    package_type: String,
-    /// 0 to 1000000 (default 0), lowest first; not `null`.
-    #[schema(required = false, minimum = 0, maximum = 1_000_000)]
-    display_order: i32,
-    /// `#rgb` or `#rrggbb`.
-    #[schema(pattern = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")]
-    highlight_color: Option<String>,
-    /// At most 30 characters, trimmed; blank is none.
-    #[schema(max_length = 30)]
-    badge_text: Option<String>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = i32, required = true, minimum = 1, maximum = 10_000_000)]
+    credit_amount: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(required = true, schema_with = price_schema)]
+    price_usd: Option<Value>,
+    #[serde(flatten)]
+    settings: PackageSettings,
 }
 
 /// Changes to a credit package: only the fields sent change, `null` clears a nullable one.
 /// Read-only (`id`, timestamps) and unknown fields are refused with a 422 naming them.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreditPackagePatch {
     /// 1 to 100 characters, trimmed.
-    #[schema(required = false, min_length = 1, max_length = 100)]
-    name: String,
-    /// At most 500 characters, multi-line, trimmed; blank or `null` is none.
-    #[schema(max_length = 500)]
-    description: Option<String>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = String, min_length = 1, max_length = 100)]
+    name: Option<Value>,
     /// 1 to 10000000 credits.
-    #[schema(required = false, minimum = 1, maximum = 10_000_000)]
-    credit_amount: i32,
-    /// 0 to 10000000 credits; not `null`.
-    #[schema(required = false, minimum = 0, maximum = 10_000_000)]
-    bonus_credits: i32,
-    #[schema(required = false, schema_with = price_schema)]
-    price_usd: String,
-    /// Three uppercase letters; not `null`.
-    #[schema(required = false, pattern = "^[A-Z]{3}$")]
-    price_currency: String,
-    /// 0 to 100; not `null`.
-    #[schema(required = false, minimum = 0, maximum = 100)]
-    discount_percentage: i32,
-    /// Not `null`.
-    #[schema(required = false)]
-    is_available: bool,
-    #[schema(required = false, schema_with = target_tiers_schema)]
-    target_tiers: Vec<String>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = i32, minimum = 1, maximum = 10_000_000)]
+    credit_amount: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(schema_with = price_schema)]
+    price_usd: Option<Value>,
+    #[serde(flatten)]
+    settings: PackageSettings,
+}
+
+/// The optional settings of a credit package (on creation, an absent one takes its default).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PackageSettings {
+    /// At most 500 characters, multi-line, trimmed; blank or `null` is none.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<String>, max_length = 500)]
+    description: Option<Value>,
+    /// 0 to 10000000 credits added with the purchase (default 0); not `null`.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = i32, minimum = 0, maximum = 10_000_000)]
+    bonus_credits: Option<Value>,
+    /// Three uppercase letters (default `USD`); not `null`.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$")]
+    price_currency: Option<Value>,
+    /// 0 to 100 (default 0); not `null`.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = i32, minimum = 0, maximum = 100)]
+    discount_percentage: Option<Value>,
+    /// Default `true`; not `null`.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = bool)]
+    is_available: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(schema_with = target_tiers_schema)]
+    target_tiers: Option<Value>,
     /// An RFC 3339 instant; `null`: no start.
-    promotion_start_date: Option<DateTime<Utc>>,
-    /// An RFC 3339 instant after the start; `null`: no end.
-    promotion_end_date: Option<DateTime<Utc>>,
-    #[schema(required = false, schema_with = package_type_schema)]
-    package_type: String,
-    /// 0 to 1000000; not `null`.
-    #[schema(required = false, minimum = 0, maximum = 1_000_000)]
-    display_order: i32,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    promotion_start_date: Option<Value>,
+    /// An RFC 3339 instant after `promotion_start_date`; `null`: no end.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    promotion_end_date: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(schema_with = package_type_schema)]
+    package_type: Option<Value>,
+    /// 0 to 1000000 (default 0), lowest first; not `null`.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = i32, minimum = 0, maximum = 1_000_000)]
+    display_order: Option<Value>,
     /// `#rgb` or `#rrggbb`; `null`: none.
-    #[schema(pattern = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")]
-    highlight_color: Option<String>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<String>, pattern = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")]
+    highlight_color: Option<Value>,
     /// At most 30 characters, trimmed; blank or `null` is none.
-    #[schema(max_length = 30)]
-    badge_text: Option<String>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<String>, max_length = 30)]
+    badge_text: Option<Value>,
+}
+
+impl RequestBody for NewCreditPackage {
+    /// Applied onto the column defaults: [`PackageValues::for_create`].
+    type Valid = Self;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY_FIELDS.contains(&field)
+    }
+
+    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+        self
+    }
+}
+
+impl RequestBody for CreditPackagePatch {
+    /// Applied onto the stored row: [`PackageValues::patched`].
+    type Valid = Self;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY_FIELDS.contains(&field)
+    }
+
+    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+        self
+    }
 }
 
 fn price_schema() -> utoipa::openapi::Object {

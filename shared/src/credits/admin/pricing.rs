@@ -18,7 +18,6 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::GenericClient;
 use utoipa::{IntoParams, ToSchema};
 
-use super::fields::{self, FieldResult, Fields, set};
 use crate::activity::changes;
 use crate::activity::{self, Activity};
 use crate::credits::engine::PricingCache;
@@ -31,6 +30,9 @@ use crate::users;
 use crate::web::auth::Admin;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use crate::web::input::checks::FieldResult;
+use crate::web::input::values::{self, nullable, raw, require, set, value};
+use crate::web::input::{RequestBody, decode_with};
 use crate::web::pagination::{self, Page};
 use crate::web::responses::{AdminNoAccountYet, AdminRefused};
 use crate::web::responses::{
@@ -171,46 +173,50 @@ impl PricingValues {
     /// A new config: `endpoint_pattern`, `http_method` and `base_cost` are
     /// required; the rest take the column defaults.
     pub fn for_create(body: Map<String, Value>) -> Result<Self, ApiError> {
-        let mut values = Self {
-            endpoint_pattern: String::new(),
-            http_method: String::new(),
-            base_cost: 0,
-            cost_formula: None,
-            tier_multipliers: Some(default_tier_multipliers()),
-            daily_limit: None,
-            rate_limit_per_minute: None,
-            requires_subscription: false,
-            minimum_tier: None,
-            is_enabled: true,
-            description: None,
-            category: None,
-        };
-        let mut fields = Fields::new(
-            body,
-            &WRITABLE_FIELDS,
-            &READ_ONLY_FIELDS,
-            "a pricing config",
-        )?;
-        for required in ["endpoint_pattern", "http_method", "base_cost"] {
-            fields.require(required);
-        }
-        values.apply(&mut fields);
-        values.refuse_unchargeable(&mut fields);
-        fields.finish(values)
+        decode_with::<NewPricingConfig, _>(body, |body, errors| {
+            let mut values = Self {
+                endpoint_pattern: String::new(),
+                http_method: String::new(),
+                base_cost: 0,
+                cost_formula: None,
+                tier_multipliers: Some(default_tier_multipliers()),
+                daily_limit: None,
+                rate_limit_per_minute: None,
+                requires_subscription: false,
+                minimum_tier: None,
+                is_enabled: true,
+                description: None,
+                category: None,
+            };
+            require(errors, "endpoint_pattern", &body.endpoint_pattern);
+            require(errors, "http_method", &body.http_method);
+            require(errors, "base_cost", &body.base_cost);
+            values.apply_route(
+                body.endpoint_pattern,
+                body.http_method,
+                body.base_cost,
+                errors,
+            );
+            values.apply(body.settings, errors);
+            values.refuse_unchargeable(errors);
+            values
+        })
     }
 
     /// `self` with a partial update applied (absent = unchanged, `null`
     /// clears a nullable field).
     pub fn patched(mut self, body: Map<String, Value>) -> Result<Self, ApiError> {
-        let mut fields = Fields::new(
-            body,
-            &WRITABLE_FIELDS,
-            &READ_ONLY_FIELDS,
-            "a pricing config",
-        )?;
-        self.apply(&mut fields);
-        self.refuse_unchargeable(&mut fields);
-        fields.finish(self)
+        decode_with::<PricingConfigPatch, _>(body, |body, errors| {
+            self.apply_route(
+                body.endpoint_pattern,
+                body.http_method,
+                body.base_cost,
+                errors,
+            );
+            self.apply(body.settings, errors);
+            self.refuse_unchargeable(errors);
+            self
+        })
     }
 
     /// A config must price a route that is charged
@@ -218,12 +224,13 @@ impl PricingValues {
     /// route would be listed in `GET /api/v1/pricing` but never charged or
     /// limited. Checked on the whole resulting row, so an update of a config
     /// left over from before that rule is refused until its route is one.
-    fn refuse_unchargeable(&self, fields: &mut Fields) {
-        if fields.has_error("endpoint_pattern") || fields.has_error("http_method") {
+    fn refuse_unchargeable(&self, errors: &mut Vec<FieldError>) {
+        let named = |field: &str| errors.iter().any(|e| e.field == field);
+        if named("endpoint_pattern") || named("http_method") {
             return;
         }
         if chargeable_endpoint(&self.http_method, &self.endpoint_pattern).is_none() {
-            fields.error(FieldError::new(
+            errors.push(FieldError::new(
                 "endpoint_pattern",
                 format!(
                     "{} {} is not a route that is charged, so a price for it would never be \
@@ -247,60 +254,98 @@ fn chargeable_list() -> String {
 }
 
 impl PricingValues {
-    fn apply(&mut self, f: &mut Fields) {
+    /// The route a config prices, and its base cost.
+    fn apply_route(
+        &mut self,
+        endpoint: Option<Value>,
+        method: Option<Value>,
+        base_cost: Option<Value>,
+        e: &mut Vec<FieldError>,
+    ) {
         set(
             &mut self.endpoint_pattern,
-            f.value("endpoint_pattern", endpoint_pattern),
+            value(e, "endpoint_pattern", endpoint, endpoint_pattern),
         );
         set(
             &mut self.http_method,
-            f.value("http_method", fields::one_of(&HTTP_METHODS)),
+            value(e, "http_method", method, values::one_of(&HTTP_METHODS)),
         );
         set(
             &mut self.base_cost,
-            f.value("base_cost", fields::whole(0, MAX_BASE_COST)),
+            value(e, "base_cost", base_cost, values::whole(0, MAX_BASE_COST)),
         );
+    }
+
+    fn apply(&mut self, body: PricingSettings, e: &mut Vec<FieldError>) {
         set(
             &mut self.cost_formula,
-            f.nullable("cost_formula", cost_formula),
+            nullable(e, "cost_formula", body.cost_formula, cost_formula),
         );
         set(
             &mut self.tier_multipliers,
-            f.value("tier_multipliers", tier_multipliers).map(Some),
+            value(
+                e,
+                "tier_multipliers",
+                body.tier_multipliers,
+                tier_multipliers,
+            )
+            .map(Some),
         );
         set(
             &mut self.daily_limit,
-            f.nullable("daily_limit", fields::whole(1, MAX_LIMIT)),
+            nullable(
+                e,
+                "daily_limit",
+                body.daily_limit,
+                values::whole(1, MAX_LIMIT),
+            ),
         );
         set(
             &mut self.rate_limit_per_minute,
-            f.nullable("rate_limit_per_minute", fields::whole(1, MAX_LIMIT)),
+            nullable(
+                e,
+                "rate_limit_per_minute",
+                body.rate_limit_per_minute,
+                values::whole(1, MAX_LIMIT),
+            ),
         );
         set(
             &mut self.requires_subscription,
-            f.value("requires_subscription", fields::boolean),
+            value(
+                e,
+                "requires_subscription",
+                body.requires_subscription,
+                values::boolean,
+            ),
         );
         set(
             &mut self.minimum_tier,
-            f.nullable("minimum_tier", fields::one_of(&Tier::NAMES)),
+            nullable(
+                e,
+                "minimum_tier",
+                body.minimum_tier,
+                values::one_of(&Tier::NAMES),
+            ),
         );
-        set(&mut self.is_enabled, f.value("is_enabled", fields::boolean));
+        set(
+            &mut self.is_enabled,
+            value(e, "is_enabled", body.is_enabled, values::boolean),
+        );
         set(
             &mut self.description,
-            f.nullable("description", fields::text(500, true))
+            nullable(e, "description", body.description, values::text(500, true))
                 .map(Option::flatten),
         );
         set(
             &mut self.category,
-            f.nullable("category", fields::text(50, false))
-                .map(Option::flatten),
+            nullable(e, "category", body.category, values::text(50, false)).map(Option::flatten),
         );
     }
 }
 
 /// `/api/v1/...`: segments of `[a-z0-9_-]` or a `:param` placeholder.
 pub fn endpoint_pattern(field: &str, value: &Value) -> FieldResult<String> {
-    let raw = fields::string(field, value)?;
+    let raw = values::string(field, value)?;
     let invalid = || {
         FieldError::new(
             field,
@@ -389,16 +434,9 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-// ------------------------------------------------------------------------------------------
-// Request bodies, as documented in the OpenAPI document. `PricingValues` decodes the bodies;
-// these types only describe what it accepts.
-// ------------------------------------------------------------------------------------------
-
 /// A new pricing config. Read-only (`id`, timestamps) and unknown fields are refused with a
 /// 422 naming them; every invalid field is named at once.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct NewPricingConfig {
     /// A path starting with `/api/v1/` whose segments are `[a-z0-9_-]` or a `:param`
     /// placeholder, without a trailing slash, at most 200 characters. With `http_method`, it
@@ -406,93 +444,119 @@ pub struct NewPricingConfig {
     /// placeholder names are free): a price for any other route would never be charged or
     /// limited, so it is refused with a 422 naming `endpoint_pattern`. No two configs of one
     /// method may match the same path (409).
+    #[serde(default, deserialize_with = "raw")]
     #[schema(
+        value_type = String,
+        required = true,
         max_length = 200,
         pattern = "^/api/v1(/([a-z0-9_-]+|:[a-z_][a-z0-9_]*))+$"
     )]
-    endpoint_pattern: String,
-    #[schema(schema_with = http_method_schema)]
-    http_method: String,
+    endpoint_pattern: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(required = true, schema_with = http_method_schema)]
+    http_method: Option<Value>,
     /// 0 to 100000 credits.
-    #[schema(minimum = 0, maximum = 100_000)]
-    base_cost: i32,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = i32, required = true, minimum = 0, maximum = 100_000)]
+    base_cost: Option<Value>,
+    #[serde(flatten)]
+    settings: PricingSettings,
+}
+
+/// Changes to a pricing config: only the fields sent change, `null` clears a nullable one.
+/// Read-only (`id`, timestamps) and unknown fields are refused with a 422 naming them.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PricingConfigPatch {
+    /// As in `NewPricingConfig`.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(
+        value_type = String,
+        max_length = 200,
+        pattern = "^/api/v1(/([a-z0-9_-]+|:[a-z_][a-z0-9_]*))+$"
+    )]
+    endpoint_pattern: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(schema_with = http_method_schema)]
+    http_method: Option<Value>,
+    /// 0 to 100000 credits.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = i32, minimum = 0, maximum = 100_000)]
+    base_cost: Option<Value>,
+    #[serde(flatten)]
+    settings: PricingSettings,
+}
+
+/// The optional settings of a pricing config.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PricingSettings {
     /// Added to `base_cost`, all keys optional, unknown keys refused: `job_type` maps job
     /// types (`character_generation`, `style_transfer`, `upscale`, `variation`,
     /// `background_removal`) to 0 to 100000 credits; `steps`, `pixels` (width × height) and
     /// `batch_size` are `{over, every, cost}` thresholds (`over` ≥ 0, `every` ≥ 1, both at most
     /// 1000000000; `cost` 0 to 100000) adding `cost × ceil(max(0, value − over) / every)`.
-    /// `null` or absent: no formula.
+    /// `null`: no formula (absent: none on creation, unchanged on an update).
+    #[serde(default, deserialize_with = "raw")]
     #[schema(value_type = Option<Object>)]
     cost_formula: Option<Value>,
     /// Tier (`FREE`, `PREMIUM`, `PRO`, `ENTERPRISE`) to a multiplier from 0 to 10 with at
     /// most 3 decimals; the price is rounded up after multiplying. Default
     /// `{"FREE": 1.0, "PREMIUM": 0.8, "PRO": 0.6, "ENTERPRISE": 0.4}`; not `null`.
-    #[schema(required = false, value_type = Object)]
-    tier_multipliers: Value,
-    /// Calls per user and local day, 1 to 1000000 (`null` or absent: unlimited).
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    daily_limit: Option<i32>,
-    /// Calls per user and UTC minute, 1 to 1000000 (`null` or absent: unlimited).
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    rate_limit_per_minute: Option<i32>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Object)]
+    tier_multipliers: Option<Value>,
+    /// Calls per user and local day, 1 to 1000000 (`null`: unlimited).
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1_000_000)]
+    daily_limit: Option<Value>,
+    /// Calls per user and UTC minute, 1 to 1000000 (`null`: unlimited).
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1_000_000)]
+    rate_limit_per_minute: Option<Value>,
     /// Default `false`.
-    #[schema(required = false)]
-    requires_subscription: bool,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = bool)]
+    requires_subscription: Option<Value>,
+    #[serde(default, deserialize_with = "raw")]
     #[schema(schema_with = minimum_tier_schema)]
-    minimum_tier: Option<String>,
+    minimum_tier: Option<Value>,
     /// Default `true`.
-    #[schema(required = false)]
-    is_enabled: bool,
-    /// At most 500 characters, multi-line, trimmed; blank is none.
-    #[schema(max_length = 500)]
-    description: Option<String>,
-    /// At most 50 characters, trimmed; blank is none.
-    #[schema(max_length = 50)]
-    category: Option<String>,
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = bool)]
+    is_enabled: Option<Value>,
+    /// At most 500 characters, multi-line, trimmed; blank or `null` is none.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<String>, max_length = 500)]
+    description: Option<Value>,
+    /// At most 50 characters, trimmed; blank or `null` is none.
+    #[serde(default, deserialize_with = "raw")]
+    #[schema(value_type = Option<String>, max_length = 50)]
+    category: Option<Value>,
 }
 
-/// Changes to a pricing config: only the fields sent change, `null` clears a nullable one.
-/// Read-only (`id`, timestamps) and unknown fields are refused with a 422 naming them.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct PricingConfigPatch {
-    /// As in `NewPricingConfig`.
-    #[schema(
-        required = false,
-        max_length = 200,
-        pattern = "^/api/v1(/([a-z0-9_-]+|:[a-z_][a-z0-9_]*))+$"
-    )]
-    endpoint_pattern: String,
-    #[schema(required = false, schema_with = http_method_schema)]
-    http_method: String,
-    /// 0 to 100000 credits.
-    #[schema(required = false, minimum = 0, maximum = 100_000)]
-    base_cost: i32,
-    /// As in `NewPricingConfig`; `null` removes the formula.
-    #[schema(value_type = Option<Object>)]
-    cost_formula: Option<Value>,
-    /// As in `NewPricingConfig`; not `null`.
-    #[schema(required = false, value_type = Object)]
-    tier_multipliers: Value,
-    /// 1 to 1000000; `null`: unlimited.
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    daily_limit: Option<i32>,
-    /// 1 to 1000000; `null`: unlimited.
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    rate_limit_per_minute: Option<i32>,
-    #[schema(required = false)]
-    requires_subscription: bool,
-    #[schema(schema_with = minimum_tier_schema)]
-    minimum_tier: Option<String>,
-    #[schema(required = false)]
-    is_enabled: bool,
-    /// At most 500 characters, multi-line, trimmed; blank or `null` is none.
-    #[schema(max_length = 500)]
-    description: Option<String>,
-    /// At most 50 characters, trimmed; blank or `null` is none.
-    #[schema(max_length = 50)]
-    category: Option<String>,
+impl RequestBody for NewPricingConfig {
+    /// Applied onto the column defaults: [`PricingValues::for_create`].
+    type Valid = Self;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY_FIELDS.contains(&field)
+    }
+
+    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+        self
+    }
+}
+
+impl RequestBody for PricingConfigPatch {
+    /// Applied onto the stored row: [`PricingValues::patched`].
+    type Valid = Self;
+
+    fn read_only(field: &str) -> bool {
+        READ_ONLY_FIELDS.contains(&field)
+    }
+
+    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+        self
+    }
 }
 
 fn http_method_schema() -> utoipa::openapi::Object {

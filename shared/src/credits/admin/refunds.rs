@@ -18,15 +18,17 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use super::CreditTransaction;
-use super::fields::{self, Fields};
 use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, Entry};
+use crate::kernel::error::FieldError;
 use crate::kernel::error::{ApiError, Problem};
 use crate::users;
 use crate::web::auth::Admin;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiPath, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
+use crate::web::input::checks::{self, check};
+use crate::web::input::{RequestBody, decode};
 use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
@@ -220,15 +222,23 @@ async fn existing(
     }))
 }
 
-// Documents the body `reason` reads; nothing builds one.
 /// The optional body of a refund. Unknown fields are refused with a 422 naming them.
-#[derive(serde::Deserialize, ToSchema)]
+#[derive(Debug, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct RefundBody {
     /// Why: at most 500 characters, multi-line, trimmed; `null` or blank is none.
+    #[serde(default)]
     #[schema(max_length = 500)]
     reason: Option<String>,
+}
+
+impl RequestBody for RefundBody {
+    type Valid = Option<String>;
+
+    fn validate(self, errors: &mut Vec<FieldError>) -> Option<String> {
+        let reason = self.reason?;
+        check(errors, checks::text("reason", &reason, 500, true)).flatten()
+    }
 }
 
 /// The optional body: `{"reason": "..."}` (≤ 500 characters), or nothing.
@@ -252,12 +262,7 @@ fn reason(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> 
     }
     let map: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-    let mut f = Fields::new(map, &["reason"], &[], "a refund request")?;
-    let reason = f
-        .nullable("reason", fields::text(500, true))
-        .flatten()
-        .flatten();
-    f.finish(reason)
+    decode::<RefundBody>(map)
 }
 
 /// Refund a completed generation job.
