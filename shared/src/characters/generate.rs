@@ -31,8 +31,8 @@ use crate::kernel::tier::Tier;
 use crate::kernel::vocabulary::JobType;
 use crate::ports::generator::MAX_OUTPUT_SIDE;
 use crate::users::User;
+use crate::users::account::Account;
 use crate::users::fields::STYLE_TYPES;
-use crate::web::auth::Caller;
 use crate::web::http::{ApiJson, ApiPath, RequestMeta, resource_id};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::checks::one_of;
@@ -172,37 +172,15 @@ impl GenerateBody {
         };
         let from_image = job_type.is_some_and(JobType::needs_image);
         let named = job_type.map(JobType::as_str).unwrap_or_default();
-        let size = if from_image {
-            for (field, given) in [("width", self.width), ("height", self.height)] {
-                if given.is_some() {
-                    errors.push(FieldError::new(
-                        field,
-                        format!("is the source image's for {named}; leave it out"),
-                    ));
-                }
-            }
-            None
-        } else {
-            let mut side = |field: &str, value: Option<i64>| {
-                let value = value.unwrap_or(512);
-                if !(64..=max_side).contains(&value) || value % 8 != 0 {
-                    errors.push(FieldError::new(
-                        field,
-                        format!("must be a multiple of 8 from 64 to {max_side} for your tier"),
-                    ));
-                }
-                value
-            };
-            Some((side("width", self.width), side("height", self.height)))
-        };
+        let size = requested_size(
+            from_image,
+            named,
+            (self.width, self.height),
+            max_side,
+            &mut errors,
+        );
         let mut ranged = |field: &str, value: i64, min: i64, max: i64, why: &str| {
-            if !(min..=max).contains(&value) {
-                errors.push(FieldError::new(
-                    field,
-                    format!("must be from {min} to {max}{why}"),
-                ));
-            }
-            value
+            in_range(&mut errors, field, value, (min, max), why)
         };
         let steps = ranged("steps", self.steps.unwrap_or(default_steps), 1, 150, "");
         let single = job_type.is_some_and(JobType::is_single_pass);
@@ -269,6 +247,56 @@ impl GenerateBody {
             errors,
         )
     }
+}
+
+/// The output's width and height: 512 × 512 by default, multiples of 8 up to the tier's
+/// longest side; `None` for jobs that take the source image's size (they refuse both).
+fn requested_size(
+    from_image: bool,
+    job_type: &str,
+    (width, height): (Option<i64>, Option<i64>),
+    max_side: i64,
+    errors: &mut Vec<FieldError>,
+) -> Option<(i64, i64)> {
+    if from_image {
+        for (field, given) in [("width", width), ("height", height)] {
+            if given.is_some() {
+                errors.push(FieldError::new(
+                    field,
+                    format!("is the source image's for {job_type}; leave it out"),
+                ));
+            }
+        }
+        return None;
+    }
+    let mut side = |field: &str, value: Option<i64>| {
+        let value = value.unwrap_or(512);
+        if !(64..=max_side).contains(&value) || value % 8 != 0 {
+            errors.push(FieldError::new(
+                field,
+                format!("must be a multiple of 8 from 64 to {max_side} for your tier"),
+            ));
+        }
+        value
+    };
+    Some((side("width", width), side("height", height)))
+}
+
+/// `value`, with an error naming `field` unless it is in `min..=max` (`why` says whose bound).
+fn in_range(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: i64,
+    (min, max): (i64, i64),
+    why: &str,
+) -> i64 {
+    if !(min..=max).contains(&value) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be from {min} to {max}{why}"),
+        ));
+    }
+    value
 }
 
 /// The variant a `variation` or `style_transfer` makes; other job types take
@@ -364,6 +392,41 @@ pub async fn record(
 ) -> Result<(Job, holds::Hold), ApiError> {
     // One dispatch at a time per user, so the concurrency cap is exact.
     crate::credits::ledger::lock_user(client, &user.id).await?;
+    let character = own_character(client, user, character_id).await?;
+    let mut input = input_of(&character, params)?;
+    refilter(user, params, &input)?;
+    if params.job_type.needs_image() {
+        let primary: Option<String> = character.try_get("primary_image_id")?;
+        input.source = Some(source_image(client, character_id, params, primary).await?);
+    }
+    let (width, height) = output_size(params.job_type, &input, params)?;
+    input.width = width;
+    input.height = height;
+    refuse_over_concurrency(client, user).await?;
+    let path = GENERATE.path(&[character_id]);
+    let quote =
+        engine::quote_generation(client, pricing, user, &path, &price_inputs(params, &input))
+            .await?;
+    if let Some(variant) = &params.variant {
+        input.variant = Some(variant_plan(&character, variant)?);
+    }
+    let job = NewJob {
+        user_id: &user.id,
+        character_id,
+        job_type: params.job_type,
+        input: &input,
+        priority: i32::try_from(params.priority).unwrap_or(5),
+    };
+    Ok(lifecycle::create(client, job, &quote).await?)
+}
+
+/// The character to render, the caller's own: someone else's public character is a
+/// 403, anything else the caller cannot see a 404.
+async fn own_character(
+    client: &impl GenericClient,
+    user: &User,
+    character_id: &str,
+) -> Result<Row, ApiError> {
     let character = client
         .query_opt(
             &format!("SELECT {CHARACTER_FOR_JOB} FROM characters WHERE id = $1"),
@@ -382,13 +445,16 @@ pub async fn record(
             ApiError::NotFound("no such character".into())
         });
     }
-    let mut input = input_of(&character, params)?;
-    // What reaches the image server was checked against the owner's filter level when it
-    // was written; the owner may have made the level stricter since, so it is checked
-    // again against today's: the character's prompt, art style, mood and tags, and a
-    // variant's `changes`. The request carries no other free text, and negative prompts
-    // are not filtered, at creation or here: they list what to keep out of the image
-    // ("nsfw, gore" there makes the image safer).
+    Ok(character)
+}
+
+/// What reaches the image server was checked against the owner's filter level when it
+/// was written; the owner may have made the level stricter since, so it is checked
+/// again against today's: the character's prompt, art style, mood and tags, and a
+/// variant's `changes`. The request carries no other free text, and negative prompts
+/// are not filtered, at creation or here: they list what to keep out of the image
+/// ("nsfw, gore" there makes the image safer).
+fn refilter(user: &User, params: &GenerateParams, input: &GenerationInput) -> Result<(), ApiError> {
     if let Some(variant) = &params.variant {
         super::repo::filter_content(user, &variant.changes, "changes.")?;
     }
@@ -404,13 +470,11 @@ pub async fn record(
             content_filter::check(level, field, text)?;
         }
     }
-    if params.job_type.needs_image() {
-        let primary: Option<String> = character.try_get("primary_image_id")?;
-        input.source = Some(source_image(client, character_id, params, primary).await?);
-    }
-    let (width, height) = output_size(params.job_type, &input, params)?;
-    input.width = width;
-    input.height = height;
+    Ok(())
+}
+
+/// A 429 when the caller's tier already runs as many jobs as it may at once.
+async fn refuse_over_concurrency(client: &impl GenericClient, user: &User) -> Result<(), ApiError> {
     let (tier, _) = engine::tier_of(user);
     let max_active = tier.terms().max_active_jobs;
     let active: i64 = client
@@ -428,21 +492,7 @@ pub async fn record(
             retry_after: 10,
         });
     }
-    let path = GENERATE.path(&[character_id]);
-    let quote =
-        engine::quote_generation(client, pricing, user, &path, &price_inputs(params, &input))
-            .await?;
-    if let Some(variant) = &params.variant {
-        input.variant = Some(variant_plan(&character, variant)?);
-    }
-    let job = NewJob {
-        user_id: &user.id,
-        character_id,
-        job_type: params.job_type,
-        input: &input,
-        priority: i32::try_from(params.priority).unwrap_or(5),
-    };
-    Ok(lifecycle::create(client, job, &quote).await?)
+    Ok(())
 }
 
 /// The job's input: the character's look (with a variant's changes), the
@@ -675,7 +725,7 @@ pub fn router() -> Router<AppState> {
 )]
 pub(crate) async fn generate(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     IdempotencyKey(key): IdempotencyKey,
     ApiPath(id): ApiPath<String>,
@@ -690,16 +740,9 @@ pub(crate) async fn generate(
     };
     let request_body = Value::Object(body.clone());
     let parsed = GenerateBody::parse(body)?;
-    let mut conn = state.db.get().await?;
-    let user = crate::users::repo::current_user(&**conn, &identity).await?;
-    if user.account_status != Some(crate::users::AccountStatus::Active) {
-        return Err(ApiError::Forbidden(
-            "a suspended account cannot generate images".into(),
-        ));
-    }
-    let (tier, _) = engine::tier_of(&user);
-    let client: &mut tokio_postgres::Client = &mut conn;
-    let tx = client.transaction().await?;
+    account.user.require_active("generate images")?;
+    let (tier, _) = engine::tier_of(&account.user);
+    let (tx, user) = account.begin_system().await?;
     let default_steps: Option<i32> = tx
         .query_opt("SELECT steps FROM characters WHERE id = $1", &[&id])
         .await?
@@ -713,7 +756,7 @@ pub(crate) async fn generate(
         let (job, hold) = record(
             &tx,
             &state.cache::<crate::credits::engine::PricingCache>(),
-            &user,
+            user,
             id,
             &params,
         )
@@ -733,7 +776,7 @@ pub(crate) async fn generate(
     let (mut job, _) = record(
         &tx,
         &state.cache::<crate::credits::engine::PricingCache>(),
-        &user,
+        user,
         id,
         &params,
     )
@@ -756,7 +799,7 @@ pub(crate) async fn generate(
         idempotency::complete(&tx, &user.id, key, StatusCode::ACCEPTED, &response).await?;
     }
     tx.commit().await?;
-    crate::jobs::outbox::enqueue(&**conn, queue.as_ref(), &job).await;
+    crate::jobs::outbox::enqueue(account.client(), queue.as_ref(), &job).await;
     Ok((StatusCode::ACCEPTED, Json(response)).into_response())
 }
 

@@ -32,7 +32,7 @@ use crate::ports::db;
 use crate::users;
 use crate::users::account::Account;
 use crate::users::fields::STYLE_TYPES;
-use crate::web::auth::{Caller, Identity, OptionalCaller};
+use crate::web::auth::{Identity, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::web::input::checks::one_of;
 use crate::web::input::{RequestBody, decode, finish, required};
@@ -697,19 +697,16 @@ impl RequestBody for PrimaryImageChoice {
 )]
 pub(crate) async fn set_primary_image(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Character>, ApiError> {
     let id = resource_id(&id, "character")?;
-    let mut client = state.db.get().await?;
-    // The account first: a banned caller is refused whatever the body says.
-    let user = users::repo::current_user(&**client, &identity).await?;
     let image_id = decode::<PrimaryImageChoice>(body)?;
-    let tx = db::begin_as(&mut client, Some(&user.id)).await?;
-    repo::owned(&tx, &user, id).await?;
-    let mut character = images::set_primary(&tx, &user, id, &image_id, &meta).await?;
+    let (tx, user) = account.begin_as_user().await?;
+    repo::owned(&tx, user, id).await?;
+    let mut character = images::set_primary(&tx, user, id, &image_id, &meta).await?;
     tx.commit().await?;
     character.present(state.storage.as_deref()).await;
     Ok(Json(character))

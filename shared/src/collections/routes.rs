@@ -32,8 +32,7 @@ use super::{Collection, CollectionMember, input};
 use crate::kernel::error::{ApiError, Problem};
 use crate::ports::db::begin_as;
 use crate::users::account::Account;
-use crate::users::repo::current_user;
-use crate::web::auth::{Caller, OptionalCaller};
+use crate::web::auth::OptionalCaller;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery};
 use crate::web::pagination::{self, Page, TimeKey};
 use crate::web::responses::{AccountRefused, NoAccountYet};
@@ -128,17 +127,14 @@ async fn owned_collection(
     )
 )]
 pub(crate) async fn create_collection(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let fields = input::new_collection(body)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
     if fields.is_public == Some(true) {
-        user.require_active("publish collections")?;
+        account.user.require_active("publish collections")?;
     }
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let collection = repo::insert_collection(&tx, &user.id, &fields).await?;
     tx.commit().await?;
     let mut headers = HeaderMap::new();
@@ -250,18 +246,15 @@ pub(crate) async fn get_collection(
     )
 )]
 pub(crate) async fn patch_collection(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Collection>, ApiError> {
     let fields = input::collection_patch(body)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
     if fields.is_public == Some(true) {
-        user.require_active("publish collections")?;
+        account.user.require_active("publish collections")?;
     }
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let current = owned_collection(&tx, &id, &user.id).await?;
     // `{}` changes nothing, not even updated_at.
     let collection = if fields.is_empty() {

@@ -33,8 +33,7 @@ use utoipa::ToSchema;
 
 use super::ledger::LedgerError;
 use crate::kernel::error::{ApiError, PROBLEM_JSON, Problem};
-use crate::users::repo::current_user;
-use crate::web::auth::Caller;
+use crate::users::account::Account;
 use crate::web::http::ApiQuery;
 use crate::web::responses::AccountRefused;
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
@@ -97,14 +96,11 @@ pub(crate) struct BalanceView {
 )]
 pub(crate) async fn get_balance(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<BalanceView>, ApiError> {
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    let client: &mut tokio_postgres::Client = &mut client;
     // The lazy daily reset writes: a transaction, as the system role.
-    let tx = client.transaction().await?;
+    let (tx, user) = account.begin_system().await?;
     let balance = super::balance(&tx, &user.id, state.config.credits.gift_hold_days).await?;
     let local_date = local_today(&tx, user.timezone.as_deref()).await?;
     // Whether the last claim's window is the one right before this window.

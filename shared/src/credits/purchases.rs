@@ -32,10 +32,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use self::stripe::{CheckoutRequest, CheckoutSession, StripeError};
 use crate::credits::{engine, gifting};
-use crate::kernel::config::PaymentProvider;
+use crate::kernel::config::{PaymentProvider, PaymentsConfig};
 use crate::kernel::error::{ApiError, PROBLEM_JSON, Problem};
-use crate::users::repo::current_user;
-use crate::web::auth::Caller;
+use crate::users::User;
+use crate::users::account::Account;
 use crate::web::http::ApiQuery;
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::{RequestBody, decode};
@@ -297,7 +297,7 @@ fn bad_gateway(detail: &str) -> Response {
 )]
 pub(crate) async fn create_purchase(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     IdempotencyKey(key): IdempotencyKey,
     crate::web::http::ApiJson(body): crate::web::http::ApiJson<Map<String, Value>>,
 ) -> Result<Response, PurchaseError> {
@@ -313,32 +313,73 @@ pub(crate) async fn create_purchase(
         return Err(ApiError::validation("package_id", "is not a package on offer").into());
     }
     let payments = &state.config.payments;
-    let secret_key = match payments.provider {
-        PaymentProvider::Stripe => Some(payments.stripe_secret_key.clone().ok_or_else(|| {
+    let secret_key = stripe_secret_key(payments)?;
+    let (client, user) = account.parts();
+    let started = Started {
+        user,
+        key: &key,
+        request_body: &request_body,
+    };
+    let (order, package) = match open_order(client, &started, &package_id, payments).await? {
+        Opened::Replay(status, body) => return Ok(Claim::replay(status, body)),
+        Opened::Order(opened) => *opened,
+    };
+    let session = checkout_session(&state, secret_key.as_deref(), &order, &package).await;
+    record_checkout(client, &started, &order, &package, session).await
+}
+
+/// The Stripe key when Stripe is the provider (a 503 when it is not set), `None` locally.
+fn stripe_secret_key(payments: &PaymentsConfig) -> Result<Option<String>, ApiError> {
+    match payments.provider {
+        PaymentProvider::Stripe => payments.stripe_secret_key.clone().map(Some).ok_or_else(|| {
             tracing::error!("STRIPE_SECRET_KEY is not set; purchases are unavailable");
             ApiError::ServiceUnavailable {
                 detail: "purchases are not available right now".into(),
                 retry_after: 60,
             }
-        })?),
-        PaymentProvider::Local => None,
-    };
+        }),
+        PaymentProvider::Local => Ok(None),
+    }
+}
 
-    let mut pooled = state.db.get().await?;
-    let client: &mut tokio_postgres::Client = &mut pooled;
-    let user = current_user(&*client, &identity).await?;
-    let (tier, _) = engine::tier_of(&user);
+/// Who is buying, under which Idempotency-Key, with which request.
+struct Started<'a> {
+    user: &'a User,
+    key: &'a str,
+    request_body: &'a Value,
+}
 
-    // 1: claim the key and create the pending order.
+/// The first step's outcome: a replayed answer, or a new pending order.
+enum Opened {
+    Replay(StatusCode, Value),
+    Order(Box<(PurchaseOrder, OfferedPackage)>),
+}
+
+/// Step 1, in one transaction: claim the key and create the pending order.
+async fn open_order(
+    client: &mut tokio_postgres::Client,
+    started: &Started<'_>,
+    package_id: &str,
+    payments: &PaymentsConfig,
+) -> Result<Opened, ApiError> {
+    let user = started.user;
+    let (tier, _) = engine::tier_of(user);
     let tx = client.transaction().await?;
-    if let Claim::Replay { status, body } =
-        idempotency::claim(&tx, &user.id, &key, "POST", PURCHASES_ROUTE, &request_body).await?
+    if let Claim::Replay { status, body } = idempotency::claim(
+        &tx,
+        &user.id,
+        started.key,
+        "POST",
+        PURCHASES_ROUTE,
+        started.request_body,
+    )
+    .await?
     {
         tx.commit().await?;
-        return Ok(Claim::replay(status, body));
+        return Ok(Opened::Replay(status, body));
     }
     gifting::refuse_if_frozen(&tx, &user.id, "purchases").await?;
-    let package = offered_package(&tx, &package_id, tier).await?;
+    let package = offered_package(&tx, package_id, tier).await?;
     let provider = match payments.provider {
         PaymentProvider::Stripe => "stripe",
         PaymentProvider::Local => "local",
@@ -364,9 +405,18 @@ pub(crate) async fn create_purchase(
         .await?;
     let order = PurchaseOrder::from_row(&row)?;
     tx.commit().await?;
+    Ok(Opened::Order(Box::new((order, package))))
+}
 
-    // 2: the checkout session, outside any transaction.
-    let session = match &secret_key {
+/// Step 2, outside any transaction: the provider's checkout session.
+async fn checkout_session(
+    state: &AppState,
+    secret_key: Option<&str>,
+    order: &PurchaseOrder,
+    package: &OfferedPackage,
+) -> Result<CheckoutSession, StripeError> {
+    let payments = &state.config.payments;
+    match secret_key {
         None => Ok(local_session(&state.config.auth.issuer, &order.id)),
         Some(secret_key) => {
             let currency = package.currency.to_ascii_lowercase();
@@ -384,9 +434,19 @@ pub(crate) async fn create_purchase(
             )
             .await
         }
-    };
+    }
+}
 
-    // 3: store the session and the response, or fail the order and let go of the key.
+/// Step 3, in one transaction: store the session and the answer, or fail the
+/// order and let go of the key (so that it may be used again).
+async fn record_checkout(
+    client: &mut tokio_postgres::Client,
+    started: &Started<'_>,
+    order: &PurchaseOrder,
+    package: &OfferedPackage,
+    session: Result<CheckoutSession, StripeError>,
+) -> Result<Response, PurchaseError> {
+    let user_id = &started.user.id;
     let tx = client.transaction().await?;
     match session {
         Err(err) => {
@@ -398,7 +458,7 @@ pub(crate) async fn create_purchase(
                 &[&order.id, &err.to_string()],
             )
             .await?;
-            idempotency::forget(&tx, &user.id, &key).await?;
+            idempotency::forget(&tx, user_id, started.key).await?;
             tx.commit().await?;
             Err(PurchaseError::Provider(err))
         }
@@ -414,7 +474,7 @@ pub(crate) async fn create_purchase(
                 .await?;
             let order = PurchaseOrder::from_row(&row)?;
             let body = json!({"order": order, "checkout_url": session.url});
-            idempotency::complete(&tx, &user.id, &key, StatusCode::CREATED, &body).await?;
+            idempotency::complete(&tx, user_id, started.key, StatusCode::CREATED, &body).await?;
             tx.commit().await?;
             tracing::info!(order_id = %order.id, package_id = %package.id, "purchase started");
             Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -536,14 +596,13 @@ pub(crate) struct PageQuery {
     )
 )]
 pub(crate) async fn list_purchases(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    account: Account,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<PurchaseOrder>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
     let after = pagination::decode_time_key(query.cursor.as_deref())?;
-    let client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
+    let client = account.client();
+    let user = &account.user;
     let rows = client
         .query(
             &format!(

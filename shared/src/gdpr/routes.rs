@@ -21,7 +21,7 @@ use super::erasure::{self, Outcome};
 use super::export::{self, Delivery, ExportAnswer};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::ports::storage::ObjectStore;
-use crate::users::repo::current_user;
+use crate::users::account::Account;
 use crate::web::auth::Caller;
 use crate::web::http::{RawBody, RequestMeta};
 use crate::web::input::{RequestBody, decode};
@@ -68,15 +68,13 @@ pub fn router() -> Router<AppState> {
 )]
 pub(crate) async fn export_me(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
 ) -> Result<Response, ApiError> {
-    let mut conn = state.db.get().await?;
-    let user = current_user(&**conn, &identity).await?;
-    let client: &mut tokio_postgres::Client = &mut conn;
+    let (client, user) = account.parts();
     let delivery = export::export(
         client,
-        &user,
+        user,
         state.storage.as_deref(),
         state.config.gdpr.export_inline_max_bytes,
         &meta,

@@ -5,7 +5,6 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::routing::{post, put};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -16,8 +15,7 @@ use utoipa::ToSchema;
 use crate::activity::changes;
 use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, Problem};
-use crate::users;
-use crate::web::auth::Admin;
+use crate::users::account::AdminAccount;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiPath, RequestMeta};
 use crate::web::responses::AdminRefused;
@@ -244,16 +242,13 @@ pub async fn review(
 }
 
 async fn moderate(
-    state: AppState,
-    identity: crate::web::auth::Identity,
+    mut account: AdminAccount,
     meta: RequestMeta,
     id: String,
     action: Action,
 ) -> Result<Json<ModeratedCharacter>, ApiError> {
     let id = resource_id(&id, "character")?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     let character = apply(&tx, &admin.id, id, action, None, &meta).await?;
     tx.commit().await?;
     Ok(Json(character))
@@ -281,12 +276,11 @@ async fn moderate(
     )
 )]
 pub(crate) async fn feature(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    account: AdminAccount,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModeratedCharacter>, ApiError> {
-    moderate(state, identity, meta, id, Action::Feature).await
+    moderate(account, meta, id, Action::Feature).await
 }
 
 /// Stop featuring a character.
@@ -310,12 +304,11 @@ pub(crate) async fn feature(
     )
 )]
 pub(crate) async fn unfeature(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    account: AdminAccount,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModeratedCharacter>, ApiError> {
-    moderate(state, identity, meta, id, Action::Unfeature).await
+    moderate(account, meta, id, Action::Unfeature).await
 }
 
 /// Hide a character from the gallery.
@@ -341,12 +334,11 @@ pub(crate) async fn unfeature(
     )
 )]
 pub(crate) async fn hide(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    account: AdminAccount,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModeratedCharacter>, ApiError> {
-    moderate(state, identity, meta, id, Action::Hide).await
+    moderate(account, meta, id, Action::Hide).await
 }
 
 /// Return a hidden character to the gallery.
@@ -372,12 +364,11 @@ pub(crate) async fn hide(
     )
 )]
 pub(crate) async fn unhide(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    account: AdminAccount,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModeratedCharacter>, ApiError> {
-    moderate(state, identity, meta, id, Action::Unhide).await
+    moderate(account, meta, id, Action::Unhide).await
 }
 
 /// Unpublish a character.
@@ -403,10 +394,9 @@ pub(crate) async fn unhide(
     )
 )]
 pub(crate) async fn unpublish(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    account: AdminAccount,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModeratedCharacter>, ApiError> {
-    moderate(state, identity, meta, id, Action::Unpublish).await
+    moderate(account, meta, id, Action::Unpublish).await
 }

@@ -6,7 +6,6 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,8 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::characters::{self, Action, MODERATED_COLUMNS, ModeratedCharacter};
 use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, FieldError, Problem};
-use crate::users;
-use crate::web::auth::Admin;
+use crate::users::account::AdminAccount;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::checks::{self, one_of};
@@ -148,8 +146,7 @@ pub(crate) struct ReportsQuery {
     )
 )]
 pub(crate) async fn list(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    mut account: AdminAccount,
     meta: RequestMeta,
     ApiQuery(query): ApiQuery<ReportsQuery>,
 ) -> Result<Json<Page<ReportItem>>, ApiError> {
@@ -161,9 +158,7 @@ pub(crate) async fn list(
     let (limit, after) = pagination::time_page(&mut errors, query.limit, query.cursor.as_deref());
     finish((), errors)?;
     let given_cursor = after.is_some();
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     let (after_at, after_id) = after
         .map(|k| (Some(k.at), Some(k.id)))
         .unwrap_or((None, None));
@@ -349,76 +344,19 @@ pub struct ResolvedReport {
     )
 )]
 pub(crate) async fn resolve(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    mut account: AdminAccount,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<ResolvedReport>, ApiError> {
     let id = resource_id(&id, "report")?;
     let resolution = Resolution::parse(body)?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
-    let no_such_report = || ApiError::NotFound("no such report".into());
-    let character_id: String = tx
-        .query_opt(
-            "SELECT character_id FROM content_reports WHERE id = $1",
-            &[&id],
-        )
-        .await?
-        .ok_or_else(no_such_report)?
-        .try_get(0)?;
-    // The character first, then its reports: concurrent resolutions of reports of one
-    // character take turns on the character, instead of each holding a report the other's
-    // "resolve every open report" waits for (a deadlock). A report being filed meanwhile
-    // holds only its own new row when it waits for the character (V5's trigger), which this
-    // transaction never waits for.
-    let character = match ModeratedCharacter::lock(&tx, &character_id).await {
-        Err(ApiError::NotFound(_)) => return Err(no_such_report()),
-        other => other?,
-    };
-    let status: String = tx
-        .query_opt(
-            "SELECT status FROM content_reports WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await?
-        .ok_or_else(no_such_report)?
-        .try_get(0)?;
-    if status != "open" {
-        return Err(ApiError::Conflict(format!(
-            "the report is already {status}; only an open report can be resolved"
-        )));
-    }
+    let (tx, admin) = account.begin().await?;
+    let (character_id, character) = lock_open_report(&tx, id).await?;
     if let Some(action) = resolution.action {
         characters::apply(&tx, &admin.id, &character_id, action, Some(id), &meta).await?;
     }
-    let resolved = tx
-        .query(
-            "UPDATE content_reports SET status = $3, resolution_note = $4, resolved_by = $5, \
-               resolved_at = now() \
-             WHERE status = 'open' AND (id = $1 OR ($3 = 'actioned' AND character_id = $2)) \
-             RETURNING id",
-            &[
-                &id,
-                &character_id,
-                &resolution.status,
-                &resolution.note,
-                &admin.id,
-            ],
-        )
-        .await?;
-    // A resolution is a review of the character: the reports filed until now stop counting
-    // towards hiding it (V18), so a character a moderator kept is not hidden again by them.
-    characters::review(&tx, &character_id).await?;
-    let also_resolved: Vec<String> = resolved
-        .iter()
-        .map(|row| row.try_get::<_, String>(0))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|other| *other != id)
-        .collect();
+    let also_resolved = close_reports(&tx, id, &character_id, &resolution, &admin.id).await?;
     let action_name = match resolution.action {
         Some(Action::Hide) => "hide",
         Some(Action::Unpublish) => "unpublish",
@@ -452,6 +390,81 @@ pub(crate) async fn resolve(
         report,
         also_resolved,
     }))
+}
+
+/// Locks an open report's character, then the report, and answers the character's id
+/// and row. The character first, then its reports: concurrent resolutions of reports of
+/// one character take turns on the character, instead of each holding a report the
+/// other's "resolve every open report" waits for (a deadlock). A report being filed
+/// meanwhile holds only its own new row when it waits for the character (V5's trigger),
+/// which this transaction never waits for.
+async fn lock_open_report(
+    tx: &impl GenericClient,
+    id: &str,
+) -> Result<(String, ModeratedCharacter), ApiError> {
+    let no_such_report = || ApiError::NotFound("no such report".into());
+    let character_id: String = tx
+        .query_opt(
+            "SELECT character_id FROM content_reports WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(no_such_report)?
+        .try_get(0)?;
+    let character = match ModeratedCharacter::lock(tx, &character_id).await {
+        Err(ApiError::NotFound(_)) => return Err(no_such_report()),
+        other => other?,
+    };
+    let status: String = tx
+        .query_opt(
+            "SELECT status FROM content_reports WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(no_such_report)?
+        .try_get(0)?;
+    if status != "open" {
+        return Err(ApiError::Conflict(format!(
+            "the report is already {status}; only an open report can be resolved"
+        )));
+    }
+    Ok((character_id, character))
+}
+
+/// Resolves the report (and, when actioned, every other open report of its character)
+/// and marks the character reviewed; answers the ids of the others resolved with it.
+async fn close_reports(
+    tx: &impl GenericClient,
+    id: &str,
+    character_id: &str,
+    resolution: &Resolution,
+    admin_id: &str,
+) -> Result<Vec<String>, ApiError> {
+    let resolved = tx
+        .query(
+            "UPDATE content_reports SET status = $3, resolution_note = $4, resolved_by = $5, \
+               resolved_at = now() \
+             WHERE status = 'open' AND (id = $1 OR ($3 = 'actioned' AND character_id = $2)) \
+             RETURNING id",
+            &[
+                &id,
+                &character_id,
+                &resolution.status,
+                &resolution.note,
+                &admin_id,
+            ],
+        )
+        .await?;
+    // A resolution is a review of the character: the reports filed until now stop counting
+    // towards hiding it (V18), so a character a moderator kept is not hidden again by them.
+    characters::review(tx, character_id).await?;
+    Ok(resolved
+        .iter()
+        .map(|row| row.try_get::<_, String>(0))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|other| other != id)
+        .collect())
 }
 
 #[cfg(test)]

@@ -36,8 +36,8 @@ use crate::credits::Balance;
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::kernel::tier::Tier;
 use crate::users::AccountStatus;
-use crate::users::{self, USER_COLUMNS, User};
-use crate::web::auth::Admin;
+use crate::users::account::AdminAccount;
+use crate::users::{USER_COLUMNS, User};
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::checks::FieldResult;
@@ -174,7 +174,7 @@ fn lookup_value(
     )
 )]
 pub(crate) async fn lookup(
-    Admin(identity): Admin,
+    mut account: AdminAccount,
     State(state): State<AppState>,
     meta: RequestMeta,
     ApiQuery(query): ApiQuery<LookupQuery>,
@@ -190,9 +190,7 @@ pub(crate) async fn lookup(
         ));
     }
     crate::web::input::finish((), errors)?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     // One statement per combination, so each walks its unique lower() index.
     let row = match (&email, &username) {
         (Some(email), Some(username)) => {
@@ -381,12 +379,68 @@ pub async fn apply(
             "an admin cannot change their own account; ask another admin".into(),
         ));
     }
-    // Suspending or banning stops the user's generation: their active jobs are locked
-    // first (the platform's lock order is a job, then its user, then the credit rows; as an
-    // erasure does), and cancelled below once the status has changed.
+    // Suspending or banning stops the user's generation.
     let stops_generation = changes
         .account_status
         .is_some_and(|status| status != AccountStatus::Active);
+    let before = lock_target(client, target_id, stops_generation).await?;
+    let window = subscription_window(changes, &before)?;
+    let entitlements = changes
+        .subscription_tier
+        .as_deref()
+        .and_then(Tier::parse)
+        .map(Tier::terms);
+    let allowance_before: Option<i32> = client
+        .query_opt(
+            "SELECT daily_allowance FROM user_credits WHERE user_id = $1 FOR UPDATE",
+            &[&target_id],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    let after = write_user(client, target_id, changes, window, entitlements).await?;
+    let mut allowance_after = allowance_before;
+    if let Some(entitlements) = entitlements {
+        // Not a ledger entry: the allowance is what generations may use per day, not balance.
+        client
+            .execute(
+                "UPDATE user_credits SET daily_allowance = $2 WHERE user_id = $1",
+                &[&target_id, &entitlements.allowance_credits_per_day],
+            )
+            .await?;
+        if allowance_before.is_some() {
+            allowance_after = Some(entitlements.allowance_credits_per_day);
+        }
+    }
+    let jobs_cancelled = if stops_generation {
+        let status = after.account_status.map(AccountStatus::as_str);
+        cancel_jobs(client, target_id, status).await?
+    } else {
+        Vec::new()
+    };
+    let update = Update {
+        admin_id,
+        before: (&before, allowance_before),
+        after: (&after, allowance_after),
+        jobs_cancelled: &jobs_cancelled,
+    };
+    log_update(client, target_id, update, meta).await?;
+    let credits = credits_of(client, target_id, gift_hold_days).await?;
+    Ok(AdminUser {
+        user: after,
+        credits,
+    })
+}
+
+/// Locks what the change touches, in the platform's lock order (a job, then its user,
+/// then the credit rows; as an erasure does): the user's active jobs when generation
+/// stops (they are cancelled once the status has changed), then the user row, which
+/// must not be erased.
+async fn lock_target(
+    client: &impl GenericClient,
+    target_id: &str,
+    stops_generation: bool,
+) -> Result<User, ApiError> {
     if stops_generation {
         client
             .query(
@@ -412,6 +466,13 @@ pub async fn apply(
             "the account has been erased; it cannot be changed".into(),
         ));
     }
+    Ok(before)
+}
+
+/// A subscription's start and end after the change: a 422 unless the start is before the end.
+type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn subscription_window(changes: &UserChanges, before: &User) -> Result<Window, ApiError> {
     let start = changes
         .subscription_start_date
         .unwrap_or(before.subscription_start_date);
@@ -426,19 +487,17 @@ pub async fn apply(
             "must be after subscription_start_date",
         ));
     }
-    let entitlements = changes
-        .subscription_tier
-        .as_deref()
-        .and_then(Tier::parse)
-        .map(Tier::terms);
-    let allowance_before: Option<i32> = client
-        .query_opt(
-            "SELECT daily_allowance FROM user_credits WHERE user_id = $1 FOR UPDATE",
-            &[&target_id],
-        )
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?;
+    Ok((start, end))
+}
+
+/// Writes the user row's new subscription, status and (with a tier) daily quota.
+async fn write_user(
+    client: &impl GenericClient,
+    target_id: &str,
+    changes: &UserChanges,
+    (start, end): Window,
+    entitlements: Option<&crate::kernel::tier::TierTerms>,
+) -> Result<User, ApiError> {
     let row = client
         .query_one(
             &format!(
@@ -462,31 +521,25 @@ pub async fn apply(
             ],
         )
         .await?;
-    let after = User::from_row(&row)?;
-    let mut allowance_after = allowance_before;
-    if let Some(entitlements) = entitlements {
-        // Not a ledger entry: the allowance is what generations may use per day, not balance.
-        client
-            .execute(
-                "UPDATE user_credits SET daily_allowance = $2 WHERE user_id = $1",
-                &[&target_id, &entitlements.allowance_credits_per_day],
-            )
-            .await?;
-        if allowance_before.is_some() {
-            allowance_after = Some(entitlements.allowance_credits_per_day);
-        }
-    }
-    let jobs_cancelled = if stops_generation {
-        cancel_jobs(
-            client,
-            target_id,
-            after.account_status.map(AccountStatus::as_str),
-        )
-        .await?
-    } else {
-        Vec::new()
-    };
-    let snapshot = |user: &User, allowance: Option<i32>| {
+    Ok(User::from_row(&row)?)
+}
+
+/// An update as the audit row records it: the user and daily allowance before and after.
+struct Update<'a> {
+    admin_id: &'a str,
+    before: (&'a User, Option<i32>),
+    after: (&'a User, Option<i32>),
+    jobs_cancelled: &'a [String],
+}
+
+/// The `admin_user_updated` activity row, with what changed.
+async fn log_update(
+    client: &impl GenericClient,
+    target_id: &str,
+    update: Update<'_>,
+    meta: &RequestMeta,
+) -> Result<(), ApiError> {
+    let snapshot = |(user, allowance): (&User, Option<i32>)| {
         let mut value = serde_json::to_value(user).unwrap_or_default();
         value["daily_allowance"] = json!(allowance);
         value
@@ -496,16 +549,16 @@ pub async fn apply(
     activity::record(
         client,
         Activity {
-            user_id: Some(admin_id),
+            user_id: Some(update.admin_id),
             activity_type: crate::activity::ActivityType::AdminUserUpdated,
             entity_type: Some("user"),
             entity_id: Some(target_id),
             metadata: json!({
                 "target_user_id": target_id,
-                "jobs_cancelled": jobs_cancelled,
+                "jobs_cancelled": update.jobs_cancelled,
                 "changes": diff(
-                    &snapshot(&before, allowance_before),
-                    &snapshot(&after, allowance_after),
+                    &snapshot(update.before),
+                    &snapshot(update.after),
                     &changed_fields,
                 ),
             }),
@@ -513,11 +566,7 @@ pub async fn apply(
         meta,
     )
     .await?;
-    let credits = credits_of(client, target_id, gift_hold_days).await?;
-    Ok(AdminUser {
-        user: after,
-        credits,
-    })
+    Ok(())
 }
 
 /// Cancels the user's queued and processing jobs and releases each one's hold,
@@ -562,7 +611,7 @@ async fn cancel_jobs(
     )
 )]
 pub(crate) async fn update(
-    Admin(identity): Admin,
+    mut account: AdminAccount,
     State(state): State<AppState>,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
@@ -570,9 +619,7 @@ pub(crate) async fn update(
 ) -> Result<Json<AdminUser>, ApiError> {
     let id = resource_id(&id, "user")?;
     let changes = UserChanges::parse(body)?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     let user = apply(
         &tx,
         &admin.id,

@@ -32,8 +32,7 @@ use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, Problem};
 use crate::ports::db::{act_as_system, begin_as};
 use crate::users::account::Account;
-use crate::users::repo::current_user;
-use crate::web::auth::{Caller, OptionalCaller};
+use crate::web::auth::OptionalCaller;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::pagination::{self, TimeKey};
 use crate::web::responses::AccountRefused;
@@ -338,19 +337,17 @@ pub(crate) async fn list_ratings(
 )]
 pub(crate) async fn file_report(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Report>), ApiError> {
     let id = character_id(&id)?;
     let input = ReportInput::from_body(&body)?;
-    let mut client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
-    user.require_active("report characters")?;
-    let record = trust::reporter_record(&**client, &user.id).await?;
+    account.user.require_active("report characters")?;
+    let record = trust::reporter_record(account.client(), &account.user.id).await?;
     let weight = trust::weight(&record, &state.config.gallery);
-    let tx = begin_as(&mut client, Some(&user.id)).await?;
+    let (tx, user) = account.begin_as_user().await?;
     let character = repo::visible_character(&tx, id, Some(&user.id)).await?;
     let filed = repo::file_report(&tx, &character.id, &user.id, &input).await?;
     if filed.created {

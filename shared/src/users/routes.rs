@@ -93,12 +93,8 @@ pub(crate) async fn create_session(
         (status = 500, response = InternalError),
     )
 )]
-pub(crate) async fn get_me(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
-) -> Result<Json<User>, ApiError> {
-    let client = state.db.get().await?;
-    Ok(Json(repo::current_user(&**client, &identity).await?))
+pub(crate) async fn get_me(account: Account) -> Result<Json<User>, ApiError> {
+    Ok(Json(account.user))
 }
 
 /// Columns a user can see but never set through this API. Sending one is a 422
@@ -292,15 +288,12 @@ impl RequestBody for MePatch {
     )
 )]
 pub(crate) async fn patch_me(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    account: Account,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<User>, ApiError> {
     let changes = decode::<MePatch>(body)?;
-    let client = state.db.get().await?;
-    let user = repo::current_user(&**client, &identity).await?;
     Ok(Json(
-        repo::update_account(&**client, &user.id, &changes).await?,
+        repo::update_account(account.client(), &account.user.id, &changes).await?,
     ))
 }
 

@@ -28,9 +28,8 @@ use crate::credits::ledger::{self, Entry, LedgerError};
 use crate::kernel::config::CreditsConfig;
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users::User;
+use crate::users::account::Account;
 use crate::users::fields;
-use crate::users::repo::current_user;
-use crate::web::auth::Caller;
 use crate::web::http::{ApiJson, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::checks::{self, check};
@@ -183,7 +182,7 @@ pub(crate) struct Gift {
 )]
 pub(crate) async fn send(
     State(state): State<AppState>,
-    Caller(identity): Caller,
+    mut account: Account,
     IdempotencyKey(key): IdempotencyKey,
     meta: RequestMeta,
     ApiJson(body): ApiJson<Map<String, Value>>,
@@ -197,17 +196,14 @@ pub(crate) async fn send(
     let request_body = Value::Object(body.clone());
     let gift = validate(body, &state.config.credits)?;
 
-    let mut client = state.db.get().await?;
-    let sender = current_user(&**client, &identity).await?;
-    let client: &mut tokio_postgres::Client = &mut client;
-    let tx = client.transaction().await?;
+    let (tx, sender) = account.begin_system().await?;
     if let Claim::Replay { status, body } =
         idempotency::claim(&tx, &sender.id, &key, "POST", ROUTE, &request_body).await?
     {
         tx.commit().await?;
         return Ok(Claim::replay(status, body));
     }
-    let response = transfer(&tx, &state.config.credits, &sender, &gift, &meta).await?;
+    let response = transfer(&tx, &state.config.credits, sender, &gift, &meta).await?;
     idempotency::complete(&tx, &sender.id, &key, StatusCode::CREATED, &response).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(response)).into_response())

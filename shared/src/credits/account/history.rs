@@ -7,7 +7,6 @@
 //! (or the per-type index) backwards and prunes monthly partitions.
 
 use axum::Json;
-use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,14 +14,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::credits::ledger::TRANSACTION_TYPES;
 use crate::kernel::error::{ApiError, FieldError};
-use crate::users::repo::current_user;
-use crate::web::auth::Caller;
+use crate::users::account::Account;
 use crate::web::http::ApiQuery;
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
 use crate::web::responses::{AccountRefused, NoAccountYet};
 use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
-use crate::web::state::AppState;
 
 /// One `credit_transactions` row, every column.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -121,8 +118,7 @@ fn transaction_type_param() -> utoipa::openapi::Object {
     )
 )]
 pub(crate) async fn list(
-    State(state): State<AppState>,
-    Caller(identity): Caller,
+    account: Account,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Page<LedgerEntry>>, ApiError> {
     let mut errors = Vec::new();
@@ -139,8 +135,8 @@ pub(crate) async fn list(
     };
     finish((), errors)?;
 
-    let client = state.db.get().await?;
-    let user = current_user(&**client, &identity).await?;
+    let client = account.client();
+    let user = &account.user;
     // Static SQL per shape (no `$n IS NULL OR` branches), so each plan is the
     // plain index walk; every value is a parameter.
     let type_filter = if kind.is_some() {

@@ -4,7 +4,6 @@
 //! what was needed and what is available; nothing changes).
 
 use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -15,8 +14,7 @@ use super::{CreditTransaction, error_response};
 use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, Entry};
 use crate::kernel::error::{ApiError, FieldError, Problem};
-use crate::users;
-use crate::web::auth::Admin;
+use crate::users::account::AdminAccount;
 use crate::web::http::{ApiJson, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::checks::{self, check};
@@ -24,7 +22,6 @@ use crate::web::input::{RequestBody, decode, required};
 use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
-use crate::web::state::AppState;
 
 /// The route, as idempotency keys record it.
 pub const ROUTE: &str = "/api/v1/admin/credits/adjustments";
@@ -184,17 +181,14 @@ pub async fn adjust(
     )
 )]
 pub async fn create(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    mut account: AdminAccount,
     IdempotencyKey(key): IdempotencyKey,
     meta: RequestMeta,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let request = Value::Object(body.clone());
     let adjustment = Adjustment::parse(body)?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     if let Some(key) = &key
         && let Claim::Replay { status, body } =
             idempotency::claim(&tx, &admin.id, key, "POST", ROUTE, &request).await?

@@ -4,7 +4,6 @@
 //! binary floating point ever touches an amount of money.
 
 use axum::Json;
-use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -16,8 +15,7 @@ use crate::activity::changes;
 use crate::activity::{self, Activity};
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::kernel::tier::Tier;
-use crate::users;
-use crate::web::auth::Admin;
+use crate::users::account::AdminAccount;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::checks::FieldResult;
@@ -29,7 +27,6 @@ use crate::web::responses::{
     BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use crate::web::state::AppState;
 
 pub const PACKAGE_TYPES: [&str; 3] = ["one_time", "subscription_bonus", "promotional"];
 
@@ -215,50 +212,51 @@ impl PackageValues {
         set(&mut self.price_usd, value(e, "price_usd", price_usd, price));
     }
 
-    fn apply(&mut self, body: PackageSettings, e: &mut Vec<FieldError>) {
-        set(
-            &mut self.description,
-            nullable(e, "description", body.description, values::text(500, true))
-                .map(Option::flatten),
-        );
+    fn apply(&mut self, mut body: PackageSettings, e: &mut Vec<FieldError>) {
+        self.apply_terms(&mut body, e);
+        self.apply_display(&mut body, e);
+    }
+
+    /// What a buyer gets and when: bonus, currency, discount, availability, tiers, promotion.
+    fn apply_terms(&mut self, body: &mut PackageSettings, e: &mut Vec<FieldError>) {
         set(
             &mut self.bonus_credits,
             value(
                 e,
                 "bonus_credits",
-                body.bonus_credits,
+                body.bonus_credits.take(),
                 values::whole(0, MAX_CREDITS),
             )
             .map(Some),
         );
         set(
             &mut self.price_currency,
-            value(e, "price_currency", body.price_currency, currency).map(Some),
+            value(e, "price_currency", body.price_currency.take(), currency).map(Some),
         );
         set(
             &mut self.discount_percentage,
             value(
                 e,
                 "discount_percentage",
-                body.discount_percentage,
+                body.discount_percentage.take(),
                 values::whole(0, 100),
             )
             .map(Some),
         );
         set(
             &mut self.is_available,
-            value(e, "is_available", body.is_available, values::boolean).map(Some),
+            value(e, "is_available", body.is_available.take(), values::boolean).map(Some),
         );
         set(
             &mut self.target_tiers,
-            value(e, "target_tiers", body.target_tiers, target_tiers).map(Some),
+            value(e, "target_tiers", body.target_tiers.take(), target_tiers).map(Some),
         );
         set(
             &mut self.promotion_start_date,
             nullable(
                 e,
                 "promotion_start_date",
-                body.promotion_start_date,
+                body.promotion_start_date.take(),
                 values::timestamp,
             ),
         );
@@ -267,38 +265,9 @@ impl PackageValues {
             nullable(
                 e,
                 "promotion_end_date",
-                body.promotion_end_date,
+                body.promotion_end_date.take(),
                 values::timestamp,
             ),
-        );
-        set(
-            &mut self.package_type,
-            value(
-                e,
-                "package_type",
-                body.package_type,
-                values::one_of(&PACKAGE_TYPES),
-            )
-            .map(Some),
-        );
-        set(
-            &mut self.display_order,
-            value(
-                e,
-                "display_order",
-                body.display_order,
-                values::whole(0, MAX_DISPLAY_ORDER),
-            )
-            .map(Some),
-        );
-        set(
-            &mut self.highlight_color,
-            nullable(e, "highlight_color", body.highlight_color, hex_colour),
-        );
-        set(
-            &mut self.badge_text,
-            nullable(e, "badge_text", body.badge_text, values::text(30, false))
-                .map(Option::flatten),
         );
         if let (Some(start), Some(end)) = (self.promotion_start_date, self.promotion_end_date)
             && start >= end
@@ -308,6 +277,59 @@ impl PackageValues {
                 "must be after promotion_start_date",
             ));
         }
+    }
+
+    /// How the package is shown: description, type, order, colour, badge.
+    fn apply_display(&mut self, body: &mut PackageSettings, e: &mut Vec<FieldError>) {
+        set(
+            &mut self.description,
+            nullable(
+                e,
+                "description",
+                body.description.take(),
+                values::text(500, true),
+            )
+            .map(Option::flatten),
+        );
+        set(
+            &mut self.package_type,
+            value(
+                e,
+                "package_type",
+                body.package_type.take(),
+                values::one_of(&PACKAGE_TYPES),
+            )
+            .map(Some),
+        );
+        set(
+            &mut self.display_order,
+            value(
+                e,
+                "display_order",
+                body.display_order.take(),
+                values::whole(0, MAX_DISPLAY_ORDER),
+            )
+            .map(Some),
+        );
+        set(
+            &mut self.highlight_color,
+            nullable(
+                e,
+                "highlight_color",
+                body.highlight_color.take(),
+                hex_colour,
+            ),
+        );
+        set(
+            &mut self.badge_text,
+            nullable(
+                e,
+                "badge_text",
+                body.badge_text.take(),
+                values::text(30, false),
+            )
+            .map(Option::flatten),
+        );
     }
 }
 
@@ -587,8 +609,7 @@ struct PackageKey {
     )
 )]
 pub async fn list(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    account: AdminAccount,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<CreditPackage>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
@@ -599,8 +620,7 @@ pub async fn list(
             "is not a cursor this endpoint returned",
         ));
     }
-    let client = state.db.get().await?;
-    users::repo::current_user(&**client, &identity).await?;
+    let client = account.client();
     let (order, id) = after.map(|k| (k.o, k.id)).unzip();
     let rows = client
         .query(
@@ -647,15 +667,12 @@ pub async fn list(
     )
 )]
 pub async fn create(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    mut account: AdminAccount,
     meta: RequestMeta,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let v = PackageValues::for_create(body)?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     let row = tx
         .query_one(
             &format!(
@@ -731,16 +748,13 @@ pub async fn create(
     )
 )]
 pub async fn update(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    mut account: AdminAccount,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<CreditPackage>, ApiError> {
     let id = resource_id(&id, "credit package")?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     let before = tx
         .query_opt(
             &format!("SELECT {COLUMNS} FROM credit_packages WHERE id = $1 FOR UPDATE"),

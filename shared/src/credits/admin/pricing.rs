@@ -26,8 +26,7 @@ use crate::credits::pricing::{
 };
 use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::kernel::tier::Tier;
-use crate::users;
-use crate::web::auth::Admin;
+use crate::users::account::AdminAccount;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::checks::FieldResult;
@@ -599,8 +598,7 @@ struct PricingKey {
     )
 )]
 pub async fn list(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    account: AdminAccount,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<PricingConfig>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
@@ -614,8 +612,7 @@ pub async fn list(
             "is not a cursor this endpoint returned",
         ));
     }
-    let client = state.db.get().await?;
-    users::repo::current_user(&**client, &identity).await?;
+    let client = account.client();
     let (p, m) = after.map(|k| (k.p, k.m)).unzip();
     let rows = client
         .query(
@@ -668,15 +665,13 @@ pub async fn list(
     )
 )]
 pub async fn create(
-    Admin(identity): Admin,
+    mut account: AdminAccount,
     State(state): State<AppState>,
     meta: RequestMeta,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let values = PricingValues::for_create(body)?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     lock_pricing(&tx).await?;
     refuse_overlap(&tx, &values, None).await?;
     let row = tx
@@ -757,16 +752,14 @@ pub async fn create(
     )
 )]
 pub async fn update(
-    Admin(identity): Admin,
+    mut account: AdminAccount,
     State(state): State<AppState>,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<PricingConfig>, ApiError> {
     let id = resource_id(&id, "pricing config")?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     lock_pricing(&tx).await?;
     let before = tx
         .query_opt(

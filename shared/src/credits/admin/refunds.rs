@@ -7,7 +7,6 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,8 +21,7 @@ use crate::activity::{self, Activity};
 use crate::credits::ledger::{self, Entry};
 use crate::kernel::error::FieldError;
 use crate::kernel::error::{ApiError, Problem};
-use crate::users;
-use crate::web::auth::Admin;
+use crate::users::account::AdminAccount;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiPath, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
@@ -32,7 +30,6 @@ use crate::web::input::{RequestBody, decode};
 use crate::web::responses::{
     InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
-use crate::web::state::AppState;
 
 /// The route, as idempotency keys record it.
 pub const ROUTE: &str = "/api/v1/admin/jobs/:id/refund";
@@ -94,40 +91,11 @@ pub async fn refund_job(
             "an admin cannot refund their own job; ask another admin".into(),
         ));
     }
-    let usage = client
-        .query(
-            "SELECT id, user_id, amount FROM credit_transactions \
-             WHERE related_entity_type = 'generation_job' AND related_entity_id = $1 \
-               AND transaction_type = 'usage' AND status = 'completed' \
-             ORDER BY created_at, id",
-            &[&job_id],
-        )
-        .await?;
-    let Some(first) = usage.first() else {
-        return Err(ApiError::Conflict(
-            "this job has no settled usage to refund".into(),
-        ));
-    };
-    let payer: String = first.try_get(1)?;
-    let mut charged: i64 = 0;
-    let mut usage_ids = Vec::with_capacity(usage.len());
-    for row in &usage {
-        let user: String = row.try_get(1)?;
-        if user != payer {
-            return Err(ApiError::internal(format!(
-                "generation job {job_id} has usage transactions of several users"
-            )));
-        }
-        usage_ids.push(row.try_get::<_, String>(0)?);
-        charged -= i64::from(row.try_get::<_, i32>(2)?);
-    }
-    if charged <= 0 {
-        return Err(ApiError::Conflict(
-            "nothing to refund: the job was charged 0 credits (a free generation or the daily \
-             allowance paid for it)"
-                .into(),
-        ));
-    }
+    let Usage {
+        payer,
+        charged,
+        ids: usage_ids,
+    } = settled_usage(client, job_id).await?;
     let amount = i32::try_from(charged).map_err(ApiError::internal)?;
     // The claim: a concurrent duplicate waits here until this transaction ends.
     let claimed = client
@@ -145,6 +113,96 @@ pub async fn refund_job(
             )),
         };
     }
+    let refund = Refund {
+        admin_id,
+        job_id,
+        payer: &payer,
+        amount,
+        usage_ids: &usage_ids,
+        reason,
+    };
+    post_refund(client, &refund, meta).await?;
+    let done = existing(client, job_id)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("the refund of job {job_id} vanished")))?;
+    Ok(RefundOutcome::Refunded(done))
+}
+
+/// What a job's settled usage charged, and whom.
+struct Usage {
+    payer: String,
+    /// Credits, positive.
+    charged: i64,
+    ids: Vec<String>,
+}
+
+/// The job's completed `usage` entries: a 409 when there are none or they charged nothing.
+async fn settled_usage(client: &impl GenericClient, job_id: &str) -> Result<Usage, ApiError> {
+    let usage = client
+        .query(
+            "SELECT id, user_id, amount FROM credit_transactions \
+             WHERE related_entity_type = 'generation_job' AND related_entity_id = $1 \
+               AND transaction_type = 'usage' AND status = 'completed' \
+             ORDER BY created_at, id",
+            &[&job_id],
+        )
+        .await?;
+    let Some(first) = usage.first() else {
+        return Err(ApiError::Conflict(
+            "this job has no settled usage to refund".into(),
+        ));
+    };
+    let payer: String = first.try_get(1)?;
+    let mut charged: i64 = 0;
+    let mut ids = Vec::with_capacity(usage.len());
+    for row in &usage {
+        let user: String = row.try_get(1)?;
+        if user != payer {
+            return Err(ApiError::internal(format!(
+                "generation job {job_id} has usage transactions of several users"
+            )));
+        }
+        ids.push(row.try_get::<_, String>(0)?);
+        charged -= i64::from(row.try_get::<_, i32>(2)?);
+    }
+    if charged <= 0 {
+        return Err(ApiError::Conflict(
+            "nothing to refund: the job was charged 0 credits (a free generation or the daily \
+             allowance paid for it)"
+                .into(),
+        ));
+    }
+    Ok(Usage {
+        payer,
+        charged,
+        ids,
+    })
+}
+
+/// A claimed refund, about to be posted.
+struct Refund<'a> {
+    admin_id: &'a str,
+    job_id: &'a str,
+    payer: &'a str,
+    amount: i32,
+    usage_ids: &'a [String],
+    reason: Option<&'a str>,
+}
+
+/// Posts the `refund` ledger entry, links it to the claim and writes the audit row.
+async fn post_refund(
+    client: &impl GenericClient,
+    refund: &Refund<'_>,
+    meta: &RequestMeta,
+) -> Result<(), ApiError> {
+    let Refund {
+        admin_id,
+        job_id,
+        payer,
+        amount,
+        usage_ids,
+        reason,
+    } = *refund;
     let entry = Entry::new(
         "refund",
         amount,
@@ -156,7 +214,7 @@ pub async fn refund_job(
         "usage_transaction_ids": usage_ids,
         "reason": reason,
     }));
-    let posted = ledger::post(client, &payer, entry).await?;
+    let posted = ledger::post(client, payer, entry).await?;
     client
         .execute(
             "UPDATE job_refunds SET refund_transaction_id = $2 WHERE job_id = $1",
@@ -183,10 +241,7 @@ pub async fn refund_job(
         meta,
     )
     .await?;
-    let done = existing(client, job_id)
-        .await?
-        .ok_or_else(|| ApiError::internal(format!("the refund of job {job_id} vanished")))?;
-    Ok(RefundOutcome::Refunded(done))
+    Ok(())
 }
 
 /// The job's refund, if it has one.
@@ -299,8 +354,7 @@ fn reason(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> 
     )
 )]
 pub async fn create(
-    Admin(identity): Admin,
-    State(state): State<AppState>,
+    mut account: AdminAccount,
     IdempotencyKey(key): IdempotencyKey,
     meta: RequestMeta,
     ApiPath(id): ApiPath<String>,
@@ -316,9 +370,7 @@ pub async fn create(
         }
     })?;
     let reason = reason(&headers, &body)?;
-    let mut client = state.db.get().await?;
-    let admin = users::repo::current_user(&**client, &identity).await?;
-    let tx = (**client).transaction().await?;
+    let (tx, admin) = account.begin().await?;
     let request = json!({"job_id": job_id, "reason": reason});
     if let Some(key) = &key
         && let Claim::Replay { status, body } =
