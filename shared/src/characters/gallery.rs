@@ -72,7 +72,6 @@ pub async fn list(
     limit: i64,
     after: Option<GalleryKey>,
 ) -> Result<Page<GalleryItem>, ApiError> {
-    let bad_cursor = || ApiError::validation("cursor", "does not belong to this sort");
     if after.as_ref().is_some_and(|k| k.sort != sort) {
         return Err(bad_cursor());
     }
@@ -101,30 +100,7 @@ pub async fn list(
         conditions.push(format!("c.rating_count >= ${}", params.len()));
     }
     if let Some(key) = after {
-        let n = params.len();
-        match sort {
-            Sort::Recent => {
-                params.push(Box::new(key.published_at.ok_or_else(bad_cursor)?));
-                params.push(Box::new(key.id));
-                conditions.push(format!("(c.published_at, c.id) < (${}, ${})", n + 1, n + 2));
-            }
-            Sort::Popular => {
-                params.push(Box::new(key.popularity.ok_or_else(bad_cursor)?));
-                params.push(Box::new(key.id));
-                conditions.push(format!("(c.popularity, c.id) < (${}, ${})", n + 1, n + 2));
-            }
-            Sort::TopRated => {
-                params.push(Box::new(key.rating_average.ok_or_else(bad_cursor)?));
-                params.push(Box::new(key.rating_count.ok_or_else(bad_cursor)?));
-                params.push(Box::new(key.id));
-                conditions.push(format!(
-                    "(c.rating_average, c.rating_count, c.id) < (${}::float8::numeric(3,2), ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3
-                ));
-            }
-        }
+        after_key(sort, key, &mut params, &mut conditions)?;
     }
     params.push(Box::new(limit + 1));
     let sql = format!(
@@ -134,11 +110,62 @@ pub async fn list(
         conditions.join(" AND "),
         params.len()
     );
+    let items = query_items(tx, &sql, &params).await?;
+    Ok(pagination::page(items, limit, |item| {
+        key_of(sort, &item.character)
+    }))
+}
+
+/// 422: the cursor was made for another sort (or lacks its fields).
+fn bad_cursor() -> ApiError {
+    ApiError::validation("cursor", "does not belong to this sort")
+}
+
+/// Adds the keyset condition "after `key`" for the sort, with its parameters.
+fn after_key(
+    sort: Sort,
+    key: GalleryKey,
+    params: &mut Vec<Box<dyn ToSql + Sync + Send>>,
+    conditions: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let n = params.len();
+    match sort {
+        Sort::Recent => {
+            params.push(Box::new(key.published_at.ok_or_else(bad_cursor)?));
+            params.push(Box::new(key.id));
+            conditions.push(format!("(c.published_at, c.id) < (${}, ${})", n + 1, n + 2));
+        }
+        Sort::Popular => {
+            params.push(Box::new(key.popularity.ok_or_else(bad_cursor)?));
+            params.push(Box::new(key.id));
+            conditions.push(format!("(c.popularity, c.id) < (${}, ${})", n + 1, n + 2));
+        }
+        Sort::TopRated => {
+            params.push(Box::new(key.rating_average.ok_or_else(bad_cursor)?));
+            params.push(Box::new(key.rating_count.ok_or_else(bad_cursor)?));
+            params.push(Box::new(key.id));
+            conditions.push(format!(
+                "(c.rating_average, c.rating_count, c.id) < (${}::float8::numeric(3,2), ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the gallery query: each row a character with its owner's names.
+async fn query_items(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[Box<dyn ToSql + Sync + Send>],
+) -> Result<Vec<GalleryItem>, ApiError> {
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    let rows = tx.query(&sql, &refs).await?;
+    let rows = tx.query(sql, &refs).await?;
     let items = rows
         .iter()
         .map(|row| {
@@ -151,7 +178,5 @@ pub async fn list(
             })
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    Ok(pagination::page(items, limit, |item| {
-        key_of(sort, &item.character)
-    }))
+    Ok(items)
 }

@@ -187,46 +187,17 @@ pub async fn settle_for(
     job_id: &str,
     delivery: Delivery,
 ) -> Result<Option<Settlement>, LedgerError> {
-    lock_holder(client, job_id).await?;
-    let Some(row) = client
-        .query_opt(
-            "SELECT user_id, price, free_generation, allowance_credits, reserved_credits, fallback_price, \
-               cost_calculation FROM credit_holds WHERE job_id = $1 AND status = 'held' FOR UPDATE",
-            &[&job_id],
-        )
-        .await?
-    else {
+    let Some((row, user_id, hold)) = lock_held(client, job_id).await? else {
         return Ok(None);
-    };
-    let user_id: String = row.try_get(0)?;
-    let hold = Hold {
-        job_id: job_id.to_string(),
-        price: row.try_get(1)?,
-        free_generation: row.try_get(2)?,
-        allowance_credits: row.try_get(3)?,
-        reserved_credits: row.try_get(4)?,
-        fallback_price: row.try_get(5)?,
     };
     let charge = match delivery {
         Delivery::Generated => hold.price,
         Delivery::Placeholder => hold.fallback_price.min(hold.price),
     };
     if delivery == Delivery::Placeholder && charge == 0 {
-        // Nothing delivered is worth charging: a release, with its own bookkeeping.
-        release(client, job_id).await?;
-        let balance_after: i32 = client
-            .query_one(
-                "SELECT current_balance FROM user_credits WHERE user_id = $1",
-                &[&user_id],
-            )
-            .await?
-            .try_get(0)?;
-        return Ok(Some(Settlement {
-            hold,
-            charged: 0,
-            transaction_id: None,
-            balance_after,
-        }));
+        return release_unpaid(client, job_id, &user_id, hold)
+            .await
+            .map(Some);
     }
     let split = Charge::split(&hold, charge);
     let mut calculation: Value = row.try_get(6)?;
@@ -269,6 +240,60 @@ pub async fn settle_for(
         transaction_id: Some(posted.transaction_id),
         balance_after: posted.balance_after,
     }))
+}
+
+/// Locks the job's holder, then its hold if still `held`: the hold's row
+/// (its `cost_calculation` is read later), its user and the hold.
+async fn lock_held(
+    client: &impl GenericClient,
+    job_id: &str,
+) -> Result<Option<(tokio_postgres::Row, String, Hold)>, LedgerError> {
+    lock_holder(client, job_id).await?;
+    let Some(row) = client
+        .query_opt(
+            "SELECT user_id, price, free_generation, allowance_credits, reserved_credits, fallback_price, \
+               cost_calculation FROM credit_holds WHERE job_id = $1 AND status = 'held' FOR UPDATE",
+            &[&job_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let user_id: String = row.try_get(0)?;
+    let hold = Hold {
+        job_id: job_id.to_string(),
+        price: row.try_get(1)?,
+        free_generation: row.try_get(2)?,
+        allowance_credits: row.try_get(3)?,
+        reserved_credits: row.try_get(4)?,
+        fallback_price: row.try_get(5)?,
+    };
+    Ok(Some((row, user_id, hold)))
+}
+
+/// A placeholder worth nothing: the hold is released instead (with its own
+/// bookkeeping), and the settlement says nothing was charged.
+async fn release_unpaid(
+    client: &impl GenericClient,
+    job_id: &str,
+    user_id: &str,
+    hold: Hold,
+) -> Result<Settlement, LedgerError> {
+    // Nothing delivered is worth charging: a release, with its own bookkeeping.
+    release(client, job_id).await?;
+    let balance_after: i32 = client
+        .query_one(
+            "SELECT current_balance FROM user_credits WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(Settlement {
+        hold,
+        charged: 0,
+        transaction_id: None,
+        balance_after,
+    })
 }
 
 /// How a charge of at most the hold's price is taken from what the hold

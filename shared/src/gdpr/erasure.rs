@@ -87,73 +87,16 @@ pub async fn erase(
     confirm: &str,
 ) -> Result<Outcome, ApiError> {
     let tx = client.transaction().await?;
-    let found = tx
-        .query_opt(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE auth0_id = $1"),
-            &[&identity.subject],
-        )
-        .await?;
-    let Some(row) = found else {
-        return if crate::users::receipts::erased_at(&tx, identity)
-            .await?
-            .is_some()
-        {
-            Ok(Outcome::AlreadyErased)
-        } else {
-            Err(ApiError::NotFound(
-                "no account exists for this identity".into(),
-            ))
-        };
+    let Some(user) = check_request(&tx, identity, confirm).await? else {
+        return Ok(Outcome::AlreadyErased);
     };
-    let user = User::from_row(&row)?;
-    if user.account_status == Some(crate::users::AccountStatus::Banned) {
-        return Err(ApiError::Forbidden(
-            "this account has been banned; it is kept for the moderation record, ask support to erase it"
-                .into(),
-        ));
-    }
-    if !confirm.trim().eq_ignore_ascii_case(user.email.trim()) {
-        return Err(ApiError::validation(
-            "confirm",
-            "must be the email address of the account, to confirm its erasure",
-        ));
-    }
-
-    // Lock order: the jobs, then the user (see the module documentation).
-    tx.query(
-        "SELECT id FROM generation_jobs WHERE user_id = $1 AND status IN ('queued', 'processing') \
-         ORDER BY id FOR UPDATE",
-        &[&user.id],
-    )
-    .await?;
-    let locked = tx
-        .query_opt(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"),
-            &[&user.id],
-        )
-        .await?;
-    // A concurrent erasure of the same account committed while we waited.
-    let Some(user) = locked
-        .map(|row| User::from_row(&row))
-        .transpose()?
-        .filter(|u| u.auth0_id.as_deref() == Some(identity.subject.as_str()))
-    else {
+    let Some(user) = lock_account(&tx, &user, identity).await? else {
         return Ok(Outcome::AlreadyErased);
     };
 
     let cancelled = cancel_jobs(&tx, &user.id).await?;
     let objects = stored_objects(&tx, &user.id).await?;
-    let names = tx
-        .query_opt(
-            "SELECT first_name, last_name FROM user_profiles WHERE user_id = $1",
-            &[&user.id],
-        )
-        .await?;
-    let (first_name, last_name) = match names {
-        Some(row) => (row.try_get(0)?, row.try_get(1)?),
-        None => (None, None),
-    };
-    let identifiers = Identifiers::of(&user, first_name, last_name);
+    let identifiers = read_identifiers(&tx, &user).await?;
     let deleted = delete_personal_rows(&tx, &user.id).await?;
     scrub_kept_rows(&tx, &user.id, &identifiers.needles).await?;
     tombstone(&tx, &user.id, identity).await?;
@@ -176,6 +119,90 @@ pub async fn erase(
     .await?;
     tx.commit().await?;
     Ok(Outcome::Erased { objects })
+}
+
+/// The identity's account, if it may be erased: 404 if there is none, 403 if
+/// banned, 422 unless `confirm` is its email; `None` if it was erased before.
+async fn check_request(
+    tx: &Transaction<'_>,
+    identity: &Identity,
+    confirm: &str,
+) -> Result<Option<User>, ApiError> {
+    let found = tx
+        .query_opt(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE auth0_id = $1"),
+            &[&identity.subject],
+        )
+        .await?;
+    let Some(row) = found else {
+        return if crate::users::receipts::erased_at(tx, identity)
+            .await?
+            .is_some()
+        {
+            Ok(None)
+        } else {
+            Err(ApiError::NotFound(
+                "no account exists for this identity".into(),
+            ))
+        };
+    };
+    let user = User::from_row(&row)?;
+    if user.account_status == Some(crate::users::AccountStatus::Banned) {
+        return Err(ApiError::Forbidden(
+            "this account has been banned; it is kept for the moderation record, ask support to erase it"
+                .into(),
+        ));
+    }
+    if !confirm.trim().eq_ignore_ascii_case(user.email.trim()) {
+        return Err(ApiError::validation(
+            "confirm",
+            "must be the email address of the account, to confirm its erasure",
+        ));
+    }
+    Ok(Some(user))
+}
+
+/// Locks the user's active jobs, then the users row, and re-reads it; `None`
+/// if a concurrent erasure of the account committed meanwhile.
+async fn lock_account(
+    tx: &Transaction<'_>,
+    user: &User,
+    identity: &Identity,
+) -> Result<Option<User>, ApiError> {
+    // Lock order: the jobs, then the user (see the module documentation).
+    tx.query(
+        "SELECT id FROM generation_jobs WHERE user_id = $1 AND status IN ('queued', 'processing') \
+         ORDER BY id FOR UPDATE",
+        &[&user.id],
+    )
+    .await?;
+    let locked = tx
+        .query_opt(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"),
+            &[&user.id],
+        )
+        .await?;
+    // A concurrent erasure of the same account committed while we waited.
+    Ok(locked
+        .map(|row| User::from_row(&row))
+        .transpose()?
+        .filter(|u| u.auth0_id.as_deref() == Some(identity.subject.as_str())))
+}
+
+/// The texts that identify the person: the user's own and the profile's
+/// first and last names.
+async fn read_identifiers(tx: &Transaction<'_>, user: &User) -> Result<Identifiers, ApiError> {
+    let names = tx
+        .query_opt(
+            "SELECT first_name, last_name FROM user_profiles WHERE user_id = $1",
+            &[&user.id],
+        )
+        .await?;
+    let (first_name, last_name) = match names {
+        Some(row) => (row.try_get(0)?, row.try_get(1)?),
+        None => (None, None),
+    };
+    Ok(Identifiers::of(user, first_name, last_name))
 }
 
 /// Cancels the user's queued and processing jobs and releases their holds.
@@ -294,7 +321,20 @@ async fn scrub_kept_rows(
     let mut about_user = gift_ids.clone();
     about_user.push(user_id.to_string());
 
-    let statements: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 12] = [
+    scrub_accounts(tx, user_id, needles, &gift_ids).await?;
+    scrub_traces(tx, user_id, needles, &gift_ids, &about_user).await?;
+    Ok(())
+}
+
+/// Scrubs the accounting rows kept: the caller's ledger and the other side of
+/// their gifts, orders, holds, jobs and job refunds.
+async fn scrub_accounts(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    needles: &[String],
+    gift_ids: &[String],
+) -> Result<(), ApiError> {
+    let statements: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 6] = [
         // The caller's ledger: amounts and balances untouched, so it still adds up. Gift
         // messages are personal text, not accounting.
         (
@@ -346,6 +386,24 @@ async fn scrub_kept_rows(
             "UPDATE job_refunds SET reason = gdpr_scrub_words(reason, $2) WHERE user_id = $1",
             &[&user_id, &needles],
         ),
+    ];
+    for (sql, params) in statements {
+        tx.execute(sql, params).await?;
+    }
+    Ok(())
+}
+
+/// Scrubs the other traces of the caller: as an operator, as a reporter, in
+/// the activity log (theirs and others' about them) and in others' stored
+/// responses.
+async fn scrub_traces(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    needles: &[String],
+    gift_ids: &[String],
+    about_user: &[String],
+) -> Result<(), ApiError> {
+    let statements: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 6] = [
         // As an operator: refunds and report resolutions lose who did them (both
         // foreign keys are ON DELETE SET NULL: the link is not part of the record).
         (

@@ -282,6 +282,31 @@ async fn write_document(
     doc: &mut DocWriter,
 ) -> Result<(), ApiError> {
     let id = &user.id;
+    write_account(tx, user, generated_at, doc).await?;
+    let mut rows = Section::new(tx, doc, id);
+    write_credit_sections(&mut rows).await?;
+    write_ratings_and_likes(&mut rows).await?;
+
+    // The rest as the caller, under row-level security.
+    db::act_as(tx, Some(id)).await?;
+    let profile = repo::profile(tx, id).await?;
+    rows.doc().field("profile", &profile)?;
+    write_characters_and_images(&mut rows, storage).await?;
+    rows.doc()
+        .field("collections", &read_collections(tx, id).await?)?;
+    write_jobs_reports_and_activity(&mut rows, storage).await?;
+    Ok(())
+}
+
+/// Writes the header (format, version, time) and the account and credit
+/// account rows.
+async fn write_account(
+    tx: &Transaction<'_>,
+    user: &User,
+    generated_at: DateTime<Utc>,
+    doc: &mut DocWriter,
+) -> Result<(), ApiError> {
+    let id = &user.id;
     doc.field("format", &FORMAT)?;
     doc.field("version", &VERSION)?;
     doc.field("generated_at", &generated_at)?;
@@ -305,7 +330,12 @@ async fn write_document(
         .transpose()?
         .unwrap_or(Value::Null);
     doc.field("credit_account", &credit_account)?;
-    let mut rows = Section::new(tx, doc, id);
+    Ok(())
+}
+
+/// Writes the credit sections: transactions, holds, refunds, purchase
+/// orders and gifts (sent and received).
+async fn write_credit_sections(rows: &mut Section<'_, '_>) -> Result<(), ApiError> {
     rows.json(
         "credit_transactions",
         "SELECT to_jsonb(t) FROM credit_transactions t WHERE t.user_id = $1 ORDER BY t.created_at, t.id",
@@ -342,6 +372,11 @@ async fn write_document(
         .await?;
     }
     rows.doc().close_object()?;
+    Ok(())
+}
+
+/// Writes the caller's ratings and likes.
+async fn write_ratings_and_likes(rows: &mut Section<'_, '_>) -> Result<(), ApiError> {
     rows.each(
         "ratings",
         &format!("SELECT {RATING_COLUMNS} FROM character_ratings WHERE user_id = $1 ORDER BY created_at, id"),
@@ -360,11 +395,15 @@ async fn write_document(
         },
     )
     .await?;
+    Ok(())
+}
 
-    // The rest as the caller, under row-level security.
-    db::act_as(tx, Some(id)).await?;
-    let profile = repo::profile(tx, id).await?;
-    rows.doc().field("profile", &profile)?;
+/// Writes the caller's characters and images, each presented (with its
+/// image URLs).
+async fn write_characters_and_images(
+    rows: &mut Section<'_, '_>,
+    storage: Option<&dyn ObjectStore>,
+) -> Result<(), ApiError> {
     let portal = rows.open(&format!(
         "SELECT {CHARACTER_COLUMNS} FROM characters c WHERE c.user_id = $1 ORDER BY c.created_at, c.id"
     ))
@@ -391,8 +430,14 @@ async fn write_document(
         }
     }
     rows.doc().close_array()?;
-    rows.doc()
-        .field("collections", &read_collections(tx, id).await?)?;
+    Ok(())
+}
+
+/// Writes the caller's generation jobs (presented), reports and activity.
+async fn write_jobs_reports_and_activity(
+    rows: &mut Section<'_, '_>,
+    storage: Option<&dyn ObjectStore>,
+) -> Result<(), ApiError> {
     let portal = rows
         .open(&format!(
             "SELECT {JOB_COLUMNS} FROM generation_jobs WHERE user_id = $1 ORDER BY created_at, id"

@@ -208,34 +208,69 @@ impl Worker {
             return Ok(Processed::Acknowledge("job not queued"));
         };
         let started = Instant::now();
+        let (input, request) = match self.prepare(&claimed).await? {
+            Ok(prepared) => prepared,
+            Err(processed) => return Ok(processed),
+        };
+        let (outcome, render_time) = match self.render(&claimed, &request).await? {
+            Ok(rendered) => rendered,
+            Err(processed) => return Ok(processed),
+        };
+        self.store_and_complete(&claimed, &input, &outcome, started, render_time)
+            .await
+    }
+
+    /// The claimed job's input, source image and generation request; `Err`
+    /// with what became of the job (failed, or retried) when one cannot be had.
+    async fn prepare(
+        &self,
+        claimed: &Claimed,
+    ) -> Result<
+        Result<(GenerationInput, crate::ports::generator::GenerationRequest), Processed>,
+        WorkerError,
+    > {
         let input = match &claimed.input {
             Ok(input) => input.clone(),
             Err(reason) => {
                 let details = json!({"error": reason, "stage": "prepare"});
-                self.fail(&claimed, details).await?;
-                return Ok(Processed::Acknowledge("failed"));
+                self.fail(claimed, details).await?;
+                return Ok(Err(Processed::Acknowledge("failed")));
             }
         };
         let init_image = match self.source_bytes(&claimed.job, &input).await {
             Ok(bytes) => bytes,
             Err(StorageError::Backend(e)) => {
                 let details = json!({"error": format!("the source image cannot be read now: {e}"), "stage": "prepare"});
-                return self.retry_or_fail(&claimed, details, "storage").await;
+                return self
+                    .retry_or_fail(claimed, details, "storage")
+                    .await
+                    .map(Err);
             }
             Err(e) => {
                 let details = json!({"error": format!("the source image cannot be read: {e}"), "stage": "prepare"});
-                self.fail(&claimed, details).await?;
-                return Ok(Processed::Acknowledge("failed"));
+                self.fail(claimed, details).await?;
+                return Ok(Err(Processed::Acknowledge("failed")));
             }
         };
         let request = match input.to_request(claimed.job.job_type, init_image) {
             Ok(request) => request,
             Err(reason) => {
-                self.fail(&claimed, json!({"error": reason, "stage": "prepare"}))
+                self.fail(claimed, json!({"error": reason, "stage": "prepare"}))
                     .await?;
-                return Ok(Processed::Acknowledge("failed"));
+                return Ok(Err(Processed::Acknowledge("failed")));
             }
         };
+        Ok(Ok((input, request)))
+    }
+
+    /// Runs the generator chain under the job timeout, its progress written
+    /// as it comes; the outcome and the render time, or `Err` with what
+    /// became of the job (failed, or retried).
+    async fn render(
+        &self,
+        claimed: &Claimed,
+        request: &crate::ports::generator::GenerationRequest,
+    ) -> Result<Result<(ChainOutcome, Duration), Processed>, WorkerError> {
         let (progress, updates) = crate::ports::generator::ProgressReporter::channel();
         let tracker = tokio::spawn(
             track_progress(self.db.clone(), claimed.job.id.clone(), updates).in_current_span(),
@@ -243,7 +278,7 @@ impl Worker {
         let render_started = Instant::now();
         let generated = tokio::time::timeout(
             self.settings.job_timeout,
-            self.generator.generate(&request, &progress),
+            self.generator.generate(request, &progress),
         )
         .await;
         let render_time = render_started.elapsed();
@@ -254,16 +289,36 @@ impl Worker {
             Ok(Err(error)) => {
                 let details = json!({"error": error.to_string(), "details": error.details()});
                 if error.is_transient() {
-                    return self.retry_or_fail(&claimed, details, "provider").await;
+                    return self
+                        .retry_or_fail(claimed, details, "provider")
+                        .await
+                        .map(Err);
                 }
-                self.fail(&claimed, details).await?;
-                return Ok(Processed::Acknowledge("failed"));
+                self.fail(claimed, details).await?;
+                return Ok(Err(Processed::Acknowledge("failed")));
             }
             Err(_) => {
                 let details = json!({"error": "generation took longer than the job timeout"});
-                return self.retry_or_fail(&claimed, details, "timeout").await;
+                return self
+                    .retry_or_fail(claimed, details, "timeout")
+                    .await
+                    .map(Err);
             }
         };
+        Ok(Ok((outcome, render_time)))
+    }
+
+    /// Stores the images and completes the job; on an abandoned or failed
+    /// completion the stored objects are deleted (and the job retried or
+    /// failed).
+    async fn store_and_complete(
+        &self,
+        claimed: &Claimed,
+        input: &GenerationInput,
+        outcome: &ChainOutcome,
+        started: Instant,
+        render_time: Duration,
+    ) -> Result<Processed, WorkerError> {
         let target = input
             .target_character(claimed.job.character_id.as_deref())
             .map(str::to_string);
@@ -276,11 +331,11 @@ impl Worker {
                 self.delete_objects(&stored).await;
                 let details =
                     json!({"error": format!("the images cannot be stored: {e}"), "stage": "store"});
-                return self.retry_or_fail(&claimed, details, "storage").await;
+                return self.retry_or_fail(claimed, details, "storage").await;
             }
         };
         let completed = self
-            .complete(&claimed, &input, &stored, &outcome, started.elapsed())
+            .complete(claimed, input, &stored, outcome, started.elapsed())
             .await;
         match completed {
             Ok(Completion::Completed) => {
@@ -302,7 +357,7 @@ impl Worker {
                 self.delete_objects(&stored).await;
                 let details =
                     json!({"error": format!("the completion failed: {e}"), "stage": "complete"});
-                self.retry_or_fail(&claimed, details, "complete").await
+                self.retry_or_fail(claimed, details, "complete").await
             }
         }
     }
@@ -508,37 +563,8 @@ impl Worker {
             &[&job.user_id, &generated],
         )
         .await?;
-        let seconds = i32::try_from(elapsed.as_secs()).unwrap_or(i32::MAX);
-        for id in
-            std::iter::once(&character_id).chain(input.variant.iter().map(|p| &p.character_id))
-        {
-            tx.execute(
-                "UPDATE characters SET generation_status = 'completed', processing_completed_at = now(), \
-                   processing_time_seconds = $2, error_message = NULL WHERE id = $1",
-                &[id, &seconds],
-            )
-            .await?;
-        }
-        let gpu_seconds = outcome
-            .images
-            .gpu_time_ms
-            .map(|ms| i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX));
-        let delivered = super::lifecycle::Delivered {
-            output_keys: stored.iter().map(|s| &s.key).collect(),
-            metadata: json!({
-                "generation": outcome.metadata(),
-                "elapsed_ms": elapsed.as_millis() as u64,
-                "images": stored.len(),
-                "image_ids": image_ids,
-                "placeholder": placeholder,
-                "progress": {"fraction": 1.0, "eta_seconds": 0.0, "updated_at": chrono::Utc::now()},
-            }),
-            provider: outcome.provider_kind(),
-            gpu_seconds,
-            memory_used_mb: peak_memory_mb(),
-            placeholder,
-            result_character_id: input.variant.as_ref().map(|p| p.character_id.clone()),
-        };
+        Self::mark_characters_completed(&tx, &character_id, input, elapsed).await?;
+        let delivered = Self::delivered(input, stored, outcome, elapsed, &image_ids, placeholder);
         let settlement = super::lifecycle::complete(&tx, &job.id, delivered).await?;
         let charged = settlement.as_ref().map(|s| s.charged);
         super::lifecycle::log_activity(
@@ -556,6 +582,60 @@ impl Worker {
         .await?;
         tx.commit().await?;
         Ok(Completion::Completed)
+    }
+
+    /// Marks the job's character (and its variant, if the job made one)
+    /// completed, with the processing time.
+    async fn mark_characters_completed(
+        tx: &tokio_postgres::Transaction<'_>,
+        character_id: &str,
+        input: &GenerationInput,
+        elapsed: Duration,
+    ) -> Result<(), WorkerError> {
+        let seconds = i32::try_from(elapsed.as_secs()).unwrap_or(i32::MAX);
+        for id in std::iter::once(character_id)
+            .chain(input.variant.iter().map(|p| p.character_id.as_str()))
+        {
+            tx.execute(
+                "UPDATE characters SET generation_status = 'completed', processing_completed_at = now(), \
+                   processing_time_seconds = $2, error_message = NULL WHERE id = $1",
+                &[&id, &seconds],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// What the job delivered, for [`super::lifecycle::complete`]: the keys,
+    /// the run's metadata, the provider and the resources it used.
+    fn delivered<'a>(
+        input: &GenerationInput,
+        stored: &'a [StoredImage],
+        outcome: &ChainOutcome,
+        elapsed: Duration,
+        image_ids: &[String],
+        placeholder: bool,
+    ) -> super::lifecycle::Delivered<'a> {
+        let gpu_seconds = outcome
+            .images
+            .gpu_time_ms
+            .map(|ms| i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX));
+        super::lifecycle::Delivered {
+            output_keys: stored.iter().map(|s| &s.key).collect(),
+            metadata: json!({
+                "generation": outcome.metadata(),
+                "elapsed_ms": elapsed.as_millis() as u64,
+                "images": stored.len(),
+                "image_ids": image_ids,
+                "placeholder": placeholder,
+                "progress": {"fraction": 1.0, "eta_seconds": 0.0, "updated_at": chrono::Utc::now()},
+            }),
+            provider: outcome.provider_kind(),
+            gpu_seconds,
+            memory_used_mb: peak_memory_mb(),
+            placeholder,
+            result_character_id: input.variant.as_ref().map(|p| p.character_id.clone()),
+        }
     }
 }
 

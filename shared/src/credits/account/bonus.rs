@@ -160,19 +160,47 @@ pub(crate) async fn claim(
         return Ok(Claim::replay(status, body));
     }
 
+    let (zone, window, streak) = claim_window(&tx, &user.id).await?;
+    let today = window.day;
+    let next_at = window.ends_at;
+    let amount = amount(&state.config.credits, streak)
+        .ok_or_else(|| ApiError::internal("the configured daily bonus overflows"))?;
+    let posted = post_bonus(&tx, &user.id, amount, streak, today, zone.as_deref(), &meta).await?;
+    let response = json!({
+        "transaction_id": posted.transaction_id,
+        "amount": amount,
+        "daily_login_streak": streak,
+        "bonus_date": today,
+        "balance_after": posted.balance_after,
+        "next_available_at": next_at,
+        "next_amount": amount_after(&state.config.credits, streak),
+    });
+    if let Some(key) = &key {
+        idempotency::complete(&tx, &user.id, key, StatusCode::CREATED, &response).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+/// Locks the users row, reads the daily window and claims its bonus on the
+/// wallet: the user's time zone, the window and the new streak; 409 (or 404)
+/// when there is nothing to claim.
+async fn claim_window(
+    tx: &tokio_postgres::Transaction<'_>,
+    user_id: &str,
+) -> Result<(Option<String>, DailyWindow, i32), Refusal> {
     // Lock order everywhere: users, then user_credits. The daily window is
     // read under the lock; it ends where it ended before any time zone change.
     let zone: Option<String> = tx
         .query_opt(
             "SELECT timezone FROM users WHERE id = $1 FOR NO KEY UPDATE",
-            &[&user.id],
+            &[&user_id],
         )
         .await?
         .ok_or_else(|| ApiError::NotFound("no account; sign in first".into()))?
         .try_get(0)?;
-    let window = ledger::daily_window(&tx, &user.id).await?;
+    let window = ledger::daily_window(tx, user_id).await?;
     let today = window.day;
-    let next_at = window.ends_at;
 
     // `< today` rather than `IS DISTINCT FROM today`: a last claim labelled
     // after this window (a per-date claim migrated from before V16) must not
@@ -188,18 +216,29 @@ pub(crate) async fn claim(
                last_daily_bonus_date = $2, last_daily_bonus_window_end = $4, updated_at = now() \
              WHERE user_id = $1 AND (last_daily_bonus_date IS NULL OR last_daily_bonus_date < $2) \
              RETURNING daily_login_streak",
-            &[&user.id, &today, &window.starts_at, &window.ends_at],
+            &[&user_id, &today, &window.starts_at, &window.ends_at],
         )
         .await?;
     let Some(claimed) = claimed else {
-        return Err(already_claimed(&tx, &user.id, &window, zone.as_deref()).await?);
+        return Err(already_claimed(tx, user_id, &window, zone.as_deref()).await?);
     };
     let streak: i32 = claimed.try_get(0)?;
-    let amount = amount(&state.config.credits, streak)
-        .ok_or_else(|| ApiError::internal("the configured daily bonus overflows"))?;
+    Ok((zone, window, streak))
+}
+
+/// Posts the bonus entry and its activity row.
+async fn post_bonus(
+    tx: &tokio_postgres::Transaction<'_>,
+    user_id: &str,
+    amount: i32,
+    streak: i32,
+    today: NaiveDate,
+    zone: Option<&str>,
+    meta: &RequestMeta,
+) -> Result<ledger::Posted, Refusal> {
     let posted = ledger::post(
-        &tx,
-        &user.id,
+        tx,
+        user_id,
         Entry::new(
             "bonus",
             amount,
@@ -214,31 +253,18 @@ pub(crate) async fn claim(
     )
     .await?;
     activity::record(
-        &tx,
+        tx,
         Activity {
-            user_id: Some(&user.id),
+            user_id: Some(user_id),
             activity_type: crate::activity::ActivityType::DailyBonus,
             entity_type: Some("credit_transaction"),
             entity_id: Some(&posted.transaction_id),
             metadata: json!({"amount": amount, "streak": streak, "bonus_date": today}),
         },
-        &meta,
+        meta,
     )
     .await?;
-    let response = json!({
-        "transaction_id": posted.transaction_id,
-        "amount": amount,
-        "daily_login_streak": streak,
-        "bonus_date": today,
-        "balance_after": posted.balance_after,
-        "next_available_at": next_at,
-        "next_amount": amount_after(&state.config.credits, streak),
-    });
-    if let Some(key) = &key {
-        idempotency::complete(&tx, &user.id, key, StatusCode::CREATED, &response).await?;
-    }
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(response)).into_response())
+    Ok(posted)
 }
 
 /// Tomorrow's bonus if the streak continues.

@@ -230,6 +230,51 @@ pub async fn transfer(
     gift: &GiftRequest,
     meta: &RequestMeta,
 ) -> Result<Value, Refusal> {
+    let recipient_id = find_recipient(tx, sender, gift).await?;
+    let (sender_row, recipient_row) = lock_both(tx, sender, &recipient_id, gift).await?;
+    let (from_username, to_username) = check_parties(sender_row, recipient_row, gift)?;
+    check_giftable(tx, config, sender, gift).await?;
+
+    let gift_id = uuid::Uuid::new_v4().to_string();
+    let (sent, received) = post_gift_pair(
+        tx,
+        sender,
+        &recipient_id,
+        gift,
+        &gift_id,
+        &from_username,
+        &to_username,
+    )
+    .await?;
+    record_sent(tx, sender, gift, &gift_id, &to_username, &sent, meta).await?;
+    record_received(
+        tx,
+        &recipient_id,
+        gift,
+        &gift_id,
+        &from_username,
+        &received,
+        meta,
+    )
+    .await?;
+
+    Ok(json!({
+        "gift_id": gift_id,
+        "amount": gift.amount,
+        "to_username": to_username,
+        "message": gift.message,
+        "transaction_id": sent.transaction_id,
+        "balance_after": sent.balance_after,
+    }))
+}
+
+/// The recipient's user id, looked up by name (case-insensitively); 404 if
+/// none, 422 if it is the sender.
+async fn find_recipient(
+    tx: &Transaction<'_>,
+    sender: &User,
+    gift: &GiftRequest,
+) -> Result<String, Refusal> {
     let recipient_id: String = tx
         .query_opt(
             "SELECT id FROM users WHERE lower(username) = lower($1)",
@@ -241,9 +286,19 @@ pub async fn transfer(
     if recipient_id == sender.id {
         return Err(ApiError::validation("to_username", "is you; gifts go to someone else").into());
     }
+    Ok(recipient_id)
+}
 
+/// Locks both `users` rows, then both wallets, in user id order; returns the
+/// sender's and the recipient's `(username, account_status)` rows.
+async fn lock_both(
+    tx: &Transaction<'_>,
+    sender: &User,
+    recipient_id: &str,
+    gift: &GiftRequest,
+) -> Result<(Option<tokio_postgres::Row>, Option<tokio_postgres::Row>), Refusal> {
     // Both users, then both wallets, in user id order.
-    let mut ids = [sender.id.as_str(), recipient_id.as_str()];
+    let mut ids = [sender.id.as_str(), recipient_id];
     ids.sort_unstable();
     let mut sender_row = None;
     let mut recipient_row = None;
@@ -276,6 +331,16 @@ pub async fn transfer(
             .into());
         }
     }
+    Ok((sender_row, recipient_row))
+}
+
+/// Checks the locked rows (sender active with a username, recipient still
+/// active under the name asked for); returns `(from_username, to_username)`.
+fn check_parties(
+    sender_row: Option<tokio_postgres::Row>,
+    recipient_row: Option<tokio_postgres::Row>,
+    gift: &GiftRequest,
+) -> Result<(String, String), Refusal> {
     let sender_row =
         sender_row.ok_or_else(|| ApiError::NotFound("no account; sign in first".into()))?;
     let from_username: Option<String> = sender_row.try_get(0)?;
@@ -302,7 +367,17 @@ pub async fn transfer(
         }
         _ => return Err(no_such_recipient(&gift.to_username).into()),
     };
+    Ok((from_username, to_username))
+}
 
+/// Refuses a frozen sender (403), one over the daily cap (429) or a gift
+/// larger than what is giftable (402).
+async fn check_giftable(
+    tx: &Transaction<'_>,
+    config: &CreditsConfig,
+    sender: &User,
+    gift: &GiftRequest,
+) -> Result<(), Refusal> {
     gifting::refuse_if_frozen(tx, &sender.id, "gifts").await?;
     enforce_daily_cap(tx, config, &sender.id, gift.amount).await?;
     // Under both row locks: nothing can change what is giftable before the gift is posted.
@@ -312,13 +387,25 @@ pub async fn transfer(
     if gift.amount > giftable.giftable {
         return Err(not_giftable(gift.amount, &giftable, config.gift_hold_days).into());
     }
+    Ok(())
+}
 
-    let gift_id = uuid::Uuid::new_v4().to_string();
+/// Posts `gift_sent` (−amount, 402 if short) then `gift_received` (+amount),
+/// both related to the one `gift_transfer` id.
+async fn post_gift_pair(
+    tx: &Transaction<'_>,
+    sender: &User,
+    recipient_id: &str,
+    gift: &GiftRequest,
+    gift_id: &str,
+    from_username: &str,
+    to_username: &str,
+) -> Result<(ledger::Posted, ledger::Posted), Refusal> {
     let sent = ledger::post(
         tx,
         &sender.id,
         Entry::new("gift_sent", -gift.amount, format!("Gift to {to_username}"))
-            .related("gift_transfer", gift_id.clone())
+            .related("gift_transfer", gift_id.to_owned())
             .metadata(json!({"to_username": to_username, "message": gift.message})),
     )
     .await
@@ -330,30 +417,56 @@ pub async fn transfer(
     })?;
     let received = ledger::post(
         tx,
-        &recipient_id,
+        recipient_id,
         Entry::new(
             "gift_received",
             gift.amount,
             format!("Gift from {from_username}"),
         )
-        .related("gift_transfer", gift_id.clone())
+        .related("gift_transfer", gift_id.to_owned())
         .metadata(json!({"from_username": from_username, "message": gift.message})),
     )
     .await?;
+    Ok((sent, received))
+}
 
+/// Logs the sender's side of the gift (`gift_sent`), with the request's meta.
+async fn record_sent(
+    tx: &Transaction<'_>,
+    sender: &User,
+    gift: &GiftRequest,
+    gift_id: &str,
+    to_username: &str,
+    sent: &ledger::Posted,
+    meta: &RequestMeta,
+) -> Result<(), Refusal> {
     activity::record(
         tx,
         Activity {
             user_id: Some(&sender.id),
             activity_type: crate::activity::ActivityType::GiftSent,
             entity_type: Some("gift_transfer"),
-            entity_id: Some(&gift_id),
+            entity_id: Some(gift_id),
             metadata: json!({"amount": gift.amount, "to_username": to_username,
                              "transaction_id": sent.transaction_id}),
         },
         meta,
     )
     .await?;
+    Ok(())
+}
+
+/// Logs the recipient's side of the gift (`gift_received`), with only the
+/// request id from the meta.
+async fn record_received(
+    tx: &Transaction<'_>,
+    recipient_id: &str,
+    gift: &GiftRequest,
+    gift_id: &str,
+    from_username: &str,
+    received: &ledger::Posted,
+    meta: &RequestMeta,
+) -> Result<(), Refusal> {
     // The recipient's row records the request, not the sender's address or browser.
     let recipient_meta = RequestMeta {
         request_id: meta.request_id.clone(),
@@ -362,25 +475,17 @@ pub async fn transfer(
     activity::record(
         tx,
         Activity {
-            user_id: Some(&recipient_id),
+            user_id: Some(recipient_id),
             activity_type: crate::activity::ActivityType::GiftReceived,
             entity_type: Some("gift_transfer"),
-            entity_id: Some(&gift_id),
+            entity_id: Some(gift_id),
             metadata: json!({"amount": gift.amount, "from_username": from_username,
                              "transaction_id": received.transaction_id}),
         },
         &recipient_meta,
     )
     .await?;
-
-    Ok(json!({
-        "gift_id": gift_id,
-        "amount": gift.amount,
-        "to_username": to_username,
-        "message": gift.message,
-        "transaction_id": sent.transaction_id,
-        "balance_after": sent.balance_after,
-    }))
+    Ok(())
 }
 
 /// 402 for a gift larger than what is giftable, saying what is kept back and

@@ -428,20 +428,7 @@ async fn session_paid(
         .await?;
         return Ok(("awaiting_payment", order_id));
     }
-    // What Stripe charged must be what the order costs.
-    let expected = order.minor_units();
-    let charged = session["amount_total"].as_i64();
-    let currency = session["currency"].as_str();
-    let amount_matches = charged.is_none_or(|c| expected.as_ref().is_ok_and(|e| *e == c))
-        && currency.is_none_or(|c| c.eq_ignore_ascii_case(&order.price_currency));
-    if !amount_matches {
-        tracing::error!(
-            event_id = %event.id,
-            order_id = %order.id,
-            charged = ?charged,
-            expected = ?expected,
-            "checkout amount differs from the order; not credited, needs review"
-        );
+    if !charged_as_ordered(event, &order) {
         return Ok(("amount_mismatch", order_id));
     }
     let paid = tx
@@ -462,6 +449,42 @@ async fn session_paid(
         tracing::error!(order_id = %order.id, "paid order of an erased user; nothing to credit");
         return Ok(("paid_without_user", order_id));
     };
+    credit_order(tx, event, meta, &order, user_id).await?;
+    let outcome = apply_waiting_reversals(tx, &order.id, event, meta).await?;
+    Ok((outcome, order_id))
+}
+
+/// Whether what Stripe charged (amount and currency, where the session says)
+/// is what the order costs; logged as needing review when not.
+fn charged_as_ordered(event: &Event, order: &PurchaseOrder) -> bool {
+    let session = &event.object;
+    // What Stripe charged must be what the order costs.
+    let expected = order.minor_units();
+    let charged = session["amount_total"].as_i64();
+    let currency = session["currency"].as_str();
+    let amount_matches = charged.is_none_or(|c| expected.as_ref().is_ok_and(|e| *e == c))
+        && currency.is_none_or(|c| c.eq_ignore_ascii_case(&order.price_currency));
+    if !amount_matches {
+        tracing::error!(
+            event_id = %event.id,
+            order_id = %order.id,
+            charged = ?charged,
+            expected = ?expected,
+            "checkout amount differs from the order; not credited, needs review"
+        );
+    }
+    amount_matches
+}
+
+/// Credits a paid order under the user's lock: the `purchase` entry, the
+/// `bonus` entry if any, the activity row and the log line.
+async fn credit_order(
+    tx: &Transaction<'_>,
+    event: &Event,
+    meta: &RequestMeta,
+    order: &PurchaseOrder,
+    user_id: &str,
+) -> Result<(), ApiError> {
     lock_user(tx, user_id).await?;
     let metadata = json!({"event_id": event.id, "package_id": order.package_id});
     ledger::post(
@@ -510,17 +533,28 @@ async fn session_paid(
     )
     .await?;
     tracing::info!(order_id = %order.id, credits = order.credit_amount, bonus = order.bonus_credits, "purchase credited");
+    Ok(())
+}
+
+/// Applies a refund or disputes that arrived before the payment, now that the
+/// order is credited; the outcome says which did.
+async fn apply_waiting_reversals(
+    tx: &Transaction<'_>,
+    order_id: &str,
+    event: &Event,
+    meta: &RequestMeta,
+) -> Result<Outcome, ApiError> {
     let mut outcome = "credited";
-    if let Some(refund) = apply_deferred_refund(tx, &order.id, event, meta).await?
+    if let Some(refund) = apply_deferred_refund(tx, order_id, event, meta).await?
         && refund != "no_change"
     {
-        tracing::info!(order_id = %order.id, outcome = refund, "deferred refund applied");
+        tracing::info!(order_id = %order_id, outcome = refund, "deferred refund applied");
         outcome = "credited_then_refunded";
     }
-    if disputes::apply_waiting(tx, &order.id, event, meta).await? > 0 {
+    if disputes::apply_waiting(tx, order_id, event, meta).await? > 0 {
         outcome = "credited_then_disputed";
     }
-    Ok((outcome, order_id))
+    Ok(outcome)
 }
 
 /// `checkout.session.async_payment_failed` (`outcome` failed) and

@@ -86,22 +86,47 @@ pub fn render(request: &GenerationRequest) -> Result<GeneratedImages, GeneratorE
             })
         })
         .transpose()?;
+
+    let (images, used_seeds, out_size) = draw(request, source.as_ref(), &seeds)?;
+
+    Ok(GeneratedImages {
+        images,
+        provider: "fallback".into(),
+        info: json!({
+            "provider": "fallback",
+            "procedural": true,
+            "renderer": RENDERER_VERSION,
+            "note": "abstract placeholder drawn by the built-in renderer, not AI output",
+            "job_type": request.job_type,
+            "style_type": request.style_type,
+            "seed": request.seed,
+            "all_seeds": used_seeds,
+            "width": out_size.0,
+            "height": out_size.1,
+            "source_image": source.is_some(),
+        }),
+        gpu_time_ms: None,
+    })
+}
+
+/// What [`draw`] makes: the PNGs, the seeds they used, and their size.
+type Drawn = (Vec<Vec<u8>>, Vec<i64>, (u32, u32));
+
+/// The PNGs for the request's job type, with the seeds they used and their
+/// size.
+fn draw(
+    request: &GenerationRequest,
+    source: Option<&image::DynamicImage>,
+    seeds: &[i64],
+) -> Result<Drawn, GeneratorError> {
     let (width, height) = (request.width, request.height);
     let card = |seed: i64, w: u32, h: u32, mode: Mode| {
         let scene = Scene::new(&request.prompt, seed, &request.style_type);
         scene.paint(w, h, mode)
     };
 
-    let (images, used_seeds, out_size) = match (request.job_type, &source) {
-        (JobType::Upscale, Some(source)) => {
-            let (w, h) = upscaled_size(source.width(), source.height(), request.upscale_factor)?;
-            let resized = source.resize_exact(w, h, FilterType::Triangle);
-            let mut png = Vec::new();
-            resized
-                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-                .map_err(|e| GeneratorError::Render(e.to_string()))?;
-            (vec![png], vec![], (w, h))
-        }
+    Ok(match (request.job_type, source) {
+        (JobType::Upscale, Some(source)) => upscale_source(source, request.upscale_factor)?,
         (JobType::Upscale, None) => {
             // One image, as A1111's extras answer: a card at the target size.
             let (w, h) = upscaled_size(width, height, request.upscale_factor)?;
@@ -131,27 +156,11 @@ pub fn render(request: &GenerationRequest) -> Result<GeneratedImages, GeneratorE
                     )
                 })
                 .collect::<Result<_, _>>()?;
-            (images, seeds.clone(), (width, height))
+            (images, seeds.to_vec(), (width, height))
         }
         (JobType::StyleTransfer | JobType::Variation, Some(source)) => {
-            let base = source
-                .resize_exact(width, height, FilterType::Triangle)
-                .to_rgb8()
-                .into_raw();
-            let strength = request.denoising_strength as f32;
-            let images = seeds
-                .iter()
-                .map(|&seed| {
-                    let painted = card(seed, width, height, Mode::Card);
-                    let mixed: Vec<u8> = base
-                        .iter()
-                        .zip(&painted)
-                        .map(|(&b, &p)| to_u8(lerp(f32::from(b), f32::from(p), strength) / 255.0))
-                        .collect();
-                    encode(&mixed, width, height, Channels::Rgb)
-                })
-                .collect::<Result<_, _>>()?;
-            (images, seeds.clone(), (width, height))
+            let images = blend_over_source(request, source, seeds, card)?;
+            (images, seeds.to_vec(), (width, height))
         }
         (JobType::CharacterGeneration | JobType::StyleTransfer | JobType::Variation, _) => {
             let images = seeds
@@ -165,28 +174,49 @@ pub fn render(request: &GenerationRequest) -> Result<GeneratedImages, GeneratorE
                     )
                 })
                 .collect::<Result<_, _>>()?;
-            (images, seeds.clone(), (width, height))
+            (images, seeds.to_vec(), (width, height))
         }
-    };
-
-    Ok(GeneratedImages {
-        images,
-        provider: "fallback".into(),
-        info: json!({
-            "provider": "fallback",
-            "procedural": true,
-            "renderer": RENDERER_VERSION,
-            "note": "abstract placeholder drawn by the built-in renderer, not AI output",
-            "job_type": request.job_type,
-            "style_type": request.style_type,
-            "seed": request.seed,
-            "all_seeds": used_seeds,
-            "width": out_size.0,
-            "height": out_size.1,
-            "source_image": source.is_some(),
-        }),
-        gpu_time_ms: None,
     })
+}
+
+/// Upscale with a source: the source resized by the factor (triangle
+/// filter), as one PNG and no seeds.
+fn upscale_source(source: &image::DynamicImage, factor: f64) -> Result<Drawn, GeneratorError> {
+    let (w, h) = upscaled_size(source.width(), source.height(), factor)?;
+    let resized = source.resize_exact(w, h, FilterType::Triangle);
+    let mut png = Vec::new();
+    resized
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| GeneratorError::Render(e.to_string()))?;
+    Ok((vec![png], vec![], (w, h)))
+}
+
+/// Style transfer and variation with a source: each seed's card blended over
+/// the source (resized to width×height) by `denoising_strength`.
+fn blend_over_source(
+    request: &GenerationRequest,
+    source: &image::DynamicImage,
+    seeds: &[i64],
+    card: impl Fn(i64, u32, u32, Mode) -> Vec<u8>,
+) -> Result<Vec<Vec<u8>>, GeneratorError> {
+    let (width, height) = (request.width, request.height);
+    let base = source
+        .resize_exact(width, height, FilterType::Triangle)
+        .to_rgb8()
+        .into_raw();
+    let strength = request.denoising_strength as f32;
+    seeds
+        .iter()
+        .map(|&seed| {
+            let painted = card(seed, width, height, Mode::Card);
+            let mixed: Vec<u8> = base
+                .iter()
+                .zip(&painted)
+                .map(|(&b, &p)| to_u8(lerp(f32::from(b), f32::from(p), strength) / 255.0))
+                .collect();
+            encode(&mixed, width, height, Channels::Rgb)
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -436,20 +466,7 @@ struct Scene {
 
 impl Scene {
     fn new(prompt: &str, seed: i64, style: &str) -> Self {
-        let mut hasher = Sha256::new();
-        for part in [
-            RENDERER_VERSION.as_bytes(),
-            style.as_bytes(),
-            prompt.as_bytes(),
-        ] {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-        hasher.update(seed.to_le_bytes());
-        let digest = hasher.finalize();
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&digest[..8]);
-        let mut rng = SplitMix64(u64::from_le_bytes(word));
+        let mut rng = Self::seeded_rng(prompt, seed, style);
 
         let palette = palette_of(style);
         let accent = |rng: &mut SplitMix64| palette.accents[rng.below(3)];
@@ -463,34 +480,7 @@ impl Scene {
         let background = background.map(|c| mix(c, tint, amount * rng.unit()));
         let gradient = unit_vector(&mut rng);
 
-        let count = 4 + rng.below(4);
-        let shapes = (0..count)
-            .map(|_| {
-                let centre = [rng.range(-0.55, 0.55), rng.range(-0.55, 0.55)];
-                let kind = match rng.below(4) {
-                    0 => ShapeKind::Disc {
-                        radius: rng.range(0.06, 0.32),
-                    },
-                    1 => ShapeKind::Ring {
-                        radius: rng.range(0.1, 0.4),
-                        half_width: rng.range(0.006, 0.03),
-                    },
-                    2 => ShapeKind::Band {
-                        normal: unit_vector(&mut rng),
-                        half_width: rng.range(0.015, 0.09),
-                    },
-                    _ => ShapeKind::Diamond {
-                        radius: rng.range(0.05, 0.22),
-                    },
-                };
-                Shape {
-                    centre,
-                    kind,
-                    color: accent(&mut rng),
-                    alpha: rng.range(0.18, 0.6),
-                }
-            })
-            .collect();
+        let shapes = Self::random_shapes(&mut rng, accent);
 
         let head_radius = rng.range(0.13, 0.17);
         let head = [rng.range(-0.03, 0.03), rng.range(-0.03, 0.03)];
@@ -521,6 +511,58 @@ impl Scene {
             shoulders,
             plate_bits: (rng.next_u64() >> 32) as u32,
         }
+    }
+
+    /// The card's random stream: splitmix64 seeded by SHA-256 over (renderer
+    /// version, style, prompt, seed).
+    fn seeded_rng(prompt: &str, seed: i64, style: &str) -> SplitMix64 {
+        let mut hasher = Sha256::new();
+        for part in [
+            RENDERER_VERSION.as_bytes(),
+            style.as_bytes(),
+            prompt.as_bytes(),
+        ] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.update(seed.to_le_bytes());
+        let digest = hasher.finalize();
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&digest[..8]);
+        SplitMix64(u64::from_le_bytes(word))
+    }
+
+    /// Four to seven translucent discs, rings, bands and diamonds, each in
+    /// one of the accents.
+    fn random_shapes(rng: &mut SplitMix64, accent: impl Fn(&mut SplitMix64) -> Rgb) -> Vec<Shape> {
+        let count = 4 + rng.below(4);
+        (0..count)
+            .map(|_| {
+                let centre = [rng.range(-0.55, 0.55), rng.range(-0.55, 0.55)];
+                let kind = match rng.below(4) {
+                    0 => ShapeKind::Disc {
+                        radius: rng.range(0.06, 0.32),
+                    },
+                    1 => ShapeKind::Ring {
+                        radius: rng.range(0.1, 0.4),
+                        half_width: rng.range(0.006, 0.03),
+                    },
+                    2 => ShapeKind::Band {
+                        normal: unit_vector(rng),
+                        half_width: rng.range(0.015, 0.09),
+                    },
+                    _ => ShapeKind::Diamond {
+                        radius: rng.range(0.05, 0.22),
+                    },
+                };
+                Shape {
+                    centre,
+                    kind,
+                    color: accent(rng),
+                    alpha: rng.range(0.18, 0.6),
+                }
+            })
+            .collect()
     }
 
     /// RGB bytes for [`Mode::Card`], RGBA for [`Mode::Cutout`].
@@ -556,40 +598,8 @@ impl Scene {
             for col in 0..width {
                 let x = (col as f32 + 0.5) / unit - half_w;
 
-                // Silhouette: head, neck and shoulders, smoothly joined.
-                let d_head = length(x - head[0], y - head[1]) - r;
-                let d_head = match self.headgear {
-                    Headgear::None => d_head,
-                    Headgear::Hood => smooth_min(
-                        d_head,
-                        length(x - head[0], y - (head[1] - 0.12 * r)) - 1.28 * r,
-                        0.02,
-                    ),
-                    Headgear::Bun => smooth_min(
-                        d_head,
-                        length(x - head[0], y - (head[1] - 1.1 * r)) - 0.42 * r,
-                        0.03,
-                    ),
-                    Headgear::Lobes => {
-                        let lobe_y = y - (head[1] - 0.78 * r);
-                        let left = length(x - (head[0] - 0.78 * r), lobe_y) - 0.36 * r;
-                        let right = length(x - (head[0] + 0.78 * r), lobe_y) - 0.36 * r;
-                        smooth_min(d_head, left.min(right), 0.025)
-                    }
-                };
-                let d_shoulders = ellipse_distance(
-                    x - shoulders_centre[0],
-                    y - shoulders_centre[1],
-                    self.shoulders[0],
-                    self.shoulders[1],
-                );
-                let d_neck = box_distance(
-                    x - head[0] * 0.5,
-                    y - 0.5 * (neck_top + neck_bottom),
-                    self.neck_half_width,
-                    0.5 * (neck_bottom - neck_top),
-                );
-                let d_body = smooth_min(smooth_min(d_head, d_neck, 0.04), d_shoulders, 0.08);
+                let d_body =
+                    self.body_distance(x, y, head, shoulders_centre, neck_top, neck_bottom);
                 let body = coverage(d_body, px);
                 // A rim light: the edge band in an accent colour, the inside dark.
                 let inner = coverage(d_body + self.rim_width, px);
@@ -605,34 +615,8 @@ impl Scene {
                     continue;
                 }
 
-                let t = clamp01(0.5 + 0.7 * (x * self.gradient[0] + y * self.gradient[1]));
-                let mut color = mix(self.background[0], self.background[1], t);
-                // A soft vignette: darker towards the corners.
-                let r2 = (x * x + y * y) / (half_w * half_w + half_h * half_h);
-                color = scale(color, 1.0 - 0.3 * r2);
-
-                for shape in &self.shapes {
-                    let dx = x - shape.centre[0];
-                    let dy = y - shape.centre[1];
-                    let d = match shape.kind {
-                        ShapeKind::Disc { radius } => length(dx, dy) - radius,
-                        ShapeKind::Ring { radius, half_width } => {
-                            (length(dx, dy) - radius).abs() - half_width
-                        }
-                        ShapeKind::Band { normal, half_width } => {
-                            (dx * normal[0] + dy * normal[1]).abs() - half_width
-                        }
-                        ShapeKind::Diamond { radius } => {
-                            (dx.abs() + dy.abs() - radius) * std::f32::consts::FRAC_1_SQRT_2
-                        }
-                    };
-                    color = mix(color, shape.color, shape.alpha * coverage(d, px));
-                }
-
-                // A halo behind the head.
-                let glow = clamp01(1.0 - (length(x - head[0], y - head[1]) / (2.4 * r)));
-                color = mix(color, self.halo, 0.45 * glow * glow);
-
+                let mut color = self.backdrop(x, y, half_w, half_h, px);
+                color = self.halo_over(color, x, y, head);
                 color = mix(color, body_color, body);
 
                 // The frame: a rounded rectangle inset from the edges.
@@ -643,33 +627,136 @@ impl Scene {
                     0.85 * coverage(d_frame.abs() - frame_half_width, px),
                 );
 
-                // The name plate, its bars spelling the hash.
-                let d_plate = rounded_box_distance(
-                    x - plate_centre[0],
-                    y - plate_centre[1],
-                    plate_half[0],
-                    plate_half[1],
-                    0.015,
-                );
-                let plate = coverage(d_plate, px);
-                if plate > 0.0 {
-                    let plate_color = mix(self.silhouette, self.frame, 0.18);
-                    color = mix(color, plate_color, 0.8 * plate);
-                    let u = (x - plate_centre[0] + plate_half[0] * 0.85) / (plate_half[0] * 1.7);
-                    let v = (y - plate_centre[1]).abs();
-                    if (0.0..1.0).contains(&u) && v < plate_half[1] * 0.5 {
-                        let bar = ((u * 32.0) as u32).min(31);
-                        let within = u * 32.0 - bar as f32;
-                        if self.plate_bits >> bar & 1 == 1 && within < 0.6 {
-                            color = mix(color, self.frame, 0.9 * plate);
-                        }
-                    }
-                }
+                color = self.name_plate(color, x, y, plate_centre, plate_half, px);
 
                 out.extend_from_slice(&[to_u8(color[0]), to_u8(color[1]), to_u8(color[2])]);
             }
         }
         out
+    }
+
+    /// The silhouette's signed distance at (x, y): head, neck and shoulders,
+    /// smoothly joined.
+    fn body_distance(
+        &self,
+        x: f32,
+        y: f32,
+        head: [f32; 2],
+        shoulders_centre: [f32; 2],
+        neck_top: f32,
+        neck_bottom: f32,
+    ) -> f32 {
+        let d_head = self.head_distance(x, y, head);
+        let d_shoulders = ellipse_distance(
+            x - shoulders_centre[0],
+            y - shoulders_centre[1],
+            self.shoulders[0],
+            self.shoulders[1],
+        );
+        let d_neck = box_distance(
+            x - head[0] * 0.5,
+            y - 0.5 * (neck_top + neck_bottom),
+            self.neck_half_width,
+            0.5 * (neck_bottom - neck_top),
+        );
+        smooth_min(smooth_min(d_head, d_neck, 0.04), d_shoulders, 0.08)
+    }
+
+    /// The head's signed distance at (x, y), headgear included.
+    fn head_distance(&self, x: f32, y: f32, head: [f32; 2]) -> f32 {
+        let r = self.head_radius;
+        let d_head = length(x - head[0], y - head[1]) - r;
+        match self.headgear {
+            Headgear::None => d_head,
+            Headgear::Hood => smooth_min(
+                d_head,
+                length(x - head[0], y - (head[1] - 0.12 * r)) - 1.28 * r,
+                0.02,
+            ),
+            Headgear::Bun => smooth_min(
+                d_head,
+                length(x - head[0], y - (head[1] - 1.1 * r)) - 0.42 * r,
+                0.03,
+            ),
+            Headgear::Lobes => {
+                let lobe_y = y - (head[1] - 0.78 * r);
+                let left = length(x - (head[0] - 0.78 * r), lobe_y) - 0.36 * r;
+                let right = length(x - (head[0] + 0.78 * r), lobe_y) - 0.36 * r;
+                smooth_min(d_head, left.min(right), 0.025)
+            }
+        }
+    }
+
+    /// The card's colour at (x, y) behind the bust: gradient, vignette and
+    /// the translucent shapes.
+    fn backdrop(&self, x: f32, y: f32, half_w: f32, half_h: f32, px: f32) -> Rgb {
+        let t = clamp01(0.5 + 0.7 * (x * self.gradient[0] + y * self.gradient[1]));
+        let mut color = mix(self.background[0], self.background[1], t);
+        // A soft vignette: darker towards the corners.
+        let r2 = (x * x + y * y) / (half_w * half_w + half_h * half_h);
+        color = scale(color, 1.0 - 0.3 * r2);
+
+        for shape in &self.shapes {
+            let dx = x - shape.centre[0];
+            let dy = y - shape.centre[1];
+            let d = match shape.kind {
+                ShapeKind::Disc { radius } => length(dx, dy) - radius,
+                ShapeKind::Ring { radius, half_width } => {
+                    (length(dx, dy) - radius).abs() - half_width
+                }
+                ShapeKind::Band { normal, half_width } => {
+                    (dx * normal[0] + dy * normal[1]).abs() - half_width
+                }
+                ShapeKind::Diamond { radius } => {
+                    (dx.abs() + dy.abs() - radius) * std::f32::consts::FRAC_1_SQRT_2
+                }
+            };
+            color = mix(color, shape.color, shape.alpha * coverage(d, px));
+        }
+        color
+    }
+
+    /// `color` with the halo behind the head blended over it at (x, y).
+    fn halo_over(&self, color: Rgb, x: f32, y: f32, head: [f32; 2]) -> Rgb {
+        let r = self.head_radius;
+        // A halo behind the head.
+        let glow = clamp01(1.0 - (length(x - head[0], y - head[1]) / (2.4 * r)));
+        mix(color, self.halo, 0.45 * glow * glow)
+    }
+
+    /// `color` with the name plate drawn over it at (x, y), its bars spelling
+    /// the hash.
+    fn name_plate(
+        &self,
+        mut color: Rgb,
+        x: f32,
+        y: f32,
+        plate_centre: [f32; 2],
+        plate_half: [f32; 2],
+        px: f32,
+    ) -> Rgb {
+        let d_plate = rounded_box_distance(
+            x - plate_centre[0],
+            y - plate_centre[1],
+            plate_half[0],
+            plate_half[1],
+            0.015,
+        );
+        let plate = coverage(d_plate, px);
+        if plate > 0.0 {
+            let plate_color = mix(self.silhouette, self.frame, 0.18);
+            color = mix(color, plate_color, 0.8 * plate);
+            let u = (x - plate_centre[0] + plate_half[0] * 0.85) / (plate_half[0] * 1.7);
+            let v = (y - plate_centre[1]).abs();
+            if (0.0..1.0).contains(&u) && v < plate_half[1] * 0.5 {
+                let bar = ((u * 32.0) as u32).min(31);
+                let within = u * 32.0 - bar as f32;
+                if self.plate_bits >> bar & 1 == 1 && within < 0.6 {
+                    color = mix(color, self.frame, 0.9 * plate);
+                }
+            }
+        }
+        color
     }
 }
 
