@@ -37,10 +37,8 @@ use crate::web::http::{ApiJson, ApiPath, RequestMeta, resource_id};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::checks::one_of;
 use crate::web::input::{RequestBody, check, decode, finish};
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::{BodyRefused, ServerFailures};
+use crate::web::responses::{Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
 /// The body of `POST /api/v1/characters/{id}/generate`; every field is optional.
@@ -164,12 +162,7 @@ impl GenerateBody {
         let (max_side, max_batch, max_priority) =
             (terms.max_side_px, terms.max_batch_size, terms.max_priority);
         let mut errors: Vec<FieldError> = Vec::new();
-        // `None` once refused: the request fails, and no other check assumes a type.
-        let job_type = match self.job_type {
-            None => Some(JobType::CharacterGeneration),
-            Some(t) => check(&mut errors, one_of("job_type", &t, &JOB_TYPES))
-                .and_then(|t| JobType::parse(&t)),
-        };
+        let job_type = job_type_of(self.job_type, &mut errors);
         let from_image = job_type.is_some_and(JobType::needs_image);
         let named = job_type.map(JobType::as_str).unwrap_or_default();
         let size = requested_size(
@@ -183,24 +176,19 @@ impl GenerateBody {
             in_range(&mut errors, field, value, (min, max), why)
         };
         let steps = ranged("steps", self.steps.unwrap_or(default_steps), 1, 150, "");
-        let single = job_type.is_some_and(JobType::is_single_pass);
-        let batch_size = if single {
-            ranged(
-                "batch_size",
-                self.batch_size.unwrap_or(1),
-                1,
-                1,
-                &format!(" for {named}"),
-            )
+        // One image for single-pass jobs, else up to the tier's batch.
+        let (max_batch, why) = if job_type.is_some_and(JobType::is_single_pass) {
+            (1, format!(" for {named}"))
         } else {
-            ranged(
-                "batch_size",
-                self.batch_size.unwrap_or(1),
-                1,
-                max_batch,
-                " for your tier",
-            )
+            (max_batch, " for your tier".to_string())
         };
+        let batch_size = ranged(
+            "batch_size",
+            self.batch_size.unwrap_or(1),
+            1,
+            max_batch,
+            &why,
+        );
         let priority = ranged(
             "priority",
             self.priority.unwrap_or(5.min(max_priority)),
@@ -215,13 +203,7 @@ impl GenerateBody {
         let style_type = self
             .style_type
             .and_then(|s| check(&mut errors, one_of("style_type", &s, &STYLE_TYPES)));
-        let denoising_strength = self.denoising_strength.unwrap_or(0.6);
-        if !(0.0..=1.0).contains(&denoising_strength) {
-            errors.push(FieldError::new(
-                "denoising_strength",
-                "must be from 0.0 to 1.0",
-            ));
-        }
+        let denoising_strength = denoising(self.denoising_strength, &mut errors);
         if self.source_image_id.is_some() && !from_image {
             errors.push(FieldError::new(
                 "source_image_id",
@@ -247,6 +229,29 @@ impl GenerateBody {
             errors,
         )
     }
+}
+
+/// The job type asked for (`character_generation` by default); `None` once refused, so that
+/// the request fails and no other check assumes a type.
+fn job_type_of(raw: Option<String>, errors: &mut Vec<FieldError>) -> Option<JobType> {
+    match raw {
+        None => Some(JobType::CharacterGeneration),
+        Some(t) => {
+            check(errors, one_of("job_type", &t, &JOB_TYPES)).and_then(|t| JobType::parse(&t))
+        }
+    }
+}
+
+/// img2img's denoising strength: 0.6 by default, from 0 to 1.
+fn denoising(raw: Option<f64>, errors: &mut Vec<FieldError>) -> f64 {
+    let strength = raw.unwrap_or(0.6);
+    if !(0.0..=1.0).contains(&strength) {
+        errors.push(FieldError::new(
+            "denoising_strength",
+            "must be from 0.0 to 1.0",
+        ));
+    }
+    strength
 }
 
 /// The output's width and height: 512 × 512 by default, multiples of 8 up to the tier's
@@ -709,18 +714,15 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "`dry_run`: what the job would cost and which buckets would pay.", body = CostPreview),
         (status = 202, description = "The queued job.", body = Job),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 402, description = "Not enough credits: `needed` and `available` in the problem.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's character, an account that may not generate, or a tier or subscription the pricing requires.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character (or no account yet).", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job type starts from the character's image and it has none, or a request with this Idempotency-Key is in progress.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
         (status = 429, description = "A rate, daily or concurrent-job limit; see Retry-After.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn generate(

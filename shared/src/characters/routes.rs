@@ -37,11 +37,9 @@ use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::web::input::checks::one_of;
 use crate::web::input::{RequestBody, decode, finish, required};
 use crate::web::pagination::{self, Page};
-use crate::web::responses::{
-    self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
-use crate::web::responses::{AccountRefused, NoAccountYet};
+use crate::web::responses::NoAccountYet;
+use crate::web::responses::{self, InternalError, Unauthorized, ValidationFailed};
+use crate::web::responses::{Authenticated, BodyRefused, ServerFailures, SignedIn};
 use crate::web::state::AppState;
 
 pub const GENERATION_STATUSES: [&str; 5] =
@@ -83,15 +81,12 @@ pub fn router() -> Router<AppState> {
     request_body = NewCharacter,
     responses(
         (status = 201, description = "The new character, owned by the caller.", body = Character),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The account is banned or erased, or suspended and the character is public.", body = Problem, content_type = "application/problem+json"),
         (status = 404, response = NoAccountYet),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn create_character(
@@ -123,11 +118,9 @@ pub(crate) async fn create_character(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The character.", body = Character),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn get_character(
@@ -167,15 +160,12 @@ pub(crate) async fn get_character(
     request_body = CharacterPatch,
     responses(
         (status = 200, description = "The changed character (unchanged for `{}`).", body = Character),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public character, a suspended account publishing, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn update_character(
@@ -206,8 +196,7 @@ pub(crate) async fn update_character(
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public character, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        ServerFailures,
     )
 )]
 pub(crate) async fn delete_character(
@@ -326,12 +315,9 @@ fn common_filters(
     params(ListQuery),
     responses(
         (status = 200, description = "A page of the caller's characters.", body = Page<Character>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_characters(
@@ -445,11 +431,9 @@ async fn gallery_page(
     params(GalleryQuery),
     responses(
         (status = 200, description = "A page of the gallery.", body = Page<GalleryItem>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_gallery(
@@ -471,11 +455,9 @@ pub(crate) async fn list_gallery(
     params(GalleryQuery),
     responses(
         (status = 200, description = "A page of featured gallery characters.", body = Page<GalleryItem>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_featured(
@@ -510,13 +492,12 @@ pub struct DownloadLink {
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The link.", body = DownloadLink),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The character has no image yet.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Image storage is not configured (`Retry-After: 60`), or the database or the token issuer's keys are briefly unavailable.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = 500, response = InternalError),
+        Authenticated,
     )
 )]
 pub(crate) async fn download_character(
@@ -606,12 +587,10 @@ pub(crate) struct PageQuery {
     params(("id" = String, Path, description = "The character's id."), PageQuery),
     responses(
         (status = 200, description = "A page of the character's images.", body = Page<CharacterImage>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_images(
@@ -684,15 +663,12 @@ impl RequestBody for PrimaryImageChoice {
     request_body = PrimaryImageChoice,
     responses(
         (status = 200, description = "The character, with its new primary image.", body = Character),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public character, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "An invalid body, or `image_id` is not an image of this character (`errors` names `image_id`).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn set_primary_image(
@@ -732,8 +708,7 @@ pub(crate) async fn set_primary_image(
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public character, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character (or not visible to the caller), no such image of it, or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        ServerFailures,
     )
 )]
 pub(crate) async fn delete_image(
@@ -778,12 +753,10 @@ pub(crate) async fn delete_image(
     params(("id" = String, Path, description = "The character's id."), PageQuery),
     responses(
         (status = 200, description = "A page of the family, by version number.", body = Page<Character>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_variants(

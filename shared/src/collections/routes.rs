@@ -35,11 +35,9 @@ use crate::users::account::Account;
 use crate::web::auth::OptionalCaller;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery};
 use crate::web::pagination::{self, Page, TimeKey};
-use crate::web::responses::{AccountRefused, NoAccountYet};
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::NoAccountYet;
+use crate::web::responses::{Authenticated, BodyRefused, ServerFailures, SignedIn};
+use crate::web::responses::{Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -115,15 +113,12 @@ async fn owned_collection(
     responses(
         (status = 201, description = "The new collection, owned by the caller.", body = Collection,
             headers(("Location" = String, description = "The collection's URL path."))),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The account is banned or erased, or suspended and the collection is public.", body = Problem, content_type = "application/problem+json"),
         (status = 404, response = NoAccountYet),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn create_collection(
@@ -168,12 +163,9 @@ pub(crate) struct PageQuery {
     params(PageQuery),
     responses(
         (status = 200, description = "A page of the caller's collections.", body = Page<Collection>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_collections(
@@ -203,11 +195,9 @@ pub(crate) async fn list_collections(
     params(("id" = String, Path, description = "The collection's id.")),
     responses(
         (status = 200, description = "The collection.", body = Collection),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such collection, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn get_collection(
@@ -234,15 +224,12 @@ pub(crate) async fn get_collection(
     request_body = CollectionPatch,
     responses(
         (status = 200, description = "The collection as changed.", body = Collection),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public collection, a suspended account publishing, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such collection, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn patch_collection(
@@ -282,8 +269,7 @@ pub(crate) async fn patch_collection(
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such collection, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        ServerFailures,
     )
 )]
 pub(crate) async fn delete_collection(
@@ -312,12 +298,10 @@ pub(crate) async fn delete_collection(
     params(("id" = String, Path, description = "The collection's id."), PageQuery),
     responses(
         (status = 200, description = "A page of members.", body = Page<CollectionMember>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such collection, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_members(
@@ -357,15 +341,12 @@ pub(crate) async fn list_members(
     responses(
         (status = 200, description = "The member, changed.", body = CollectionMember),
         (status = 201, description = "The character was added.", body = CollectionMember),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such collection or character, or one not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn put_member(
@@ -413,8 +394,7 @@ pub(crate) async fn put_member(
         (status = 401, response = Unauthorized),
         (status = 403, description = "Someone else's public collection, or a banned or erased account.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such collection (or not visible to the caller), the character is not a member, or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        ServerFailures,
     )
 )]
 pub(crate) async fn remove_member(

@@ -35,8 +35,8 @@ use super::ledger::LedgerError;
 use crate::kernel::error::{ApiError, PROBLEM_JSON, Problem};
 use crate::users::account::Account;
 use crate::web::http::ApiQuery;
-use crate::web::responses::AccountRefused;
-use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::responses::ValidationFailed;
+use crate::web::responses::{Authenticated, ServerFailures};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -86,12 +86,10 @@ pub(crate) struct BalanceView {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's balance.", body = BalanceView),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No account (or no credit account) yet: sign in first.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn get_balance(

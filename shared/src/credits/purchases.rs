@@ -40,11 +40,9 @@ use crate::web::http::ApiQuery;
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::{RequestBody, decode};
 use crate::web::pagination::{self, Page, TimeKey};
-use crate::web::responses::{AccountRefused, NoAccountYet};
-use crate::web::responses::{
-    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
-    ValidationFailed,
-};
+use crate::web::responses::NoAccountYet;
+use crate::web::responses::{BodyRefused, ServerFailures, SignedIn};
+use crate::web::responses::{InternalError, Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
 /// The route pattern idempotency keys are stored under.
@@ -286,13 +284,12 @@ fn bad_gateway(detail: &str) -> Response {
         (status = 403, description = "The package is not offered to the caller's tier, or the account is banned or erased (`/problems/forbidden`); or one of the caller's payments is disputed, and purchases are frozen until the dispute closes (`/problems/account-frozen`; the Idempotency-Key stays unused).", body = Problem, content_type = "application/problem+json"),
         (status = 404, response = NoAccountYet),
         (status = 409, description = "A request with this Idempotency-Key is still in progress (its checkout is being created), or the package is misconfigured and cannot be bought now.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "Invalid input: a missing or unknown field, a package that is unknown, withdrawn or outside its promotion window, or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The payment provider refused to start a checkout (`/problems/payment-provider-error`); nothing was charged, the order failed, and the Idempotency-Key may be used again.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Purchases are not configured (`Retry-After: 60`), the payment provider is unavailable (`Retry-After: 5`; the order failed and the Idempotency-Key may be used again), or the database is briefly unavailable.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = 500, response = InternalError),
+        BodyRefused,
     )
 )]
 pub(crate) async fn create_purchase(
@@ -587,12 +584,9 @@ pub(crate) struct PageQuery {
     params(PageQuery),
     responses(
         (status = 200, description = "A page of the caller's orders.", body = Page<PurchaseOrder>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_purchases(

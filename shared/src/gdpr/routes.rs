@@ -25,11 +25,8 @@ use crate::users::account::Account;
 use crate::web::auth::Caller;
 use crate::web::http::{RawBody, RequestMeta};
 use crate::web::input::{RequestBody, decode};
-use crate::web::responses::{AccountRefused, NoAccountYet};
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::{BodyRefused, ServerFailures, SignedIn};
+use crate::web::responses::{InternalError, Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -58,12 +55,10 @@ pub fn router() -> Router<AppState> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The export document (`format: charplat-export`), or, when it is larger than `EXPORT_INLINE_MAX_BYTES`, a link to it (`format: charplat-export-link`). Sent with `Cache-Control: no-store`.", body = ExportAnswer),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 503, description = "The document is too large to send inline and storage is not configured or failed (nothing was logged), or the database is briefly unavailable. Retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = 500, response = InternalError),
+        SignedIn,
     )
 )]
 pub(crate) async fn export_me(
@@ -148,15 +143,12 @@ impl RequestBody for EraseRequest {
     request_body(content = EraseRequest, description = "Required."),
     responses(
         (status = 204, description = "Erased; or this identity's account was already erased (nothing changed)."),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The account is banned: it is kept for the moderation record (support can erase it).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "This identity never had an account.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn erase(

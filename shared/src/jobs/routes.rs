@@ -15,8 +15,8 @@ use crate::web::http::{ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::web::input::checks::one_of;
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
-use crate::web::responses::{AccountRefused, NoAccountYet};
-use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::responses::ValidationFailed;
+use crate::web::responses::{Authenticated, ServerFailures, SignedIn};
 use crate::web::state::AppState;
 
 pub const JOB_STATUSES: [&str; 6] = super::JobStatus::NAMES;
@@ -55,12 +55,9 @@ pub(crate) struct JobsQuery {
     params(JobsQuery),
     responses(
         (status = 200, description = "A page of the caller's jobs.", body = Page<Job>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_jobs(
@@ -123,11 +120,9 @@ pub(crate) async fn list_jobs(
     params(("id" = String, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "The job.", body = Job),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such job of the caller's.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn get_job(
@@ -162,12 +157,10 @@ pub(crate) async fn get_job(
     params(("id" = String, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "The cancelled job.", body = Job),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such job of the caller's.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job is no longer queued.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn cancel_job(

@@ -18,8 +18,7 @@ use crate::kernel::error::{ApiError, Problem};
 use crate::users::account::AdminAccount;
 use crate::web::http::resource_id;
 use crate::web::http::{ApiPath, RequestMeta};
-use crate::web::responses::AdminRefused;
-use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized};
+use crate::web::responses::{AdminAuthenticated, ServerFailures};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -267,12 +266,10 @@ async fn moderate(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The character, featured.", body = ModeratedCharacter),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The character is not in the gallery (private, hidden, or its owner is inactive or does not allow showcase).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn feature(
@@ -296,11 +293,9 @@ pub(crate) async fn feature(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The character, not featured.", body = ModeratedCharacter),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn unfeature(
@@ -326,11 +321,9 @@ pub(crate) async fn unfeature(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The character, hidden.", body = ModeratedCharacter),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn hide(
@@ -356,11 +349,9 @@ pub(crate) async fn hide(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The character, not hidden.", body = ModeratedCharacter),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn unhide(
@@ -386,11 +377,9 @@ pub(crate) async fn unhide(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The character, private.", body = ModeratedCharacter),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such character, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn unpublish(

@@ -22,11 +22,8 @@ use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::checks::{self, one_of};
 use crate::web::input::{RequestBody, check, decode, finish, required};
 use crate::web::pagination::{self, Page, TimeKey};
-use crate::web::responses::{AdminNoAccountYet, AdminRefused};
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::ValidationFailed;
+use crate::web::responses::{AdminAuthenticated, AdminSignedIn, BodyRefused, ServerFailures};
 use crate::web::state::AppState;
 
 pub const REPORT_STATUSES: [&str; 3] = ["open", "actioned", "dismissed"];
@@ -137,12 +134,9 @@ pub(crate) struct ReportsQuery {
     params(ReportsQuery),
     responses(
         (status = 200, description = "A page of reports, oldest first.", body = Page<ReportItem>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
-        (status = 404, response = AdminNoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminSignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list(
@@ -331,16 +325,12 @@ pub struct ResolvedReport {
     request_body = ResolutionBody,
     responses(
         (status = 200, description = "The resolved report, with the character as it is now.", body = ResolvedReport),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such report, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The report is not open (already actioned or dismissed). Nothing changed.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn resolve(

@@ -43,11 +43,8 @@ use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::input::checks::FieldResult;
 use crate::web::input::values::{self, nullable, raw, value};
 use crate::web::input::{RequestBody, decode};
-use crate::web::responses::AdminRefused;
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::{AdminAuthenticated, BodyRefused, ServerFailures};
+use crate::web::responses::{Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
 /// The statuses an admin may set.
@@ -165,12 +162,10 @@ fn lookup_value(
     params(LookupQuery),
     responses(
         (status = 200, description = "The user.", body = AdminUser),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No user matches, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn lookup(
@@ -598,16 +593,13 @@ async fn cancel_jobs(
     request_body = UserPatch,
     responses(
         (status = 200, description = "The user, changed.", body = AdminUser),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The token lacks the `admin` permission, the admin's account is banned or erased, or the user is the admin themselves.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The account has been erased (`deleted`); it cannot be changed.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn update(

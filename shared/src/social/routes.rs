@@ -35,11 +35,8 @@ use crate::users::account::Account;
 use crate::web::auth::OptionalCaller;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use crate::web::pagination::{self, TimeKey};
-use crate::web::responses::AccountRefused;
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::{Authenticated, BodyRefused, ServerFailures};
+use crate::web::responses::{Unauthorized, ValidationFailed};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -75,8 +72,7 @@ fn character_id(raw: &str) -> Result<&str, ApiError> {
         (status = 401, response = Unauthorized),
         (status = 403, description = "The account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        ServerFailures,
     )
 )]
 pub(crate) async fn like(
@@ -107,11 +103,9 @@ pub(crate) async fn like(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 200, description = "The caller does not like the character.", body = LikeState),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn unlike(
@@ -145,15 +139,12 @@ pub(crate) async fn unlike(
     responses(
         (status = 200, description = "The rating was replaced; with the character's new aggregate.", body = RatingWithSummary),
         (status = 201, description = "The rating was created; with the character's new aggregate.", body = RatingWithSummary),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The caller owns the character, or the account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn put_rating(
@@ -210,11 +201,9 @@ pub(crate) async fn put_rating(
     params(("id" = String, Path, description = "The character's id.")),
     responses(
         (status = 204, description = "The rating is gone."),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character (or not visible to the caller), the caller has not rated it, or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn delete_rating(
@@ -271,12 +260,10 @@ pub(crate) struct ListQuery {
     params(("id" = String, Path, description = "The character's id."), ListQuery),
     responses(
         (status = 200, description = "A page of ratings.", body = RatingsPage),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such character, or not visible to the caller.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list_ratings(
@@ -324,15 +311,12 @@ pub(crate) async fn list_ratings(
     responses(
         (status = 200, description = "The caller's open report of the character, unchanged.", body = Report),
         (status = 201, description = "The report was filed.", body = Report),
-        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, description = "The account is suspended, banned or erased.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such character, or not visible to the caller; or no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn file_report(

@@ -14,8 +14,8 @@ use crate::users::account::Account;
 use crate::web::http::ApiQuery;
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
-use crate::web::responses::{AccountRefused, NoAccountYet};
-use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::responses::ValidationFailed;
+use crate::web::responses::{ServerFailures, SignedIn};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -99,12 +99,9 @@ fn activity_type_schema() -> utoipa::openapi::Object {
     params(ActivityQuery),
     responses(
         (status = 200, description = "A page of the caller's activity entries.", body = Page<ActivityEntry>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list(

@@ -27,11 +27,8 @@ use crate::web::auth::{Caller, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, RequestMeta};
 use crate::web::input::checks::{self, check};
 use crate::web::input::{RequestBody, decode, present, required_if_present};
-use crate::web::responses::{
-    self, BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
-use crate::web::responses::{AccountRefused, NoAccountYet};
+use crate::web::responses::{self, ValidationFailed};
+use crate::web::responses::{Authenticated, BodyRefused, ServerFailures, SignedIn};
 use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -55,12 +52,10 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "Signed in to an existing account.", body = User),
         (status = 201, description = "First sign-in: the account was created.", body = User),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 409, description = "The token's email belongs to an account bound to another identity.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "First sign-in with a token that carries no valid email claim (`errors[].field` is `token.email`).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn create_session(
@@ -86,11 +81,9 @@ pub(crate) async fn create_session(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's `users` row.", body = User),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No account yet: sign in with `POST /api/v1/auth/session` first.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn get_me(account: Account) -> Result<Json<User>, ApiError> {
@@ -275,16 +268,11 @@ impl RequestBody for MePatch {
     request_body = MePatch,
     responses(
         (status = 200, description = "The changed account.", body = User),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 409, description = "The username is taken (regardless of case).", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn patch_me(
@@ -305,11 +293,8 @@ pub(crate) async fn patch_me(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's `user_profiles` row.", body = Profile),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn get_profile(mut account: Account) -> Result<Json<Profile>, ApiError> {
@@ -480,15 +465,10 @@ impl RequestBody for ProfilePut {
     request_body = ProfilePut,
     responses(
         (status = 200, description = "The replaced profile.", body = Profile),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn put_profile(
@@ -515,11 +495,9 @@ pub(crate) async fn put_profile(
     params(("username" = String, Path, description = "The user's username.")),
     responses(
         (status = 200, description = "The public profile.", body = PublicUser),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "No such user, or their profile is not visible to the caller.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn get_public_user(

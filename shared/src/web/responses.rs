@@ -3,11 +3,63 @@
 //! request fields whose constraints live in constants. The document itself is
 //! assembled at the top, in [`crate::runtime::openapi`].
 
+use std::collections::BTreeMap;
+
 use utoipa::ToResponse;
 use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
 use utoipa::openapi::{Object, ObjectBuilder, RefOr};
 
 use crate::kernel::error::Problem;
+
+// ------------------------------------------------------------------------------------------
+// Response sets: groups of the problems below that operations answer together, listed once
+// (`responses((status = 200, ...), SignedIn, ServerFailures)`).
+// ------------------------------------------------------------------------------------------
+
+/// A set of the shared problem responses, by status.
+macro_rules! response_set {
+    ($(#[$doc:meta])* $name:ident { $($status:literal => $component:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+                BTreeMap::from([$((
+                    $status.to_string(),
+                    RefOr::Ref(utoipa::openapi::Ref::from_response_name(stringify!($component))),
+                )),+])
+            }
+        }
+    };
+}
+
+response_set!(
+    /// What a route for a signed-in user answers about the caller: no valid token (401), a
+    /// locked-out or erased account (403), no account yet (404).
+    SignedIn { "401" => Unauthorized, "403" => AccountRefused, "404" => NoAccountYet }
+);
+response_set!(
+    /// [`SignedIn`] for routes with their own 404 (a resource the caller cannot see).
+    Authenticated { "401" => Unauthorized, "403" => AccountRefused }
+);
+response_set!(
+    /// What an admin route answers about the caller: no valid token (401), no `admin`
+    /// permission or a locked-out account (403), no account yet (404).
+    AdminSignedIn { "401" => Unauthorized, "403" => AdminRefused, "404" => AdminNoAccountYet }
+);
+response_set!(
+    /// [`AdminSignedIn`] for routes with their own 404.
+    AdminAuthenticated { "401" => Unauthorized, "403" => AdminRefused }
+);
+response_set!(
+    /// What a route with a JSON body answers about the body's form: not JSON (400), too large
+    /// (413), not sent as JSON (415).
+    BodyRefused { "400" => BadRequest, "413" => PayloadTooLarge, "415" => UnsupportedMediaType }
+);
+response_set!(
+    /// What any route may answer: a dependency briefly unavailable (503), a fault (500).
+    ServerFailures { "503" => ServiceUnavailable, "500" => InternalError }
+);
 
 // ------------------------------------------------------------------------------------------
 // Problems shared by many operations (`components.responses`). Route-specific 403, 404 and

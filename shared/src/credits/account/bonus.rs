@@ -29,8 +29,8 @@ use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::users::account::Account;
 use crate::web::http::{RawBody, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
-use crate::web::responses::{AccountRefused, NoAccountYet};
-use crate::web::responses::{InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized};
+use crate::web::responses::PayloadTooLarge;
+use crate::web::responses::{ServerFailures, SignedIn};
 use crate::web::state::AppState;
 
 const ROUTE: &str = "/api/v1/credits/daily-bonus";
@@ -132,15 +132,12 @@ pub(crate) struct DailyBonus {
     responses(
         (status = 201, description = "The bonus, credited.", body = DailyBonus),
         (status = 400, description = "The body is not valid JSON, or the Idempotency-Key is malformed (`/problems/bad-request`).", body = Problem, content_type = "application/problem+json"),
-        (status = 401, response = Unauthorized),
         (status = 413, response = PayloadTooLarge),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 409, description = "This window's bonus is already claimed: the problem carries `next_available_at` (when the daily window ends, also as `Retry-After`), `last_daily_bonus_date` and `daily_login_streak`. Or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the next bonus opens (when already claimed)."))),
         (status = 422, description = "The body is JSON other than `{}` (this route takes no fields), or the Idempotency-Key was already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn claim(

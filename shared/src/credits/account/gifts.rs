@@ -34,9 +34,8 @@ use crate::web::http::{ApiJson, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::checks::{self, check};
 use crate::web::input::{RequestBody, decode_with, required};
-use crate::web::responses::{
-    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
-};
+use crate::web::responses::Unauthorized;
+use crate::web::responses::{BodyRefused, ServerFailures};
 use crate::web::state::AppState;
 
 const ROUTE: &str = "/api/v1/credits/gifts";
@@ -171,13 +170,11 @@ pub(crate) struct Gift {
         (status = 403, description = "The caller's account is suspended, banned or erased, or has no username yet (recipients see who sent a gift) (`/problems/forbidden`); or one of the caller's payments is disputed and gifts are frozen until the dispute closes (`/problems/account-frozen`).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No active user has that username, or the caller has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "Invalid input, every invalid field named in `errors` (a gift to oneself included), or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the daily gift cap: the problem carries `daily_cap`, `sent_today` and `remaining_today` (in the sender's daily window) and `resets_at` (when the window ends); `Retry-After` is the time until then.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the sender's daily window ends."))),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub(crate) async fn send(

@@ -18,8 +18,8 @@ use crate::users::account::Account;
 use crate::web::http::ApiQuery;
 use crate::web::input::finish;
 use crate::web::pagination::{self, Page, TimeKey};
-use crate::web::responses::{AccountRefused, NoAccountYet};
-use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::responses::ValidationFailed;
+use crate::web::responses::{ServerFailures, SignedIn};
 
 /// One `credit_transactions` row, every column.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -109,12 +109,9 @@ fn transaction_type_param() -> utoipa::openapi::Object {
     params(HistoryQuery),
     responses(
         (status = 200, description = "A page of the caller's ledger entries.", body = Page<LedgerEntry>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
-        (status = 404, response = NoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        SignedIn,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list(

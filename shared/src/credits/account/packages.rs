@@ -9,14 +9,14 @@ use utoipa::ToSchema;
 
 use super::NoQuery;
 use crate::web::auth::OptionalCaller;
-use crate::web::responses::AccountRefused;
+use crate::web::responses::{Authenticated, ServerFailures};
 use crate::web::state::AppState;
 
 use crate::credits::engine::tier_of;
 use crate::kernel::error::ApiError;
 use crate::kernel::tier::Tier;
 use crate::web::http::ApiQuery;
-use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::responses::ValidationFailed;
 
 /// The public face of a `credit_packages` row.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -62,11 +62,9 @@ pub(crate) struct PackageList {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The packages the caller can buy now.", body = PackageList),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn list(

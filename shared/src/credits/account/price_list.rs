@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::NoQuery;
 use crate::web::auth::OptionalCaller;
-use crate::web::responses::AccountRefused;
+use crate::web::responses::{Authenticated, ServerFailures};
 use crate::web::state::AppState;
 
 use crate::credits::engine::tier_of;
@@ -26,7 +26,7 @@ use crate::kernel::error::{ApiError, Problem};
 use crate::kernel::tier::Tier;
 use crate::users::User;
 use crate::web::http::ApiQuery;
-use crate::web::responses::{InternalError, ServiceUnavailable, Unauthorized, ValidationFailed};
+use crate::web::responses::ValidationFailed;
 
 /// The request every price in the list is quoted for.
 pub fn default_request() -> PriceInputs {
@@ -239,12 +239,10 @@ fn window(used: i32, limit: Option<i32>, resets_at: DateTime<Utc>) -> Window {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The price list for the caller.", body = PriceList),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AccountRefused),
         (status = 404, description = "The caller's account has no credit account.", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        Authenticated,
+        ServerFailures,
     )
 )]
 pub(crate) async fn show(

@@ -19,9 +19,8 @@ use crate::web::http::{ApiJson, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::checks::{self, check};
 use crate::web::input::{RequestBody, decode, required};
-use crate::web::responses::{
-    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
-};
+use crate::web::responses::Unauthorized;
+use crate::web::responses::{BodyRefused, ServerFailures};
 
 /// The route, as idempotency keys record it.
 pub const ROUTE: &str = "/api/v1/admin/credits/adjustments";
@@ -173,11 +172,9 @@ pub async fn adjust(
         (status = 403, description = "The token lacks the `admin` permission, the admin's account is banned or erased, or the adjustment is of the admin's own balance.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The admin has no account yet, or the user has no credit account.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "Invalid input, every invalid field named in `errors` (a `user_id` that is no user included), or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub async fn create(

@@ -22,11 +22,8 @@ use crate::web::input::checks::FieldResult;
 use crate::web::input::values::{self, nullable, raw, require, set, value};
 use crate::web::input::{RequestBody, decode_with};
 use crate::web::pagination::{self, Page};
-use crate::web::responses::{AdminNoAccountYet, AdminRefused};
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::ValidationFailed;
+use crate::web::responses::{AdminAuthenticated, AdminSignedIn, BodyRefused, ServerFailures};
 
 pub const PACKAGE_TYPES: [&str; 3] = ["one_time", "subscription_bonus", "promotional"];
 
@@ -600,12 +597,9 @@ struct PackageKey {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of credit packages.", body = Page<CreditPackage>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
-        (status = 404, response = AdminNoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminSignedIn,
+        ServerFailures,
     )
 )]
 pub async fn list(
@@ -655,15 +649,10 @@ pub async fn list(
     responses(
         (status = 201, description = "The new package.", body = CreditPackage,
             headers(("Location" = String, description = "The package's URL path."))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
-        (status = 404, response = AdminNoAccountYet),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminSignedIn,
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub async fn create(
@@ -736,15 +725,11 @@ pub async fn create(
     request_body = CreditPackagePatch,
     responses(
         (status = 200, description = "The package, changed.", body = CreditPackage),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such credit package, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub async fn update(

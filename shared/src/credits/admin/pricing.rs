@@ -33,11 +33,8 @@ use crate::web::input::checks::FieldResult;
 use crate::web::input::values::{self, nullable, raw, require, set, value};
 use crate::web::input::{RequestBody, decode_with};
 use crate::web::pagination::{self, Page};
-use crate::web::responses::{AdminNoAccountYet, AdminRefused};
-use crate::web::responses::{
-    BadRequest, InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::web::responses::ValidationFailed;
+use crate::web::responses::{AdminAuthenticated, AdminSignedIn, BodyRefused, ServerFailures};
 use crate::web::state::AppState;
 
 pub const HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -589,12 +586,9 @@ struct PricingKey {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of pricing configs.", body = Page<PricingConfig>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
-        (status = 404, response = AdminNoAccountYet),
         (status = 422, response = ValidationFailed),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminSignedIn,
+        ServerFailures,
     )
 )]
 pub async fn list(
@@ -652,16 +646,11 @@ pub async fn list(
     responses(
         (status = 201, description = "The new config.", body = PricingConfig,
             headers(("Location" = String, description = "The config's URL path."))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
-        (status = 404, response = AdminNoAccountYet),
         (status = 409, description = "Another config of the same method matches some of the same paths (the engine prices a request by one config only).", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "Invalid input, every invalid field named in `errors`, including an `endpoint_pattern` and `http_method` that are not a route that is charged (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        AdminSignedIn,
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub async fn create(
@@ -739,16 +728,12 @@ pub async fn create(
     request_body = PricingConfigPatch,
     responses(
         (status = 200, description = "The config, changed.", body = PricingConfig),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = AdminRefused),
         (status = 404, description = "No such pricing config, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The new pattern or method would match some of the same paths as another config of that method.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "Invalid input, every invalid field named in `errors`, including an `endpoint_pattern` and `http_method` that are not a route that is charged (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        AdminAuthenticated,
+        ServerFailures,
     )
 )]
 pub async fn update(

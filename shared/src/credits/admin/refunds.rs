@@ -27,9 +27,8 @@ use crate::web::http::{ApiPath, RequestMeta};
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::checks::{self, check};
 use crate::web::input::{RequestBody, decode};
-use crate::web::responses::{
-    InternalError, PayloadTooLarge, ServiceUnavailable, Unauthorized, UnsupportedMediaType,
-};
+use crate::web::responses::Unauthorized;
+use crate::web::responses::{BodyRefused, ServerFailures};
 
 /// The route, as idempotency keys record it.
 pub const ROUTE: &str = "/api/v1/admin/jobs/:id/refund";
@@ -346,11 +345,9 @@ fn reason(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> 
         (status = 403, description = "The token lacks the `admin` permission, the admin's account is banned or erased, or the job is the admin's own.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such generation job, or the admin has no account yet.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job is not completed, has no settled usage, was charged 0 credits, or is being refunded by another request; or a request with this Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "An unknown field or an invalid `reason`, or an Idempotency-Key already used with a different request (`/problems/validation-error`).", body = Problem, content_type = "application/problem+json"),
-        (status = 503, response = ServiceUnavailable),
-        (status = 500, response = InternalError),
+        BodyRefused,
+        ServerFailures,
     )
 )]
 pub async fn create(
