@@ -182,8 +182,7 @@ impl RequestBody for PurchaseRequest {
 // Documents the object `create_purchase` builds with `json!`; nothing builds one.
 /// A purchase started: pay at `checkout_url`; the credits arrive once the payment is
 /// confirmed.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct PurchaseStarted {
     /// The pending order.
     order: PurchaseOrder,
@@ -470,10 +469,15 @@ async fn record_checkout(
                 )
                 .await?;
             let order = PurchaseOrder::from_row(&row)?;
-            let body = json!({"order": order, "checkout_url": session.url});
+            let order_id = order.id.clone();
+            let body = serde_json::to_value(PurchaseStarted {
+                order,
+                checkout_url: session.url,
+            })
+            .map_err(ApiError::internal)?;
             idempotency::complete(&tx, user_id, started.key, StatusCode::CREATED, &body).await?;
             tx.commit().await?;
-            tracing::info!(order_id = %order.id, package_id = %package.id, "purchase started");
+            tracing::info!(order_id = %order_id, package_id = %package.id, "purchase started");
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
     }

@@ -89,10 +89,8 @@ fn no_body(body: &Bytes) -> Result<Value, ApiError> {
     }
 }
 
-// Documents the object `claim` builds with `json!`; nothing builds one.
 /// A claimed daily bonus.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
 pub(crate) struct DailyBonus {
     /// The `bonus` ledger entry.
     transaction_id: String,
@@ -163,15 +161,16 @@ pub(crate) async fn claim(
     let amount = amount(&state.config.credits, streak)
         .ok_or_else(|| ApiError::internal("the configured daily bonus overflows"))?;
     let posted = post_bonus(&tx, &user.id, amount, streak, today, zone.as_deref(), &meta).await?;
-    let response = json!({
-        "transaction_id": posted.transaction_id,
-        "amount": amount,
-        "daily_login_streak": streak,
-        "bonus_date": today,
-        "balance_after": posted.balance_after,
-        "next_available_at": next_at,
-        "next_amount": amount_after(&state.config.credits, streak),
-    });
+    let response = serde_json::to_value(DailyBonus {
+        transaction_id: posted.transaction_id,
+        amount,
+        daily_login_streak: streak,
+        bonus_date: today,
+        balance_after: posted.balance_after,
+        next_available_at: next_at,
+        next_amount: amount_after(&state.config.credits, streak),
+    })
+    .map_err(ApiError::internal)?;
     if let Some(key) = &key {
         idempotency::complete(&tx, &user.id, key, StatusCode::CREATED, &response).await?;
     }

@@ -125,8 +125,7 @@ impl RequestBody for NewGift {
 }
 
 /// A gift sent.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
 pub(crate) struct Gift {
     /// Shared by the sender's `gift_sent` and the recipient's `gift_received` entries
     /// (their `related_entity_id`).
@@ -255,14 +254,15 @@ pub async fn transfer(
     )
     .await?;
 
-    Ok(json!({
-        "gift_id": gift_id,
-        "amount": gift.amount,
-        "to_username": to_username,
-        "message": gift.message,
-        "transaction_id": sent.transaction_id,
-        "balance_after": sent.balance_after,
-    }))
+    serde_json::to_value(Gift {
+        gift_id,
+        amount: gift.amount,
+        to_username,
+        message: gift.message.clone(),
+        transaction_id: sent.transaction_id,
+        balance_after: sent.balance_after,
+    })
+    .map_err(|e| ApiError::internal(e).into())
 }
 
 /// The recipient's user id, looked up by name (case-insensitively); 404 if

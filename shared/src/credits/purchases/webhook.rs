@@ -118,14 +118,23 @@ pub(crate) struct StripeEvent {
 }
 
 /// What the webhook did with an event.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
 pub(crate) struct WebhookReceipt {
     /// Always `true`.
     received: bool,
     event_id: String,
     #[schema(schema_with = outcome_schema)]
     outcome: String,
+}
+
+impl WebhookReceipt {
+    fn new(event_id: &str, outcome: &str) -> Json<Self> {
+        Json(Self {
+            received: true,
+            event_id: event_id.to_string(),
+            outcome: outcome.to_string(),
+        })
+    }
 }
 
 fn outcome_schema() -> utoipa::openapi::Object {
@@ -214,11 +223,11 @@ pub(crate) async fn stripe_webhook(
     meta: RequestMeta,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookReceipt>, ApiError> {
     let answer = receive(state, meta, headers, body).await;
     let (outcome, detail) = match &answer {
         Ok(Json(receipt)) => {
-            let detail = receipt["outcome"].as_str();
+            let detail = Some(receipt.outcome.as_str());
             let outcome = match detail {
                 Some("duplicate") => WebhookOutcome::Duplicate,
                 Some("ignored" | "unhandled") => WebhookOutcome::Ignored,
@@ -239,7 +248,7 @@ async fn receive(
     meta: RequestMeta,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookReceipt>, ApiError> {
     let Some(secret) = state.config.payments.stripe_webhook_secret.as_deref() else {
         // Stripe retries: nothing is lost while the secret is being configured.
         tracing::error!("STRIPE_WEBHOOK_SECRET is not set; webhook events cannot be verified");
@@ -274,9 +283,7 @@ async fn receive(
     if !fresh {
         tx.rollback().await?;
         tracing::info!(event_id = %event.id, "webhook event already processed");
-        return Ok(Json(
-            json!({"received": true, "event_id": event.id, "outcome": "duplicate"}),
-        ));
+        return Ok(WebhookReceipt::new(&event.id, "duplicate"));
     }
     let (outcome, order_id) = match event.kind.as_str() {
         "checkout.session.completed" => session_paid(&tx, &event, &meta, true).await?,
@@ -302,9 +309,7 @@ async fn receive(
     .await?;
     tx.commit().await?;
     tracing::info!(event_id = %event.id, event_type = %event.kind, outcome, "webhook event processed");
-    Ok(Json(
-        json!({"received": true, "event_id": event.id, "outcome": outcome}),
-    ))
+    Ok(WebhookReceipt::new(&event.id, outcome))
 }
 
 /// A string field, or the `id` of an expanded object.
