@@ -39,7 +39,8 @@ pub fn routes(issuer: DevIssuer) -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SignedQuery {
     expires: i64,
     signature: String,

@@ -133,7 +133,7 @@ async fn bad_parameters_are_refused_and_anonymous_callers_are_401() {
         // Well-formed, but no activity of the platform has this type.
         ("activity_type=nope", "activity_type"),
         ("activity_type=LOGIN", "activity_type"),
-        ("colour=red", "query"),
+        ("colour=red", "colour"),
     ] {
         let reply = stack
             .get(&format!("/api/v1/me/activity?{query}"), Some(&ann))

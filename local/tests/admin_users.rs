@@ -177,7 +177,7 @@ async fn users_are_found_by_email_and_username_regardless_of_case() {
         ("?email=", "email"),
         ("?username=", "username"),
         ("?email=a%00b", "email"),
-        ("?id=x", "query"),
+        ("?id=x", "id"),
     ] {
         let reply = stack
             .get(&format!("/api/v1/admin/users{query}"), Some(&token))

@@ -50,8 +50,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Routes without query parameters still refuse unknown ones (422), like every list.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct NoQuery {}
 
 /// `GET /api/v1/credits`: every field of `Balance`, plus the daily bonus as it stands.

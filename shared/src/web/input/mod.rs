@@ -126,6 +126,35 @@ fn base_field(field: &str) -> &str {
     field.split(['[', '.']).next().unwrap_or(field)
 }
 
+/// Decodes a query string as bodies are decoded: a parameter `T` does not
+/// document is named ([`UNKNOWN`]), and a value that cannot be read names its
+/// parameter; every unknown parameter is reported at once.
+pub fn decode_query<T: DeserializeOwned + utoipa::IntoParams>(raw: &str) -> Result<T, ApiError> {
+    let known: Vec<String> = T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+        .into_iter()
+        .map(|parameter| parameter.name)
+        .collect();
+    let mut errors: Vec<FieldError> = Vec::new();
+    for (key, _) in form_urlencoded::parse(raw.as_bytes()) {
+        if !known.iter().any(|name| *name == key) && !errors.iter().any(|e| e.field == key) {
+            errors.push(FieldError::new(key.as_ref(), UNKNOWN));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::from_field_errors(errors));
+    }
+    let parameters = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+    serde_path_to_error::deserialize(parameters).map_err(|error| {
+        let field = error.path().to_string();
+        let field = if field == "." || field.is_empty() {
+            "query".to_string()
+        } else {
+            field
+        };
+        ApiError::validation(&field, error.into_inner().to_string())
+    })
+}
+
 /// For `Option<Option<T>>` fields: `Some(None)` for an explicit `null`, `None`
 /// for an absent field (with `#[serde(default, deserialize_with = "present")]`).
 pub fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
@@ -239,6 +268,36 @@ mod tests {
         assert_eq!(got.len(), 1);
         let got = problems(json!({}));
         assert_eq!(got, [("count".to_string(), "is required".to_string())]);
+    }
+
+    /// Query parameters of a test route.
+    #[derive(Debug, serde::Deserialize, utoipa::IntoParams, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    #[into_params(parameter_in = Query)]
+    struct Params {
+        limit: Option<i64>,
+        cursor: Option<String>,
+    }
+
+    #[test]
+    fn query_parameters_are_named_like_body_fields() {
+        let got: Params = decode_query("limit=5&cursor=abc").unwrap();
+        assert_eq!(got.limit, Some(5));
+        let named = |raw: &str| match decode_query::<Params>(raw) {
+            Err(ApiError::Validation { errors, .. }) => errors
+                .into_iter()
+                .map(|e| (e.field, e.message))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            named("colour=red&limit=5&size=2&colour=blue"),
+            [
+                ("colour".to_string(), UNKNOWN.to_string()),
+                ("size".to_string(), UNKNOWN.to_string())
+            ]
+        );
+        assert_eq!(named("limit=lots")[0].0, "limit");
     }
 
     #[test]
