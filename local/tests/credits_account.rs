@@ -481,23 +481,24 @@ async fn packages_honour_availability_promotion_dates_and_tiers() {
     .await
     .unwrap();
 
+    // An unset display order counts as 0 (the column's default), as in the admin list.
     let public = [
+        "pkg_unordered",
         "pkg_starter",
         "pkg_creator",
         "pkg_studio",
         "pkg_pro",
         "pkg_promo",
-        "pkg_unordered",
     ];
     let anonymous = stack.get("/api/v1/credits/packages", None).await;
     assert_eq!(anonymous.status, 200, "{}", anonymous.body);
     assert_eq!(anonymous.body["tier"], "FREE");
     assert_eq!(ids(anonymous.body["items"].as_array().unwrap()), public);
-    let starter = &anonymous.body["items"][0];
+    let starter = &anonymous.body["items"][1];
     assert_eq!(starter["price_usd"], "4.99", "an exact decimal string");
     assert_eq!(starter["price_currency"], "USD");
     assert_eq!(starter["credit_amount"], 100);
-    let creator = &anonymous.body["items"][1];
+    let creator = &anonymous.body["items"][2];
     assert_eq!(
         (
             creator["bonus_credits"].as_i64(),
@@ -506,9 +507,12 @@ async fn packages_honour_availability_promotion_dates_and_tiers() {
         (Some(50), Some(550))
     );
     assert_eq!(creator["badge_text"], "POPULAR");
-    let promo = &anonymous.body["items"][4];
+    let promo = &anonymous.body["items"][5];
     assert_eq!(promo["price_usd"], "7.50");
     assert_eq!(promo["discount_percentage"], 25);
+    // 750 cents less 25% is 562.5: what a purchase charges, rounded down.
+    assert_eq!(promo["charged_price"], "5.62");
+    assert_eq!(promo["charged_amount"], 562);
     assert_eq!(promo["package_type"], "promotional");
     assert!(promo["promotion_end_date"].is_string());
     let keys: HashSet<&str> = starter
@@ -539,13 +543,13 @@ async fn packages_honour_availability_promotion_dates_and_tiers() {
     assert_eq!(
         ids(listed.body["items"].as_array().unwrap()),
         [
+            "pkg_unordered",
             "pkg_starter",
             "pkg_creator",
             "pkg_studio",
             "pkg_pro",
             "pkg_promo",
-            "pkg_pro_only",
-            "pkg_unordered"
+            "pkg_pro_only"
         ]
     );
 

@@ -2202,3 +2202,172 @@ async fn gift_hold_days_is_configurable() {
     assert_eq!(sent.status, 201, "{}", sent.body);
     check_ledger(&stack).await;
 }
+
+// ------------------------------------------------------------------------------------------
+// What is on sale, and at what price: the list and a purchase agree
+// ------------------------------------------------------------------------------------------
+
+/// A package row for the offer tests: listed price 19.99 USD, every tier, no window.
+async fn package(stack: &TestStack, id: &str, settings: &str) {
+    stack
+        .sql()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO credit_packages (id, name, credit_amount, bonus_credits, price_usd, \
+               price_currency, display_order) VALUES ('{id}', '{id}', 100, 0, 19.99, 'USD', 50); \
+             UPDATE credit_packages SET {settings} WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_listed_package_is_bought_at_its_listed_price_and_an_unlisted_one_is_not_sold() {
+    let stack = spawn_stack().await;
+    let ann = stack.sign_in("ann@example.com").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    // (id, settings, what a FREE buyer's purchase answers)
+    let cases = [
+        ("t_plain", "discount_percentage = 0", 201),
+        ("t_discount", "discount_percentage = 15", 201),
+        (
+            "t_half",
+            "discount_percentage = 50, price_currency = 'eur'",
+            201,
+        ),
+        (
+            "t_window",
+            "promotion_start_date = now() - interval '1 hour', promotion_end_date = now() + interval '1 hour'",
+            201,
+        ),
+        (
+            "t_ended",
+            "promotion_end_date = now() - interval '1 second'",
+            422,
+        ),
+        (
+            "t_future",
+            "promotion_start_date = now() + interval '1 hour'",
+            422,
+        ),
+        ("t_null_tiers", "target_tiers = NULL", 403),
+        ("t_pro_only", "target_tiers = '{PRO}'", 403),
+        ("t_null_available", "is_available = NULL", 422),
+        ("t_unavailable", "is_available = false", 422),
+        ("t_free", "discount_percentage = 100", 409),
+        ("t_zero", "price_usd = 0", 409),
+    ];
+    for (id, settings, _) in cases {
+        package(&stack, id, settings).await;
+    }
+    let list = stack.get("/api/v1/credits/packages", Some(&ann)).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let listed: Vec<&Value> = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"].as_str().unwrap().starts_with("t_"))
+        .collect();
+    let shown = |id: &str| listed.iter().find(|p| p["id"] == id).copied();
+
+    let discounted = shown("t_discount").expect("t_discount is on sale");
+    assert_eq!(discounted["price_usd"], "19.99");
+    assert_eq!(discounted["discount_percentage"], 15);
+    assert_eq!(discounted["charged_price"], "16.99"); // 1699.15 cents, rounded down
+    assert_eq!(discounted["charged_amount"], 1699);
+    let half = shown("t_half").expect("t_half is on sale");
+    assert_eq!(half["price_currency"], "EUR");
+    assert_eq!(half["charged_price"], "9.99"); // 999.5 cents, rounded down
+    assert_eq!(shown("t_plain").unwrap()["charged_price"], "19.99");
+
+    for (id, _, expected) in cases {
+        let key = uuid::Uuid::new_v4().to_string();
+        let reply = purchase(
+            &stack,
+            &stack.base_url,
+            Some(&ann),
+            Some(&key),
+            json!({"package_id": id}),
+        )
+        .await;
+        assert_eq!(reply.status, expected, "{id}: {}", reply.body);
+        // Listed exactly when it can be bought, and bought at the listed price.
+        assert_eq!(shown(id).is_some(), expected == 201, "{id}");
+        if let Some(offer) = shown(id) {
+            let order = &reply.body["order"];
+            assert_eq!(order["price_usd"], offer["charged_price"], "{id}");
+            assert_eq!(order["price_currency"], offer["price_currency"], "{id}");
+        }
+    }
+
+    // The checkout charges the discounted amount: the payment event for it credits the
+    // order; one for the list price would not have matched.
+    let order_id: String = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT id FROM purchase_orders WHERE package_id = 't_discount'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let metadata: Value = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT metadata FROM purchase_orders WHERE id = $1",
+            &[&order_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(metadata["unit_amount"], 1699);
+    assert_eq!(metadata["list_price"], "19.99");
+    assert_eq!(metadata["discount_percentage"], 15);
+    let mut paid = session(&order_id, "paid", &format!("pi_{order_id}"));
+    paid["amount_total"] = json!(1999);
+    let outcome = deliver_ok(
+        &stack,
+        &event("evt_list_price", "checkout.session.completed", paid.clone()),
+    )
+    .await;
+    assert_ne!(
+        outcome, "credited",
+        "the list price is not what was ordered"
+    );
+    assert_eq!(balances(&stack, &ann_id).await.0, 0);
+    paid["amount_total"] = json!(1699);
+    let outcome = deliver_ok(
+        &stack,
+        &event("evt_charged_price", "checkout.session.completed", paid),
+    )
+    .await;
+    assert_eq!(outcome, "credited");
+    assert_eq!(balances(&stack, &ann_id).await.0, 100);
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn packages_are_listed_by_display_order_with_unset_as_zero_then_price() {
+    let stack = spawn_stack().await;
+    let client = stack.sql().await;
+    client
+        .batch_execute(
+            "UPDATE credit_packages SET is_available = false; \
+             INSERT INTO credit_packages (id, name, credit_amount, price_usd, display_order) VALUES \
+               ('o_one', 'One', 10, 1.00, 1), ('o_unset_cheap', 'Unset cheap', 10, 2.00, NULL), \
+               ('o_zero_dear', 'Zero dear', 10, 3.00, 0)",
+        )
+        .await
+        .unwrap();
+    let list = stack.get("/api/v1/credits/packages", None).await;
+    let ids: Vec<&str> = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["o_unset_cheap", "o_zero_dear", "o_one"]);
+    assert_eq!(list.body["items"][0]["display_order"], 0);
+}

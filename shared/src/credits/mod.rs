@@ -10,6 +10,8 @@ pub mod engine;
 pub mod gifting;
 pub mod holds;
 pub mod ledger;
+pub mod money;
+pub mod offers;
 pub mod pricing;
 pub mod purchases;
 pub mod routes;

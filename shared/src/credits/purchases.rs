@@ -31,6 +31,7 @@ use tokio_postgres::{GenericClient, Row};
 use utoipa::{IntoParams, ToSchema};
 
 use self::stripe::{CheckoutRequest, CheckoutSession, StripeError};
+use crate::credits::offers::{self, Offer};
 use crate::credits::{engine, gifting};
 use crate::kernel::config::{PaymentProvider, PaymentsConfig};
 use crate::kernel::error::{ApiError, PROBLEM_JSON, Problem};
@@ -128,7 +129,7 @@ impl PurchaseOrder {
 
     /// The price in the currency's smallest unit (cents for USD).
     pub fn minor_units(&self) -> Result<i64, String> {
-        stripe::minor_units(&self.price_usd, &self.price_currency)
+        crate::credits::money::minor_units(&self.price_usd, &self.price_currency)
     }
 }
 
@@ -188,17 +189,6 @@ pub(crate) struct PurchaseStarted {
     order: PurchaseOrder,
     /// The payment provider's checkout page.
     checkout_url: String,
-}
-
-/// A package on offer to the caller now, as the order copies it.
-struct OfferedPackage {
-    id: String,
-    name: String,
-    credit_amount: i32,
-    bonus_credits: i32,
-    price: String,
-    currency: String,
-    unit_amount: i64,
 }
 
 /// What can go wrong creating a purchase: an API problem, or the payment
@@ -348,7 +338,7 @@ struct Started<'a> {
 /// The first step's outcome: a replayed answer, or a new pending order.
 enum Opened {
     Replay(StatusCode, Value),
-    Order(Box<(PurchaseOrder, OfferedPackage)>),
+    Order(Box<(PurchaseOrder, Offer)>),
 }
 
 /// Step 1, in one transaction: claim the key and create the pending order.
@@ -392,10 +382,15 @@ async fn open_order(
                 &package.id,
                 &package.credit_amount,
                 &package.bonus_credits,
-                &package.price,
-                &package.currency,
+                &package.charged_price,
+                &package.price_currency,
                 &provider,
-                &json!({"package_name": package.name, "unit_amount": package.unit_amount}),
+                &json!({
+                    "package_name": package.name,
+                    "unit_amount": package.charged_amount,
+                    "list_price": package.price_usd,
+                    "discount_percentage": package.discount_percentage,
+                }),
             ],
         )
         .await?;
@@ -409,13 +404,13 @@ async fn checkout_session(
     state: &AppState,
     secret_key: Option<&str>,
     order: &PurchaseOrder,
-    package: &OfferedPackage,
+    package: &Offer,
 ) -> Result<CheckoutSession, StripeError> {
     let payments = &state.config.payments;
     match secret_key {
         None => Ok(local_session(&state.config.auth.issuer, &order.id)),
         Some(secret_key) => {
-            let currency = package.currency.to_ascii_lowercase();
+            let currency = package.price_currency.to_ascii_lowercase();
             stripe::create_checkout_session(
                 &payments.stripe_api_base,
                 secret_key,
@@ -423,7 +418,7 @@ async fn checkout_session(
                     order_id: &order.id,
                     product_name: &package.name,
                     currency: &currency,
-                    unit_amount: package.unit_amount,
+                    unit_amount: package.charged_amount,
                     success_url: &payments.checkout_success_url,
                     cancel_url: &payments.checkout_cancel_url,
                 },
@@ -439,7 +434,7 @@ async fn record_checkout(
     client: &mut tokio_postgres::Client,
     started: &Started<'_>,
     order: &PurchaseOrder,
-    package: &OfferedPackage,
+    package: &Offer,
     session: Result<CheckoutSession, StripeError>,
 ) -> Result<Response, PurchaseError> {
     let user_id = &started.user.id;
@@ -500,16 +495,17 @@ async fn offered_package(
     client: &impl GenericClient,
     package_id: &str,
     tier: crate::kernel::tier::Tier,
-) -> Result<OfferedPackage, ApiError> {
+) -> Result<Offer, ApiError> {
     let row = client
         .query_opt(
-            "SELECT id, name, credit_amount, coalesce(bonus_credits, 0) AS bonus_credits, \
-                    price_usd::text AS price, coalesce(price_currency, 'USD') AS currency, \
-                    coalesce(is_available, false) AS available, \
-                    (promotion_start_date IS NULL OR promotion_start_date <= now()) \
-                      AND (promotion_end_date IS NULL OR promotion_end_date > now()) AS in_window, \
-                    (target_tiers IS NULL OR $2 = ANY(target_tiers)) AS for_tier \
-             FROM credit_packages WHERE id = $1",
+            &format!(
+                "SELECT {}, {} AS available, {} AS in_window, {} AS for_tier \
+                 FROM credit_packages WHERE id = $1",
+                offers::COLUMNS,
+                offers::AVAILABLE,
+                offers::IN_WINDOW,
+                offers::for_tier(2)
+            ),
             &[&package_id, &tier],
         )
         .await?;
@@ -530,34 +526,9 @@ async fn offered_package(
             "this package is not offered to the {tier} tier"
         )));
     }
-    let id: String = row.try_get("id")?;
-    let credit_amount: i32 = row.try_get("credit_amount")?;
-    let bonus_credits: i32 = row.try_get("bonus_credits")?;
-    let price: String = row.try_get("price")?;
-    let currency: String = row.try_get("currency")?;
-    let unit_amount = stripe::minor_units(&price, &currency);
-    let misconfigured = |why: String| {
-        tracing::error!(package_id = %id, reason = %why, "credit package cannot be sold");
+    Offer::from_row(&row)?.map_err(|why| {
+        tracing::error!(package_id = %package_id, reason = %why, "credit package cannot be sold");
         ApiError::Conflict("this package cannot be bought right now".into())
-    };
-    if credit_amount <= 0 || bonus_credits < 0 {
-        return Err(misconfigured(format!(
-            "credits {credit_amount}, bonus {bonus_credits}"
-        )));
-    }
-    let unit_amount = match unit_amount {
-        Ok(units) if units > 0 => units,
-        Ok(_) => return Err(misconfigured("the price is zero".into())),
-        Err(why) => return Err(misconfigured(why)),
-    };
-    Ok(OfferedPackage {
-        name: row.try_get("name")?,
-        currency: currency.to_ascii_uppercase(),
-        id,
-        credit_amount,
-        bonus_credits,
-        price,
-        unit_amount,
     })
 }
 

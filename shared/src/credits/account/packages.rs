@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -13,47 +12,28 @@ use crate::web::responses::{Authenticated, ServerFailures};
 use crate::web::state::AppState;
 
 use crate::credits::engine::tier_of;
+use crate::credits::offers::{self, Offer};
 use crate::kernel::error::ApiError;
 use crate::kernel::tier::Tier;
 use crate::web::http::ApiQuery;
 use crate::web::responses::ValidationFailed;
 
-/// The public face of a `credit_packages` row.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Package {
-    pub id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub credit_amount: i32,
-    pub bonus_credits: i32,
-    /// `credit_amount + bonus_credits`.
-    pub total_credits: i64,
-    /// The exact `DECIMAL(10,2)` price as a decimal string (`"19.99"`), never a float.
-    pub price_usd: String,
-    pub price_currency: String,
-    pub discount_percentage: i32,
-    /// `one_time`, `subscription_bonus` or `promotional`.
-    pub package_type: String,
-    pub display_order: Option<i32>,
-    pub highlight_color: Option<String>,
-    pub badge_text: Option<String>,
-    pub promotion_start_date: Option<DateTime<Utc>>,
-    pub promotion_end_date: Option<DateTime<Utc>>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PackageList {
     /// The tier the list was chosen for (a lapsed subscription counts as FREE).
     tier: Tier,
-    /// By `display_order` (unset last), then price.
-    items: Vec<Package>,
+    /// By `display_order` (unset counts as 0), then list price, then id.
+    items: Vec<Offer>,
 }
 
 /// The credit packages on sale now.
 ///
-/// Available packages inside their promotion window (when they have one) that are offered to
-/// the caller's tier; anonymous callers, and accounts whose subscription lapsed, see what the
-/// FREE tier sees. Takes no query parameters.
+/// Available packages inside their promotion window (when they have one: from its start until,
+/// not including, its end) that are offered to the caller's tier, each with the price a
+/// purchase charges (`charged_price`, `charged_amount`: the list price less
+/// `discount_percentage`, rounded down to the currency's smallest unit). A purchase of a listed
+/// package charges exactly that; a package not listed cannot be bought. Anonymous callers, and
+/// accounts whose subscription lapsed, see what the FREE tier sees. Takes no query parameters.
 #[utoipa::path(
     get,
     path = "/api/v1/credits/packages",
@@ -78,46 +58,27 @@ pub(crate) async fn list(
         .as_ref()
         .map(|user| tier_of(user).0)
         .unwrap_or_default();
-    // Unset flags fail closed: NULL is_available or target_tiers sells nothing.
+    // One definition of "on sale" and of the charged price, shared with purchases.
     let rows = client
         .query(
-            "SELECT id, name, description, credit_amount, coalesce(bonus_credits, 0) AS bonus_credits, \
-                    price_usd::text AS price_usd, coalesce(price_currency, 'USD') AS price_currency, \
-                    coalesce(discount_percentage, 0) AS discount_percentage, \
-                    coalesce(package_type, 'one_time') AS package_type, display_order, highlight_color, \
-                    badge_text, promotion_start_date, promotion_end_date \
-             FROM credit_packages \
-             WHERE is_available IS TRUE \
-               AND (promotion_start_date IS NULL OR promotion_start_date <= now()) \
-               AND (promotion_end_date IS NULL OR now() <= promotion_end_date) \
-               AND $1 = ANY(target_tiers) \
-             ORDER BY display_order NULLS LAST, price_usd, id",
+            &format!(
+                "SELECT {} FROM credit_packages WHERE {} AND {} AND {} ORDER BY {}",
+                offers::COLUMNS,
+                offers::AVAILABLE,
+                offers::IN_WINDOW,
+                offers::for_tier(1),
+                offers::ORDER
+            ),
             &[&tier],
         )
         .await?;
-    let items = rows
-        .iter()
-        .map(|row| {
-            let credit_amount: i32 = row.try_get("credit_amount")?;
-            let bonus_credits: i32 = row.try_get("bonus_credits")?;
-            Ok(Package {
-                id: row.try_get("id")?,
-                name: row.try_get("name")?,
-                description: row.try_get("description")?,
-                total_credits: i64::from(credit_amount) + i64::from(bonus_credits),
-                credit_amount,
-                bonus_credits,
-                price_usd: row.try_get("price_usd")?,
-                price_currency: row.try_get("price_currency")?,
-                discount_percentage: row.try_get("discount_percentage")?,
-                package_type: row.try_get("package_type")?,
-                display_order: row.try_get("display_order")?,
-                highlight_color: row.try_get("highlight_color")?,
-                badge_text: row.try_get("badge_text")?,
-                promotion_start_date: row.try_get("promotion_start_date")?,
-                promotion_end_date: row.try_get("promotion_end_date")?,
-            })
-        })
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match Offer::from_row(row)? {
+            Ok(offer) => items.push(offer),
+            // What cannot be bought is not shown (a purchase would be a 409).
+            Err(why) => tracing::error!(reason = %why, "a credit package on sale cannot be sold"),
+        }
+    }
     Ok(Json(PackageList { tier, items }))
 }

@@ -114,59 +114,6 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<i64, 
 }
 
 // ------------------------------------------------------------------------------------------
-// Amounts
-// ------------------------------------------------------------------------------------------
-
-/// Stripe's zero-decimal currencies: amounts are whole units.
-const ZERO_DECIMAL: [&str; 16] = [
-    "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV",
-    "XAF", "XOF", "XPF",
-];
-/// Stripe's three-decimal currencies.
-const THREE_DECIMAL: [&str; 5] = ["BHD", "JOD", "KWD", "OMR", "TND"];
-
-/// A decimal price (`19.99`, as PostgreSQL prints a `DECIMAL`) in the
-/// currency's smallest unit (`1999` cents), computed exactly with integers.
-/// Refuses signs, exponents, garbage, unknown currency codes and prices with
-/// more (non-zero) decimals than the currency has.
-pub fn minor_units(price: &str, currency: &str) -> Result<i64, String> {
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(format!("`{currency}` is not an ISO 4217 currency code"));
-    }
-    let upper = currency.to_ascii_uppercase();
-    let exponent: usize = if ZERO_DECIMAL.contains(&upper.as_str()) {
-        0
-    } else if THREE_DECIMAL.contains(&upper.as_str()) {
-        3
-    } else {
-        2
-    };
-    let (whole, fraction) = price.split_once('.').unwrap_or((price, ""));
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || whole.len() > 12 || !digits(whole) || !digits(fraction) {
-        return Err(format!("`{price}` is not a price"));
-    }
-    let (kept, dropped) = fraction.split_at(fraction.len().min(exponent));
-    if dropped.bytes().any(|b| b != b'0') {
-        return Err(format!("`{price}` has more decimals than {upper} allows"));
-    }
-    let mut units: i64 = whole
-        .parse()
-        .map_err(|_| format!("`{price}` is not a price"))?;
-    for position in 0..exponent {
-        let digit = kept
-            .as_bytes()
-            .get(position)
-            .map_or(0, |b| i64::from(b - b'0'));
-        units = units
-            .checked_mul(10)
-            .and_then(|u| u.checked_add(digit))
-            .ok_or_else(|| format!("`{price}` is too large"))?;
-    }
-    Ok(units)
-}
-
-// ------------------------------------------------------------------------------------------
 // Checkout Sessions
 // ------------------------------------------------------------------------------------------
 
@@ -407,25 +354,6 @@ mod tests {
             verify(SECRET, &far, body, i64::MIN),
             Err(SignatureError::OutsideTolerance)
         );
-    }
-
-    #[test]
-    fn prices_convert_to_minor_units_exactly() {
-        assert_eq!(minor_units("19.99", "USD"), Ok(1999));
-        assert_eq!(minor_units("19.99", "usd"), Ok(1999));
-        assert_eq!(minor_units("0.29", "USD"), Ok(29)); // 0.29 * 100 is 28.999... in f64
-        assert_eq!(minor_units("4.9", "EUR"), Ok(490));
-        assert_eq!(minor_units("5", "USD"), Ok(500));
-        assert_eq!(minor_units("89.99", "USD"), Ok(8999));
-        assert_eq!(minor_units("99999999.99", "USD"), Ok(9_999_999_999));
-        assert_eq!(minor_units("1500.00", "JPY"), Ok(1500));
-        assert!(minor_units("1500.50", "JPY").is_err());
-        assert_eq!(minor_units("1.25", "KWD"), Ok(1250));
-        for bad in ["", ".5", "-1.00", "+1", "1e3", "1.2.3", " 1", "1,00", "１"] {
-            assert!(minor_units(bad, "USD").is_err(), "{bad}");
-        }
-        assert!(minor_units("1.00", "US").is_err());
-        assert!(minor_units("1.00", "U$D").is_err());
     }
 
     #[test]
