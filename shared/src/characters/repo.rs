@@ -408,6 +408,39 @@ pub async fn list_own(
     }))
 }
 
+/// A person's public characters that moderation has not hidden, newest first
+/// (their page, `GET /api/v1/users/{username}/characters`).
+pub async fn list_public_of(
+    tx: &Transaction<'_>,
+    owner_id: &str,
+    limit: i64,
+    after: Option<TimeKey>,
+) -> Result<Page<Character>, ApiError> {
+    let (after_at, after_id) = after
+        .map(|k| (Some(k.at), Some(k.id)))
+        .unwrap_or((None, None));
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {CHARACTER_COLUMNS} FROM characters c \
+                 WHERE c.user_id = $1 AND c.is_public IS TRUE \
+                   AND c.moderation_hidden IS NOT TRUE \
+                   AND ($2::timestamptz IS NULL OR (c.created_at, c.id) < ($2, $3::text)) \
+                 ORDER BY c.created_at DESC, c.id DESC LIMIT $4"
+            ),
+            &[&owner_id, &after_at, &after_id, &(limit + 1)],
+        )
+        .await?;
+    let characters = rows
+        .iter()
+        .map(Character::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(pagination::page(characters, limit, |c| TimeKey {
+        at: c.created_at,
+        id: c.id.clone(),
+    }))
+}
+
 /// The family of a character the caller can see: its root and every
 /// descendant (`character_family`), those the caller may see (RLS: their own
 /// and public ones), ordered by version number, then creation, then id,

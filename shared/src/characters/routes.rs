@@ -69,6 +69,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/characters/{id}/variants", get(list_variants))
         .route("/api/v1/gallery", get(list_gallery))
+        .route(
+            "/api/v1/users/{username}/characters",
+            get(list_person_characters),
+        )
         .route("/api/v1/gallery/featured", get(list_featured))
 }
 
@@ -559,6 +563,48 @@ pub(crate) async fn download_character(
         download_count: count,
         ..link
     }))
+}
+
+/// A person's public characters.
+///
+/// The public characters of the user with this username that moderation has not hidden,
+/// newest first, paginated, each with time-limited image links. Visible as the person's
+/// profile is (`GET /api/v1/users/{username}`): a public profile to anyone, any profile to
+/// its owner; anything else (unknown, suspended, a private or `friends` profile) is the same
+/// 404.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{username}/characters",
+    tag = "characters",
+    security((), ("bearer" = [])),
+    params(("username" = String, Path, description = "The person's username."), PageQuery),
+    responses(
+        (status = 200, description = "A page of the person's public characters, newest first.", body = Page<Character>),
+        (status = 404, description = "No such user, or their profile is not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        Authenticated,
+        ServerFailures,
+    )
+)]
+pub(crate) async fn list_person_characters(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiPath(username): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Character>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let viewer = users::repo::optional_user(&**client, identity.as_ref()).await?;
+    let viewer_id = viewer.as_ref().map(|v| v.id.as_str());
+    let person = users::repo::visible_person(&**client, viewer_id, &username).await?;
+    let tx = db::begin_as(&mut client, viewer_id).await?;
+    let mut page = repo::list_public_of(&tx, &person.id, limit, after).await?;
+    tx.commit().await?;
+    for character in &mut page.items {
+        character.present(state.storage.as_deref()).await;
+    }
+    Ok(Json(page))
 }
 
 /// `limit` and `cursor` only; unknown parameters are refused with a 422.

@@ -91,6 +91,48 @@ pub async fn list_own_collections(
         .collect::<Result<_, _>>()?)
 }
 
+/// Public collections, newest first: of one person (`Some(owner)`: their page), or
+/// of everyone active who showcases their work (`None`: the gallery of collections;
+/// `allow_gallery_showcase` governs collections as it governs characters).
+pub async fn list_public(
+    client: &impl GenericClient,
+    owner_id: Option<&str>,
+    after: Option<&TimeKey>,
+    limit: i64,
+) -> Result<Vec<Collection>, ApiError> {
+    let columns: String = COLLECTION_COLUMNS
+        .split(", ")
+        .map(|c| format!("k.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {columns} FROM collections k \
+                 WHERE k.is_public IS TRUE \
+                   AND CASE WHEN $1::text IS NULL \
+                       THEN EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id \
+                                    AND u.account_status = 'active' \
+                                    AND u.allow_gallery_showcase IS TRUE) \
+                       ELSE k.user_id = $1 END \
+                   AND ($2::timestamptz IS NULL OR (k.created_at, k.id) < ($2, $3::text)) \
+                 ORDER BY k.created_at DESC, k.id DESC \
+                 LIMIT $4"
+            ),
+            &[
+                &owner_id,
+                &after.map(|k| k.at),
+                &after.map(|k| k.id.as_str()),
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(Collection::from_row)
+        .collect::<Result<_, _>>()?)
+}
+
 /// Applies the present fields to the owner's collection; `None` if it is gone.
 pub async fn update_collection(
     client: &impl GenericClient,

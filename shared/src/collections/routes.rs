@@ -54,6 +54,11 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/collections/{id}/characters", get(list_members))
         .route(
+            "/api/v1/users/{username}/collections",
+            get(list_person_collections),
+        )
+        .route("/api/v1/gallery/collections", get(list_collection_gallery))
+        .route(
             "/api/v1/collections/{id}/characters/{character_id}",
             put(put_member).delete(remove_member),
         )
@@ -176,6 +181,83 @@ pub(crate) async fn list_collections(
     let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let (tx, user) = account.begin_as_user().await?;
     let rows = repo::list_own_collections(&tx, &user.id, after.as_ref(), limit).await?;
+    tx.commit().await?;
+    Ok(Json(pagination::page(rows, limit, |c| TimeKey {
+        at: c.created_at,
+        id: c.id.clone(),
+    })))
+}
+
+/// A person's public collections.
+///
+/// The public collections of the user with this username, newest first, paginated. Visible as
+/// the person's profile is (`GET /api/v1/users/{username}`): a public profile to anyone, any
+/// profile to its owner; anything else (unknown, suspended, a private or `friends` profile) is
+/// the same 404.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{username}/collections",
+    tag = "collections",
+    security((), ("bearer" = [])),
+    params(("username" = String, Path, description = "The person's username."), PageQuery),
+    responses(
+        (status = 200, description = "A page of the person's public collections, newest first.", body = Page<Collection>),
+        (status = 404, description = "No such user, or their profile is not visible to the caller.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        Authenticated,
+        ServerFailures,
+    )
+)]
+pub(crate) async fn list_person_collections(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiPath(username): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Collection>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
+    let viewer_id = viewer.as_ref().map(|v| v.id.as_str());
+    let person = crate::users::repo::visible_person(&**client, viewer_id, &username).await?;
+    let tx = begin_as(&mut client, viewer_id).await?;
+    let rows = repo::list_public(&tx, Some(&person.id), after.as_ref(), limit).await?;
+    tx.commit().await?;
+    Ok(Json(pagination::page(rows, limit, |c| TimeKey {
+        at: c.created_at,
+        id: c.id.clone(),
+    })))
+}
+
+/// The gallery of collections.
+///
+/// Public collections of active people who showcase their work (`allow_gallery_showcase`, as
+/// for the character gallery), newest first, paginated. No token needed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gallery/collections",
+    tag = "collections",
+    security((), ("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of public collections, newest first.", body = Page<Collection>),
+        (status = 422, response = ValidationFailed),
+        Authenticated,
+        ServerFailures,
+    )
+)]
+pub(crate) async fn list_collection_gallery(
+    State(state): State<AppState>,
+    OptionalCaller(identity): OptionalCaller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Collection>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode_time_key(query.cursor.as_deref())?;
+    let mut client = state.db.get().await?;
+    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
+    let viewer_id = viewer.as_ref().map(|v| v.id.as_str());
+    let tx = begin_as(&mut client, viewer_id).await?;
+    let rows = repo::list_public(&tx, None, after.as_ref(), limit).await?;
     tx.commit().await?;
     Ok(Json(pagination::page(rows, limit, |c| TimeKey {
         at: c.created_at,

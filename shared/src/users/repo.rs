@@ -336,6 +336,29 @@ pub async fn replace_profile(
     Ok(Profile::from_row(&row)?)
 }
 
+/// The person behind a username, as a viewer (`None`: anonymous) may see
+/// them: an active account whose profile is public, or the viewer's own.
+/// Anything else (unknown, suspended, banned, erased, a private or `friends`
+/// profile) is the same 404, so a private person's existence is not revealed.
+pub async fn visible_person(
+    client: &impl GenericClient,
+    viewer_id: Option<&str>,
+    username: &str,
+) -> Result<User, ApiError> {
+    let not_found = || ApiError::NotFound("no such user".into());
+    if super::fields::username("username", username).is_err() {
+        return Err(not_found());
+    }
+    let user = active_user_by_username(client, username)
+        .await?
+        .ok_or_else(not_found)?;
+    let is_owner = viewer_id == Some(user.id.as_str());
+    if user.profile_visibility != Some(super::ProfileVisibility::Public) && !is_owner {
+        return Err(not_found());
+    }
+    Ok(user)
+}
+
 /// An active user by username, case-insensitively.
 pub async fn active_user_by_username(
     client: &impl GenericClient,

@@ -505,21 +505,11 @@ pub(crate) async fn get_public_user(
     OptionalCaller(identity): OptionalCaller,
     ApiPath(username): ApiPath<String>,
 ) -> Result<Json<PublicUser>, ApiError> {
-    let not_found = || ApiError::NotFound("no such user".into());
-    if fields::username("username", &username).is_err() {
-        return Err(not_found());
-    }
     let mut client = state.db.get().await?;
     // A banned or erased caller's token is refused here too, as on every route taking one.
     let viewer = repo::optional_user(&**client, identity.as_ref()).await?;
-    let user = repo::active_user_by_username(&**client, &username)
-        .await?
-        .ok_or_else(not_found)?;
     let viewer_id = viewer.map(|v| v.id);
-    let is_owner = viewer_id.as_deref() == Some(user.id.as_str());
-    if user.profile_visibility != Some(super::ProfileVisibility::Public) && !is_owner {
-        return Err(not_found());
-    }
+    let user = repo::visible_person(&**client, viewer_id.as_deref(), &username).await?;
     // The profile row as app_api for the viewer: its policy (V18) shows it only to its
     // owner or, when public and active, to anyone — the same rule, enforced again.
     let tx = begin_as(&mut client, viewer_id.as_deref()).await?;
