@@ -79,12 +79,12 @@ async fn a_persons_page_lists_their_public_work_as_far_as_their_profile_allows()
             Some(&bob),
         )
         .await;
-    assert_eq!(ids(&rest.body), [first.clone()]);
+    assert_eq!(ids(&rest.body), [first.as_str()]);
     assert!(rest.body["next_cursor"].is_null());
     assert!(!ids(&page.body).contains(&private) && !ids(&rest.body).contains(&hidden));
     let collections = stack.get("/api/v1/users/ann/collections", None).await;
     assert_eq!(collections.status, 200, "{}", collections.body);
-    assert_eq!(ids(&collections.body), [shelf.clone()]);
+    assert_eq!(ids(&collections.body), [shelf.as_str()]);
 
     // Bad parameters are named; unknown people, and bad usernames, are 404s.
     let bad = stack
