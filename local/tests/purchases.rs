@@ -2371,3 +2371,236 @@ async fn packages_are_listed_by_display_order_with_unset_as_zero_then_price() {
     assert_eq!(ids, ["o_unset_cheap", "o_zero_dear", "o_one"]);
     assert_eq!(list.body["items"][0]["display_order"], 0);
 }
+
+// ------------------------------------------------------------------------------------------
+// Referrals: linked at sign-up, paid once the new account first pays
+// ------------------------------------------------------------------------------------------
+
+async fn referral_code(stack: &TestStack, token: &str) -> String {
+    let reply = stack.get("/api/v1/credits/referrals", Some(token)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["code"].as_str().unwrap().to_string()
+}
+
+/// The first sign-in of `email` naming `code`; the reply.
+async fn sign_up_with(stack: &TestStack, email: &str, code: &str) -> Reply {
+    let token = stack.token(email);
+    stack
+        .call(
+            Method::POST,
+            "/api/v1/auth/session",
+            Some(&token),
+            Some(json!({"referral_code": code})),
+        )
+        .await
+}
+
+/// `referral` credits of a user, as the ledger and the running total have them.
+async fn referral_credits(stack: &TestStack, user: &str) -> (i64, i32) {
+    let row = stack
+        .sql()
+        .await
+        .query_one(
+            "SELECT (SELECT coalesce(sum(amount), 0) FROM credit_transactions \
+                     WHERE user_id = $1 AND transaction_type = 'referral'), \
+                    (SELECT referral_bonus FROM user_credits WHERE user_id = $1)",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Marks `user`'s order paid without the webhook (as a crash after the payment
+/// was credited would leave it), and answers its id.
+async fn paid_without_webhook(stack: &TestStack, token: &str) -> String {
+    let order = pending_order(stack, token, "pkg_starter").await;
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE purchase_orders SET status = 'paid', paid_at = now() WHERE id = $1",
+            &[&order],
+        )
+        .await
+        .unwrap();
+    order
+}
+
+#[tokio::test]
+async fn a_referral_pays_both_accounts_once_when_the_new_account_first_pays() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let code = referral_code(&stack, &ann).await;
+    assert_eq!(code.len(), 8);
+    assert_eq!(referral_code(&stack, &ann).await, code, "a code is kept");
+
+    // An unknown code creates nothing; a known one links the new account once.
+    let refused = sign_up_with(&stack, "bob@example.com", "ZZZZZZZZ").await;
+    refused.assert_problem(422);
+    assert_eq!(refused.body["errors"][0]["field"], "referral_code");
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM users WHERE email = $1",
+            &[&"bob@example.com"]
+        )
+        .await,
+        0
+    );
+    let joined = sign_up_with(&stack, "bob@example.com", &code.to_lowercase()).await;
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    let bob = stack.token("bob@example.com");
+    let bob_id = user_id(&stack, "bob@example.com").await;
+    // Later sign-ins ignore a code: one referrer per account.
+    let cyd = stack.sign_in("cyd@example.com").await;
+    let cyd_code = referral_code(&stack, &cyd).await;
+    assert_eq!(
+        sign_up_with(&stack, "bob@example.com", &cyd_code)
+            .await
+            .status,
+        200
+    );
+    let waiting = stack.get("/api/v1/credits/referrals", Some(&bob)).await;
+    assert_eq!(waiting.body["own_referral"], "waiting");
+    let ann_view = stack.get("/api/v1/credits/referrals", Some(&ann)).await;
+    assert_eq!(
+        (
+            ann_view.body["referred"].as_i64(),
+            ann_view.body["waiting"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+
+    // Bob's first paid purchase settles it: 100 referral credits each, in the ledger.
+    let order = pending_order(&stack, &bob, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_ref_1", &order)).await,
+        "credited"
+    );
+    assert_eq!(referral_credits(&stack, &ann_id).await, (100, 100));
+    assert_eq!(referral_credits(&stack, &bob_id).await, (100, 100));
+    // Redelivery, a second purchase and the sweep pay nothing more.
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_ref_1", &order)).await,
+        "duplicate"
+    );
+    let second = pending_order(&stack, &bob, "pkg_creator").await;
+    assert_eq!(
+        deliver_ok(&stack, &completed("evt_ref_2", &second)).await,
+        "credited"
+    );
+    let state = &stack.stack.state;
+    shared::runtime::scheduler::run("outbox-sweep", &state.db, None, &state.config)
+        .await
+        .unwrap();
+    assert_eq!(referral_credits(&stack, &ann_id).await, (100, 100));
+    assert_eq!(referral_credits(&stack, &bob_id).await, (100, 100));
+    let ann_view = stack.get("/api/v1/credits/referrals", Some(&ann)).await;
+    assert_eq!(ann_view.body["rewarded"], 1);
+    assert_eq!(ann_view.body["rewarded_this_month"], 1);
+    assert_eq!(ann_view.body["referral_bonus"], 100);
+    let bob_view = stack.get("/api/v1/credits/referrals", Some(&bob)).await;
+    assert_eq!(bob_view.body["own_referral"], "rewarded");
+    // Both exports carry it, without naming the other account.
+    let export = stack.get("/api/v1/me/export", Some(&ann)).await;
+    assert_eq!(export.status, 200, "{}", export.body);
+    assert_eq!(export.body["referrals"]["code"], code.as_str());
+    assert_eq!(export.body["referrals"]["made"][0]["outcome"], "rewarded");
+    assert!(!export.body["referrals"].to_string().contains(&bob_id));
+    let export = stack.get("/api/v1/me/export", Some(&bob)).await;
+    assert_eq!(export.body["referrals"]["referred_by"]["credits_each"], 100);
+    check_ledger(&stack).await;
+}
+
+#[tokio::test]
+async fn referrals_past_the_monthly_cap_or_of_an_inactive_referrer_pay_nothing() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let ann_id = user_id(&stack, "ann@example.com").await;
+    let code = referral_code(&stack, &ann).await;
+    // Nine of this month's ten places are taken.
+    let db = stack.sql().await;
+    for i in 0..9 {
+        let id: String = db
+            .query_one(
+                &format!(
+                    "INSERT INTO users (email, username) VALUES ('old{i}@example.com', 'old{i}') \
+                     RETURNING id"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        db.execute(
+            "INSERT INTO referrals (referred_user_id, referrer_id, outcome, settled_at, credits_each) \
+             VALUES ($1, $2, 'rewarded', now(), 100)",
+            &[&id, &ann_id],
+        )
+        .await
+        .unwrap();
+    }
+    // Two new accounts pay at once: one takes the last place, the other is capped.
+    let mut referred = Vec::new();
+    for email in ["gus@example.com", "hal@example.com"] {
+        assert_eq!(sign_up_with(&stack, email, &code).await.status, 201);
+        paid_without_webhook(&stack, &stack.token(email)).await;
+        referred.push(user_id(&stack, email).await);
+    }
+    let config = stack.stack.state.config.credits;
+    let outcomes = join_all(referred.iter().map(|id| {
+        let url = stack.database_url.clone();
+        let id = id.clone();
+        async move {
+            let mut client = testkit::connect(&url).await;
+            shared::credits::referrals::settle(&mut client, &id, &config)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let mut outcomes: Vec<_> = outcomes.into_iter().map(Option::unwrap).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["capped", "rewarded"]);
+    assert_eq!(referral_credits(&stack, &ann_id).await, (100, 100));
+
+    // A referrer suspended before the purchase: settled, nothing paid to either.
+    let eve = stack.user("eve@example.com", "eve").await;
+    let eve_id = user_id(&stack, "eve@example.com").await;
+    let eve_code = referral_code(&stack, &eve).await;
+    assert_eq!(
+        sign_up_with(&stack, "ivy@example.com", &eve_code)
+            .await
+            .status,
+        201
+    );
+    db.execute(
+        "UPDATE users SET account_status = 'suspended' WHERE id = $1",
+        &[&eve_id],
+    )
+    .await
+    .unwrap();
+    let ivy = stack.token("ivy@example.com");
+    let ivy_id = user_id(&stack, "ivy@example.com").await;
+    paid_without_webhook(&stack, &ivy).await;
+    // The scheduler's sweep settles what the webhook did not.
+    let state = &stack.stack.state;
+    let report = shared::runtime::scheduler::run("outbox-sweep", &state.db, None, &state.config)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome["referrals_settled"], 1);
+    let outcome: String = db
+        .query_one(
+            "SELECT outcome FROM referrals WHERE referred_user_id = $1",
+            &[&ivy_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "referrer_inactive");
+    assert_eq!(referral_credits(&stack, &ivy_id).await, (0, 0));
+    assert_eq!(referral_credits(&stack, &eve_id).await, (0, 0));
+    check_ledger(&stack).await;
+}

@@ -14,6 +14,7 @@ pub mod money;
 pub mod offers;
 pub mod pricing;
 pub mod purchases;
+pub mod referrals;
 pub mod routes;
 
 use chrono::{DateTime, NaiveDate, Utc};

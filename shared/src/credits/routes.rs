@@ -7,6 +7,10 @@ use crate::web::state::AppState;
 
 pub fn router() -> Router<AppState> {
     account::router()
+        .route(
+            "/api/v1/credits/referrals",
+            axum::routing::get(super::referrals::summary),
+        )
         .merge(purchases::router())
         .merge(admin::router())
 }

@@ -467,7 +467,7 @@ async fn tombstone(
            notification_settings = '{\"email\": false, \"push\": false}'::jsonb, \
            profile_visibility = 'private', allow_gallery_showcase = false, \
            content_filter_level = 'moderate', preferred_language = 'en', timezone = 'UTC', \
-           last_login_at = NULL, email_verified_at = NULL \
+           last_login_at = NULL, email_verified_at = NULL, referral_code = NULL \
          WHERE id = $1",
         &[&user_id, &email],
     )

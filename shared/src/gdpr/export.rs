@@ -84,6 +84,12 @@ pub struct ExportDocument {
     /// (`current_balance − reserved_balance`).
     #[schema(value_type = Object)]
     pub credit_account: Value,
+    /// `{code, referred_by, made}`: the caller's referral code (`null` until first asked
+    /// for), how the caller's own referral was settled (`null` if not referred; the
+    /// referrer is not named) and the referrals the caller made (when and how each was
+    /// settled; the referred accounts are not named).
+    #[schema(value_type = Object)]
+    pub referrals: Value,
     /// How each generation job was paid: the `credit_holds` rows, every column.
     #[schema(value_type = Vec<Object>)]
     pub credit_holds: Vec<Value>,
@@ -330,7 +336,30 @@ async fn write_account(
         .transpose()?
         .unwrap_or(Value::Null);
     doc.field("credit_account", &credit_account)?;
+    doc.field("referrals", &referrals(tx, id).await?)?;
     Ok(())
+}
+
+/// The caller's referral code, who referred them (how it was settled, not who) and the
+/// referrals they made (when and how each was settled; never the other accounts' ids).
+async fn referrals(tx: &Transaction<'_>, id: &str) -> Result<Value, ApiError> {
+    let row = tx
+        .query_one(
+            "SELECT (SELECT referral_code FROM users WHERE id = $1), \
+                    (SELECT jsonb_build_object('created_at', created_at, 'outcome', outcome, \
+                              'settled_at', settled_at, 'credits_each', credits_each) \
+                       FROM referrals WHERE referred_user_id = $1), \
+                    coalesce((SELECT jsonb_agg(jsonb_build_object('created_at', created_at, \
+                              'outcome', outcome, 'settled_at', settled_at, \
+                              'credits_each', credits_each) ORDER BY created_at) \
+                       FROM referrals WHERE referrer_id = $1), '[]'::jsonb)",
+            &[&id],
+        )
+        .await?;
+    let code: Option<String> = row.try_get(0)?;
+    let referred_by: Option<Value> = row.try_get(1)?;
+    let made: Value = row.try_get(2)?;
+    Ok(serde_json::json!({"code": code, "referred_by": referred_by, "made": made}))
 }
 
 /// Writes the credit sections: transactions, holds, refunds, purchase

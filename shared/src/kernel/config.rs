@@ -335,6 +335,13 @@ pub struct CreditsConfig {
     /// credits (and its bonus) cannot be gifted, so a refund or a dispute of that payment
     /// finds them still with the buyer. 0: purchases are giftable at once.
     pub gift_hold_days: i32,
+    /// `REFERRAL_CREDITS` (default 100, 0..=100000): the `referral` credits the referrer and
+    /// the referred account each get when the referred account first pays for a purchase.
+    /// 0: referrals are still linked and settled, but pay nothing.
+    pub referral_credits: i32,
+    /// `REFERRAL_MONTHLY_CAP` (default 10, 0..=10000): referrals one referrer is rewarded
+    /// for per calendar month (UTC); later ones that month are settled as `capped`.
+    pub referral_monthly_cap: i32,
 }
 
 /// `GIFT_HOLD_DAYS` when it is not set.
@@ -349,6 +356,8 @@ impl Default for CreditsConfig {
             gift_max_amount: 1000,
             gift_daily_cap: 2000,
             gift_hold_days: DEFAULT_GIFT_HOLD_DAYS,
+            referral_credits: 100,
+            referral_monthly_cap: 10,
         }
     }
 }
@@ -1166,6 +1175,20 @@ impl CreditsConfig {
                 defaults.gift_hold_days as u64,
                 0,
                 365,
+            )? as i32,
+            referral_credits: parse_number(
+                get,
+                "REFERRAL_CREDITS",
+                defaults.referral_credits as u64,
+                0,
+                100_000,
+            )? as i32,
+            referral_monthly_cap: parse_number(
+                get,
+                "REFERRAL_MONTHLY_CAP",
+                defaults.referral_monthly_cap as u64,
+                0,
+                10_000,
             )? as i32,
         };
         Ok(credits)

@@ -104,6 +104,7 @@ links; they exist only there and are not part of this document.";
         crate::credits::account::get_balance,
         crate::credits::account::history::list,
         crate::credits::account::packages::list,
+        crate::credits::referrals::summary,
         crate::credits::account::price_list::show,
         crate::credits::account::bonus::claim,
         crate::credits::account::gifts::send,

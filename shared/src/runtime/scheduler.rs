@@ -149,20 +149,13 @@ pub async fn run(
     let outcome = match task {
         "daily-reset" => json!({"users_reset": ledger::reset_daily_all(&*client).await?}),
         "job-timeouts" => json!({"timed_out": time_out_jobs(client).await?}),
-        "outbox-sweep" => match queue {
-            Some(queue) => {
-                let recovered = crate::jobs::outbox::recover_lost_messages(
-                    client,
-                    config.queue.redelivery_after,
-                    config.queue.max_redeliveries,
-                )
-                .await?;
-                let sent =
-                    crate::jobs::outbox::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
-                json!({"resent": sent, "redelivered": recovered.redelivered, "failed": recovered.failed})
-            }
-            None => json!({"resent": 0, "skipped": "no queue configured"}),
-        },
+        "outbox-sweep" => {
+            let referrals =
+                crate::credits::referrals::settle_waiting(client, &config.credits, 500).await?;
+            let mut outcome = outbox_sweep(client, queue, config).await?;
+            outcome["referrals_settled"] = json!(referrals);
+            outcome
+        }
         "partition-upkeep" => partition_upkeep(&*client, &config.retention).await?,
         "subscription-expiry" => json!({"expired": expire_subscriptions(&*client).await?}),
         "idempotency-purge" => json!({
@@ -176,6 +169,27 @@ pub async fn run(
     Ok(TaskReport {
         task: task.to_string(),
         outcome,
+    })
+}
+
+/// Jobs whose message was never sent or was lost: sent again, or failed when lost too often.
+async fn outbox_sweep(
+    client: &mut tokio_postgres::Client,
+    queue: Option<&dyn JobQueue>,
+    config: &Config,
+) -> Result<serde_json::Value, TaskError> {
+    Ok(match queue {
+        Some(queue) => {
+            let recovered = crate::jobs::outbox::recover_lost_messages(
+                client,
+                config.queue.redelivery_after,
+                config.queue.max_redeliveries,
+            )
+            .await?;
+            let sent = crate::jobs::outbox::resend_unsent(&*client, queue, OUTBOX_GRACE).await?;
+            json!({"resent": sent, "redelivered": recovered.redelivered, "failed": recovered.failed})
+        }
+        None => json!({"resent": 0, "skipped": "no queue configured"}),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod account;
 pub mod activity_log;
 pub mod fields;
 pub mod receipts;
+pub mod referrals;
 pub mod repo;
 pub mod routes;
 

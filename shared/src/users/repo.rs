@@ -23,6 +23,7 @@ pub struct SignIn {
 pub async fn sign_in(
     client: &mut Client,
     identity: &Identity,
+    referral_code: Option<&str>,
     meta: &RequestMeta,
 ) -> Result<SignIn, ApiError> {
     let tx = client.transaction().await?;
@@ -51,7 +52,12 @@ pub async fn sign_in(
             if crate::users::receipts::token_predates_erasure(&tx, identity).await? {
                 return Err(erased());
             }
-            (create_user(&tx, identity).await?, true)
+            let user_id = create_user(&tx, identity).await?;
+            // Only a new account names its referrer; later sign-ins ignore a code.
+            if let Some(code) = referral_code {
+                super::referrals::link(&tx, &user_id, code).await?;
+            }
+            (user_id, true)
         }
     };
 

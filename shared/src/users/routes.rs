@@ -24,7 +24,7 @@ use crate::kernel::error::{ApiError, FieldError, Problem};
 use crate::ports::db::begin_as;
 use crate::users::account::Account;
 use crate::web::auth::{Caller, OptionalCaller};
-use crate::web::http::{ApiJson, ApiPath, RequestMeta};
+use crate::web::http::{ApiJson, ApiPath, RawBody, RequestMeta};
 use crate::web::input::checks::{self, check};
 use crate::web::input::{RequestBody, decode, present, required_if_present};
 use crate::web::responses::{self, ValidationFailed};
@@ -43,17 +43,21 @@ pub fn router() -> Router<AppState> {
 ///
 /// The first sign-in of an identity creates its account, with its profile and credits
 /// (201); later ones stamp `last_login_at` (200). Every sign-in is logged. Concurrent first
-/// sign-ins of one identity create one account. No body is read.
+/// sign-ins of one identity create one account. The body is optional: `{"referral_code":
+/// "..."}` on the first sign-in links the new account to the code's owner (once; later
+/// sign-ins ignore a code), and an unknown code is a 422 that creates nothing.
 #[utoipa::path(
     post,
     path = "/api/v1/auth/session",
     tag = "auth",
     security(("bearer" = [])),
+    request_body(content = SessionRequest, description = "Optional."),
     responses(
         (status = 200, description = "Signed in to an existing account.", body = User),
         (status = 201, description = "First sign-in: the account was created.", body = User),
         (status = 409, description = "The token's email belongs to an account bound to another identity.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "First sign-in with a token that carries no valid email claim (`errors[].field` is `token.email`).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "First sign-in with a token that carries no valid email claim (`errors[].field` is `token.email`), or with a `referral_code` no active account has.", body = Problem, content_type = "application/problem+json"),
+        BodyRefused,
         Authenticated,
         ServerFailures,
     )
@@ -62,15 +66,40 @@ pub(crate) async fn create_session(
     State(state): State<AppState>,
     Caller(identity): Caller,
     meta: RequestMeta,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiError> {
+    let request = match crate::web::input::optional_body(&headers, &body)? {
+        Some(map) => decode::<SessionRequest>(map)?,
+        None => SessionRequest::default(),
+    };
     let mut client = state.db.get().await?;
-    let signed_in = repo::sign_in(&mut client, &identity, &meta).await?;
+    let code = request.referral_code.as_deref();
+    let signed_in = repo::sign_in(&mut client, &identity, code, &meta).await?;
     let status = if signed_in.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(signed_in.user)))
+}
+
+/// The optional body of a sign-in.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    /// Someone's referral code (`GET /api/v1/me/referral`), read on the first sign-in only.
+    #[schema(pattern = "^[A-HJKMNP-Z2-9]{8}$")]
+    #[serde(default)]
+    referral_code: Option<String>,
+}
+
+impl RequestBody for SessionRequest {
+    type Valid = Self;
+
+    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+        self
+    }
 }
 
 /// The caller's account.

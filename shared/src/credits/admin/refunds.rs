@@ -8,11 +8,11 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
@@ -297,26 +297,10 @@ impl RequestBody for RefundBody {
 
 /// The optional body: `{"reason": "..."}` (≤ 500 characters), or nothing.
 fn reason(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+    match crate::web::input::optional_body(headers, body)? {
+        None => Ok(None),
+        Some(map) => decode::<RefundBody>(map),
     }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            let v = v.trim();
-            v.eq_ignore_ascii_case("application/json")
-                || (v.len() > 5 && v[..v.len() - 5].contains('/') && v.ends_with("+json"))
-        });
-    if !json {
-        return Err(ApiError::UnsupportedMediaType(
-            "send the body as `Content-Type: application/json`".into(),
-        ));
-    }
-    let map: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not a JSON object: {e}")))?;
-    decode::<RefundBody>(map)
 }
 
 /// Refund a completed generation job.
@@ -392,7 +376,7 @@ pub async fn create(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, header};
 
     fn json_headers() -> HeaderMap {
         let mut headers = HeaderMap::new();

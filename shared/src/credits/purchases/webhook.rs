@@ -309,7 +309,37 @@ async fn receive(
     .await?;
     tx.commit().await?;
     tracing::info!(event_id = %event.id, event_type = %event.kind, outcome, "webhook event processed");
+    if outcome == "credited"
+        && let Some(order_id) = &order_id
+    {
+        settle_referral(&state, order_id).await;
+    }
     Ok(WebhookReceipt::new(&event.id, outcome))
+}
+
+/// A first paid purchase settles its buyer's referral, if they were referred. After the
+/// event's commit and best effort: what fails here is settled by the scheduler's sweep.
+async fn settle_referral(state: &AppState, order_id: &str) {
+    let settled = async {
+        let mut conn = state.db.get().await?;
+        let buyer: Option<String> = conn
+            .query_opt(
+                "SELECT user_id FROM purchase_orders WHERE id = $1",
+                &[&order_id],
+            )
+            .await?
+            .and_then(|row| row.get(0));
+        match buyer {
+            Some(buyer) => {
+                crate::credits::referrals::settle(&mut conn, &buyer, &state.config.credits).await
+            }
+            None => Ok(None),
+        }
+    }
+    .await;
+    if let Err(e) = settled {
+        tracing::warn!(order_id, error = %e, "settling the buyer's referral failed; the sweep retries");
+    }
 }
 
 /// A string field, or the `id` of an expanded object.

@@ -126,6 +126,35 @@ fn base_field(field: &str) -> &str {
     field.split(['[', '.']).next().unwrap_or(field)
 }
 
+/// An optional JSON body: `None` when there is none (empty or blank), else the
+/// object it holds. A body that is not sent as JSON is a 415, one that is not a
+/// JSON object a 400.
+pub fn optional_body(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<Option<Map<String, Value>>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json")
+                || (v.len() > 5 && v[..v.len() - 5].contains('/') && v.ends_with("+json"))
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the body as `Content-Type: application/json`".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a JSON object: {e}")))
+}
+
 /// Decodes a query string as bodies are decoded: a parameter `T` does not
 /// document is named ([`UNKNOWN`]), and a value that cannot be read names its
 /// parameter; every unknown parameter is reported at once.
