@@ -2411,20 +2411,30 @@ async fn referral_credits(stack: &TestStack, user: &str) -> (i64, i32) {
     (row.get(0), row.get(1))
 }
 
-/// Marks `user`'s order paid without the webhook (as a crash after the payment
-/// was credited would leave it), and answers its id.
+/// Marks `user`'s order paid eight days ago (past the default seven-day refund
+/// window) without the webhook, as a crash after the payment was credited would
+/// leave it; answers its id.
 async fn paid_without_webhook(stack: &TestStack, token: &str) -> String {
     let order = pending_order(stack, token, "pkg_starter").await;
     stack
         .sql()
         .await
         .execute(
-            "UPDATE purchase_orders SET status = 'paid', paid_at = now() WHERE id = $1",
+            "UPDATE purchase_orders SET status = 'paid', paid_at = now() - interval '8 days' \
+             WHERE id = $1",
             &[&order],
         )
         .await
         .unwrap();
     order
+}
+
+async fn sweep(stack: &TestStack) -> Value {
+    let state = &stack.stack.state;
+    shared::runtime::scheduler::run("outbox-sweep", &state.db, None, &state.config)
+        .await
+        .unwrap()
+        .outcome
 }
 
 #[tokio::test]
@@ -2473,12 +2483,17 @@ async fn a_referral_pays_both_accounts_once_when_the_new_account_first_pays() {
         (Some(1), Some(1))
     );
 
-    // Bob's first paid purchase settles it: 100 referral credits each, in the ledger.
+    // Bob's first paid purchase qualifies once it is past the refund window
+    // (GIFT_HOLD_DAYS, 7): then 100 referral credits each, in the ledger.
     let order = pending_order(&stack, &bob, "pkg_creator").await;
     assert_eq!(
         deliver_ok(&stack, &completed("evt_ref_1", &order)).await,
         "credited"
     );
+    assert_eq!(referral_credits(&stack, &ann_id).await, (0, 0));
+    assert_eq!(sweep(&stack).await["referrals_settled"], 0);
+    age(&stack, &order, 8).await;
+    assert_eq!(sweep(&stack).await["referrals_settled"], 1);
     assert_eq!(referral_credits(&stack, &ann_id).await, (100, 100));
     assert_eq!(referral_credits(&stack, &bob_id).await, (100, 100));
     // Redelivery, a second purchase and the sweep pay nothing more.
@@ -2491,12 +2506,27 @@ async fn a_referral_pays_both_accounts_once_when_the_new_account_first_pays() {
         deliver_ok(&stack, &completed("evt_ref_2", &second)).await,
         "credited"
     );
-    let state = &stack.stack.state;
-    shared::runtime::scheduler::run("outbox-sweep", &state.db, None, &state.config)
-        .await
-        .unwrap();
+    age(&stack, &second, 8).await;
+    assert_eq!(sweep(&stack).await["referrals_settled"], 0);
     assert_eq!(referral_credits(&stack, &ann_id).await, (100, 100));
     assert_eq!(referral_credits(&stack, &bob_id).await, (100, 100));
+    // A purchase refunded, even in part, never qualifies: buying, collecting the
+    // referral and refunding gains nothing.
+    assert_eq!(
+        sign_up_with(&stack, "lee@example.com", &code).await.status,
+        201
+    );
+    let refunded = paid_without_webhook(&stack, &stack.token("lee@example.com")).await;
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE purchase_orders SET refunded_credits = 10, refunded_at = now() WHERE id = $1",
+            &[&refunded],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sweep(&stack).await["referrals_settled"], 0);
     let ann_view = stack.get("/api/v1/credits/referrals", Some(&ann)).await;
     assert_eq!(ann_view.body["rewarded"], 1);
     assert_eq!(ann_view.body["rewarded_this_month"], 1);
@@ -2586,11 +2616,7 @@ async fn referrals_past_the_monthly_cap_or_of_an_inactive_referrer_pay_nothing()
     let ivy_id = user_id(&stack, "ivy@example.com").await;
     paid_without_webhook(&stack, &ivy).await;
     // The scheduler's sweep settles what the webhook did not.
-    let state = &stack.stack.state;
-    let report = shared::runtime::scheduler::run("outbox-sweep", &state.db, None, &state.config)
-        .await
-        .unwrap();
-    assert_eq!(report.outcome["referrals_settled"], 1);
+    assert_eq!(sweep(&stack).await["referrals_settled"], 1);
     let outcome: String = db
         .query_one(
             "SELECT outcome FROM referrals WHERE referred_user_id = $1",

@@ -3,10 +3,14 @@
 //! and the new account each get `REFERRAL_CREDITS` as a `referral` ledger
 //! entry (so `user_credits.referral_bonus` follows the ledger), once.
 //!
-//! A referral is settled exactly once: its row is locked and its `outcome`
-//! written in the same transaction as the two entries. Settling runs right
-//! after the payment is credited (the webhook) and again from the scheduler's
-//! `outbox-sweep` for any referral a crash left waiting. At most
+//! The purchase qualifies once it is past the refund window the platform uses
+//! for gifts (`GIFT_HOLD_DAYS`, default 7) and has been neither refunded nor
+//! disputed: buying, collecting the referral credits and refunding the
+//! purchase gains nothing. A referral is settled exactly once: its row is
+//! locked and its `outcome` written in the same transaction as the two
+//! entries. Settling runs right after a payment is credited (which settles at
+//! once only with `GIFT_HOLD_DAYS=0`) and from the scheduler's `outbox-sweep`,
+//! which settles the rest as their purchases come of age. At most
 //! `REFERRAL_MONTHLY_CAP` referrals of one referrer are rewarded per calendar
 //! month (UTC): counted after the referrer's row is locked, so concurrent
 //! settlements cannot both take the last place. A referrer who is no longer
@@ -24,6 +28,14 @@ use crate::kernel::error::ApiError;
 use crate::users::account::Account;
 use crate::web::responses::{ServerFailures, SignedIn};
 use crate::web::state::AppState;
+
+/// A purchase that qualifies a referral (order `o`, hold days as parameter `$2`): paid at
+/// least `GIFT_HOLD_DAYS` ago and neither refunded nor disputed, in any part. Until then a
+/// refund or a dispute could still take the payment back, and a referral paid on it would be
+/// free credits for two accounts.
+const QUALIFYING: &str = "o.paid_at IS NOT NULL \
+     AND o.paid_at <= now() - make_interval(days => $2::int) \
+     AND coalesce(o.refunded_credits, 0) = 0 AND coalesce(o.disputed_credits, 0) = 0";
 
 /// How a referral was settled (the `referrals.outcome` values).
 pub const REWARDED: &str = "rewarded";
@@ -51,9 +63,11 @@ pub async fn settle(
     let referrer_id: String = waiting.try_get(0)?;
     let paid: Option<String> = tx
         .query_opt(
-            "SELECT id FROM purchase_orders WHERE user_id = $1 AND paid_at IS NOT NULL \
-             ORDER BY paid_at, id LIMIT 1",
-            &[&referred_id],
+            &format!(
+                "SELECT id FROM purchase_orders o WHERE o.user_id = $1 AND {QUALIFYING} \
+                 ORDER BY paid_at, id LIMIT 1"
+            ),
+            &[&referred_id, &config.gift_hold_days],
         )
         .await?
         .map(|row| row.try_get(0))
@@ -146,11 +160,13 @@ pub async fn settle_waiting(
 ) -> Result<usize, ApiError> {
     let due: Vec<String> = client
         .query(
-            "SELECT r.referred_user_id FROM referrals r \
+            &format!(
+                "SELECT r.referred_user_id FROM referrals r \
              WHERE r.outcome IS NULL AND EXISTS (SELECT 1 FROM purchase_orders o \
-               WHERE o.user_id = r.referred_user_id AND o.paid_at IS NOT NULL) \
-             ORDER BY r.created_at LIMIT $1",
-            &[&limit],
+               WHERE o.user_id = r.referred_user_id AND {QUALIFYING}) \
+             ORDER BY r.created_at LIMIT $1"
+            ),
+            &[&limit, &config.gift_hold_days],
         )
         .await?
         .iter()
