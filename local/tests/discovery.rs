@@ -171,3 +171,132 @@ async fn the_collection_gallery_shows_public_collections_of_active_showcasing_pe
         .await
         .assert_problem(422);
 }
+
+async fn follow(stack: &TestStack, token: &str, username: &str, method: Method) -> u16 {
+    stack
+        .call(
+            method,
+            &format!("/api/v1/users/{username}/follow"),
+            Some(token),
+            None,
+        )
+        .await
+        .status
+        .as_u16()
+}
+
+fn usernames(page: &Value) -> Vec<(String, bool)> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a page: {page}"))
+        .iter()
+        .map(|f| {
+            (
+                f["username"].as_str().unwrap().to_string(),
+                f["friends"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn mutual_follows_are_friends_and_friends_see_a_friends_profile() {
+    let stack = spawn_stack().await;
+    let ann = stack.user("ann@example.com", "ann").await;
+    let bob = stack.user("bob@example.com", "bob").await;
+    let cyd = stack.user("cyd@example.com", "cyd").await;
+    set_me(&stack, &ann, json!({"profile_visibility": "friends"})).await;
+    character(&stack, &ann, "Shared with friends", true).await;
+
+    // A friends profile is followable, but not yet visible to a follower.
+    assert_eq!(follow(&stack, &bob, "ann", Method::PUT).await, 204);
+    assert_eq!(
+        follow(&stack, &bob, "ann", Method::PUT).await,
+        204,
+        "idempotent"
+    );
+    for path in ["/api/v1/users/ann", "/api/v1/users/ann/characters"] {
+        stack.get(path, Some(&bob)).await.assert_problem(404);
+    }
+    // Followed back: friends, who see the profile and the work under it.
+    assert_eq!(follow(&stack, &ann, "bob", Method::PUT).await, 204);
+    let profile = stack.get("/api/v1/users/ann", Some(&bob)).await;
+    assert_eq!(profile.status, 200, "{}", profile.body);
+    let work = stack.get("/api/v1/users/ann/characters", Some(&bob)).await;
+    assert_eq!(work.body["items"].as_array().unwrap().len(), 1);
+    // Strangers and anonymous callers do not.
+    for token in [Some(cyd.as_str()), None] {
+        stack
+            .get("/api/v1/users/ann", token)
+            .await
+            .assert_problem(404);
+    }
+    let following = stack.get("/api/v1/me/following", Some(&bob)).await;
+    assert_eq!(usernames(&following.body), [("ann".to_string(), true)]);
+    assert_eq!(follow(&stack, &cyd, "ann", Method::PUT).await, 204);
+    let followers = stack.get("/api/v1/me/followers", Some(&ann)).await;
+    assert_eq!(
+        usernames(&followers.body),
+        [("cyd".to_string(), false), ("bob".to_string(), true)]
+    );
+
+    // Unfollowing ends the friendship at once; doing it again is the same 204.
+    assert_eq!(follow(&stack, &ann, "bob", Method::DELETE).await, 204);
+    assert_eq!(follow(&stack, &ann, "bob", Method::DELETE).await, 204);
+    stack
+        .get("/api/v1/users/ann", Some(&bob))
+        .await
+        .assert_problem(404);
+
+    // A private profile stays private to friends (new accounts are private).
+    assert_eq!(follow(&stack, &bob, "cyd", Method::PUT).await, 204);
+    assert_eq!(follow(&stack, &cyd, "bob", Method::PUT).await, 204);
+    stack
+        .get("/api/v1/users/cyd", Some(&bob))
+        .await
+        .assert_problem(404);
+    // Oneself, unknown people and suspended followers are refused.
+    assert_eq!(follow(&stack, &ann, "ann", Method::PUT).await, 422);
+    assert_eq!(follow(&stack, &bob, "nobody", Method::PUT).await, 404);
+    sql(
+        &stack,
+        "UPDATE users SET account_status = 'suspended' WHERE username = 'bob'",
+    )
+    .await;
+    assert_eq!(follow(&stack, &bob, "ann", Method::PUT).await, 403);
+    stack
+        .get("/api/v1/me/following?size=3", Some(&ann))
+        .await
+        .assert_problem(422);
+
+    // A follow is only ever the caller's own: row-level security as the API role.
+    let client = stack.sql().await;
+    let ann_id: String = client
+        .query_one("SELECT id FROM users WHERE username = 'ann'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let cyd_id: String = client
+        .query_one("SELECT id FROM users WHERE username = 'cyd'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL ROLE app_api; SET LOCAL app.user_id = '{ann_id}'"
+        ))
+        .await
+        .unwrap();
+    let forged = client
+        .execute(
+            "INSERT INTO follows (follower_id, followed_id) VALUES ($1, $2)",
+            &[&cyd_id, &ann_id],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        forged.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+}

@@ -292,6 +292,10 @@ async fn delete_personal_rows(tx: &Transaction<'_>, user_id: &str) -> Result<Val
             "rate_limit_windows",
             "DELETE FROM rate_limit_windows WHERE user_id = $1",
         ),
+        (
+            "follows",
+            "DELETE FROM follows WHERE follower_id = $1 OR followed_id = $1",
+        ),
     ];
     let mut counts = serde_json::Map::new();
     for (name, sql) in statements {

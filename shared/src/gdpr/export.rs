@@ -90,6 +90,10 @@ pub struct ExportDocument {
     /// settled; the referred accounts are not named).
     #[schema(value_type = Object)]
     pub referrals: Value,
+    /// `{following, followers}`: the people the caller follows (`username`, `since`) and how
+    /// many people follow the caller (not who).
+    #[schema(value_type = Object)]
+    pub follows: Value,
     /// How each generation job was paid: the `credit_holds` rows, every column.
     #[schema(value_type = Vec<Object>)]
     pub credit_holds: Vec<Value>,
@@ -337,7 +341,25 @@ async fn write_account(
         .unwrap_or(Value::Null);
     doc.field("credit_account", &credit_account)?;
     doc.field("referrals", &referrals(tx, id).await?)?;
+    doc.field("follows", &follows(tx, id).await?)?;
     Ok(())
+}
+
+/// Whom the caller follows (by username, with when) and how many follow them.
+async fn follows(tx: &Transaction<'_>, id: &str) -> Result<Value, ApiError> {
+    let row = tx
+        .query_one(
+            "SELECT coalesce((SELECT jsonb_agg(jsonb_build_object('username', u.username, \
+                              'since', f.created_at) ORDER BY f.created_at) \
+                       FROM follows f JOIN users u ON u.id = f.followed_id \
+                       WHERE f.follower_id = $1), '[]'::jsonb), \
+                    (SELECT count(*) FROM follows WHERE followed_id = $1)",
+            &[&id],
+        )
+        .await?;
+    let following: Value = row.try_get(0)?;
+    let followers: i64 = row.try_get(1)?;
+    Ok(serde_json::json!({"following": following, "followers": followers}))
 }
 
 /// The caller's referral code, who referred them (how it was settled, not who) and the

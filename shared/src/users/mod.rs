@@ -8,6 +8,7 @@
 pub mod account;
 pub mod activity_log;
 pub mod fields;
+pub mod follows;
 pub mod receipts;
 pub mod referrals;
 pub mod repo;
@@ -45,8 +46,8 @@ crate::text_enum! {
 }
 
 crate::text_enum! {
-    /// `users.profile_visibility`: who sees the public profile. The platform has
-    /// no friendships yet, so `friends` is as private as `private`.
+    /// `users.profile_visibility`: who sees the public profile: anyone, the owner's
+    /// friends (mutual follows, [`crate::users::follows`]), or the owner alone.
     pub enum ProfileVisibility {
         Public => "public",
         Friends => "friends",

@@ -343,9 +343,10 @@ pub async fn replace_profile(
 }
 
 /// The person behind a username, as a viewer (`None`: anonymous) may see
-/// them: an active account whose profile is public, or the viewer's own.
-/// Anything else (unknown, suspended, banned, erased, a private or `friends`
-/// profile) is the same 404, so a private person's existence is not revealed.
+/// them: an active account whose profile is public, a `friends` profile of
+/// someone the viewer follows and is followed back by (V21), or the viewer's
+/// own. Anything else (unknown, suspended, banned, erased, a private profile, a
+/// `friends` one of a stranger) is the same 404, so its existence is not revealed.
 pub async fn visible_person(
     client: &impl GenericClient,
     viewer_id: Option<&str>,
@@ -359,7 +360,14 @@ pub async fn visible_person(
         .await?
         .ok_or_else(not_found)?;
     let is_owner = viewer_id == Some(user.id.as_str());
-    if user.profile_visibility != Some(super::ProfileVisibility::Public) && !is_owner {
+    let visible = match user.profile_visibility {
+        Some(super::ProfileVisibility::Public) => true,
+        Some(super::ProfileVisibility::Friends) => {
+            is_owner || super::follows::are_friends(client, &user.id, viewer_id).await?
+        }
+        _ => is_owner,
+    };
+    if !visible {
         return Err(not_found());
     }
     Ok(user)

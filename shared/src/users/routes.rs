@@ -37,6 +37,12 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/me", get(get_me).patch(patch_me))
         .route("/api/v1/me/profile", get(get_profile).put(put_profile))
         .route("/api/v1/users/{username}", get(get_public_user))
+        .route(
+            "/api/v1/users/{username}/follow",
+            axum::routing::put(super::follows::follow).delete(super::follows::unfollow),
+        )
+        .route("/api/v1/me/following", get(super::follows::following))
+        .route("/api/v1/me/followers", get(super::follows::followers))
 }
 
 /// Sign in.
@@ -191,7 +197,9 @@ fn profile_visibility_schema() -> Object {
     responses::string_enum(
         &fields::PROFILE_VISIBILITIES,
         false,
-        "Who may see the public profile: `friends` is as private as `private` for now.",
+        "Who may see the public profile and the work listed under it: anyone (`public`), the \
+         owner's friends, people they follow who follow them back (`friends`), or the owner \
+         alone (`private`).",
     )
 }
 
@@ -513,8 +521,8 @@ pub(crate) async fn put_profile(
 
 /// A public profile.
 ///
-/// `public` profiles are visible to anyone; `private` and `friends` ones only to their
-/// owner (the platform has no friendships yet, so `friends` is as private). Anything not
+/// `public` profiles are visible to anyone; `friends` ones to their owner and to the people
+/// who follow them and whom they follow back; `private` ones only to their owner. Anything not
 /// visible, suspended or unknown is the same 404, indistinguishable from no user.
 #[utoipa::path(
     get,
