@@ -258,6 +258,14 @@ async fn mutual_follows_are_friends_and_friends_see_a_friends_profile() {
     // Oneself, unknown people and suspended followers are refused.
     assert_eq!(follow(&stack, &ann, "ann", Method::PUT).await, 422);
     assert_eq!(follow(&stack, &bob, "nobody", Method::PUT).await, 404);
+    for bad in ["a%00b", "no%20body", "x"] {
+        assert_eq!(
+            follow(&stack, &bob, bad, Method::DELETE).await,
+            404,
+            "{bad}"
+        );
+        assert_eq!(follow(&stack, &bob, bad, Method::PUT).await, 404, "{bad}");
+    }
     sql(
         &stack,
         "UPDATE users SET account_status = 'suspended' WHERE username = 'bob'",

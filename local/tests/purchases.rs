@@ -2472,6 +2472,12 @@ async fn a_referral_pays_both_accounts_once_when_the_new_account_first_pays() {
             .status,
         200
     );
+    // Something that is not a code at all is refused on any sign-in.
+    for bad in ["short", "ABCDEFG0", "ABCD EFG", "ÀBCDEFGH"] {
+        let reply = sign_up_with(&stack, "bob@example.com", bad).await;
+        reply.assert_problem(422);
+        assert_eq!(reply.body["errors"][0]["field"], "referral_code", "{bad}");
+    }
     let waiting = stack.get("/api/v1/credits/referrals", Some(&bob)).await;
     assert_eq!(waiting.body["own_referral"], "waiting");
     let ann_view = stack.get("/api/v1/credits/referrals", Some(&ann)).await;

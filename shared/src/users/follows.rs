@@ -116,9 +116,7 @@ pub(crate) async fn unfollow(
     mut account: Account,
     ApiPath(username): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let person = repo::active_user_by_username(account.client(), &username)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    let person = followable(account.client(), &username).await?;
     let (tx, user) = account.begin_as_user().await?;
     tx.execute(
         "DELETE FROM follows WHERE follower_id = $1 AND followed_id = $2",

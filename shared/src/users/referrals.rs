@@ -73,7 +73,7 @@ pub async fn link(
             "is not the referral code of an active account",
         )])
     };
-    let code = code.trim().to_ascii_uppercase();
+    let code = code.to_ascii_uppercase();
     if !plausible(&code) {
         return Err(refused());
     }

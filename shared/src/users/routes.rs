@@ -94,8 +94,9 @@ pub(crate) async fn create_session(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SessionRequest {
-    /// Someone's referral code (`GET /api/v1/me/referral`), read on the first sign-in only.
-    #[schema(pattern = "^[A-HJKMNP-Z2-9]{8}$")]
+    /// Someone's referral code (`GET /api/v1/credits/referrals`; any case), read on the first
+    /// sign-in only. One that is not a code at all is a 422 on any sign-in.
+    #[schema(pattern = "^[A-HJKMNP-Za-hjkmnp-z2-9]{8}$")]
     #[serde(default)]
     referral_code: Option<String>,
 }
@@ -103,7 +104,15 @@ struct SessionRequest {
 impl RequestBody for SessionRequest {
     type Valid = Self;
 
-    fn validate(self, _errors: &mut Vec<FieldError>) -> Self {
+    fn validate(self, errors: &mut Vec<FieldError>) -> Self {
+        if let Some(code) = &self.referral_code
+            && !super::referrals::plausible(&code.to_ascii_uppercase())
+        {
+            errors.push(FieldError::new(
+                "referral_code",
+                "is not a referral code: eight letters and digits (no 0, 1, I, L or O)",
+            ));
+        }
         self
     }
 }
