@@ -466,8 +466,19 @@ async fn the_daily_bonus_is_once_a_window_and_its_streak_counts_windows() {
     );
     assert_invariants(&db).await;
 
-    // The next window, in the zone of the moment, is the next streak day.
-    let zone = zones_by_latest_midnight(&db).await.remove(0);
+    // The next window, in the zone of the moment, is the next streak day. The zone is
+    // the one whose midnight passed last among those not yet two dates past the first
+    // window's label: from 10:00 to 12:00 UTC the zones east of UTC+12 are, and a window
+    // labelled two days on is a broken streak, not the next day of it.
+    let zone: String = db
+        .query_one(
+            "SELECT z FROM unnest($1::text[]) z WHERE user_local_date(z) <= $2::date + 1 \
+             ORDER BY (now() AT TIME ZONE z)::time, z LIMIT 1",
+            &[&zones(), &day],
+        )
+        .await
+        .unwrap()
+        .get(0);
     set_timezone(&stack, &ann, &zone).await;
     end_window(&db, &ann_id).await;
     let (_, _, ended) = window(&db, &ann_id).await;
