@@ -307,4 +307,27 @@ async fn mutual_follows_are_friends_and_friends_see_a_friends_profile() {
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
     client.batch_execute("ROLLBACK").await.unwrap();
+
+    // Erasing an account takes its follows, both ways, and its referral code with it.
+    let code = stack.get("/api/v1/credits/referrals", Some(&ann)).await;
+    assert_eq!(code.status, 200, "{}", code.body);
+    let erased = stack
+        .call(
+            Method::DELETE,
+            "/api/v1/me",
+            Some(&ann),
+            Some(json!({"confirm": "ann@example.com"})),
+        )
+        .await;
+    assert_eq!(erased.status, 204, "{}", erased.body);
+    let left = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM follows WHERE follower_id = $1 OR followed_id = $1), \
+                    (SELECT referral_code FROM users WHERE id = $1)",
+            &[&ann_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.get::<_, i64>(0), 0);
+    assert_eq!(left.get::<_, Option<String>>(1), None);
 }

@@ -350,7 +350,7 @@ pub async fn delete(
     Ok(())
 }
 
-/// Filters of the caller's own list.
+/// Filters of a person's list.
 #[derive(Debug, Default)]
 pub struct ListFilter {
     pub style_type: Option<String>,
@@ -358,9 +358,13 @@ pub struct ListFilter {
     pub generation_status: Option<String>,
     pub collection_id: Option<String>,
     pub text: Option<String>,
+    /// Only public characters moderation has not hidden (the person's page,
+    /// `GET /api/v1/users/{username}/characters`), not all of their own.
+    pub public_only: bool,
 }
 
-/// The caller's characters, newest first, keyset-paginated on (created_at, id).
+/// A person's characters (all of them for their owner's list, see
+/// [`ListFilter::public_only`]), newest first, keyset-paginated on (created_at, id).
 pub async fn list_own(
     tx: &Transaction<'_>,
     user: &User,
@@ -383,6 +387,7 @@ pub async fn list_own(
                                                     WHERE cc.collection_id = $5 AND cc.character_id = c.id)) \
                    AND ($6::text IS NULL OR c.search_vector @@ websearch_to_tsquery('simple', $6)) \
                    AND ($7::timestamptz IS NULL OR (c.created_at, c.id) < ($7, $8::text)) \
+                   AND (NOT $10 OR (c.is_public IS TRUE AND c.moderation_hidden IS NOT TRUE)) \
                  ORDER BY c.created_at DESC, c.id DESC LIMIT $9"
             ),
             &[
@@ -395,40 +400,8 @@ pub async fn list_own(
                 &after_at,
                 &after_id,
                 &(limit + 1),
+                &filter.public_only,
             ],
-        )
-        .await?;
-    let characters = rows
-        .iter()
-        .map(Character::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(pagination::page(characters, limit, |c| TimeKey {
-        at: c.created_at,
-        id: c.id.clone(),
-    }))
-}
-
-/// A person's public characters that moderation has not hidden, newest first
-/// (their page, `GET /api/v1/users/{username}/characters`).
-pub async fn list_public_of(
-    tx: &Transaction<'_>,
-    owner_id: &str,
-    limit: i64,
-    after: Option<TimeKey>,
-) -> Result<Page<Character>, ApiError> {
-    let (after_at, after_id) = after
-        .map(|k| (Some(k.at), Some(k.id)))
-        .unwrap_or((None, None));
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {CHARACTER_COLUMNS} FROM characters c \
-                 WHERE c.user_id = $1 AND c.is_public IS TRUE \
-                   AND c.moderation_hidden IS NOT TRUE \
-                   AND ($2::timestamptz IS NULL OR (c.created_at, c.id) < ($2, $3::text)) \
-                 ORDER BY c.created_at DESC, c.id DESC LIMIT $4"
-            ),
-            &[&owner_id, &after_at, &after_id, &(limit + 1)],
         )
         .await?;
     let characters = rows

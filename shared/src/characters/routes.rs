@@ -36,7 +36,7 @@ use crate::web::auth::{Identity, OptionalCaller};
 use crate::web::http::{ApiJson, ApiPath, ApiQuery, RequestMeta, resource_id};
 use crate::web::input::checks::one_of;
 use crate::web::input::{RequestBody, decode, finish, required};
-use crate::web::pagination::{self, Page};
+use crate::web::pagination::{self, Page, PageQuery};
 use crate::web::responses::NoAccountYet;
 use crate::web::responses::{self, InternalError, Unauthorized, ValidationFailed};
 use crate::web::responses::{Authenticated, BodyRefused, ServerFailures, SignedIn};
@@ -345,6 +345,7 @@ pub(crate) async fn list_characters(
             generation_status,
             collection_id: query.collection_id,
             text,
+            public_only: false,
         },
         errors,
     )?;
@@ -599,25 +600,16 @@ pub(crate) async fn list_person_characters(
     let viewer_id = viewer.as_ref().map(|v| v.id.as_str());
     let person = users::repo::visible_person(&**client, viewer_id, &username).await?;
     let tx = db::begin_as(&mut client, viewer_id).await?;
-    let mut page = repo::list_public_of(&tx, &person.id, limit, after).await?;
+    let filter = repo::ListFilter {
+        public_only: true,
+        ..repo::ListFilter::default()
+    };
+    let mut page = repo::list_own(&tx, &person, &filter, limit, after).await?;
     tx.commit().await?;
     for character in &mut page.items {
         character.present(state.storage.as_deref()).await;
     }
     Ok(Json(page))
-}
-
-/// `limit` and `cursor` only; unknown parameters are refused with a 422.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct PageQuery {
-    /// Page size, 1 to 100 (default 24).
-    #[param(minimum = 1, maximum = 100, nullable = false)]
-    limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
-    #[param(nullable = false)]
-    cursor: Option<String>,
 }
 
 /// A character's images.

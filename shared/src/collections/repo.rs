@@ -60,70 +60,50 @@ pub async fn find_collection(
     Ok(row.as_ref().map(Collection::from_row).transpose()?)
 }
 
-/// A page of the user's own collections, newest first, after `after`; fetches
-/// `limit + 1` rows so the caller can tell whether another page exists.
-pub async fn list_own_collections(
-    client: &impl GenericClient,
-    user_id: &str,
-    after: Option<&TimeKey>,
-    limit: i64,
-) -> Result<Vec<Collection>, ApiError> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLLECTION_COLUMNS} FROM collections \
-                 WHERE user_id = $1 \
-                   AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text)) \
-                 ORDER BY created_at DESC, id DESC \
-                 LIMIT $4"
-            ),
-            &[
-                &user_id,
-                &after.map(|k| k.at),
-                &after.map(|k| k.id.as_str()),
-                &(limit + 1),
-            ],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(Collection::from_row)
-        .collect::<Result<_, _>>()?)
+/// Which collections a list shows.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// All of this user's (their own list).
+    Own(&'a str),
+    /// This person's public ones (their page).
+    PublicOf(&'a str),
+    /// Public collections of everyone active who showcases their work (the gallery of
+    /// collections; `allow_gallery_showcase` governs collections as it governs characters).
+    Gallery,
 }
 
-/// Public collections, newest first: of one person (`Some(owner)`: their page), or
-/// of everyone active who showcases their work (`None`: the gallery of collections;
-/// `allow_gallery_showcase` governs collections as it governs characters).
-pub async fn list_public(
+/// Collections in `scope`, newest first, keyset-paginated on (created_at, id).
+pub async fn list_collections(
     client: &impl GenericClient,
-    owner_id: Option<&str>,
+    scope: Scope<'_>,
     after: Option<&TimeKey>,
     limit: i64,
 ) -> Result<Vec<Collection>, ApiError> {
-    let columns: String = COLLECTION_COLUMNS
-        .split(", ")
-        .map(|c| format!("k.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (owner, public_only) = match scope {
+        Scope::Own(owner) => (Some(owner), false),
+        Scope::PublicOf(owner) => (Some(owner), true),
+        Scope::Gallery => (None, true),
+    };
     let rows = client
         .query(
             &format!(
-                "SELECT {columns} FROM collections k \
-                 WHERE k.is_public IS TRUE \
-                   AND CASE WHEN $1::text IS NULL \
+                "SELECT {COLLECTION_COLUMNS} FROM collections k \
+                 WHERE CASE WHEN $1::text IS NULL \
                        THEN EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id \
                                     AND u.account_status = 'active' \
                                     AND u.allow_gallery_showcase IS TRUE) \
                        ELSE k.user_id = $1 END \
+                   AND (NOT $5 OR k.is_public IS TRUE) \
                    AND ($2::timestamptz IS NULL OR (k.created_at, k.id) < ($2, $3::text)) \
                  ORDER BY k.created_at DESC, k.id DESC \
                  LIMIT $4"
             ),
             &[
-                &owner_id,
+                &owner,
                 &after.map(|k| k.at),
                 &after.map(|k| k.id.as_str()),
                 &(limit + 1),
+                &public_only,
             ],
         )
         .await?;

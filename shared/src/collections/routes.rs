@@ -20,11 +20,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_postgres::GenericClient;
-use utoipa::IntoParams;
 
 use super::input::{CollectionPatch, MemberPatch, NewCollection};
 use super::repo::{self, MemberKey, PutOutcome};
@@ -34,7 +32,7 @@ use crate::ports::db::begin_as;
 use crate::users::account::Account;
 use crate::web::auth::OptionalCaller;
 use crate::web::http::{ApiJson, ApiPath, ApiQuery};
-use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::pagination::{self, Page, PageQuery, TimeKey};
 use crate::web::responses::NoAccountYet;
 use crate::web::responses::{Authenticated, BodyRefused, ServerFailures, SignedIn};
 use crate::web::responses::{Unauthorized, ValidationFailed};
@@ -144,19 +142,6 @@ pub(crate) async fn create_collection(
     Ok((StatusCode::CREATED, headers, Json(collection)))
 }
 
-/// Unknown parameters are refused with a 422.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct PageQuery {
-    /// Page size, 1 to 100 (default 24).
-    #[param(minimum = 1, maximum = 100, nullable = false)]
-    limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
-    #[param(nullable = false)]
-    cursor: Option<String>,
-}
-
 /// The caller's collections.
 ///
 /// Newest first, paginated.
@@ -180,7 +165,8 @@ pub(crate) async fn list_collections(
     let limit = pagination::limit(query.limit)?;
     let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let (tx, user) = account.begin_as_user().await?;
-    let rows = repo::list_own_collections(&tx, &user.id, after.as_ref(), limit).await?;
+    let rows =
+        repo::list_collections(&tx, repo::Scope::Own(&user.id), after.as_ref(), limit).await?;
     tx.commit().await?;
     Ok(Json(pagination::page(rows, limit, |c| TimeKey {
         at: c.created_at,
@@ -214,19 +200,7 @@ pub(crate) async fn list_person_collections(
     ApiPath(username): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Collection>>, ApiError> {
-    let limit = pagination::limit(query.limit)?;
-    let after = pagination::decode_time_key(query.cursor.as_deref())?;
-    let mut client = state.db.get().await?;
-    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
-    let viewer_id = viewer.as_ref().map(|v| v.id.as_str());
-    let person = crate::users::repo::visible_person(&**client, viewer_id, &username).await?;
-    let tx = begin_as(&mut client, viewer_id).await?;
-    let rows = repo::list_public(&tx, Some(&person.id), after.as_ref(), limit).await?;
-    tx.commit().await?;
-    Ok(Json(pagination::page(rows, limit, |c| TimeKey {
-        at: c.created_at,
-        id: c.id.clone(),
-    })))
+    public_page(&state, identity.as_ref(), Some(&username), query).await
 }
 
 /// The gallery of collections.
@@ -251,13 +225,34 @@ pub(crate) async fn list_collection_gallery(
     OptionalCaller(identity): OptionalCaller,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Collection>>, ApiError> {
+    public_page(&state, identity.as_ref(), None, query).await
+}
+
+/// A page of public collections as the caller may list them: one person's (`username`,
+/// visible as their profile is) or the gallery's.
+async fn public_page(
+    state: &AppState,
+    identity: Option<&crate::web::auth::Identity>,
+    username: Option<&str>,
+    query: PageQuery,
+) -> Result<Json<Page<Collection>>, ApiError> {
     let limit = pagination::limit(query.limit)?;
     let after = pagination::decode_time_key(query.cursor.as_deref())?;
     let mut client = state.db.get().await?;
-    let viewer = crate::users::repo::optional_user(&**client, identity.as_ref()).await?;
+    let viewer = crate::users::repo::optional_user(&**client, identity).await?;
     let viewer_id = viewer.as_ref().map(|v| v.id.as_str());
+    let person = match username {
+        Some(username) => {
+            Some(crate::users::repo::visible_person(&**client, viewer_id, username).await?)
+        }
+        None => None,
+    };
+    let scope = match &person {
+        Some(person) => repo::Scope::PublicOf(&person.id),
+        None => repo::Scope::Gallery,
+    };
     let tx = begin_as(&mut client, viewer_id).await?;
-    let rows = repo::list_public(&tx, None, after.as_ref(), limit).await?;
+    let rows = repo::list_collections(&tx, scope, after.as_ref(), limit).await?;
     tx.commit().await?;
     Ok(Json(pagination::page(rows, limit, |c| TimeKey {
         at: c.created_at,

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio_postgres::{GenericClient, Row};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use self::stripe::{CheckoutRequest, CheckoutSession, StripeError};
 use crate::credits::offers::{self, Offer};
@@ -40,7 +40,7 @@ use crate::users::account::Account;
 use crate::web::http::ApiQuery;
 use crate::web::idempotency::{self, Claim, IdempotencyKey};
 use crate::web::input::{RequestBody, decode};
-use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::pagination::{self, Page, PageQuery, TimeKey};
 use crate::web::responses::NoAccountYet;
 use crate::web::responses::{BodyRefused, ServerFailures, SignedIn};
 use crate::web::responses::{InternalError, Unauthorized, ValidationFailed};
@@ -535,19 +535,6 @@ async fn offered_package(
 // ------------------------------------------------------------------------------------------
 // GET /api/v1/credits/purchases
 // ------------------------------------------------------------------------------------------
-
-/// Unknown parameters are refused with a 422.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct PageQuery {
-    /// Page size, 1 to 100 (default 24).
-    #[param(minimum = 1, maximum = 100, nullable = false)]
-    limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
-    #[param(nullable = false)]
-    cursor: Option<String>,
-}
 
 /// The caller's purchase orders, newest first.
 #[utoipa::path(

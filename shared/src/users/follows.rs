@@ -14,15 +14,15 @@
 use axum::Json;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_postgres::GenericClient;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::account::Account;
 use super::repo;
 use crate::kernel::error::{ApiError, Problem};
 use crate::web::http::{ApiPath, ApiQuery};
-use crate::web::pagination::{self, Page, TimeKey};
+use crate::web::pagination::{self, Page, PageQuery, TimeKey};
 use crate::web::responses::{ServerFailures, SignedIn, ValidationFailed};
 
 /// Whether `a` and `b` follow each other (`false` when either is unknown).
@@ -138,19 +138,6 @@ async fn followable(client: &impl GenericClient, username: &str) -> Result<super
         .ok_or_else(not_found)
 }
 
-/// `limit` and `cursor`; unknown parameters are refused with a 422.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct FollowQuery {
-    /// Page size, 1 to 100 (default 24).
-    #[param(minimum = 1, maximum = 100, nullable = false)]
-    limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
-    #[param(nullable = false)]
-    cursor: Option<String>,
-}
-
 /// Which side of the caller's follows to list.
 #[derive(Clone, Copy)]
 enum Side {
@@ -164,7 +151,7 @@ enum Side {
     path = "/api/v1/me/following",
     tag = "auth",
     security(("bearer" = [])),
-    params(FollowQuery),
+    params(PageQuery),
     responses(
         (status = 200, description = "The people the caller follows, newest follow first.", body = Page<Follow>),
         (status = 422, response = ValidationFailed),
@@ -174,7 +161,7 @@ enum Side {
 )]
 pub(crate) async fn following(
     account: Account,
-    ApiQuery(query): ApiQuery<FollowQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Follow>>, ApiError> {
     list(account, query, Side::Following).await
 }
@@ -185,7 +172,7 @@ pub(crate) async fn following(
     path = "/api/v1/me/followers",
     tag = "auth",
     security(("bearer" = [])),
-    params(FollowQuery),
+    params(PageQuery),
     responses(
         (status = 200, description = "The people who follow the caller, newest follow first.", body = Page<Follow>),
         (status = 422, response = ValidationFailed),
@@ -195,14 +182,14 @@ pub(crate) async fn following(
 )]
 pub(crate) async fn followers(
     account: Account,
-    ApiQuery(query): ApiQuery<FollowQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Follow>>, ApiError> {
     list(account, query, Side::Followers).await
 }
 
 async fn list(
     mut account: Account,
-    query: FollowQuery,
+    query: PageQuery,
     side: Side,
 ) -> Result<Json<Page<Follow>>, ApiError> {
     let limit = pagination::limit(query.limit)?;

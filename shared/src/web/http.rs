@@ -200,7 +200,7 @@ pub struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
 where
-    T: DeserializeOwned + utoipa::IntoParams,
+    T: DeserializeOwned + utoipa::IntoParams + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;

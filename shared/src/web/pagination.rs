@@ -23,6 +23,20 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The query of a plain cursor-paginated list: `limit` and `cursor` only;
+/// unknown parameters are refused with a 422.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 100 (default 24).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(nullable = false)]
+    pub cursor: Option<String>,
+}
+
 /// `limit` (1..=100, default 24), validated.
 pub fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
     limit_field(raw).map_err(|e| ApiError::from_field_errors(vec![e]))

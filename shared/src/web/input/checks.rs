@@ -156,8 +156,7 @@ pub fn bounded_object(
             format!("must have at most {max_keys} keys"),
         ));
     }
-    let value = Value::Object(object);
-    let size = serde_json::to_vec(&value)
+    let size = serde_json::to_vec(&object)
         .map(|bytes| bytes.len())
         .map_err(|_| FieldError::new(field, "cannot be serialized"))?;
     if size > max_bytes {
@@ -166,16 +165,16 @@ pub fn bounded_object(
             format!("must be at most {max_bytes} bytes as JSON"),
         ));
     }
-    if contains_nul(&value) {
+    let nul = object
+        .iter()
+        .any(|(key, value)| key.contains('\0') || contains_nul(value));
+    if nul {
         return Err(FieldError::new(
             field,
             "must not contain the character U+0000",
         ));
     }
-    match value {
-        Value::Object(object) => Ok(object),
-        _ => unreachable!("built from an object just above"),
-    }
+    Ok(object)
 }
 
 fn contains_nul(value: &Value) -> bool {

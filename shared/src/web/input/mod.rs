@@ -35,7 +35,7 @@ pub const READ_ONLY: &str = "is read-only and cannot be set through this route";
 pub const UNKNOWN: &str = "is not a field of this request";
 
 /// A request body: decoded by serde, described by utoipa, checked by `validate`.
-pub trait RequestBody: DeserializeOwned + utoipa::ToSchema {
+pub trait RequestBody: DeserializeOwned + utoipa::ToSchema + 'static {
     /// What the body is once every check passed.
     type Valid;
 
@@ -158,11 +158,15 @@ pub fn optional_body(
 /// Decodes a query string as bodies are decoded: a parameter `T` does not
 /// document is named ([`UNKNOWN`]), and a value that cannot be read names its
 /// parameter; every unknown parameter is reported at once.
-pub fn decode_query<T: DeserializeOwned + utoipa::IntoParams>(raw: &str) -> Result<T, ApiError> {
-    let known: Vec<String> = T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
-        .into_iter()
-        .map(|parameter| parameter.name)
-        .collect();
+pub fn decode_query<T: DeserializeOwned + utoipa::IntoParams + 'static>(
+    raw: &str,
+) -> Result<T, ApiError> {
+    let known = spec::memo::<T, Vec<String>>(|| {
+        T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+            .into_iter()
+            .map(|parameter| parameter.name)
+            .collect()
+    });
     let mut errors: Vec<FieldError> = Vec::new();
     for (key, _) in form_urlencoded::parse(raw.as_bytes()) {
         if !known.iter().any(|name| *name == key) && !errors.iter().any(|e| e.field == key) {

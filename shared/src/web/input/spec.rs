@@ -3,7 +3,9 @@
 //! document publishes is thereby the list the decoder enforces; the two
 //! cannot drift apart.
 
-use std::collections::BTreeMap;
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -108,8 +110,36 @@ pub struct BodySpec {
     pub fields: BTreeMap<String, FieldSpec>,
 }
 
+/// What `build` makes for the type `K`, made once per process: the schemas a
+/// decoder reads are fixed at compile time, so a request never rebuilds them.
+pub fn memo<K: 'static, V: Send + Sync + 'static>(build: impl FnOnce() -> V) -> Arc<V> {
+    type Cache = Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    let key = TypeId::of::<(K, V)>();
+    let found = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(value) = found.and_then(|v| v.downcast::<V>().ok()) {
+        return value;
+    }
+    let value = Arc::new(build());
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(key, value.clone());
+    value
+}
+
 impl BodySpec {
-    pub fn of<T: ToSchema>() -> Self {
+    /// The spec of `T`, read from its schema once per process.
+    pub fn of<T: ToSchema + 'static>() -> Arc<Self> {
+        memo::<T, Self>(Self::read::<T>)
+    }
+
+    fn read<T: ToSchema>() -> Self {
         let mut components = Vec::new();
         T::schemas(&mut components);
         let reader = Reader {
@@ -246,6 +276,13 @@ mod tests {
         assert!(spec.fields["on"].check(&json!("yes")).is_err());
         assert!(spec.fields["settings"].check(&json!({"a": 1})).is_ok());
         assert!(spec.fields["settings"].check(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn a_spec_is_read_once_per_type() {
+        let first = BodySpec::of::<Outer>();
+        assert!(Arc::ptr_eq(&first, &BodySpec::of::<Outer>()));
+        assert!(!Arc::ptr_eq(&first, &BodySpec::of::<Flattened>()));
     }
 
     #[test]
